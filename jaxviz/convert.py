@@ -1,0 +1,149 @@
+"""Keras h5 weight files to a params pytree keyed by Keras layer names.
+
+Three layouts are read:
+
+* the legacy weights file (``save_weights`` in Keras 1/2, and the official
+  ``vgg16_weights_tf_dim_ordering_tf_kernels*.h5``): root attribute ``layer_names``,
+  each layer group with attribute ``weight_names`` naming its datasets, such as
+  ``block1_conv1_W_1:0`` or ``block1_conv1/kernel:0`` (flat or nested);
+* a whole model saved by Keras 2 (``model.save("m.h5")``): the same, under ``model_weights``;
+* Keras 3's ``.weights.h5``: ``layers/<name>/vars/0`` (kernel) and ``vars/1`` (bias).
+
+Every shape is checked against the architecture; any problem raises one JaxvizError
+naming the file, the layer and the fix.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, layers
+
+_CONV = re.compile(r"^block(\d+)_conv(\d+)$")
+_KERNEL_HINTS = ("kernel", "_w_", "_w:", "/w")
+
+
+def _decode(names) -> list[str]:
+    return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _read_layer_groups(f) -> dict[str, list[np.ndarray]]:
+    """Layer name -> its weight arrays in file order, for any supported layout."""
+    root = f["model_weights"] if "model_weights" in f else f
+    if "layer_names" in root.attrs:
+        out = {}
+        for name in _decode(root.attrs["layer_names"]):
+            g = root[name]
+            wnames = _decode(g.attrs.get("weight_names", []))
+            if wnames:
+                out[name] = [np.asarray(g[w]) for w in wnames]
+        return out
+    if "layers" in root:  # Keras 3 .weights.h5
+        out = {}
+        for name, g in root["layers"].items():
+            if "vars" in g and len(g["vars"]):
+                v = g["vars"]
+                out[name] = [np.asarray(v[k]) for k in sorted(v, key=int)]
+        return out
+    raise KeyError("no 'layer_names' attribute, 'model_weights' group or 'layers' group")
+
+
+def _kernel_bias(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    if len(arrays) != 2:
+        raise ValueError(f"expected a kernel and a bias, found {len(arrays)} arrays")
+    a, b = arrays
+    return (a, b) if a.ndim >= b.ndim else (b, a)
+
+
+def detect_spec(conv_names) -> VGGSpec:
+    """VGG16 or VGG19 from the conv layer names found in a file."""
+    counts: dict[int, int] = {}
+    for n in conv_names:
+        m = _CONV.match(n)
+        if m:
+            b = int(m.group(1))
+            counts[b] = max(counts.get(b, 0), int(m.group(2)))
+    blocks = tuple(counts.get(b, 0) for b in range(1, 6))
+    for spec in (VGG16, VGG19):
+        if blocks == spec.blocks:
+            return spec
+    return VGG19 if any(c >= 4 for c in blocks) else VGG16
+
+
+def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np.float32) -> dict:
+    """Read a Keras VGG h5 file into ``{layer: {"kernel", "bias"}}`` numpy arrays.
+
+    ``spec`` defaults to the one the file's layer names imply (VGG16 or VGG19).
+    The classifier top (``fc1``, ``fc2``, ``predictions``) is included when present.
+
+    >>> params = load_keras_h5("weights/vgg16_imagenet_notop.h5")  # doctest: +SKIP
+    >>> params["block1_conv1"]["kernel"].shape
+    (3, 3, 3, 64)
+    """
+    import h5py
+
+    path = os.fspath(path)
+    fix = "pass a Keras VGG16/VGG19 weights file (.h5) with --weights or JAXVIZ_WEIGHTS"
+    if not os.path.exists(path):
+        raise JaxvizError(f"weights file {path} does not exist; {fix}")
+    if os.path.isdir(path):
+        raise JaxvizError(f"weights path {path} is a folder, not a file; {fix}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        reason = "truncated or damaged" if h5py.is_hdf5(path) else "not an HDF5 file"
+        raise JaxvizError(f"cannot read weights file {path}: {reason} ({e}); {fix}") from None
+    with f:
+        try:
+            groups = _read_layer_groups(f)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise JaxvizError(
+                f"cannot read Keras layers from {path} ({e}); it may be truncated or not a Keras file; {fix}"
+            ) from None
+    convs = [n for n in groups if _CONV.match(n)]
+    if not convs:
+        found = ", ".join(list(groups)[:6]) or "none"
+        raise JaxvizError(
+            f"{path} holds no VGG conv layers (layers found: {found}); it is from another model; {fix}"
+        )
+    spec = spec or detect_spec(convs)
+    params = {}
+    for l in layers(spec):
+        if l.kind != "conv":
+            continue
+        if l.name not in groups:
+            raise JaxvizError(
+                f"{path} has no weights for layer {l.name} ({spec.name} needs all of "
+                f"{l.name.split('_')[0]}); the file is incomplete or from another model; {fix}"
+            )
+        params[l.name] = _checked(path, l.name, groups[l.name], (3, 3, l.in_channels, l.out_channels), dtype, fix)
+    tops = [n for n in TOP_LAYERS if n in groups]
+    if tops:
+        if len(tops) != len(TOP_LAYERS):
+            raise JaxvizError(f"{path} has only part of the classifier top ({', '.join(tops)}); {fix}")
+        c = spec.channels[-1]
+        s = spec.top_input // 2 ** len(spec.blocks)
+        sizes = (s * s * c, *spec.fc, spec.classes)
+        for name, n_in, n_out in zip(TOP_LAYERS, sizes[:-1], sizes[1:]):
+            params[name] = _checked(path, name, groups[name], (n_in, n_out), dtype, fix)
+    return params
+
+
+def _checked(path, name, arrays, kshape, dtype, fix) -> dict:
+    try:
+        kernel, bias = _kernel_bias(arrays)
+    except ValueError as e:
+        raise JaxvizError(f"{path}: layer {name}: {e}; {fix}") from None
+    want = (kshape, (kshape[-1],))
+    got = (tuple(kernel.shape), tuple(bias.shape))
+    if got != want:
+        raise JaxvizError(
+            f"{path}: layer {name} has kernel {got[0]} and bias {got[1]}, expected {want[0]} and "
+            f"{want[1]}; the file is from another architecture; {fix}"
+        )
+    if not (np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
+        raise JaxvizError(f"{path}: layer {name} has non-float weights ({kernel.dtype}); {fix}")
+    return {"kernel": kernel.astype(dtype), "bias": bias.astype(dtype)}

@@ -1,0 +1,148 @@
+"""``python -m jaxviz.grid``: the seed's filter grids from one command.
+
+With no options it reproduces the book: block1_conv1, block2_conv1, block3_conv1 and
+block4_conv1, filters 0-63 as 8x8 grids of 64 px tiles with 5 px black margins, 40
+steps of size 1.0, on the embedded VGG16 ImageNet weights. One PNG per layer.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from jaxviz.cli_args import (
+    OneLineParser, check_out_dir, filters_for, number, parse_filters, parse_layers, positive_int,
+)
+from jaxviz.errors import JaxvizError
+from jaxviz.model import min_size
+
+SEED_LAYERS = "block1_conv1,block2_conv1,block3_conv1,block4_conv1"
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
+        prog="python -m jaxviz.grid",
+        description="Render the patterns that VGG16 filters respond to (gradient ascent in input space) "
+        "as grids of tiles. Defaults reproduce Chollet, Deep Learning with Python, section 5.4.",
+        epilog="Tiles are in reading order: filter f sits at row f // cols, column f %% cols "
+        "(the book's loop fills columns first, i.e. its grid is the transpose of ours).",
+    )
+    p.add_argument("--layers", default=SEED_LAYERS, help=f"conv layers, comma-separated, or 'all' (default {SEED_LAYERS})")
+    p.add_argument("--filters", default="0-63", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default 0-63)")
+    p.add_argument("--cols", type=positive_int("--cols", 1), default=8, help="tiles per grid row (default 8)")
+    p.add_argument("--size", type=positive_int("--size", 1), default=64, help="tile size in pixels (default 64)")
+    p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
+    p.add_argument("--steps", type=int, default=40, help="gradient ascent steps (default 40)")
+    p.add_argument("--step-size", type=number("--step-size"), default=1.0, help="step size of each ascent step (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the start images (default 0)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
+    p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
+    p.add_argument("--out", default="jaxviz-out", help="output folder (default jaxviz-out/)")
+    p.add_argument("--tiles", action="store_true", help="also save each tile as its own PNG in OUT/LAYER/")
+    p.add_argument("--npz", action="store_true", help="also save raw float results and the settings used as OUT/LAYER.npz")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _validate(args) -> tuple[list[str], dict[str, list[int]]]:
+    layers = parse_layers(args.layers)
+    wanted = parse_filters(args.filters)
+    filters = {l: filters_for(l, wanted) for l in layers}
+    if args.steps < 0:
+        raise JaxvizError(f"--steps must be 0 or more, not {args.steps}")
+    for l in layers:
+        if args.size < min_size(l):
+            raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
+    check_out_dir(args.out)
+    return layers, filters
+
+
+def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
+    import numpy as np
+
+    from jaxviz.image import atomic_write, make_grid, save_png
+
+    paths = []
+    if args.tiles:
+        folder = os.path.join(args.out, layer)
+        os.makedirs(folder, exist_ok=True)
+        for f, tile in zip(filters, images):
+            paths.append(save_png(os.path.join(folder, f"{layer}_f{f:03d}.png"), tile))
+    if args.npz:
+        settings = dict(layer=layer, size=args.size, steps=args.steps, step_size=args.step_size, seed=args.seed,
+                        precision=args.precision, weights=str(args.weights_path))
+        npz = os.path.join(args.out, f"{layer}.npz")
+        atomic_write(npz, lambda fh: np.savez_compressed(
+            fh, images=raw, uint8=images, losses=losses, filters=np.asarray(filters),
+            **{k: np.asarray(v) for k, v in settings.items()}))
+        paths.append(npz)
+    paths.append(save_png(os.path.join(args.out, f"{layer}.png"), make_grid(images, args.cols, args.margin)))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    done: list[str] = []
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        layers, filters = _validate(args)
+        import jaxviz
+        from jaxviz.weights import resolve_weights
+
+        args.weights_path = resolve_weights(args.weights, progress=not args.quiet)
+        params = jaxviz.load_params(args.weights_path)
+        timings = []
+        for layer in layers:
+            t0 = time.perf_counter()
+            images, raw, losses = _render_with_progress(jaxviz, params, layer, filters[layer], args)
+            for path in _save_layer(args, layer, filters[layer], images, raw, losses):
+                say(path)
+            timings.append(f"{layer} {time.perf_counter() - t0:.1f} s")
+            done.append(layer)
+        say("done: " + ", ".join(timings))
+        return 0
+    except JaxvizError as e:
+        print(f"jaxviz.grid: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
+        return 130
+
+
+def _render_with_progress(jaxviz, params, layer, filters, args):
+    """Render one layer in chunks, with a progress bar on a terminal."""
+    import numpy as np
+
+    from jaxviz.ascent import batch_size_for
+
+    show = not args.quiet and sys.stderr.isatty()
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(filters), desc=layer, unit="filter", file=sys.stderr, leave=True)
+    chunk = batch_size_for(layer, args.size, len(filters))
+    outs = []
+    try:
+        for i in range(0, len(filters), chunk):
+            part = filters[i : i + chunk]
+            outs.append(jaxviz.render(params, layer, part, size=args.size, steps=args.steps, step_size=args.step_size,
+                                      seed=args.seed, precision=args.precision, return_raw=True))
+            if bar:
+                bar.update(len(part))
+    finally:
+        if bar:
+            bar.close()
+    return tuple(np.concatenate([o[k] for o in outs]) for k in range(3))
+
+
+def main_exit() -> None:
+    """Entry point of the ``jaxviz-grid`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

@@ -1,0 +1,81 @@
+"""Images: the seed's deprocess, grids of tiles, and PNGs written atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+
+def deprocess(x: jax.Array) -> jax.Array:
+    """The seed's deprocess of one raw image into uint8 (pure, vmappable).
+
+    x - mean, / (std + 1e-5), x 0.1, + 0.5, clip [0, 1], x 255, truncated to uint8.
+    """
+    x = x - x.mean()
+    x = x / (x.std() + 1e-5)
+    x = jnp.clip(x * 0.1 + 0.5, 0.0, 1.0) * 255.0
+    return jnp.clip(x, 0, 255).astype(jnp.uint8)
+
+
+deprocess_batch = jax.jit(jax.vmap(deprocess))
+
+
+def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
+    """Tiles (N, h, w, 3) uint8 in reading order: filter i at row i // cols, column i % cols.
+
+    Black margins of ``margin`` px sit between tiles (not around the edge), as in the
+    seed: width = cols * w + (cols - 1) * margin.
+    """
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    if cols < 1:
+        raise JaxvizError(f"cols must be 1 or more, not {cols}")
+    if margin < 0:
+        raise JaxvizError(f"margin must be 0 or more, not {margin}")
+    rows = max(1, -(-n // cols))
+    cols_used = min(cols, n) if rows == 1 else cols
+    grid = np.zeros((rows * h + (rows - 1) * margin, cols_used * w + (cols_used - 1) * margin, c), np.uint8)
+    for i, tile in enumerate(images):
+        r, col = divmod(i, cols)
+        y, x = r * (h + margin), col * (w + margin)
+        grid[y : y + h, x : x + w] = tile
+    return grid
+
+
+def atomic_write(path: str | os.PathLike, write) -> str:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
+
+    An interruption leaves ``path`` as it was (absent or the old file) and removes the
+    temporary file.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise JaxvizError(f"cannot write to {folder} ({e.strerror}); choose a writable folder with --out") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def save_png(path: str | os.PathLike, image) -> str:
+    """Save a uint8 (H, W, 3) image as PNG, atomically; returns the path."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(image, np.uint8))
+    return atomic_write(path, lambda f: img.save(f, format="PNG", optimize=False))

@@ -1,0 +1,165 @@
+"""VGG as a Flax module: Keras layer names, NHWC, stops at any named layer.
+
+The architecture comes from a small block specification, so VGG16 and VGG19 are the
+same code. Parameters are a pytree keyed by the Keras layer names:
+``{"block1_conv1": {"kernel": (3, 3, 3, 64), "bias": (64,)}, ...}`` (HWIO kernels),
+plus ``fc1``, ``fc2``, ``predictions`` when the classifier top is present.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxviz.errors import JaxvizError
+
+
+class VGGSpec(NamedTuple):
+    """Convs per block and channels per block; the classifier top's sizes."""
+
+    name: str
+    blocks: tuple[int, ...]
+    channels: tuple[int, ...] = (64, 128, 256, 512, 512)
+    fc: tuple[int, ...] = (4096, 4096)
+    classes: int = 1000
+    top_input: int = 224  # the top's flatten expects this input size
+
+
+VGG16 = VGGSpec("vgg16", (2, 2, 3, 3, 3))
+VGG19 = VGGSpec("vgg19", (2, 2, 4, 4, 4))
+TOP_LAYERS = ("fc1", "fc2", "predictions")
+
+
+class Layer(NamedTuple):
+    """One layer of the feature stack: its Keras name, kind, and sizes."""
+
+    name: str
+    kind: str  # "conv" or "pool"
+    block: int  # 1-based
+    in_channels: int
+    out_channels: int
+    pools_before: int  # how many 2x2 pools the input went through before this layer
+
+
+def layers(spec: VGGSpec = VGG16) -> tuple[Layer, ...]:
+    """Every layer of the convolutional base in order, pools included."""
+    out, cin = [], 3
+    for b, (n, c) in enumerate(zip(spec.blocks, spec.channels), start=1):
+        for i in range(1, n + 1):
+            out.append(Layer(f"block{b}_conv{i}", "conv", b, cin, c, b - 1))
+            cin = c
+        out.append(Layer(f"block{b}_pool", "pool", b, c, c, b - 1))
+    return tuple(out)
+
+
+def conv_layers(spec: VGGSpec = VGG16) -> tuple[str, ...]:
+    """The names of the conv layers, in order."""
+    return tuple(l.name for l in layers(spec) if l.kind == "conv")
+
+
+def layer_info(name: str, spec: VGGSpec = VGG16) -> Layer:
+    """The layer called ``name``; a JaxvizError listing the valid names otherwise."""
+    for l in layers(spec):
+        if l.name == name:
+            return l
+    raise JaxvizError(
+        f"unknown layer {name!r} for {spec.name}; valid layers: {', '.join(l.name for l in layers(spec))}"
+    )
+
+
+def min_size(name: str, spec: VGGSpec = VGG16) -> int:
+    """The smallest square input for which ``name`` still has at least one pixel."""
+    l = layer_info(name, spec)
+    return 2 ** (l.pools_before + (1 if l.kind == "pool" else 0))
+
+
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """A 3x3 SAME convolution, stride 1, NHWC input, HWIO kernel."""
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+    """2x2 max pool, stride 2, 'valid' like Keras (odd edges are dropped).
+
+    Written as reshape + max: XLA:CPU's reduce_window and its gradient are slower.
+    """
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2, :].reshape(n, h2, 2, w2, 2, c)
+    return x.max(axis=(2, 4))
+
+
+class Conv3x3(nn.Module):
+    """A Keras Conv2D(3x3, padding='same') without its activation."""
+
+    features: int
+    conv: Callable[[jax.Array, jax.Array], jax.Array] = conv3x3
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return self.conv(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+
+
+class VGG(nn.Module):
+    """VGG's convolutional base (and optionally its classifier top), NHWC.
+
+    ``stop_at`` names the layer whose output is returned; nothing after it is
+    computed. ``output`` chooses what is returned at that layer: ``"relu"`` (what
+    Keras returns for a conv layer), ``"preact"`` (before the relu) or ``"input"``
+    (the tensor entering the layer). With ``stop_at=None`` the whole base runs, then
+    the top if ``include_top``. Images are fed as the model expects them (for the
+    Keras weights: BGR, ImageNet means subtracted, 0-255 scale); no preprocessing
+    happens here.
+
+    >>> import jax, jax.numpy as jnp
+    >>> m = VGG(stop_at="block1_conv1")
+    >>> params = m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> m.apply(params, jnp.ones((1, 32, 32, 3))).shape
+    (1, 32, 32, 64)
+    """
+
+    spec: VGGSpec = VGG16
+    stop_at: str | None = None
+    output: str = "relu"
+    include_top: bool = False
+    conv: Callable[[jax.Array, jax.Array], jax.Array] = conv3x3
+
+    @nn.compact
+    def __call__(self, x):
+        if self.output not in ("relu", "preact", "input"):
+            raise JaxvizError(f"output must be 'relu', 'preact' or 'input', not {self.output!r}")
+        if self.stop_at is not None:
+            layer_info(self.stop_at, self.spec)
+        for l in layers(self.spec):
+            last = l.name == self.stop_at
+            if last and self.output == "input":
+                return x
+            if l.kind == "conv":
+                x = Conv3x3(l.out_channels, conv=self.conv, name=l.name)(x)
+                if last and self.output == "preact":
+                    return x
+                x = nn.relu(x)
+            else:
+                x = max_pool2(x)
+            if last:
+                return x
+        if not self.include_top:
+            return x
+        x = x.reshape(x.shape[0], -1)  # NHWC flatten, as Keras' Flatten does
+        for name, width in zip(TOP_LAYERS[:-1], self.spec.fc):
+            x = nn.relu(nn.Dense(width, name=name)(x))
+        return nn.softmax(nn.Dense(self.spec.classes, name=TOP_LAYERS[-1])(x))
+
+
+def variables(params: dict) -> dict:
+    """Wrap a params pytree for ``VGG.apply``."""
+    return {"params": params}

@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED = ROOT / "weights" / "vgg16_imagenet_notop.h5"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def params():
+    """The embedded VGG16 weights as device arrays, loaded once per test session."""
+    from jaxviz.convert import load_keras_h5
+
+    return jax.tree.map(jnp.asarray, load_keras_h5(EMBEDDED))

@@ -1,0 +1,163 @@
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from conftest import EMBEDDED
+
+from jaxviz.convert import load_keras_h5
+from jaxviz.errors import JaxvizError
+from jaxviz.model import VGG19, VGGSpec, layers
+
+SMALL16 = VGGSpec("vgg16", (2, 2, 3, 3, 3), (2, 3, 4, 4, 5), fc=(6, 7), classes=4, top_input=32)
+SMALL19 = VGGSpec("vgg19", (2, 2, 4, 4, 4), (2, 3, 4, 4, 5))
+
+
+def random_params(spec, top=False, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for l in layers(spec):
+        if l.kind == "conv":
+            out[l.name] = (rng.normal(size=(3, 3, l.in_channels, l.out_channels)).astype(np.float32),
+                           rng.normal(size=l.out_channels).astype(np.float32))
+    if top:
+        s = spec.top_input // 32
+        sizes = (s * s * spec.channels[-1], *spec.fc, spec.classes)
+        for name, a, b in zip(("fc1", "fc2", "predictions"), sizes[:-1], sizes[1:]):
+            out[name] = (rng.normal(size=(a, b)).astype(np.float32), rng.normal(size=b).astype(np.float32))
+    return out
+
+
+def write_legacy(path, weights, style="W_1", wrap=False, extra_layers=("input_1", "block1_pool")):
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if wrap else f
+        names = list(extra_layers) + list(weights)
+        root.attrs["layer_names"] = np.array([n.encode() for n in names])
+        for n in extra_layers:
+            root.create_group(n).attrs["weight_names"] = np.array([], dtype="S1")
+        for n, (k, b) in weights.items():
+            g = root.create_group(n)
+            if style == "W_1":
+                wn = [f"{n}_W_1:0", f"{n}_b_1:0"]
+            else:  # nested, Keras 2 style
+                wn = [f"{n}/kernel:0", f"{n}/bias:0"]
+            g.attrs["weight_names"] = np.array([w.encode() for w in wn])
+            g[wn[0]] = k
+            g[wn[1]] = b
+
+
+def write_keras3(path, weights):
+    with h5py.File(path, "w") as f:
+        lg = f.create_group("layers")
+        lg.create_group("input_layer").create_group("vars")
+        for n, (k, b) in weights.items():
+            v = lg.create_group(n).create_group("vars")
+            v["0"] = k
+            v["1"] = b
+
+
+def assert_same(params, weights):
+    assert set(params) == set(weights)
+    for n, (k, b) in weights.items():
+        np.testing.assert_array_equal(params[n]["kernel"], k)
+        np.testing.assert_array_equal(params[n]["bias"], b)
+        assert params[n]["kernel"].dtype == np.float32
+
+
+@pytest.mark.parametrize("layout", ["legacy_W_1", "legacy_nested", "keras2_model", "keras3"])
+def test_each_layout_loads_array_by_array(tmp_path, layout):
+    w = random_params(SMALL16, top=True)
+    p = tmp_path / "w.h5"
+    if layout == "legacy_W_1":
+        write_legacy(p, w)
+    elif layout == "legacy_nested":
+        write_legacy(p, w, style="nested")
+    elif layout == "keras2_model":
+        write_legacy(p, w, style="nested", wrap=True)
+    else:
+        write_keras3(p, w)
+    assert_same(load_keras_h5(p, spec=SMALL16), w)
+
+
+def test_vgg19_is_detected_from_layer_names(tmp_path):
+    w = random_params(SMALL19)
+    write_legacy(tmp_path / "w.h5", w)
+    # the shapes are SMALL19's, so loading with the detected VGG19 spec must fail on shape...
+    with pytest.raises(JaxvizError, match="block1_conv1"):
+        load_keras_h5(tmp_path / "w.h5")
+    # ...and succeed with the matching spec
+    assert_same(load_keras_h5(tmp_path / "w.h5", spec=SMALL19), w)
+    assert "block5_conv4" in load_keras_h5(tmp_path / "w.h5", spec=SMALL19)
+
+
+def test_dtype_option(tmp_path):
+    w = random_params(SMALL16)
+    write_legacy(tmp_path / "w.h5", w)
+    p = load_keras_h5(tmp_path / "w.h5", spec=SMALL16, dtype=np.float64)
+    assert p["block1_conv1"]["kernel"].dtype == np.float64
+
+
+def test_embedded_file_is_the_imagenet_vgg16():
+    p = load_keras_h5(EMBEDDED)
+    assert len(p) == 13
+    np.testing.assert_allclose(p["block1_conv1"]["bias"][:3], [0.73429835, 0.093403675, 0.06775674])
+    assert p["block5_conv3"]["kernel"].shape == (3, 3, 512, 512)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(JaxvizError, match="does not exist.*--weights"):
+        load_keras_h5(tmp_path / "nope.h5")
+
+
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "notes.h5"
+    p.write_text("hello, not an h5 file")
+    with pytest.raises(JaxvizError, match="notes.h5.*not an HDF5 file"):
+        load_keras_h5(p)
+
+
+def test_truncated_file(tmp_path):
+    p = tmp_path / "cut.h5"
+    with open(EMBEDDED, "rb") as src, open(p, "wb") as dst:
+        dst.write(src.read(2_000_000))
+    with pytest.raises(JaxvizError, match="cut.h5"):
+        load_keras_h5(p)
+
+
+def test_h5_from_another_model(tmp_path):
+    p = tmp_path / "resnet.h5"
+    with h5py.File(p, "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv1", b"dense_1"])
+        g = f.create_group("conv1")
+        g.attrs["weight_names"] = np.array([b"conv1/kernel:0", b"conv1/bias:0"])
+        g["conv1/kernel:0"] = np.zeros((7, 7, 3, 64), np.float32)
+        g["conv1/bias:0"] = np.zeros(64, np.float32)
+        f.create_group("dense_1").attrs["weight_names"] = np.array([], dtype="S1")
+    with pytest.raises(JaxvizError, match="resnet.h5.*another model"):
+        load_keras_h5(p)
+
+
+def test_wrong_shape_names_layer(tmp_path):
+    w = random_params(SMALL16)
+    w["block2_conv1"] = (np.zeros((3, 3, 2, 9), np.float32), np.zeros(9, np.float32))
+    write_legacy(tmp_path / "w.h5", w)
+    with pytest.raises(JaxvizError, match=r"w.h5.*block2_conv1.*\(3, 3, 2, 9\).*expected"):
+        load_keras_h5(tmp_path / "w.h5", spec=SMALL16)
+
+
+def test_missing_layer_names_layer(tmp_path):
+    w = random_params(SMALL16)
+    del w["block3_conv2"]
+    write_legacy(tmp_path / "w.h5", w)
+    with pytest.raises(JaxvizError, match="w.h5.*block3_conv2"):
+        load_keras_h5(tmp_path / "w.h5", spec=SMALL16)
+
+
+def test_a_failed_file_leaves_nothing_behind(tmp_path):
+    p = tmp_path / "w.h5"
+    p.write_text("garbage")
+    with pytest.raises(JaxvizError):
+        load_keras_h5(p)
+    w = random_params(SMALL16)
+    write_legacy(p, w)  # fixed in place: the next load reads the new file
+    assert_same(load_keras_h5(p, spec=SMALL16), w)
