@@ -1,0 +1,125 @@
+"""The seed engine: batching, chunking, determinism, gradients, and fidelity to Keras."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+from jaxviz import ascent
+from jaxviz.ascent import AscentConfig, ascend
+from jaxviz.errors import JaxvizError
+from jaxviz.image import deprocess
+from jaxviz.model import VGG
+
+TINY = AscentConfig(size=16, steps=3)
+
+
+def test_batched_equals_per_filter(params):
+    batch = ascend(params, "block2_conv1", [0, 3, 9, 17], config=TINY)
+    for i, f in enumerate([0, 3, 9, 17]):
+        one = ascend(params, "block2_conv1", [f], config=TINY)
+        np.testing.assert_allclose(one.images[0], batch.images[i], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(one.losses[0], batch.losses[i], rtol=1e-5)
+
+
+def test_chunked_equals_unchunked(params):
+    fs = list(range(7))
+    whole = ascend(params, "block1_conv2", fs, config=TINY)
+    chunked = ascend(params, "block1_conv2", fs, config=TINY, batch_size=3)
+    tiny_memory = ascend(params, "block1_conv2", fs, config=TINY, max_bytes=1)
+    for other in (chunked, tiny_memory):
+        np.testing.assert_allclose(other.images, whole.images, rtol=1e-5, atol=1e-3)
+
+
+def test_deterministic_per_key(params):
+    a = ascend(params, "block1_conv1", [1, 2], config=TINY, seed=5)
+    b = ascend(params, "block1_conv1", [1, 2], config=TINY, seed=5)
+    c = ascend(params, "block1_conv1", [1, 2], config=TINY, seed=6)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.allclose(a.images, c.images)
+
+
+def test_start_images_are_the_seeds(params):
+    x = ascent.start_images(jax.random.key(0), "block1_conv1", [0, 1, 63], 32)
+    assert x.shape == (3, 32, 32, 3)
+    assert 128 <= float(x.min()) and float(x.max()) < 148
+    np.testing.assert_array_equal(x[2], ascent.start_images(jax.random.key(0), "block1_conv1", [63], 32)[0])
+    assert not np.allclose(x[0], x[1])
+
+
+def test_grad_matches_finite_difference(params):
+    x = ascent.start_image(jax.random.key(3), 6)
+    f, layer = 4, "block1_conv1"
+    g = np.asarray(jax.grad(ascent.loss, argnums=1)(params, x, f, layer))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        i = tuple(int(rng.integers(s)) for s in x.shape)
+        e = jnp.zeros_like(x).at[i].set(0.5)
+        fd = (ascent.loss(params, x + e, f, layer) - ascent.loss(params, x - e, f, layer)) / 1.0
+        assert abs(float(fd) - g[i]) <= 1e-3 * max(1.0, abs(g).max())
+
+
+def test_custom_vjp_matches_plain_autodiff(params):
+    x = ascent.start_image(jax.random.key(4), 16)
+    layer, f = "block3_conv1", 7
+
+    def plain(x):
+        y = VGG(stop_at=layer).apply({"params": params}, x[None])
+        return y[0, :, :, f].mean()
+
+    want = jax.grad(plain)(x)
+    got = jax.grad(ascent.loss, argnums=1)(params, x, f, layer)
+    assert float(jnp.abs(got - want).max()) <= 1e-5 * float(jnp.abs(want).max())
+
+
+def test_jit_and_no_jit_agree(params):
+    x0 = ascent.start_image(jax.random.key(1), 8)
+    jitted = jax.jit(ascent.ascend_one, static_argnames=("layer",))(params, x0, 2, 3, 1.0, layer="block1_conv1")
+    with jax.disable_jit():
+        eager = ascent.ascend_one(params, x0, 2, 3, 1.0, "block1_conv1")
+    np.testing.assert_allclose(jitted[0], eager[0], rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("layer,filters", [("block1_conv1", [0, 1, 2]), ("block3_conv1", [0, 1, 2])])
+def test_loss_rises_over_40_steps(params, layer, filters):
+    start = ascend(params, layer, filters, config=AscentConfig(size=16, steps=0))
+    end = ascend(params, layer, filters, config=AscentConfig(size=16, steps=40))
+    assert (np.asarray(end.losses) > np.asarray(start.losses)).all()
+
+
+def test_bad_settings_raise_one_error(params):
+    with pytest.raises(JaxvizError, match="has 64 filters"):
+        ascend(params, "block1_conv1", [64], config=TINY)
+    with pytest.raises(JaxvizError, match="minimum is 8"):
+        ascend(params, "block4_conv1", [0], config=AscentConfig(size=4))
+    with pytest.raises(JaxvizError, match="steps"):
+        ascend(params, "block1_conv1", [0], config=AscentConfig(steps=-1))
+    with pytest.raises(JaxvizError, match="pooling layer"):
+        ascend(params, "block1_pool", [0], config=TINY)
+
+
+@pytest.fixture(scope="module")
+def seed_fixture():
+    return np.load(FIXTURES / "keras_seed_ascent.npz")
+
+
+def test_one_step_gradient_matches_keras(params, seed_fixture):
+    d = seed_fixture
+    for i in range(len(d["filter"])):
+        layer, f = str(d["layer"][i]), int(d["filter"][i])
+        g = ascent.normalize(jax.grad(ascent.loss, argnums=1)(params, jnp.asarray(d["x0"][i]), f, layer))
+        want = d["grad1"][i]
+        assert np.abs(np.asarray(g) - want).max() / np.abs(want).max() <= 1e-3, (layer, f)
+
+
+def test_40_steps_match_keras(params, seed_fixture):
+    d = seed_fixture
+    for layer in ("block1_conv1", "block3_conv1"):
+        idx = [i for i in range(len(d["filter"])) if d["layer"][i] == layer]
+        r = ascend(params, layer, [int(d["filter"][i]) for i in idx], start=d["x0"][idx],
+                   config=AscentConfig(size=32))
+        np.testing.assert_allclose(r.losses, d["loss40"][idx], rtol=0.01)
+        if layer == "block1_conv1":
+            for j, i in enumerate(idx):
+                img = np.asarray(deprocess(r.images[j])).astype(int)
+                assert (np.abs(img - d["img40"][i]) <= 1).mean() >= 0.99
