@@ -64,11 +64,13 @@ def atomic_write(path: str | os.PathLike, write) -> str:
             write(f)
         os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise JaxvizError(f"cannot write {path} ({e}); check free space and permissions, or choose another --out") from None
         raise
     return path
 

@@ -1,0 +1,75 @@
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxviz.errors import JaxvizError
+from jaxviz.image import atomic_write, deprocess, deprocess_batch, make_grid, save_png
+
+
+def book_deprocess(x):
+    """The book's numpy deprocess, as written in section 5.4."""
+    x = x.copy()
+    x -= x.mean()
+    x /= x.std() + 1e-5
+    x *= 0.1
+    x += 0.5
+    x = np.clip(x, 0, 1)
+    x *= 255
+    return np.clip(x, 0, 255).astype("uint8")
+
+
+def test_deprocess_matches_the_book():
+    x = np.random.default_rng(0).normal(130, 40, (2, 9, 9, 3)).astype(np.float32)
+    for i in range(2):
+        got = np.asarray(deprocess(jnp.asarray(x[i]))).astype(int)
+        assert np.abs(got - book_deprocess(x[i])).max() <= 1
+    assert deprocess_batch(jnp.asarray(x)).dtype == jnp.uint8
+
+
+def test_grid_layout_reading_order_and_black_margins():
+    tiles = np.stack([np.full((4, 6, 3), i + 1, np.uint8) for i in range(5)])
+    g = make_grid(tiles, cols=2, margin=3)
+    assert g.shape == (3 * 4 + 2 * 3, 2 * 6 + 3, 3)
+    for i in range(5):
+        r, c = divmod(i, 2)
+        assert (g[r * 7 : r * 7 + 4, c * 9 : c * 9 + 6] == i + 1).all()
+    assert (g[4:7] == 0).all() and (g[:, 6:9] == 0).all()
+    assert (g[14:, 9:] == 0).all()  # the empty sixth cell stays black
+
+
+def test_seed_grid_size():
+    assert make_grid(np.zeros((64, 64, 64, 3), np.uint8)).shape == (8 * 64 + 7 * 5, 8 * 64 + 7 * 5, 3)
+
+
+def test_save_png_roundtrip(tmp_path):
+    img = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    p = save_png(tmp_path / "a.png", img)
+    np.testing.assert_array_equal(np.asarray(Image.open(p)), img)
+    assert oct(os.stat(p).st_mode & 0o777) == oct(0o644)
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path):
+    def failing(f):
+        f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x.png", failing)
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_file_replaced_only_when_complete(tmp_path):
+    p = tmp_path / "x.png"
+    save_png(p, np.zeros((2, 2, 3), np.uint8))
+    before = p.read_bytes()
+    with pytest.raises(RuntimeError):
+        atomic_write(p, lambda f: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert p.read_bytes() == before and os.listdir(tmp_path) == ["x.png"]
+
+
+def test_unwritable_folder_is_one_error(tmp_path):
+    with pytest.raises(JaxvizError, match="cannot write"):
+        save_png(tmp_path / "missing" / "x.png", np.zeros((2, 2, 3), np.uint8))
