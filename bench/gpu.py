@@ -1,0 +1,86 @@
+"""jaxviz on whatever accelerator JAX sees: the seed's four grids and a full VGG16 atlas pass.
+
+Run once where a GPU is lent (CI never runs benchmarks):
+
+    PYTHONPATH=. python bench/gpu.py --markdown-out gpu.md
+
+Prints seconds per grid (first call = compile + run, then the best and median of the
+next rounds) for block1..4_conv1 at 64 px, 40 steps, float32 and bfloat16, and the
+time to render all 4,224 conv filters of VGG16 at 64 px, 40 steps (the atlas's work,
+without writing the site).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+SEED_LAYERS = ("block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1")
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--precisions", default="float32,bfloat16")
+    p.add_argument("--atlas", action="store_true", help="also time every filter of every conv layer")
+    p.add_argument("--max-gb", type=float, default=16.0, help="memory bound per chunk for the atlas pass")
+    p.add_argument("--markdown-out", default=None)
+    a = p.parse_args(argv)
+
+    import jax
+
+    import jaxviz
+    from jaxviz.model import conv_layers, layer_info
+
+    dev = jax.devices()[0]
+    lines = [f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, {len(jax.devices())} device(s)", ""]
+    t_load, params = timed(lambda: jaxviz.load_params())
+    lines.append(f"load_params: {t_load:.2f} s (first, includes imports of h5py and device transfer)")
+    lines += ["", "| layer | precision | first call s | best s | median s | mean final loss |", "|---|---|---|---|---|---|"]
+    totals = {}
+    for prec in a.precisions.split(","):
+        for layer in SEED_LAYERS:
+            run = lambda: jaxviz.render(params, layer, range(64), size=a.size, steps=a.steps, precision=prec, return_raw=True)
+            first, _ = timed(run)
+            times, losses = [], None
+            for _ in range(a.rounds):
+                t, (_, _, losses) = timed(run)
+                times.append(t)
+            totals[prec] = totals.get(prec, 0.0) + min(times)
+            lines.append(f"| {layer} | {prec} | {first:.2f} | {min(times):.3f} | {statistics.median(times):.3f} | {losses.mean():.1f} |")
+            print(lines[-1], flush=True)
+    lines.append("")
+    for prec, t in totals.items():
+        lines.append(f"four grids, {prec}: {t:.2f} s (sum of best)")
+    if a.atlas:
+        total_filters, t0 = 0, time.perf_counter()
+        per_layer = []
+        for layer in conv_layers():
+            n = layer_info(layer).out_channels
+            t, _ = timed(lambda: jaxviz.render(params, layer, range(n), size=a.size, steps=a.steps,
+                                               max_bytes=int(a.max_gb * 1024**3)))
+            per_layer.append(f"{layer} {t:.1f}s")
+            total_filters += n
+            print(per_layer[-1], flush=True)
+        wall = time.perf_counter() - t0
+        lines += ["", f"full atlas pass ({total_filters} filters, {a.size} px, {a.steps} steps, float32, compile included): "
+                  f"{wall:.1f} s, {total_filters / wall:.1f} filters/s", "per layer: " + ", ".join(per_layer)]
+    text = "\n".join(lines)
+    print(text)
+    if a.markdown_out:
+        with open(a.markdown_out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
