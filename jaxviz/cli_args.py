@@ -68,13 +68,32 @@ def filters_for(layer: str, filters: list[int] | None, spec: VGGSpec = VGG16) ->
 
 
 def check_out_dir(path: str) -> str:
-    """Create ``path`` if needed and check that files can be written there."""
+    """Check that ``path`` can be created and written to, without creating it yet.
+
+    The nearest existing ancestor must be a folder where a file can be created (probed
+    with a temporary file that is removed at once), so a bad ``--out`` fails before any
+    work and leaves nothing behind.
+    """
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    fix = "choose a writable folder with --out"
+    if not os.path.isdir(existing):
+        raise JaxvizError(f"cannot write to output folder {path}: {existing} is a file, not a folder; {fix}")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".jaxviz-probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".jaxviz-probe-"):
             pass
     except OSError as e:
-        raise JaxvizError(f"cannot write to output folder {path} ({e.strerror}); choose a writable folder with --out") from None
+        raise JaxvizError(f"cannot write to output folder {path} ({e.strerror}); {fix}") from None
+    return path
+
+
+def make_out_dir(path: str) -> str:
+    """Create the output folder (after ``check_out_dir`` passed)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise JaxvizError(f"cannot create output folder {path} ({e.strerror}); choose a writable folder with --out") from None
     return path
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 from jaxviz.cli_args import (
-    OneLineParser, check_out_dir, filters_for, number, parse_filters, parse_layers, positive_int,
+    OneLineParser, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers, positive_int,
 )
 from jaxviz.errors import JaxvizError
 from jaxviz.model import min_size
@@ -25,7 +25,7 @@ def build_parser() -> OneLineParser:
         prog="python -m jaxviz.grid",
         description="Render the patterns that VGG16 filters respond to (gradient ascent in input space) "
         "as grids of tiles. Defaults reproduce Chollet, Deep Learning with Python, section 5.4.",
-        epilog="Tiles are in reading order: filter f sits at row f // cols, column f %% cols "
+        epilog="Tiles are in reading order: filter f sits at row f // cols, column f % cols "
         "(the book's loop fills columns first, i.e. its grid is the transpose of ours).",
     )
     p.add_argument("--layers", default=SEED_LAYERS, help=f"conv layers, comma-separated, or 'all' (default {SEED_LAYERS})")
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.weights_path = resolve_weights(args.weights, progress=not args.quiet)
         params = jaxviz.load_params(args.weights_path)
+        make_out_dir(args.out)
         timings = []
         for layer in layers:
             t0 = time.perf_counter()

@@ -110,3 +110,14 @@ def test_failure_inside_the_writer_leaves_no_partial_png(tmp_path, capsys, monke
     assert grid.main(["--layers", "block1_conv1", *TINY, "--out", str(tmp_path)]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_missing_or_corrupt_weights_is_one_line_and_nothing_written(tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    for weights, message in ((tmp_path / "nope.h5", "missing"), (bad, "not an HDF5 file")):
+        out = tmp_path / "out"
+        assert grid.main(["--layers", "block1_conv1", *TINY, "--weights", str(weights), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and str(weights) in err[0]
+        assert not out.exists()
