@@ -1,0 +1,605 @@
+"""``python -m jaxviz.atlas``: every filter of every conv layer, as a static site.
+
+The job is split into chunks: chunk = (layer, up to ``--chunk`` consecutive filters
+of the selection). A chunk's PNGs are written one by one, atomically, and then its
+record ``chunks/LAYER/cNNNN.json`` (filters, final activations, each PNG's sha256)
+is written atomically: a chunk is done exactly when its record exists and its PNGs
+match it. Re-running the same command skips done chunks, so a run killed at any
+point (even by SIGKILL) and restarted finishes with every image intact, and no done
+chunk is rendered again. ``manifest.json`` records the settings; a folder made with
+other settings is refused unless ``--force`` (which replaces it).
+
+Every chunk is rendered in rounds of ``--batch`` filters per local device, sharded
+over a 1-D mesh of the devices (see jaxviz.shard); with ``--coordinator``,
+``--num-processes`` and ``--process-id`` (or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID) process p of P renders the chunks i with
+i % P == p into the shared output folder, and process 0 builds the site once every
+chunk record is there. The same filter gives the same image whatever the device or
+process count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from typing import NamedTuple, Sequence
+
+from jaxviz.cli_args import OneLineParser, check_out_dir, filters_for, number, parse_filters, parse_layers, positive_int
+from jaxviz.errors import JaxvizError
+from jaxviz.model import VGG16, conv_layers, layer_info, layers as all_layers, min_size
+
+FORMAT = "jaxviz-atlas/1"
+MANIFEST = "manifest.json"
+LOG = "atlas.log"
+CHUNKS = "chunks"
+TEST_DELAY_ENV = "JAXVIZ_ATLAS_TEST_DELAY"  # tests only: seconds to sleep after each PNG
+SEED_RECIPE = "seed"
+
+
+class Chunk(NamedTuple):
+    """Chunk ``index`` of the whole job: the ``k``-th slice of ``layer``'s selected filters."""
+
+    index: int
+    layer: str
+    k: int
+    filters: tuple[int, ...]
+
+
+def plan(selection: dict[str, list[int]], chunk: int) -> list[Chunk]:
+    """The job's chunks in order: layer by layer, ``chunk`` filters each (the last may be short)."""
+    out: list[Chunk] = []
+    for layer, filters in selection.items():
+        for k, start in enumerate(range(0, len(filters), chunk)):
+            out.append(Chunk(len(out), layer, k, tuple(filters[start : start + chunk])))
+    return out
+
+
+def share(chunks: Sequence[Chunk], process: int, count: int) -> list[Chunk]:
+    """The chunks that process ``process`` of ``count`` renders: index % count == process."""
+    return [c for c in chunks if c.index % count == process]
+
+
+def png_name(f: int) -> str:
+    return f"f{f:03d}.png"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def relative_cost(layer: str, size: int) -> float:
+    """Multiply-accumulates of one ascent step of one image at ``layer`` (forward + input gradient).
+
+    Used to weigh the progress bar (deep layers cost more per filter) and to model the
+    time of layers an --estimate run did not measure.
+    """
+    total, s = 0.0, size
+    for l in all_layers(VGG16):
+        if l.kind == "pool":
+            s //= 2
+            continue
+        cout = 1 if l.name == layer else l.out_channels
+        total += s * s * 9 * l.in_channels * cout
+        if l.name == layer:
+            break
+    return 2.0 * total
+
+
+class Atlas:
+    """The files of one atlas folder: manifest, chunk records, PNGs, log."""
+
+    def __init__(self, out: str, settings: dict, selection: dict[str, list[int]]):
+        self.out = out
+        self.settings = settings
+        self.selection = selection
+        self.chunks = plan(selection, settings["chunk"])
+
+    # manifest -------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        return {"format": FORMAT, "settings": self.settings, "layers": self.selection,
+                "chunks": len(self.chunks)}
+
+    def manifest_path(self) -> str:
+        return os.path.join(self.out, MANIFEST)
+
+    def read_manifest(self) -> dict | None:
+        try:
+            with open(self.manifest_path()) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise JaxvizError(f"{self.manifest_path()} is unreadable ({e}); pass --force to replace the atlas") from None
+
+    def differences(self, old: dict) -> list[str]:
+        """What differs between this job and a manifest found in the folder."""
+        if old.get("format") != FORMAT:
+            return [f"format {old.get('format')!r}"]
+        diff = [f"{k} {old.get('settings', {}).get(k)!r} -> {v!r}" for k, v in self.settings.items()
+                if old.get("settings", {}).get(k) != v]
+        if old.get("layers") != self.selection:
+            diff.append("the layers or filters")
+        return diff
+
+    def prepare(self, force: bool) -> str:
+        """Check the folder's manifest against this job (or replace it); returns 'new', 'resume' or 'replaced'."""
+        old = self.read_manifest() if not force else None
+        if old is not None:
+            diff = self.differences(old)
+            if diff:
+                raise JaxvizError(
+                    f"{self.out} holds an atlas made with other settings ({'; '.join(diff[:4])}); "
+                    "use another --out, or --force to replace it"
+                )
+            return "resume"
+        state = "new"
+        if force and os.path.exists(self.manifest_path()) or force and os.path.isdir(os.path.join(self.out, CHUNKS)):
+            self.remove()
+            state = "replaced"
+        from jaxviz.image import atomic_write
+
+        data = json.dumps(self.manifest(), indent=1).encode()
+        atomic_write(self.manifest_path(), lambda f: f.write(data))
+        return state
+
+    def remove(self) -> None:
+        """Delete what an atlas writes here (manifest, log, records, site, layer folders); nothing else."""
+        for name in (MANIFEST, LOG, "index.html"):
+            try:
+                os.unlink(os.path.join(self.out, name))
+            except FileNotFoundError:
+                pass
+        for name in (CHUNKS,) + conv_layers(VGG16):
+            path = os.path.join(self.out, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+
+    # chunks ---------------------------------------------------------------------------
+    def record_path(self, c: Chunk) -> str:
+        return os.path.join(self.out, CHUNKS, c.layer, f"c{c.k:04d}.json")
+
+    def image_path(self, layer: str, f: int) -> str:
+        return os.path.join(self.out, layer, png_name(f))
+
+    def read_record(self, c: Chunk) -> dict | None:
+        try:
+            with open(self.record_path(c)) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if rec.get("layer") != c.layer or tuple(rec.get("filters", ())) != c.filters:
+            return None
+        return rec
+
+    def is_done(self, c: Chunk, verify: bool = True) -> bool:
+        """The chunk's record exists and (with ``verify``) every PNG it names is there, unchanged."""
+        rec = self.read_record(c)
+        if rec is None:
+            return False
+        if not verify:
+            return True
+        for f, digest in zip(c.filters, rec.get("sha256", ())):
+            path = self.image_path(c.layer, f)
+            try:
+                if sha256_file(path) != digest:
+                    return False
+            except OSError:
+                return False
+        return len(rec.get("sha256", ())) == len(c.filters)
+
+    def write_chunk(self, c: Chunk, images, losses, seconds: float, devices: int, process: int) -> dict:
+        """Write the chunk's PNGs, then its record (each atomically), then a log line."""
+        from jaxviz.image import atomic_write, save_png
+
+        delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+        os.makedirs(os.path.join(self.out, c.layer), exist_ok=True)
+        digests = []
+        for f, img in zip(c.filters, images):
+            path = save_png(self.image_path(c.layer, f), img)
+            digests.append(sha256_file(path))
+            if delay:
+                time.sleep(delay)
+        rec = {"layer": c.layer, "chunk": c.k, "index": c.index, "filters": list(c.filters),
+               "losses": [float(x) for x in losses], "files": [png_name(f) for f in c.filters],
+               "sha256": digests, "seconds": round(seconds, 4), "devices": devices, "process": process}
+        path = self.record_path(c)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = json.dumps(rec).encode()
+        atomic_write(path, lambda fh: fh.write(data))
+        return rec
+
+    def log(self, line: str) -> None:
+        """Append one line to atlas.log (one write call, O_APPEND: lines from processes do not mix)."""
+        fd = os.open(os.path.join(self.out, LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line.rstrip("\n") + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def missing(self) -> list[Chunk]:
+        return [c for c in self.chunks if not os.path.exists(self.record_path(c))]
+
+    def clean_temporaries(self) -> int:
+        """Remove temporary files left by killed writers (only call when no writer is running)."""
+        n = 0
+        for folder in [self.out, os.path.join(self.out, CHUNKS)] + [os.path.join(self.out, l) for l in self.selection] + [
+            os.path.join(self.out, CHUNKS, l) for l in self.selection
+        ]:
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                        n += 1
+                    except FileNotFoundError:
+                        pass
+        return n
+
+    def build_site(self) -> str:
+        from jaxviz.site import FilterEntry, build_site
+
+        by_layer: dict[str, list] = {l: [] for l in self.selection}
+        for c in self.chunks:
+            rec = self.read_record(c)
+            if rec is None:
+                raise JaxvizError(f"chunk {c.layer} #{c.k} has no record; rerun the same command to finish the atlas")
+            for f, loss, name in zip(rec["filters"], rec["losses"], rec["files"]):
+                by_layer[c.layer].append(FilterEntry(int(f), float(loss), name))
+        return build_site(self.out, list(by_layer.items()), self.settings)
+
+
+# ---------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
+        prog="python -m jaxviz.atlas",
+        description="Render every filter of every VGG16 conv layer (or a selection) and write a static site: "
+        "an index of layers, one page per layer and one per filter. Re-running the same command resumes.",
+        epilog="Multi-host: run one process per host with the same --out on a shared file system, "
+        "--coordinator HOST:PORT (process 0's address), --num-processes N and --process-id I.",
+    )
+    p.add_argument("--layers", default="all", help="conv layers, comma-separated, or 'all' (default all)")
+    p.add_argument("--filters", default="all", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default all)")
+    p.add_argument("--size", type=positive_int("--size", 1), default=64, help="image size in pixels (default 64)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="gradient ascent steps (default 40 for the seed recipe, the recipe's own default otherwise)")
+    p.add_argument("--step-size", type=number("--step-size"), default=None,
+                   help="step size of each ascent step (default 1.0 for the seed recipe, the recipe's own otherwise)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the start images (default 0)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
+    p.add_argument("--recipe", default=SEED_RECIPE,
+                   help="rendering recipe: 'seed' (the book's, sharded over devices) or another recipe of "
+                   "jaxviz.render, e.g. 'lucid', rendered on the default device (default seed)")
+    p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
+    p.add_argument("--out", default="atlas", help="output folder (default atlas/)")
+    p.add_argument("--chunk", type=positive_int("--chunk", 1), default=64,
+                   help="filters per chunk, the unit of saving and resuming (default 64)")
+    p.add_argument("--batch", type=positive_int("--batch", 1), default=16,
+                   help="filters per device per compiled call (default 16); part of the settings, "
+                   "since it fixes the compiled shape")
+    p.add_argument("--force", action="store_true", help="replace an atlas made with other settings in --out")
+    p.add_argument("--coordinator", default=None, help="multi-process: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=positive_int("--num-processes", 1), default=None,
+                   help="multi-process: number of processes (or JAX_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=positive_int("--process-id", 0), default=None,
+                   help="multi-process: this process's id, 0 to N-1 (or JAX_PROCESS_ID)")
+    p.add_argument("--cluster", action="store_true",
+                   help="multi-process: let JAX detect the cluster (SLURM, Open MPI, ...) for unset values")
+    p.add_argument("--wait", type=positive_int("--wait", 1), default=1800,
+                   help="process 0 waits for the other processes' chunks this many seconds without progress "
+                   "before giving up on the site (default 1800)")
+    p.add_argument("--estimate", action="store_true",
+                   help="after the run, estimate the time of the full atlas (all 13 layers, 4,224 filters) "
+                   "at these settings on these devices from the rounds timed in this run")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _weights_id(path: str) -> str:
+    return sha256_file(path)
+
+
+def _check_recipe(recipe: str) -> None:
+    if recipe == SEED_RECIPE:
+        return
+    import inspect
+
+    from jaxviz import api
+
+    if "recipe" not in inspect.signature(api.render).parameters:
+        raise JaxvizError(f"--recipe {recipe!r} is not available in this version of jaxviz (only 'seed'); "
+                          "jaxviz.render has no recipe option yet")
+    known = getattr(api, "RECIPES", ("seed", "lucid"))  # check the name before any work
+    if recipe not in known:
+        raise JaxvizError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(map(str, known))}")
+
+
+def _validate(args) -> dict[str, list[int]]:
+    layers = parse_layers(args.layers)
+    wanted = parse_filters(args.filters)
+    selection = {l: filters_for(l, wanted) for l in layers}
+    selection = {l: fs for l, fs in selection.items() if fs}
+    if not selection:
+        raise JaxvizError("nothing to render: the selection of --layers and --filters is empty")
+    if args.recipe == SEED_RECIPE:
+        args.steps = 40 if args.steps is None else args.steps
+        args.step_size = 1.0 if args.step_size is None else args.step_size
+    if args.steps is not None and args.steps < 0:
+        raise JaxvizError(f"--steps must be 0 or more, not {args.steps}")
+    for l in layers:
+        if args.size < min_size(l):
+            raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
+    _check_recipe(args.recipe)
+    return selection
+
+
+class Timings:
+    """Round times per layer, for the closing line and --estimate."""
+
+    def __init__(self):
+        self.rounds: dict[str, list[tuple[float, int]]] = {}
+        self.write_seconds = 0.0
+        self.filters = 0
+
+    def add(self, layer: str, seconds: float, n: int) -> None:
+        self.rounds.setdefault(layer, []).append((seconds, n))
+        self.filters += n
+
+    def per_layer(self) -> dict[str, tuple[float, float]]:
+        """layer -> (seconds of one full round in steady state, one-off compile seconds)."""
+        out = {}
+        for layer, rs in self.rounds.items():
+            first = rs[0][0]
+            steady = [s for s, _ in rs[1:]]
+            if steady:
+                steady.sort()
+                t = steady[len(steady) // 2]
+                out[layer] = (t, max(0.0, first - t))
+            else:
+                out[layer] = (first, 0.0)  # one round only: compile included, an upper bound
+        return out
+
+
+def estimate_full(timings: Timings, settings: dict, round_size: int) -> tuple[float, list[str], list[str]]:
+    """Seconds for the full atlas (every filter of every conv layer) at these settings.
+
+    Per layer: compile + rounds x steady round time, with the rounds the full atlas
+    would run (chunks of --chunk filters, each in rounds of --batch x devices).
+    Layers not timed are modelled from the timed ones by their cost per step
+    (relative_cost). PNG writing is added at the rate measured.
+    """
+    measured = timings.per_layer()
+    size = settings["size"]
+    if not measured:
+        raise JaxvizError("nothing was rendered in this run, so there is nothing to estimate from; "
+                          "use a new --out (or --force) with a few filters per layer")
+    a = sum(t for t, _ in measured.values()) / sum(relative_cost(l, size) * round_size for l in measured)
+    compile_mean = sum(c for _, c in measured.values()) / len(measured)
+    total, modelled = 0.0, []
+    for layer in conv_layers(VGG16):
+        n = layer_info(layer).out_channels
+        rounds = sum(math.ceil(min(settings["chunk"], n - s) / round_size) for s in range(0, n, settings["chunk"]))
+        if layer in measured:
+            t, c = measured[layer]
+        else:
+            t, c = a * relative_cost(layer, size) * round_size, compile_mean
+            modelled.append(layer)
+        total += c + rounds * t
+    per_filter_write = timings.write_seconds / max(1, timings.filters)
+    total += per_filter_write * sum(layer_info(l).out_channels for l in conv_layers(VGG16))
+    return total, sorted(measured, key=conv_layers(VGG16).index), modelled
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    try:  # SIGTERM stops like Ctrl-C; only possible in the main thread
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    except ValueError:
+        old_handler = None
+    atlas = None
+    proc = None
+    try:
+        selection = _validate(args)
+        from jaxviz import shard
+
+        proc = shard.init_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.cluster)
+        check_out_dir(args.out)
+        os.makedirs(args.out, exist_ok=True)
+        from jaxviz.weights import resolve_weights
+
+        weights_path = str(resolve_weights(args.weights, progress=not args.quiet and proc.index == 0))
+        settings = {"model": "vgg16", "recipe": args.recipe, "size": args.size, "steps": args.steps,
+                    "step_size": args.step_size, "seed": args.seed, "precision": args.precision,
+                    "batch": args.batch, "chunk": args.chunk, "weights_name": os.path.basename(weights_path),
+                    "weights_sha256": _weights_id(weights_path)}
+        atlas = Atlas(args.out, settings, selection)
+
+        # the manifest: process 0 checks or writes it; the others wait for its word
+        key = f"jaxviz/atlas/manifest/{os.path.abspath(args.out)}"
+        if proc.index == 0:
+            try:
+                state = atlas.prepare(args.force)
+            except JaxvizError as e:
+                shard.publish(key, "error: " + str(e))
+                raise
+            shard.publish(key, "ok")
+            if state == "replaced":
+                say(f"replaced the atlas in {args.out} (--force)")
+        else:
+            word = shard.receive(key, args.wait)
+            if word is None:  # no key-value store: poll the folder for a matching manifest
+                _wait_for_manifest(atlas, args.wait)
+            elif word != "ok":
+                raise JaxvizError(f"process 0 refused the job: {word[len('error: '):]}")
+
+        import jax
+
+        import jaxviz
+
+        params = jaxviz.load_params(weights_path, progress=False)
+        mine = share(atlas.chunks, proc.index, proc.count)
+        todo = [c for c in mine if not atlas.is_done(c)]
+        skipped = len(mine) - len(todo)
+        devices = len(jax.local_devices())
+        who = f"process {proc.index}/{proc.count}: " if proc.count > 1 else ""
+        if skipped:
+            say(f"{who}{skipped} of {len(mine)} chunks already done in {args.out}; rendering the other {len(todo)}")
+        run_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+        timings = Timings()
+        round_size = args.batch * devices
+        _render(atlas, todo, params, args, proc, devices, run_id, timings, say)
+        rendered = sum(len(c.filters) for c in todo)
+        elapsed = time.perf_counter() - t_start
+        say(f"{who}rendered {rendered} filters ({len(todo)} chunks, {skipped} already done) on {devices} "
+            f"{jax.default_backend()} device(s) in {elapsed:.1f} s total: {rendered / elapsed:.2f} filters/s")
+
+        if args.estimate and proc.index == 0:
+            total, measured, modelled = estimate_full(timings, settings, round_size)
+            n_all = sum(layer_info(l).out_channels for l in conv_layers(VGG16))
+            how = f"timed layers: {', '.join(measured)}" + (f"; modelled by cost: {', '.join(modelled)}" if modelled else "")
+            say(f"estimate: the full atlas ({len(conv_layers(VGG16))} layers, {n_all} filters, {args.size} px, "
+                f"{args.steps if args.steps is not None else 'default'} steps, batch {args.batch} x {devices} device(s)) takes about {total:.0f} s "
+                f"({total / 60:.1f} min, {n_all / total:.2f} filters/s) here per process ({how})")
+
+        if proc.index == 0:
+            _wait_for_all(atlas, args.wait, say)
+            atlas.clean_temporaries()
+            index = atlas.build_site()
+            say(f"site: {index}")
+        return 0
+    except JaxvizError as e:
+        print(f"jaxviz.atlas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if atlas is not None:
+            left = len(atlas.missing())
+            print(f"jaxviz.atlas: interrupted; {len(atlas.chunks) - left} of "
+                  f"{len(atlas.chunks)} done; rerun the same command to resume", file=sys.stderr)
+        else:
+            print("jaxviz.atlas: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        if proc is not None and proc.count > 1:
+            from jaxviz import shard
+
+            shard.shutdown()
+
+
+def _wait_for_manifest(atlas: Atlas, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        old = atlas.read_manifest()
+        if old is not None and not atlas.differences(old):
+            return
+        if time.monotonic() > deadline:
+            raise JaxvizError(f"no matching {MANIFEST} from process 0 in {atlas.out} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _wait_for_all(atlas: Atlas, timeout: float, say) -> None:
+    """Poll until every chunk has its record; give up after ``timeout`` seconds without progress."""
+    missing = atlas.missing()
+    if not missing:
+        return
+    say(f"waiting for {len(missing)} chunks from the other processes")
+    last, t_last = len(missing), time.monotonic()
+    while missing:
+        time.sleep(0.5)
+        missing = atlas.missing()
+        if len(missing) < last:
+            last, t_last = len(missing), time.monotonic()
+        elif time.monotonic() - t_last > timeout:
+            raise JaxvizError(f"{len(missing)} chunks still missing after {timeout:.0f} s without progress; "
+                              "rerun the same command to render them and build the site")
+
+
+def _render(atlas: Atlas, todo: list[Chunk], params, args, proc, devices: int, run_id: str, timings: Timings,
+            say) -> int:
+    """Render and save each chunk of ``todo``; a progress bar weighted by cost gives the ETA."""
+    import jax
+    import numpy as np
+
+    from jaxviz import shard
+    from jaxviz.ascent import start_images
+
+    if not todo:
+        return 0
+    total_filters = sum(len(c.filters) for c in todo)
+    costs = {c.layer: relative_cost(c.layer, args.size) for c in todo}
+    total_cost = sum(costs[c.layer] * len(c.filters) for c in todo)
+    bar = None
+    desc = f"atlas p{proc.index}" if proc.count > 1 else "atlas"
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100.0, desc=desc, unit="%", file=sys.stderr, smoothing=0.0, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+        bar.set_description_str(f"{desc} 0/{total_filters} filters", refresh=False)
+    key = jax.random.key(args.seed)
+    engine = shard.ShardedAscent(params, args.batch) if args.recipe == SEED_RECIPE else None
+    done_filters, n_done = 0, 0
+    try:
+        for c in todo:
+            t0 = time.perf_counter()
+            if engine is not None:
+                # start images at one fixed shape per layer (the chunk's, padded): one compile per layer
+                padded = list(c.filters) + [c.filters[-1]] * (args.chunk - len(c.filters))
+                x0 = start_images(key, c.layer, padded, args.size)[: len(c.filters)]
+                rounds = engine.rounds(c.layer, c.filters, x0, args.steps, args.step_size, args.precision)
+            else:
+                from jaxviz import api
+
+                extra = {k: v for k, v in (("steps", args.steps), ("step_size", args.step_size)) if v is not None}
+                rounds = shard.render_rounds(api.render, c.layer, c.filters, args.size, args.batch * devices,
+                                             params=params, seed=args.seed, precision=args.precision,
+                                             recipe=args.recipe, **extra)
+            images, losses = [], []
+            for r in rounds:
+                images.append(r.images)
+                losses.append(r.losses)
+                timings.add(c.layer, r.seconds, r.stop - r.start)
+                done_filters += r.stop - r.start
+                if bar is not None:
+                    bar.set_description_str(f"{desc} {done_filters}/{total_filters} filters, {c.layer}", refresh=False)
+                    bar.update(100.0 * costs[c.layer] * (r.stop - r.start) / total_cost)
+            t_write = time.perf_counter()
+            atlas.write_chunk(c, np.concatenate(images), np.concatenate(losses), t_write - t0, devices, proc.index)
+            timings.write_seconds += time.perf_counter() - t_write
+            atlas.log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} run={run_id} process={proc.index}/{proc.count} "
+                      f"devices={devices} rendered {c.layer} chunk={c.k} index={c.index} "
+                      f"filters={c.filters[0]}-{c.filters[-1]} seconds={time.perf_counter() - t0:.3f}")
+            n_done += 1
+    finally:
+        if bar is not None:
+            bar.close()
+    return n_done
+
+
+def main_exit() -> None:
+    """Entry point of the ``jaxviz-atlas`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

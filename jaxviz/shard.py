@@ -1,0 +1,199 @@
+"""Devices and hosts: the seed ascent sharded over a 1-D mesh of the local devices.
+
+A round is ``batch`` filters per device; the filters (and their start images) are
+split across the mesh's one axis, ``"batch"``, and the weights are replicated. Every
+round has the same per-device shape (the last one is padded with copies of its last
+filter), so each device runs the same compiled program whatever the device count:
+the same filter gives the same image, bit for bit, on 1 device or 8, on one host or
+several (checked in tests/test_atlas.py).
+
+Across hosts, :func:`init_distributed` calls ``jax.distributed.initialize``; each
+process then renders its own share of the work on its own local devices. Nothing
+is communicated between processes except through the shared output folder.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxviz.errors import JaxvizError
+from jaxviz.model import VGG16, VGGSpec
+
+AXIS = "batch"
+
+
+class Process(NamedTuple):
+    """This process's index and the number of processes of the job."""
+
+    index: int = 0
+    count: int = 1
+
+
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise JaxvizError(f"environment variable {name}={text!r} is not an integer") from None
+
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None, auto: bool = False) -> Process:
+    """Join a multi-process job with ``jax.distributed.initialize`` when one is asked for.
+
+    Values not given fall back to the environment: ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. With none of them (and ``auto``
+    false) this is a single-process job and JAX is left alone. ``auto`` lets JAX
+    detect a cluster (SLURM, Open MPI, ...) for whatever is still unset. Must run
+    before anything else touches a device.
+    """
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    if not auto and coordinator is None and (num_processes is None or num_processes == 1):
+        if process_id not in (None, 0):
+            raise JaxvizError(f"--process-id {process_id} needs --num-processes and --coordinator")
+        return Process(0, 1)
+    if not auto:
+        missing = [n for n, v in (("--coordinator", coordinator), ("--num-processes", num_processes),
+                                  ("--process-id", process_id)) if v is None]
+        if missing:
+            raise JaxvizError(
+                f"a multi-process run needs {', '.join(missing)} (or JAX_COORDINATOR_ADDRESS, "
+                "JAX_NUM_PROCESSES, JAX_PROCESS_ID); e.g. --coordinator 10.0.0.1:12345 --num-processes 2 --process-id 0"
+            )
+        if not 0 <= process_id < num_processes:
+            raise JaxvizError(f"--process-id {process_id} must be in 0-{num_processes - 1} for --num-processes {num_processes}")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JaxvizError(f"cannot join the distributed job at {coordinator} ({first})") from None
+    return Process(jax.process_index(), jax.process_count())
+
+
+def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh, axis ``"batch"``, over this process's devices (all of them by default)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    return Mesh(np.array(devices, dtype=object), (AXIS,))
+
+
+class Round(NamedTuple):
+    """One finished round: which entries of the request it covers, and their results."""
+
+    start: int
+    stop: int
+    images: np.ndarray  # uint8 (n, size, size, 3), what the PNGs hold
+    losses: np.ndarray  # (n,) each filter's final activation
+    seconds: float
+
+
+_deprocess_one = None
+
+
+def to_uint8(raw: np.ndarray) -> np.ndarray:
+    """The seed's deprocess, one image at a time (a fixed shape, so the same bits whatever the batch)."""
+    global _deprocess_one
+    if _deprocess_one is None:
+        from jaxviz.image import deprocess
+
+        _deprocess_one = jax.jit(deprocess)
+    return np.stack([np.asarray(_deprocess_one(r)) for r in raw]) if len(raw) else np.zeros((0,) + raw.shape[1:3] + (3,), np.uint8)
+
+
+class ShardedAscent:
+    """The seed recipe's ``ascend_batch`` over a mesh, in rounds of ``batch`` filters per device."""
+
+    def __init__(self, params: dict, batch: int, mesh: Mesh | None = None, spec: VGGSpec = VGG16):
+        if batch < 1:
+            raise JaxvizError(f"--batch must be 1 or more, not {batch}")
+        self.mesh = mesh if mesh is not None else local_mesh()
+        self.devices = self.mesh.size
+        self.batch = batch
+        self.round_size = batch * self.devices
+        self.spec = spec
+        self.split = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
+
+    def rounds(self, layer: str, filters: Sequence[int], x0, steps: int, step_size: float,
+               precision: str = "float32") -> Iterator[Round]:
+        """Yield each round's results as it finishes (``x0`` holds one start image per filter)."""
+        from jaxviz.ascent import ascend_batch
+
+        filters = [int(f) for f in filters]
+        x0 = jnp.asarray(x0, jnp.float32)
+        for start in range(0, len(filters), self.round_size):
+            t0 = time.perf_counter()
+            fs = filters[start : start + self.round_size]
+            xs = x0[start : start + self.round_size]
+            pad = self.round_size - len(fs)
+            if pad:
+                fs = fs + [fs[-1]] * pad
+                xs = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, axis=0)])
+            xs = jax.device_put(xs, self.split)
+            fa = jax.device_put(jnp.asarray(fs, jnp.int32), self.split)
+            x, l = ascend_batch(self.params, xs, fa, steps, step_size, layer, self.spec, precision)
+            n = len(fs) - pad
+            losses = np.asarray(l)[:n]
+            yield Round(start, start + n, to_uint8(np.asarray(x)[:n]), losses, time.perf_counter() - t0)
+
+
+def render_rounds(render: Callable, layer: str, filters: Sequence[int], size: int, round_size: int,
+                  **kwargs) -> Iterator[Round]:
+    """Rounds for a recipe that only exists as ``jaxviz.api.render`` (default device, no mesh)."""
+    filters = [int(f) for f in filters]
+    for start in range(0, len(filters), round_size):
+        t0 = time.perf_counter()
+        fs = filters[start : start + round_size]
+        n = len(fs)
+        fs = fs + [fs[-1]] * (round_size - n)  # one shape per layer: one compile
+        u8, _raw, losses = render(layer=layer, filters=fs, size=size, return_raw=True, **kwargs)
+        yield Round(start, start + n, np.asarray(u8, np.uint8)[:n], np.asarray(losses)[:n], time.perf_counter() - t0)
+
+
+def _client():
+    """The distributed runtime's client when jax.distributed is initialized, else None."""
+    try:
+        from jax._src import distributed
+
+        return distributed.global_state.client
+    except Exception:  # private API: absent or changed in this JAX version
+        return None
+
+
+def publish(key: str, value: str) -> bool:
+    """Set ``key`` in the distributed key-value store; False when there is none."""
+    client = _client()
+    if client is None:
+        return False
+    client.key_value_set(key, value)
+    return True
+
+
+def receive(key: str, timeout_s: float) -> str | None:
+    """Wait for ``key`` in the distributed key-value store; None when there is no store."""
+    client = _client()
+    if client is None:
+        return None
+    try:
+        return client.blocking_key_value_get(key, int(timeout_s * 1000))
+    except Exception as e:  # a timeout surfaces as a runtime error from the client
+        raise JaxvizError(f"process 0 did not publish {key} within {timeout_s:.0f} s ({str(e).splitlines()[0]})") from None
+
+
+def shutdown() -> None:
+    """Leave the distributed job, if one was joined (errors are ignored: the work is on disk)."""
+    if _client() is not None:
+        try:
+            jax.distributed.shutdown()
+        except Exception:
+            pass

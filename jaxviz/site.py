@@ -1,0 +1,204 @@
+"""The atlas's static site: plain HTML with its CSS and script inline, relative links only.
+
+Layout under the output folder::
+
+    index.html                 every layer with a thumbnail strip
+    LAYER/index.html           one layer, all its filters
+    LAYER/fNNN.html            one filter: large image, index, final activation, settings
+    LAYER/fNNN.png             the rendered image (written by jaxviz.atlas)
+
+Nothing is fetched by script and nothing comes from outside, so the pages work from
+``file://`` as well as from any static web server. On a filter page the left/right
+arrow keys go to the previous/next filter (across layers), up or Escape to the
+layer; on a layer page left/right go to the previous/next layer, up to the index.
+"""
+from __future__ import annotations
+
+import html
+import os
+from typing import Mapping, NamedTuple, Sequence
+
+from jaxviz.image import atomic_write
+
+STRIP = 16  # thumbnails per layer on the index
+
+CSS = """
+:root { color-scheme: dark; }
+body { margin: 0; padding: 1rem 1.5rem 3rem; background: #15171a; color: #e6e6e6;
+       font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; }
+a { color: #8cc4ff; text-decoration: none; }
+a:hover, a:focus { text-decoration: underline; }
+h1 { font-size: 1.4rem; margin: .2rem 0 .6rem; }
+h2 { font-size: 1.1rem; margin: 1.4rem 0 .3rem; }
+nav { display: flex; gap: 1rem; flex-wrap: wrap; align-items: baseline; margin-bottom: .6rem; color: #9aa0a6; }
+nav .spacer { flex: 1; }
+.settings { color: #9aa0a6; font-size: .9rem; }
+img.px { image-rendering: pixelated; image-rendering: crisp-edges; background: #000; display: block; }
+.strip { display: flex; gap: 3px; flex-wrap: wrap; }
+.strip img { width: 48px; height: 48px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(92px, 1fr)); gap: 8px; }
+.grid figure { margin: 0; }
+.grid img { width: 100%; aspect-ratio: 1; }
+.grid figcaption { font-size: .75rem; color: #9aa0a6; display: flex; justify-content: space-between; }
+.filter { display: flex; gap: 2rem; flex-wrap: wrap; align-items: flex-start; }
+.filter img { width: min(512px, 90vw); height: auto; aspect-ratio: 1; }
+dl { display: grid; grid-template-columns: auto auto; gap: .2rem 1rem; margin: 0; }
+dt { color: #9aa0a6; } dd { margin: 0; font-variant-numeric: tabular-nums; }
+kbd { border: 1px solid #555; border-radius: 3px; padding: 0 .3em; font-size: .85em; }
+.hint { color: #9aa0a6; font-size: .85rem; margin-top: 1rem; }
+"""
+
+KEYS = """
+<script>
+document.addEventListener("keydown", function (e) {
+  if (e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) return;
+  var id = {ArrowLeft: "prev", ArrowRight: "next", ArrowUp: "up", Escape: "up"}[e.key];
+  var a = id && document.getElementById(id);
+  if (a && a.href) { e.preventDefault(); window.location.href = a.href; }
+});
+</script>
+"""
+
+
+class FilterEntry(NamedTuple):
+    """One rendered filter: its index, final activation and image file (relative to the layer folder)."""
+
+    filter: int
+    activation: float
+    image: str
+
+
+def filter_page_name(f: int) -> str:
+    return f"f{f:03d}.html"
+
+
+def image_name(f: int) -> str:
+    return f"f{f:03d}.png"
+
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n{KEYS}</body>\n</html>\n"
+    )
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = text.encode("utf-8")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def _settings_text(settings: Mapping) -> str:
+    keys = ("recipe", "size", "steps", "step_size", "seed", "precision")
+    return ", ".join(f"{k.replace('_', ' ')} {settings[k]}" for k in keys if settings.get(k) is not None)
+
+
+def _activation(a: float) -> str:
+    return f"{a:.6g}"
+
+
+def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], settings: Mapping,
+               title: str = "jaxviz atlas: VGG16") -> str:
+    """Write index.html, one page per layer and one per filter; returns the index's path.
+
+    ``layers`` is in display order, each with its filters in order; ``settings`` are
+    shown on every page (the atlas manifest's settings).
+    """
+    layers = [(name, list(entries)) for name, entries in layers if entries]
+    total = sum(len(e) for _, e in layers)
+    summary = _esc(_settings_text(settings))
+
+    # index
+    parts = [f"<h1>{_esc(title)}</h1>",
+             f"<p class=\"settings\">{len(layers)} layers, {total} filters; {summary}</p>"]
+    for name, entries in layers:
+        thumbs = "".join(
+            f"<a href=\"{_esc(name)}/{filter_page_name(e.filter)}\" title=\"{_esc(name)} filter {e.filter}\">"
+            f"<img class=\"px\" src=\"{_esc(name)}/{_esc(e.image)}\" alt=\"{_esc(name)} filter {e.filter}\" "
+            f"width=\"48\" height=\"48\"></a>"
+            for e in entries[:STRIP]
+        )
+        more = f" <a href=\"{_esc(name)}/index.html\">all {len(entries)} &rarr;</a>" if len(entries) > STRIP else ""
+        parts.append(
+            f"<section class=\"layer\" id=\"{_esc(name)}\"><h2><a class=\"layer-link\" href=\"{_esc(name)}/index.html\">"
+            f"{_esc(name)}</a> <span class=\"settings\">{len(entries)} filters</span></h2>"
+            f"<div class=\"strip\">{thumbs}{more}</div></section>"
+        )
+    parts.append("<p class=\"hint\">On a filter page: <kbd>&larr;</kbd> <kbd>&rarr;</kbd> previous/next filter, "
+                 "<kbd>&uarr;</kbd> or <kbd>Esc</kbd> back to the layer.</p>")
+    index = os.path.join(out, "index.html")
+    _write(index, _page(title, "\n".join(parts)))
+
+    # the order of all filters, for previous/next across layers
+    order = [(name, e) for name, entries in layers for e in entries]
+    where = {(name, e.filter): i for i, (name, e) in enumerate(order)}
+    info_rows = [("recipe", settings.get("recipe")), ("size", f"{settings.get('size')} px"),
+                 ("steps", settings.get("steps")), ("step size", settings.get("step_size")),
+                 ("seed", settings.get("seed")), ("precision", settings.get("precision")),
+                 ("batch per device", settings.get("batch")), ("weights", settings.get("weights_name")),
+                 ("weights sha256", str(settings.get("weights_sha256", ""))[:16])]
+
+    for li, (name, entries) in enumerate(layers):
+        folder = os.path.join(out, name)
+        prev_l = layers[li - 1][0] if li > 0 else None
+        next_l = layers[li + 1][0] if li + 1 < len(layers) else None
+        nav = ["<nav>", "<a id=\"up\" href=\"../index.html\">&uarr; atlas</a>",
+               f"<strong>{_esc(name)}</strong>", "<span class=\"spacer\"></span>"]
+        nav.append(f"<a id=\"prev\" rel=\"prev\" href=\"../{_esc(prev_l)}/index.html\">&larr; {_esc(prev_l)}</a>"
+                   if prev_l else "<span>&larr;</span>")
+        nav.append(f"<a id=\"next\" rel=\"next\" href=\"../{_esc(next_l)}/index.html\">{_esc(next_l)} &rarr;</a>"
+                   if next_l else "<span>&rarr;</span>")
+        nav.append("</nav>")
+        cells = "".join(
+            f"<figure><a href=\"{filter_page_name(e.filter)}\"><img class=\"px\" src=\"{_esc(e.image)}\" "
+            f"alt=\"{_esc(name)} filter {e.filter}\" title=\"filter {e.filter}, activation {_activation(e.activation)}\">"
+            f"</a><figcaption><span>{e.filter}</span><span>{_activation(e.activation)}</span></figcaption></figure>"
+            for e in entries
+        )
+        body = "\n".join(nav) + (
+            f"\n<h1>{_esc(name)}</h1><p class=\"settings\">{len(entries)} filters; {summary}. "
+            "Captions: filter index and final activation.</p>\n"
+            f"<div class=\"grid\">{cells}</div>"
+        )
+        _write(os.path.join(folder, "index.html"), _page(f"{name} - {title}", body))
+
+        for e in entries:
+            i = where[(name, e.filter)]
+            links = []
+            if i > 0:
+                pl, pe = order[i - 1]
+                href = filter_page_name(pe.filter) if pl == name else f"../{_esc(pl)}/{filter_page_name(pe.filter)}"
+                links.append(f"<a id=\"prev\" rel=\"prev\" href=\"{href}\">&larr; {_esc(pl)} {pe.filter}</a>")
+            else:
+                links.append("<span>&larr;</span>")
+            if i + 1 < len(order):
+                nl, ne = order[i + 1]
+                href = filter_page_name(ne.filter) if nl == name else f"../{_esc(nl)}/{filter_page_name(ne.filter)}"
+                links.append(f"<a id=\"next\" rel=\"next\" href=\"{href}\">{_esc(nl)} {ne.filter} &rarr;</a>")
+            else:
+                links.append("<span>&rarr;</span>")
+            rows = [("layer", name), ("filter", e.filter), ("final activation", _activation(e.activation))]
+            rows += [r for r in info_rows if r[1] not in (None, "")]
+            dl = "".join(f"<dt>{_esc(k)}</dt><dd class=\"{_esc(k.replace(' ', '-'))}\">{_esc(v)}</dd>" for k, v in rows)
+            body = (
+                "<nav><a href=\"../index.html\">atlas</a>"
+                f"<a id=\"up\" href=\"index.html\">&uarr; {_esc(name)}</a>"
+                f"<strong>filter {e.filter}</strong><span class=\"spacer\"></span>{''.join(links)}</nav>\n"
+                f"<h1>{_esc(name)} filter <span id=\"filter-index\">{e.filter}</span></h1>\n"
+                f"<div class=\"filter\"><img class=\"px\" id=\"image\" src=\"{_esc(e.image)}\" "
+                f"alt=\"{_esc(name)} filter {e.filter}\"><dl>{dl}</dl></div>\n"
+                "<p class=\"hint\"><kbd>&larr;</kbd> <kbd>&rarr;</kbd> previous/next filter, "
+                "<kbd>&uarr;</kbd> or <kbd>Esc</kbd> back to the layer.</p>"
+            )
+            _write(os.path.join(folder, filter_page_name(e.filter)), _page(f"{name} filter {e.filter} - {title}", body))
+    return index
