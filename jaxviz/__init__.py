@@ -9,10 +9,11 @@ from jaxviz.api import load_params, render
 from jaxviz.ascent import AscentConfig, AscentResult, ascend
 from jaxviz.errors import JaxvizError
 from jaxviz.image import deprocess, make_grid, save_png
+from jaxviz.lucid import LucidConfig, LucidResult, lucid
 from jaxviz.model import VGG, VGG16, VGG19, VGGSpec, conv_layers
 
 __all__ = [
-    "AscentConfig", "AscentResult", "JaxvizError", "VGG", "VGG16", "VGG19", "VGGSpec", "ascend",
-    "conv_layers", "deprocess", "load_params", "make_grid", "render", "save_png",
+    "AscentConfig", "AscentResult", "JaxvizError", "LucidConfig", "LucidResult", "VGG", "VGG16", "VGG19", "VGGSpec", "ascend",
+    "conv_layers", "deprocess", "load_params", "lucid", "make_grid", "render", "save_png",
 ]
 __version__ = "0.1.0"

@@ -94,11 +94,10 @@ def _single_channel_conv(h: jax.Array, kernel: jax.Array) -> jax.Array:
 def activation(params: dict, x: jax.Array, f, layer: str, spec: VGGSpec = VGG16,
                precision: str = "float32", preact: bool = False) -> jax.Array:
     """Channel ``f`` of ``layer`` for one unbatched image ``x`` (H, W, 3) -> (h, w)."""
-    convs = {p: ops.conv_for(precision, 0) for p in ("float32", "bfloat16")}
-    below = VGG(spec=spec, stop_at=layer, output="input", conv=convs[precision])
+    below = VGG(spec=spec, stop_at=layer, output="input", conv=ops.conv_for(precision))
     h = below.apply({"params": params}, x[None])[0]
     kernel = params[layer]["kernel"][..., f]
-    if precision == "bfloat16":
+    if precision == "bfloat16" and kernel.shape[-1] >= ops.BF16_MIN_IN_CHANNELS:
         h, kernel = h.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
     y = _single_channel_conv(h, kernel) + params[layer]["bias"][f]
     return y if preact else jax.nn.relu(y)

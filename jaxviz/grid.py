@@ -17,6 +17,8 @@ from jaxviz.cli_args import (
 from jaxviz.errors import JaxvizError
 from jaxviz.model import min_size
 
+LUCID_STEPS = 512  # jaxviz.lucid.LUCID_STEPS (not imported here: jax loads only after parsing)
+
 SEED_LAYERS = "block1_conv1,block2_conv1,block3_conv1,block4_conv1"
 
 
@@ -31,10 +33,28 @@ def build_parser() -> OneLineParser:
     p.add_argument("--layers", default=SEED_LAYERS, help=f"conv layers, comma-separated, or 'all' (default {SEED_LAYERS})")
     p.add_argument("--filters", default="0-63", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default 0-63)")
     p.add_argument("--cols", type=positive_int("--cols", 1), default=8, help="tiles per grid row (default 8)")
-    p.add_argument("--size", type=positive_int("--size", 1), default=64, help="tile size in pixels (default 64)")
+    p.add_argument("--size", type=positive_int("--size", 1), default=None,
+                   help="tile size in pixels (default 64; 128 with --recipe lucid)")
     p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
-    p.add_argument("--steps", type=int, default=40, help="gradient ascent steps (default 40)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"gradient ascent steps (default 40; {LUCID_STEPS} with --recipe lucid)")
     p.add_argument("--step-size", type=number("--step-size"), default=1.0, help="step size of each ascent step (default 1.0)")
+    p.add_argument("--recipe", choices=("seed", "lucid"), default="seed",
+                   help="seed: the book's gradient ascent (default); lucid: the quality recipe of Distill's "
+                   "Feature Visualization (Fourier parameterization, decorrelated colours, transformation "
+                   "robustness, Adam)")
+    q = p.add_argument_group("quality recipe (--recipe lucid only)")
+    q.add_argument("--lr", type=number("--lr"), default=None, help="Adam's learning rate (default 0.05)")
+    q.add_argument("--param", choices=("fourier", "pixel"), default=None,
+                   help="image parameterization (default fourier)")
+    q.add_argument("--dead-filter", choices=("none", "preact", "redirect"), default=None,
+                   help="for filters that never fire: maximize the pre-relu activation, or use a redirected "
+                   "relu whose gradient passes while the relu blocks it all (default none)")
+    q.add_argument("--diversity", type=positive_int("--diversity", 1), default=None,
+                   help="images per filter, pushed apart by Lucid's diversity term; tiles go filter by filter "
+                   "(default 1)")
+    q.add_argument("--no-transforms", action="store_true", default=None,
+                   help="turn off transformation robustness (pad, jitter, scale, rotate)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the start images (default 0)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
@@ -46,7 +66,32 @@ def build_parser() -> OneLineParser:
     return p
 
 
+LUCID_OPTIONS = ("lr", "param", "dead_filter", "diversity", "no_transforms")
+
+
+def _lucid_config(args):
+    """The LucidConfig of the command line (None for the seed's recipe)."""
+    if args.recipe != "lucid":
+        return None
+    from jaxviz.lucid import LucidConfig
+
+    given = dict(lr=args.lr, param=args.param, dead_filter=args.dead_filter, diversity=args.diversity)
+    config = LucidConfig(size=args.size, steps=args.steps, precision=args.precision,
+                         **{k: v for k, v in given.items() if v is not None})
+    return config._replace(transforms=False) if args.no_transforms else config
+
+
 def _validate(args) -> tuple[list[str], dict[str, list[int]]]:
+    if args.recipe == "seed":
+        for name in LUCID_OPTIONS:
+            if getattr(args, name) is not None:
+                raise JaxvizError(f"--{name.replace('_', '-')} applies to --recipe lucid only")
+    if args.size is None:
+        args.size = 128 if args.recipe == "lucid" else 64
+    if args.steps is None:
+        args.steps = LUCID_STEPS if args.recipe == "lucid" else 40
+    if args.recipe == "lucid" and args.lr is not None and not args.lr > 0:
+        raise JaxvizError(f"--lr must be positive, not {args.lr}")
     layers = parse_layers(args.layers)
     wanted = parse_filters(args.filters)
     filters = {l: filters_for(l, wanted) for l in layers}
@@ -68,11 +113,17 @@ def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
     if args.tiles:
         folder = os.path.join(args.out, layer)
         os.makedirs(folder, exist_ok=True)
-        for f, tile in zip(filters, images):
-            paths.append(save_png(os.path.join(folder, f"{layer}_f{f:03d}.png"), tile))
+        per = len(images) // max(1, len(filters))  # images per filter (--diversity)
+        for i, tile in enumerate(images):
+            f = filters[i // per]
+            name = f"{layer}_f{f:03d}.png" if per == 1 else f"{layer}_f{f:03d}_{i % per}.png"
+            paths.append(save_png(os.path.join(folder, name), tile))
     if args.npz:
         settings = dict(layer=layer, size=args.size, steps=args.steps, step_size=args.step_size, seed=args.seed,
-                        precision=args.precision, weights=str(args.weights_path))
+                        precision=args.precision, weights=str(args.weights_path), recipe=args.recipe)
+        config = _lucid_config(args)
+        if config is not None:
+            settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
         npz = os.path.join(args.out, f"{layer}.npz")
         atomic_write(npz, lambda fh: np.savez_compressed(
             fh, images=raw, uint8=images, losses=losses, filters=np.asarray(filters),
@@ -125,13 +176,24 @@ def _render_with_progress(jaxviz, params, layer, filters, args):
         from tqdm import tqdm
 
         bar = tqdm(total=len(filters), desc=layer, unit="filter", file=sys.stderr, leave=True)
-    chunk = batch_size_for(layer, args.size, len(filters))
+    config = _lucid_config(args)
+    if config is None:
+        chunk = batch_size_for(layer, args.size, len(filters))
+    else:
+        from jaxviz.lucid import filters_per_batch
+
+        chunk = filters_per_batch(layer, config, len(filters))
     outs = []
     try:
         for i in range(0, len(filters), chunk):
             part = filters[i : i + chunk]
-            outs.append(jaxviz.render(params, layer, part, size=args.size, steps=args.steps, step_size=args.step_size,
-                                      seed=args.seed, precision=args.precision, return_raw=True))
+            if config is None:
+                outs.append(jaxviz.render(params, layer, part, size=args.size, steps=args.steps,
+                                          step_size=args.step_size, seed=args.seed, precision=args.precision,
+                                          return_raw=True))
+            else:
+                outs.append(jaxviz.render(params, layer, part, seed=args.seed, return_raw=True, recipe="lucid",
+                                          lucid_config=config))
             if bar:
                 bar.update(len(part))
     finally:

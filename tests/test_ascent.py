@@ -123,3 +123,18 @@ def test_40_steps_match_keras(params, seed_fixture):
             for j, i in enumerate(idx):
                 img = np.asarray(deprocess(r.images[j])).astype(int)
                 assert (np.abs(img - d["img40"][i]) <= 1).mean() >= 0.99
+
+
+def test_bfloat16_keeps_small_layers_in_float32(params):
+    # every conv up to block2_conv1 has < 128 input channels: bf16 mode is exact f32 there
+    f32 = ascend(params, "block2_conv1", [0, 9], config=TINY)
+    bf16 = ascend(params, "block2_conv1", [0, 9], config=TINY._replace(precision="bfloat16"))
+    np.testing.assert_array_equal(bf16.images, f32.images)
+
+
+def test_bfloat16_final_loss_within_2_percent(params):
+    cfg = AscentConfig(size=32, steps=10)
+    f32 = ascend(params, "block3_conv1", [0, 5, 100], config=cfg)
+    bf16 = ascend(params, "block3_conv1", [0, 5, 100], config=cfg._replace(precision="bfloat16"))
+    np.testing.assert_allclose(bf16.losses, f32.losses, rtol=2e-2)
+    assert not np.array_equal(bf16.images, f32.images)

@@ -1,0 +1,93 @@
+"""The conv variants of jaxviz.ops against plain lax.conv_general_dilated and its autodiff."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxviz import ops
+
+F32 = [n for n in ops.VARIANTS if not n.endswith("bf16")]
+BF16 = [n for n in ops.VARIANTS if n.endswith("bf16")]
+SHAPES = [(2, 7, 9, 3, 5), (1, 8, 8, 16, 32), (2, 4, 4, 32, 3)]  # N, H, W, Cin, Cout
+
+
+def reference(x, k):
+    return lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST
+    )
+
+
+def data(shape, seed=0):
+    n, h, w, ci, co = shape
+    kx, kk, kg = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, (n, h, w, ci)) * 10.0 + 3.0
+    k = jax.random.normal(kk, (3, 3, ci, co)) / (3.0 * ci**0.5)
+    g = jax.random.normal(kg, (n, h, w, co))
+    return x, k, g
+
+
+def rel(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+def forward_and_input_grad(conv, x, k, g):
+    y, vjp = jax.vjp(lambda x: conv(x, k), x)
+    return y, vjp(g)[0]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", F32)
+def test_f32_variants_match_autodiff(name, shape):
+    x, k, g = data(shape)
+    want_y, want_dx = forward_and_input_grad(reference, x, k, g)
+    y, dx = forward_and_input_grad(ops.VARIANTS[name], x, k, g)
+    assert y.dtype == jnp.float32 and dx.dtype == jnp.float32
+    assert rel(y, want_y) <= 1e-5
+    assert rel(dx, want_dx) <= 1e-5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", BF16)
+def test_bf16_variants_close_to_autodiff(name, shape):
+    x, k, g = data(shape, 1)
+    want_y, want_dx = forward_and_input_grad(reference, x, k, g)
+    y, dx = forward_and_input_grad(ops.VARIANTS[name], x, k, g)
+    assert y.dtype == jnp.float32 and dx.dtype == jnp.float32
+    # bf16 inputs (8-bit mantissa), f32 accumulation
+    assert rel(y, want_y) <= 2e-2
+    assert rel(dx, want_dx) <= 2e-2
+
+
+@pytest.mark.parametrize("name", F32 + BF16)
+def test_variants_under_vmap_and_jit(name):
+    x, k, g = data((3, 6, 6, 4, 8), 2)
+    conv = ops.VARIANTS[name]
+    batched = jax.jit(jax.vmap(lambda xi: conv(xi[None], k)[0]))(x)
+    np.testing.assert_allclose(batched, conv(x, k), rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_cotangent_is_zero():
+    x, k, g = data((1, 4, 4, 2, 2))
+    dk = jax.grad(lambda k: ops.conv_f32(x, k).sum())(k)
+    assert float(jnp.abs(dk).max()) == 0.0
+
+
+def test_conv_for_dispatches_on_input_channels():
+    for precision in ops.PRECISIONS:
+        conv = ops.conv_for(precision)
+        assert conv is ops.conv_for(precision, 64)
+        x, k, g = data((1, 4, 4, 3, 8))
+        # small layers stay float32 in every precision: exact to f32 rounding
+        assert rel(conv(x, k), reference(x, k)) <= 1e-5
+        x, k, g = data((1, 4, 4, ops.BF16_MIN_IN_CHANNELS, 8))
+        tol = 1e-5 if precision == "float32" else 2e-2
+        assert rel(conv(x, k), reference(x, k)) <= tol
+    with pytest.raises(ValueError):
+        ops.conv_for("float16")
+
+
+def test_bf16_large_layers_really_round():
+    x, k, g = data((1, 4, 4, ops.BF16_MIN_IN_CHANNELS, 8))
+    err = rel(ops.conv_for("bfloat16")(x, k), reference(x, k))
+    assert 1e-6 < err <= 2e-2
