@@ -180,6 +180,8 @@ def ascend(params: dict, layer: str, filters, *, key: jax.Array | None = None, s
     n = len(filters)
     b = batch_size or batch_size_for(layer, config.size, n, max_bytes, spec)
     chunks = math.ceil(n / b)
+    if batch_size is None:
+        b = math.ceil(n / chunks)  # equal chunks: the least padding for this many chunks
     pad = chunks * b - n
     fs = jnp.asarray(filters + [filters[-1]] * pad, jnp.int32)
     xs = jnp.concatenate([start, jnp.repeat(start[-1:], pad, axis=0)]) if pad else start
