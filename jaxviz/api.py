@@ -35,14 +35,16 @@ def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, 
 def render(params: dict, layer: str, filters: Sequence[int], *, size: int | None = None, steps: int | None = None,
            step_size: float = 1.0, seed: int = 0, precision: str = "float32", start=None,
            max_bytes: int = DEFAULT_MAX_BYTES, return_raw: bool = False, spec: VGGSpec = VGG16,
-           recipe: str = "seed", lucid_config=None):
+           recipe: str = "seed", lucid_config=None, conv: str = "auto"):
     """Render the patterns that maximize ``filters`` of ``layer``.
 
     ``recipe="seed"`` (the default) is the book's gradient ascent (size 64, 40 steps
     unless given). ``recipe="lucid"`` is the quality recipe of ``jaxviz.lucid``, set by
     ``lucid_config`` (a ``LucidConfig``; its defaults otherwise: 128 px, 512 steps), with
     ``size``, ``steps`` and ``precision`` overriding it when given; with its diversity
-    D > 1 each filter gives D images, filter by filter.
+    D > 1 each filter gives D images, filter by filter. ``conv`` picks the seed recipe's
+    convolution algorithm: ``"auto"`` (Winograd in float32 on CPU, else XLA's conv),
+    ``"winograd"`` or ``"xla"``.
 
     Returns uint8 images (N, size, size, 3); with ``return_raw=True`` returns
     ``(uint8 images, raw float32 images, final losses)`` as numpy arrays. The seed's raw
@@ -62,7 +64,7 @@ def render(params: dict, layer: str, filters: Sequence[int], *, size: int | None
         raise JaxvizError("lucid_config applies to recipe='lucid' only")
     size = 64 if size is None else size
     steps = 40 if steps is None else steps
-    config = AscentConfig(size=size, steps=steps, step_size=step_size, precision=precision)
+    config = AscentConfig(size=size, steps=steps, step_size=step_size, precision=precision, conv=conv)
     result = ascend(params, layer, filters, seed=seed, config=config, start=start, max_bytes=max_bytes, spec=spec)
     images = np.asarray(deprocess_batch(result.images)) if len(result.images) else np.zeros((0, size, size, 3), np.uint8)
     if return_raw:

@@ -58,6 +58,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the start images (default 0)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
+    p.add_argument("--conv", choices=("auto", "winograd", "xla"), default="auto",
+                   help="convolution algorithm of the seed recipe: winograd (Winograd F(4x4,3x3), the default "
+                   "in float32 on CPU), xla (XLA's own conv, the default elsewhere) (default auto)")
     p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
     p.add_argument("--out", default="jaxviz-out", help="output folder (default jaxviz-out/)")
     p.add_argument("--tiles", action="store_true", help="also save each tile as its own PNG in OUT/LAYER/")
@@ -86,6 +89,10 @@ def _validate(args) -> tuple[list[str], dict[str, list[int]]]:
         for name in LUCID_OPTIONS:
             if getattr(args, name) is not None:
                 raise JaxvizError(f"--{name.replace('_', '-')} applies to --recipe lucid only")
+    if args.recipe == "lucid" and args.conv != "auto":
+        raise JaxvizError("--conv applies to --recipe seed only")
+    if args.conv == "winograd" and args.precision != "float32":
+        raise JaxvizError("--conv winograd runs in float32 only; drop --precision bfloat16 or use --conv xla")
     if args.size is None:
         args.size = 128 if args.recipe == "lucid" else 64
     if args.steps is None:
@@ -120,7 +127,8 @@ def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
             paths.append(save_png(os.path.join(folder, name), tile))
     if args.npz:
         settings = dict(layer=layer, size=args.size, steps=args.steps, step_size=args.step_size, seed=args.seed,
-                        precision=args.precision, weights=str(args.weights_path), recipe=args.recipe)
+                        precision=args.precision, conv=args.conv, weights=str(args.weights_path),
+                        recipe=args.recipe)
         config = _lucid_config(args)
         if config is not None:
             settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
@@ -168,7 +176,7 @@ def _render_with_progress(jaxviz, params, layer, filters, args):
     """Render one layer in chunks, with a progress bar on a terminal."""
     import numpy as np
 
-    from jaxviz.ascent import batch_size_for
+    from jaxviz.ascent import chunk_size
 
     show = not args.quiet and sys.stderr.isatty()
     bar = None
@@ -178,7 +186,8 @@ def _render_with_progress(jaxviz, params, layer, filters, args):
         bar = tqdm(total=len(filters), desc=layer, unit="filter", file=sys.stderr, leave=True)
     config = _lucid_config(args)
     if config is None:
-        chunk = batch_size_for(layer, args.size, len(filters))
+        chunk = chunk_size(layer, args.size, len(filters))
+        chunk = -(-len(filters) // -(-len(filters) // chunk))  # equal chunks: one compile
     else:
         from jaxviz.lucid import filters_per_batch
 
@@ -190,7 +199,7 @@ def _render_with_progress(jaxviz, params, layer, filters, args):
             if config is None:
                 outs.append(jaxviz.render(params, layer, part, size=args.size, steps=args.steps,
                                           step_size=args.step_size, seed=args.seed, precision=args.precision,
-                                          return_raw=True))
+                                          conv=args.conv, return_raw=True))
             else:
                 outs.append(jaxviz.render(params, layer, part, seed=args.seed, return_raw=True, recipe="lucid",
                                           lucid_config=config))

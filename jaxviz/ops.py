@@ -17,6 +17,10 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
   accumulation (``preferred_element_type``):
   ``"full"`` one im2col matmul with K = 9 C; ``"rows"`` three row-shifted 1x3 im2col
   matmuls with K = 3 C; ``"taps"`` nine matmuls with K = C, no im2col copy.
+* ``conv3x3_winograd(..., m=2|4)``: Winograd's minimal filtering F(m x m, 3 x 3),
+  (m+2)^2 batched matmuls on transformed tiles: 2.25x (m=2) or 4x (m=4) fewer
+  multiplies than the direct conv, in float32, with rounding of the same order as
+  the direct conv's (tests/test_ops.py). The default in float32 on CPU.
 """
 from __future__ import annotations
 
@@ -84,6 +88,71 @@ def conv3x3_rows(x: jax.Array, kernel: jax.Array, dtype=jnp.bfloat16) -> jax.Arr
     return conv3x3_gemm(x, kernel, taps="rows", dtype=dtype)
 
 
+# Winograd minimal filtering F(m x m, 3 x 3) (Lavin & Gray 2015, "Fast Algorithms for
+# Convolutional Neural Networks", arXiv:1509.09308): each m x m output tile comes from an
+# (m+2) x (m+2) input tile with (m+2)^2 multiplies per channel pair instead of 9 m^2.
+# Y = A^T [ (G g G^T) * (B^T d B) ] A, a cross-correlation as in deep-learning convs.
+WINOGRAD = {
+    2: (
+        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),  # B^T
+        ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),  # G
+        ((1, 1, 1, 0), (0, 1, -1, -1)),  # A^T
+    ),
+    4: (
+        ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+         (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+        ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+         (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+    ),
+}
+
+
+def _combine(coeffs, terms):
+    """sum_i coeffs[i] * terms[i], skipping zeros (unrolled: XLA fuses it)."""
+    out = None
+    for c, t in zip(coeffs, terms):
+        if c == 0:
+            continue
+        t = t if c == 1 else (-t if c == -1 else c * t)
+        out = t if out is None else out + t
+    return out
+
+
+def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
+    """The transformed kernel G g G^T, shape ((m+2)^2, C, O), float32."""
+    _, g, _ = WINOGRAD[m]
+    g = jnp.asarray(g, jnp.float32)
+    u = jnp.einsum("pi,ijco,qj->pqco", g, kernel.astype(jnp.float32), g, precision=lax.Precision.HIGHEST)
+    return u.reshape(-1, *kernel.shape[2:])
+
+
+def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
+    """3x3 SAME conv by Winograd F(m x m, 3 x 3): (m+2)^2 batched matmuls, float32."""
+    bt, _, at = WINOGRAD[m]
+    a = m + 2
+    n, h, w, c = x.shape
+    o = kernel.shape[-1]
+    th, tw = -(-h // m), -(-w // m)
+    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, th * m - h + 1), (1, tw * m - w + 1), (0, 0)))
+    rows = [xp[:, i : i + (th - 1) * m + 1 : m] for i in range(a)]  # (n, th, W+2, c) each
+    v = []
+    for p in range(a):
+        r = _combine(bt[p], rows)
+        cols = [r[:, :, j : j + (tw - 1) * m + 1 : m] for j in range(a)]  # (n, th, tw, c)
+        v.extend(_combine(bt[q], cols) for q in range(a))
+    v = jnp.stack(v).reshape(a * a, n * th * tw, c)
+    mm = lax.dot_general(v, winograd_kernel(kernel, m), (((2,), (1,)), ((0,), (0,))))
+    mm = mm.reshape(a, a, n, th, tw, o)
+    ys = []
+    for u in range(m):
+        s = _combine(at[u], [mm[p] for p in range(a)])  # (a, n, th, tw, o)
+        ys.append(jnp.stack([_combine(at[vv], [s[q] for q in range(a)]) for vv in range(m)]))
+    y = jnp.stack(ys)  # (m, m, n, th, tw, o)
+    y = y.transpose(2, 3, 0, 4, 1, 5).reshape(n, th * m, tw * m, o)
+    return y[:, :h, :w]
+
+
 def _flip(kernel: jax.Array) -> jax.Array:
     """The kernel whose forward conv is the input gradient of ``kernel``'s conv."""
     return jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
@@ -115,9 +184,17 @@ for _taps in ("full", "rows", "taps"):
     VARIANTS[f"{_taps}_f32"] = with_input_vjp(partial(conv3x3_gemm, taps=_taps, dtype=jnp.float32))
     VARIANTS[f"{_taps}_bf16"] = with_input_vjp(partial(conv3x3_gemm, taps=_taps, dtype=jnp.bfloat16))
 
+for _m in WINOGRAD:
+    VARIANTS[f"wino{_m}"] = with_input_vjp(partial(conv3x3_winograd, m=_m))
+
 conv_f32 = VARIANTS["xla"]
 conv_bf16_rows = VARIANTS["rows_bf16"]
 
+ALGORITHMS = ("auto", "winograd", "xla")
+
+# Layers with fewer input channels than this keep XLA's conv under "winograd":
+# block1_conv1's three colour channels make Winograd's matmuls (K = 3) all overhead.
+WINOGRAD_MIN_IN_CHANNELS = 16
 
 
 def native_bf16() -> bool:
@@ -133,17 +210,29 @@ def native_bf16() -> bool:
     return False
 
 
-# The choice per precision: (variant for small layers, variant for layers with at
-# least BF16_MIN_IN_CHANNELS input channels). From bench/engine/variants.py:
-# in float32 XLA's conv (with the flipped-kernel input gradient) beat every matmul
-# formulation by 1.4-2.5x. In bfloat16 the row-shifted bf16 GEMMs pay only where the
-# CPU has native bf16 (AMX: docs notes/cpu-speed.md); elsewhere (e.g. AVX2-only
-# hosts) XLA's conv on bf16 inputs with f32 accumulation is the fastest bf16 form,
-# about as fast as float32.
-CHOICE = {
-    "float32": ("xla", "xla"),
-    "bfloat16": ("xla", "rows_bf16" if native_bf16() else "xla_bf16"),
-}
+def choice(precision: str, algorithm: str = "auto", platform: str | None = None) -> tuple[str, str, int]:
+    """(variant for small layers, variant for large ones, input channels where "large" starts).
+
+    Measured with bench/engine/variants.py (bench/README.md, "Engine"): in float32 on
+    CPU, Winograd F(4x4, 3x3) with XLA's conv for block1_conv1 beat XLA's conv alone
+    by 1.3-1.7x per grid (block2..4_conv1); XLA's conv in turn beat every im2col-style
+    matmul formulation. Off CPU ("auto") XLA's conv stays (cuDNN picks its own
+    algorithm). In bfloat16 the row-shifted bf16 GEMMs pay only where the CPU has
+    native bf16 (AMX); elsewhere XLA's conv on bf16 inputs is the fastest bf16 form.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"conv algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    if precision == "bfloat16":
+        if algorithm == "winograd":
+            raise ValueError("the winograd conv runs in float32 only")
+        return ("xla", "rows_bf16" if native_bf16() else "xla_bf16", BF16_MIN_IN_CHANNELS)
+    if algorithm == "auto":
+        algorithm = "winograd" if (platform or jax.default_backend()) == "cpu" else "xla"
+    if algorithm == "winograd":
+        return ("xla", "wino4", WINOGRAD_MIN_IN_CHANNELS)
+    return ("xla", "xla", 0)
 
 
 def dispatch(small: str, large: str, min_in_channels: int | None = None) -> Conv:
@@ -162,18 +251,17 @@ def dispatch(small: str, large: str, min_in_channels: int | None = None) -> Conv
     return conv
 
 
-_CONVS: dict[str, Conv] = {}
+_CONVS: dict[tuple, Conv] = {}
 
 
-def conv_for(precision: str, out_channels: int = 0) -> Conv:
-    """The conv for a precision ("float32" or "bfloat16"); it dispatches per layer shape.
+def conv_for(precision: str, out_channels: int = 0, algorithm: str = "auto") -> Conv:
+    """The conv for a precision ("float32" or "bfloat16") and algorithm ("auto",
+    "winograd" or "xla"); it dispatches per layer from the kernel's static shape.
 
-    ``out_channels`` is accepted for compatibility and ignored: the returned callable
-    chooses per call from the kernel's static shape.
+    "auto" resolves on the default backend when called. ``out_channels`` is accepted
+    for compatibility and ignored.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
-    key = (precision, CHOICE[precision])
+    key = choice(precision, algorithm)
     if key not in _CONVS:
-        _CONVS[key] = dispatch(*CHOICE[precision])
+        _CONVS[key] = dispatch(*key)
     return _CONVS[key]

@@ -96,6 +96,27 @@ def test_bad_settings_raise_one_error(params):
         ascend(params, "block1_conv1", [0], config=AscentConfig(steps=-1))
     with pytest.raises(JaxvizError, match="pooling layer"):
         ascend(params, "block1_pool", [0], config=TINY)
+    with pytest.raises(JaxvizError, match="conv must be one of"):
+        ascend(params, "block1_conv1", [0], config=TINY._replace(conv="fft"))
+    with pytest.raises(JaxvizError, match="float32 only"):
+        ascend(params, "block1_conv1", [0], config=TINY._replace(conv="winograd", precision="bfloat16"))
+
+
+def test_cpu_chunks_are_capped_for_cache_and_equal_the_whole(params):
+    assert ascent.chunk_size("block3_conv1", 64, 64, platform="cpu") == ascent.CPU_BATCH
+    assert ascent.chunk_size("block3_conv1", 64, 64, platform="gpu") == 64
+    fs = list(range(ascent.CPU_BATCH + 3))  # two chunks of 10 on CPU
+    auto = ascend(params, "block1_conv2", fs, config=TINY)
+    whole = ascend(params, "block1_conv2", fs, config=TINY, batch_size=len(fs))
+    np.testing.assert_allclose(auto.images, whole.images, rtol=1e-5, atol=1e-3)
+
+
+def test_winograd_and_xla_conv_agree(params):
+    cfg = AscentConfig(size=32, steps=10)
+    wino = ascend(params, "block3_conv1", [0, 5], config=cfg._replace(conv="winograd"))
+    xla = ascend(params, "block3_conv1", [0, 5], config=cfg._replace(conv="xla"))
+    np.testing.assert_allclose(wino.losses, xla.losses, rtol=1e-2)
+    assert not np.array_equal(wino.images, xla.images)
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +147,9 @@ def test_40_steps_match_keras(params, seed_fixture):
 
 
 def test_bfloat16_keeps_small_layers_in_float32(params):
-    # every conv up to block2_conv1 has < 128 input channels: bf16 mode is exact f32 there
-    f32 = ascend(params, "block2_conv1", [0, 9], config=TINY)
+    # every conv up to block2_conv1 has < 128 input channels: bf16 mode is exact f32
+    # (XLA's conv) there
+    f32 = ascend(params, "block2_conv1", [0, 9], config=TINY._replace(conv="xla"))
     bf16 = ascend(params, "block2_conv1", [0, 9], config=TINY._replace(precision="bfloat16"))
     np.testing.assert_array_equal(bf16.images, f32.images)
 

@@ -66,6 +66,8 @@ def run_main(argv):
     (["--steps", "-1"], "steps must be 0 or more"),
     (["--filters", "1-x"], "malformed --filters"),
     (["--filters", "5-2"], "malformed --filters"),
+    (["--conv", "winograd", "--precision", "bfloat16"], "float32 only"),
+    (["--recipe", "lucid", "--conv", "xla"], "--conv applies to --recipe seed only"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "out"

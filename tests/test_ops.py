@@ -75,8 +75,9 @@ def test_kernel_cotangent_is_zero():
 
 def test_conv_for_dispatches_on_input_channels():
     for precision in ops.PRECISIONS:
-        conv = ops.conv_for(precision)
-        assert conv is ops.conv_for(precision, 64)
+        alg = "xla" if precision == "float32" else "auto"
+        conv = ops.conv_for(precision, algorithm=alg)
+        assert conv is ops.conv_for(precision, 64, algorithm=alg)
         x, k, g = data((1, 4, 4, 3, 8))
         # small layers stay float32 in every precision: exact to f32 rounding
         assert rel(conv(x, k), reference(x, k)) <= 1e-5
@@ -91,3 +92,36 @@ def test_bf16_large_layers_really_round():
     x, k, g = data((1, 4, 4, ops.BF16_MIN_IN_CHANNELS, 8))
     err = rel(ops.conv_for("bfloat16")(x, k), reference(x, k))
     assert 1e-6 < err <= 2e-2
+
+
+@pytest.mark.parametrize("m", sorted(ops.WINOGRAD))
+def test_winograd_at_vgg_scale_is_as_close_as_float32_allows(m):
+    # block4_conv1's shape at 64 px input, pixel-scale inputs and VGG-sized weights
+    kx, kk, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.uniform(kx, (2, 8, 8, 256)) * 30.0
+    k = jax.random.normal(kk, (3, 3, 256, 64)) * 0.01
+    g = jax.random.normal(kg, (2, 8, 8, 64))
+    want_y, want_dx = forward_and_input_grad(reference, x, k, g)
+    y, dx = forward_and_input_grad(ops.VARIANTS[f"wino{m}"], x, k, g)
+    assert rel(y, want_y) <= 1e-5 and rel(dx, want_dx) <= 1e-5
+    assert rel(y, want_y) > 0  # really a different algorithm, not XLA's conv
+
+
+def test_auto_is_winograd_on_cpu_and_xla_elsewhere():
+    assert ops.choice("float32", "auto", "cpu") == ("xla", "wino4", ops.WINOGRAD_MIN_IN_CHANNELS)
+    assert ops.choice("float32", "auto", "gpu") == ("xla", "xla", 0)
+    assert ops.choice("float32", "xla", "cpu") == ("xla", "xla", 0)
+    assert ops.choice("float32", "winograd", "gpu")[1] == "wino4"
+    assert ops.choice("bfloat16", "auto", "cpu")[2] == ops.BF16_MIN_IN_CHANNELS
+    with pytest.raises(ValueError, match="float32 only"):
+        ops.choice("bfloat16", "winograd")
+    with pytest.raises(ValueError, match="conv algorithm"):
+        ops.choice("float32", "fft")
+
+
+def test_winograd_dispatch_keeps_xla_for_colour_inputs():
+    conv = ops.conv_for("float32", algorithm="winograd")
+    x, k, _ = data((1, 8, 8, 3, 8))
+    np.testing.assert_array_equal(conv(x, k), ops.conv3x3_xla(x, k))
+    x, k, _ = data((1, 8, 8, ops.WINOGRAD_MIN_IN_CHANNELS, 8))
+    np.testing.assert_array_equal(conv(x, k), ops.conv3x3_winograd(x, k, 4))

@@ -5,7 +5,8 @@
 
 A variant is SMALL:LARGE (ops.VARIANTS names): SMALL for layers with fewer than
 ops.BF16_MIN_IN_CHANNELS input channels, LARGE for the others; ``@B`` appended sets
-the batch per chunk (e.g. xla:xla@16). Each variant is compiled first (compile time
+the batch per chunk (e.g. xla:xla@16) and ``/T`` before it moves the threshold to T
+input channels (e.g. xla:wino4/16). Each variant is compiled first (compile time
 reported apart), then the reps run A B C A B C ... so that a shared, noisy CPU
 affects all variants alike. Seconds per 64-filter grid are reported as measured at
 --steps and scaled to 40 steps (x 40/steps), with GFLOP/s of the full-grid FLOPs
@@ -56,10 +57,11 @@ def deprocess(x):
 def make_runner(params, layer, variant, steps, size=64, n=64):
     spec, _, b = variant.partition("@")
     b = int(b) if b else n
+    spec, _, thr = spec.partition("/")
     small, _, large = spec.partition(":")
     large = large or small
     precision = "bfloat16" if "bf16" in spec else "float32"
-    conv = ops.dispatch(small, large)
+    conv = ops.dispatch(small, large, int(thr) if thr else None)
     fs = jnp.arange(n, dtype=jnp.int32)
     x0 = ascent.start_images(jax.random.key(0), layer, range(n), size)
     saved = ops.conv_for
