@@ -65,7 +65,7 @@ def make_runner(params, layer, variant, steps, size=64, n=64):
     fs = jnp.arange(n, dtype=jnp.int32)
     x0 = ascent.start_images(jax.random.key(0), layer, range(n), size)
     saved = ops.conv_for
-    ops.conv_for = lambda p, c=0: conv
+    ops.conv_for = lambda p, c=0, **_: conv
     try:
         fn = jax.jit(lambda p, x, f, s: ascent._ascend_batch(p, x, f, s, 1.0, layer, ascent.VGG16, precision))
         t0 = time.perf_counter()
