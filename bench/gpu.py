@@ -5,8 +5,8 @@ Run once where a GPU is lent (CI never runs benchmarks):
     PYTHONPATH=. python bench/gpu.py --markdown-out gpu.md
 
 Prints seconds per grid (first call = compile + run, then the best and median of the
-next rounds) for block1..4_conv1 at 64 px, 40 steps, float32 and bfloat16, and the
-time to render all 4,224 conv filters of VGG16 at 64 px, 40 steps (the atlas's work,
+next rounds) for block1..4_conv1 at 64 px, 40 steps, per precision and conv
+algorithm (``--modes``; "auto" is XLA's conv off CPU), and the time to render all 4,224 conv filters of VGG16 at 64 px, 40 steps (the atlas's work,
 without writing the site).
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--precisions", default="float32,bfloat16")
+    p.add_argument("--modes", default="float32:auto,bfloat16:auto,float32:winograd",
+                   help="comma-separated PRECISION:CONV pairs (CONV: auto, winograd or xla)")
     p.add_argument("--atlas", action="store_true", help="also time every filter of every conv layer")
     p.add_argument("--max-gb", type=float, default=16.0, help="memory bound per chunk for the atlas pass")
     p.add_argument("--markdown-out", default=None)
@@ -45,22 +46,26 @@ def main(argv=None) -> int:
     lines = [f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, {len(jax.devices())} device(s)", ""]
     t_load, params = timed(lambda: jaxviz.load_params())
     lines.append(f"load_params: {t_load:.2f} s (first, includes imports of h5py and device transfer)")
-    lines += ["", "| layer | precision | first call s | best s | median s | mean final loss |", "|---|---|---|---|---|---|"]
+    lines += ["", "| layer | precision | conv | first call s | best s | median s | mean final loss |",
+              "|---|---|---|---|---|---|---|"]
     totals = {}
-    for prec in a.precisions.split(","):
+    for mode in a.modes.split(","):
+        prec, _, conv = mode.partition(":")
+        conv = conv or "auto"
         for layer in SEED_LAYERS:
-            run = lambda: jaxviz.render(params, layer, range(64), size=a.size, steps=a.steps, precision=prec, return_raw=True)
+            run = lambda: jaxviz.render(params, layer, range(64), size=a.size, steps=a.steps, precision=prec,
+                                        conv=conv, return_raw=True)
             first, _ = timed(run)
             times, losses = [], None
             for _ in range(a.rounds):
                 t, (_, _, losses) = timed(run)
                 times.append(t)
-            totals[prec] = totals.get(prec, 0.0) + min(times)
-            lines.append(f"| {layer} | {prec} | {first:.2f} | {min(times):.3f} | {statistics.median(times):.3f} | {losses.mean():.1f} |")
+            totals[mode] = totals.get(mode, 0.0) + min(times)
+            lines.append(f"| {layer} | {prec} | {conv} | {first:.2f} | {min(times):.3f} | {statistics.median(times):.3f} | {losses.mean():.1f} |")
             print(lines[-1], flush=True)
     lines.append("")
-    for prec, t in totals.items():
-        lines.append(f"four grids, {prec}: {t:.2f} s (sum of best)")
+    for mode, t in totals.items():
+        lines.append(f"four grids, {mode}: {t:.2f} s (sum of best)")
     if a.atlas:
         total_filters, t0 = 0, time.perf_counter()
         per_layer = []
