@@ -214,8 +214,9 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     """(variant for small layers, variant for large ones, input channels where "large" starts).
 
     Measured with bench/engine/variants.py (bench/README.md, "Engine"): in float32 on
-    CPU, Winograd F(4x4, 3x3) with XLA's conv for block1_conv1 beat XLA's conv alone
-    by 1.3-1.7x per grid (block2..4_conv1); XLA's conv in turn beat every im2col-style
+    CPU, Winograd F(4x4, 3x3) with XLA's conv for block1_conv1 ran the grids of
+    block2..4_conv1 1.5-1.7x faster than XLA's conv alone (in chunks of 16 filters,
+    ascent.CPU_BATCH); XLA's conv in turn beat every im2col-style
     matmul formulation. Off CPU ("auto") XLA's conv stays (cuDNN picks its own
     algorithm). In bfloat16 the row-shifted bf16 GEMMs pay only where the CPU has
     native bf16 (AMX); elsewhere XLA's conv on bf16 inputs is the fastest bf16 form.
