@@ -1,26 +1,28 @@
-"""The seed's activation maximization as one jit-compiled, vmapped computation.
+"""The seed's activation maximization on VGG: the book's settings and pure functions.
 
 For layer L and filter f the loss is the mean over H, W of L's post-relu channel f.
 Each step adds the RMS-normalized input gradient: x <- x + step * g / (rms(g) + 1e-5).
-All steps run inside one compiled call (``lax.fori_loop``) and ``jax.vmap`` maps the
-per-image function over filters, so a whole grid is a single batched computation.
-The layer is static; filters, start images, step count and step size are data.
+It runs on the one render engine (``jaxviz.engine``) as the ``SEED`` recipe: all steps
+inside one compiled call (``lax.scan``), ``jax.vmap`` over filters, so a whole grid is a
+single batched computation. This module keeps the seed's own vocabulary (settings,
+start images, per-filter keys, chunk sizes) and ``ascend``, the engine on VGG.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from jaxviz import ops
+from jaxviz import engine, ops
+from jaxviz.engine import DEFAULT_MAX_BYTES, SEED, Recipe
 from jaxviz.errors import JaxvizError
-from jaxviz.model import VGG, VGG16, VGGSpec, layer_info, layers, min_size
-
-DEFAULT_MAX_BYTES = 2 * 1024**3
+from jaxviz.model import VGG16, VGGSpec, layer_info, layers, min_size
+from jaxviz.models.vgg import channel_preact, vgg
+from jaxviz.objectives import Channel, channel
+from jaxviz.param import seed_start
+from jaxviz.optim import SeedAscent, normalize  # noqa: F401  (the seed's normalization, re-exported)
 
 
 class AscentConfig(NamedTuple):
@@ -71,7 +73,7 @@ def filter_key(key: jax.Array, layer: str, f, spec: VGGSpec = VGG16) -> jax.Arra
 
 def start_image(key: jax.Array, size: int) -> jax.Array:
     """The seed's start image: uniform [0, 1) x 20 + 128, raw pixel scale."""
-    return jax.random.uniform(key, (size, size, 3), jnp.float32) * 20.0 + 128.0
+    return seed_start(size).init(key)
 
 
 def start_images(key: jax.Array, layer: str, filters, size: int, spec: VGGSpec = VGG16) -> jax.Array:
@@ -81,30 +83,10 @@ def start_images(key: jax.Array, layer: str, filters, size: int, spec: VGGSpec =
     return jax.vmap(lambda k: start_image(k, size))(keys)
 
 
-def _single_channel_conv(h: jax.Array, kernel: jax.Array) -> jax.Array:
-    """3x3 SAME conv of one (H, W, C) image with one (3, 3, C) filter -> (H, W).
-
-    The target layer only needs each image's own filter: nine shifted mat-vecs
-    instead of the layer's full conv (under vmap they become batched dots).
-    """
-    hh, ww, _ = h.shape
-    hp = jnp.pad(h, ((1, 1), (1, 1), (0, 0)))
-    out = 0.0
-    for dy in range(3):
-        for dx in range(3):
-            out = out + jnp.dot(hp[dy : dy + hh, dx : dx + ww], kernel[dy, dx], preferred_element_type=jnp.float32)
-    return out
-
-
 def activation(params: dict, x: jax.Array, f, layer: str, spec: VGGSpec = VGG16,
                precision: str = "float32", preact: bool = False, conv: str = "auto") -> jax.Array:
     """Channel ``f`` of ``layer`` for one unbatched image ``x`` (H, W, 3) -> (h, w)."""
-    below = VGG(spec=spec, stop_at=layer, output="input", conv=ops.conv_for(precision, algorithm=conv))
-    h = below.apply({"params": params}, x[None])[0]
-    kernel = params[layer]["kernel"][..., f]
-    if precision == "bfloat16" and kernel.shape[-1] >= ops.BF16_MIN_IN_CHANNELS:
-        h, kernel = h.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-    y = _single_channel_conv(h, kernel) + params[layer]["bias"][f]
+    y = channel_preact(params, x, layer, f, spec, precision, conv)
     return y if preact else jax.nn.relu(y)
 
 
@@ -114,30 +96,19 @@ def loss(params: dict, x: jax.Array, f, layer: str, spec: VGGSpec = VGG16, preci
     return activation(params, x, f, layer, spec, precision, conv=conv).mean()
 
 
-def normalize(g: jax.Array) -> jax.Array:
-    """The seed's gradient normalization: g / (sqrt(mean(g^2)) + 1e-5)."""
-    return g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-5)
+def recipe(config: AscentConfig) -> Recipe:
+    """The engine's recipe for these settings: the seed's parts with this size, step count and step size."""
+    return SEED._replace(steps=config.steps, size=config.size, optimizer=SeedAscent(config.step_size))
 
 
-def ascend_one(params: dict, x0: jax.Array, f, steps, step_size, layer: str,
+def ascend_one(params: dict, x0: jax.Array, f, steps: int, step_size: float, layer: str,
                spec: VGGSpec = VGG16, precision: str = "float32", conv: str = "auto") -> tuple[jax.Array, jax.Array]:
-    """Run the ascent for one image and filter; returns (final image, final loss)."""
-    grad = jax.grad(loss, argnums=1)
-
-    def step(_, x):
-        return x + step_size * normalize(grad(params, x, f, layer, spec, precision, conv))
-
-    x = lax.fori_loop(0, steps, step, x0)
-    return x, loss(params, x, f, layer, spec, precision, conv)
-
-
-def _ascend_batch(params, x0, filters, steps, step_size, layer, spec, precision, conv="auto"):
-    run = lambda x, f: ascend_one(params, x, f, steps, step_size, layer, spec, precision, conv)
-    return jax.vmap(run)(x0, filters)
-
-
-ascend_batch = jax.jit(_ascend_batch, static_argnames=("layer", "spec", "precision", "conv"))
-"""The whole batch of filters in one compiled call (one compile per layer, size and batch)."""
+    """Run the ascent for one image and filter (the engine's per-item function); returns (final image, final loss)."""
+    model = vgg(params, spec, precision=precision, conv=conv)
+    r = recipe(AscentConfig(size=x0.shape[0], steps=steps, step_size=step_size))
+    blank, hyper = engine._split_optimizer(r)
+    image, value, _, _ = engine._item(model.static(), params, Channel(layer), blank, 0, f, None, x0, hyper)
+    return image, value
 
 
 def bytes_per_image(layer: str, size: int, spec: VGGSpec = VGG16) -> int:
@@ -181,7 +152,7 @@ def ascend(params: dict, layer: str, filters, *, key: jax.Array | None = None, s
            config: AscentConfig = AscentConfig(), start: jax.Array | None = None,
            max_bytes: int = DEFAULT_MAX_BYTES, spec: VGGSpec = VGG16,
            batch_size: int | None = None) -> AscentResult:
-    """Maximize each filter's mean activation from its own start image.
+    """Maximize each filter's mean activation from its own start image (the engine with the seed recipe).
 
     Filters are processed in chunks of equal batch size (the last one padded) so
     that peak memory stays under ``max_bytes`` (and, on CPU, of at most CPU_BATCH
@@ -193,26 +164,11 @@ def ascend(params: dict, layer: str, filters, *, key: jax.Array | None = None, s
     if not filters:
         return AscentResult(jnp.zeros((0, config.size, config.size, 3)), jnp.zeros((0,)))
     key = jax.random.key(seed) if key is None else key
-    if start is None:
-        start = start_images(key, layer, filters, config.size, spec)
-    start = jnp.asarray(start, jnp.float32)
-    if start.shape != (len(filters), config.size, config.size, 3):
+    if start is not None and np.shape(start) != (len(filters), config.size, config.size, 3):
         raise JaxvizError(
-            f"start images have shape {start.shape}, expected {(len(filters), config.size, config.size, 3)}"
+            f"start images have shape {np.shape(start)}, expected {(len(filters), config.size, config.size, 3)}"
         )
-    n = len(filters)
-    b = batch_size or chunk_size(layer, config.size, n, max_bytes, spec)
-    chunks = math.ceil(n / b)
-    if batch_size is None:
-        b = math.ceil(n / chunks)  # equal chunks: the least padding for this many chunks
-    pad = chunks * b - n
-    fs = jnp.asarray(filters + [filters[-1]] * pad, jnp.int32)
-    xs = jnp.concatenate([start, jnp.repeat(start[-1:], pad, axis=0)]) if pad else start
-    images, losses = [], []
-    for c in range(chunks):
-        sl = slice(c * b, (c + 1) * b)
-        x, l = ascend_batch(params, xs[sl], fs[sl], config.steps, config.step_size, layer, spec,
-                            config.precision, config.conv)
-        images.append(x)
-        losses.append(l)
-    return AscentResult(jnp.concatenate(images)[:n], jnp.concatenate(losses)[:n])
+    model = vgg(params, spec, precision=config.precision, conv=config.conv)
+    result = engine.render(model, channel(layer, filters), recipe(config), key=key, start=start,
+                           max_bytes=max_bytes, batch_size=batch_size)
+    return AscentResult(result.images, result.values)

@@ -1,47 +1,408 @@
-"""Objectives of the quality recipe: the model's preprocessing, a channel's activation, diversity.
+"""Objectives: what to maximize, as composable pure functions (Lucid's algebra).
 
-* ``preprocess``: Keras VGG16's own input transform for [0, 1] RGB images: x 255,
-  RGB -> BGR, minus the ImageNet channel means (B 103.939, G 116.779, R 123.68).
-* ``redirected_relu``: a relu whose gradient, while ``redirect`` is on and the ordinary
-  relu lets no gradient through at all, passes the gradient through anyway (except where
-  it would push an already negative value further down), like Lucid's redirected relu.
-  It lets filters that never fire on the start image ("dead" at the start) get going.
-* ``channel``: the mean over H, W of one filter's activation, post-relu, pre-relu or
-  with the redirected relu (see ``DEAD_FILTER``), reusing ``jaxviz.ascent.activation``.
-* ``diversity``: Lucid's diversity term for a batch of images of one filter: the mean
-  pairwise cosine similarity of their Gram matrices (lower is more diverse).
+An :class:`Objective` is a hashable *term* (what to compute: ``Channel("block4_conv1")``)
+and its *args* (data: which channels, vectors, ...), whose leaves have a leading batch
+axis N: a batch of filters is a batch of args, ``vmap``ped, so one compile serves every
+filter of a layer. ``+``, ``-`` and scalar ``*`` combine objectives into weighted sums.
 
-Every function is pure and works on unbatched images under ``jit`` and ``vmap``.
+    channel(layer, n, dead_filter="none")  mean over H, W of channel n (post-relu)
+    neuron(layer, n, y=None, x=None)       channel n at one position (the centre by default)
+    direction(layer, vectors)              mean over H, W of <activation, vector>
+    deepdream(layer)                       mean of the squared activation
+    class_logit(n)                         the pre-softmax logit n (a model with a classifier)
+    total_variation(), l2(c)               image penalties (subtract them)
+    diversity(layer)                       minus the mean Gram similarity between an objective's images
+
+A term sees one image through a :class:`Probe` (the model's activations, computed on
+demand and shared by the terms); ``diversity`` sees all images of one objective.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
+from typing import Any, Optional, Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxviz import ascent, ops
-from jaxviz.model import VGG, VGG16, VGGSpec
+from jaxviz.errors import JaxvizError
+from jaxviz.models.base import LOGITS, Model
+from jaxviz.models.vgg import IMAGENET_BGR_MEANS, deprocess, preprocess  # noqa: F401  (VGG16's input transform)
 
-IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
 DEAD_FILTER = ("none", "preact", "redirect")
 
 
-def preprocess(x: jax.Array) -> jax.Array:
-    """RGB (..., 3) in [0, 1] -> what Keras' VGG16 expects: BGR, 0-255, ImageNet means subtracted."""
-    return x[..., ::-1] * 255.0 - jnp.asarray(IMAGENET_BGR_MEANS, x.dtype)
+# ---------------------------------------------------------------- what a term sees
+
+class Probe:
+    """One image as the objective sees it during a step (used while tracing; not a pytree).
+
+    ``image`` is the parameterization's image after the transforms (what ``total_variation``
+    and ``l2`` penalize), ``x`` the model's input; ``layer(name)`` and ``preact(name, n)``
+    compute activations once per name. ``step`` is the optimizer step (traced), ``final``
+    is True for the evaluation after the last step.
+    """
+
+    def __init__(self, model: Model, params, image, x, step=0, final: bool = False, batched: bool = False):
+        self.model, self.params, self.image, self.x = model, params, image, x
+        self.step, self.final, self.batched = step, final, batched
+        self._acts: dict = {}
+
+    def layer(self, name: str) -> jax.Array:
+        if name not in self._acts:
+            acts = lambda x: self.model.activations(self.params, x, (name,))[name]
+            self._acts[name] = jax.vmap(acts)(self.x) if self.batched else acts(self.x)
+        return self._acts[name]
+
+    def _preact(self, name: str, n):
+        if self.model.preact is None or self.batched:
+            return None
+        return self.model.preact(self.params, self.x, name, n)
+
+    def preact(self, name: str, n) -> jax.Array:
+        """Channel n of ``name`` before its relu, (h, w): the model's fast path."""
+        pre = self._preact(name, n)
+        if pre is None:
+            raise JaxvizError(f"model {self.model.name} gives no pre-activation for {name}; use dead_filter='none'")
+        return pre
+
+    def channel(self, name: str, n) -> jax.Array:
+        """Channel n of ``name`` (post-activation), by the fast path where the model has one."""
+        pre = None if name in self._acts else self._preact(name, n)
+        return self.layer(name)[..., n] if pre is None else jax.nn.relu(pre)
 
 
-def deprocess(x: jax.Array) -> jax.Array:
-    """The inverse of :func:`preprocess`."""
-    return (x + jnp.asarray(IMAGENET_BGR_MEANS, x.dtype))[..., ::-1] / 255.0
+def _no_preact(model: Model, layer: str) -> bool:
+    info = model.layer(layer)
+    x = jax.ShapeDtypeStruct((model.min_size(layer),) * 2 + (3,), jnp.float32)
+    try:
+        return jax.eval_shape(lambda p, x: model.preact(p, x, layer, 0), model.params, x) is None
+    except Exception:
+        return True
 
+
+# ---------------------------------------------------------------- terms (hashable)
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """Base of the terms: ``value(probe, args)`` for one image; ``batch_value`` for an objective's D images."""
+
+    def value(self, probe: Probe, args) -> jax.Array:
+        return jnp.zeros((), jnp.float32)
+
+    def batch_value(self, probe: Probe, args) -> jax.Array:
+        return jnp.zeros((), jnp.float32)
+
+    def layers(self) -> tuple[str, ...]:
+        return ()
+
+    def check(self, model: Model, args) -> None:
+        """Raise a one-line JaxvizError if the term cannot apply to ``model`` with ``args``."""
+        for name in self.layers():
+            model.layer(name)
+
+
+def _channels(model: Model, layer: str, ns, what: str) -> None:
+    info = model.layer(layer)
+    ns = np.asarray(ns).reshape(-1)
+    bad = ns[(ns < 0) | (ns >= info.channels)]
+    if bad.size:
+        raise JaxvizError(f"{what} {int(bad[0])} is out of range for {layer}, which has {info.channels} "
+                          f"channels (0-{info.channels - 1})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Channel(Term):
+    layer: str
+    dead_filter: str = "none"
+    redirect_steps: Optional[int] = None  # redirect only in the first N steps (None: always)
+
+    def value(self, probe, n):
+        if self.dead_filter == "none" or probe.final:
+            return probe.channel(self.layer, n).mean()
+        redirect = 1.0 if self.redirect_steps is None else (probe.step < self.redirect_steps).astype(jnp.float32)
+        return apply_dead(probe.preact(self.layer, n), self.dead_filter, redirect).mean()
+
+    def layers(self):
+        return (self.layer,)
+
+    def check(self, model, n):
+        info = model.layer(self.layer)
+        if not info.spatial:
+            raise JaxvizError(f"layer {self.layer} is not spatial (shape {info.shape}): use neuron({self.layer!r}, n)"
+                              f" or class_logit(n) instead of channel")
+        if self.dead_filter not in DEAD_FILTER:
+            raise JaxvizError(f"dead_filter must be one of {', '.join(DEAD_FILTER)}, not {self.dead_filter!r}")
+        if self.dead_filter != "none" and (model.preact is None or _no_preact(model, self.layer)):
+            raise JaxvizError(f"dead_filter={self.dead_filter!r} needs a model with a pre-activation path "
+                              f"(model {model.name} has none); use dead_filter='none'")
+        _channels(model, self.layer, n, "channel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Neuron(Term):
+    layer: str
+    y: Optional[int] = None
+    x: Optional[int] = None
+
+    def value(self, probe, n):
+        a = probe.channel(self.layer, n)
+        if a.ndim == 0:
+            return a
+        h, w = a.shape
+        return a[h // 2 if self.y is None else self.y, w // 2 if self.x is None else self.x]
+
+    def layers(self):
+        return (self.layer,)
+
+    def check(self, model, n):
+        info = model.layer(self.layer)
+        _channels(model, self.layer, n, "channel")
+        if info.spatial:
+            h, w = info.shape[:2]
+            for v, lim, axis in ((self.y, h, "y"), (self.x, w, "x")):
+                if v is not None and not 0 <= v < lim:
+                    raise JaxvizError(f"neuron {axis}={v} is outside {self.layer} ({h}x{w} at {model.input_size} px)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Direction(Term):
+    layer: str
+
+    def value(self, probe, v):
+        a = probe.layer(self.layer)
+        return jnp.tensordot(a, v, axes=1).mean()
+
+    def layers(self):
+        return (self.layer,)
+
+    def check(self, model, v):
+        c = model.layer(self.layer).channels
+        if np.shape(v)[-1] != c:
+            raise JaxvizError(f"direction vectors have {np.shape(v)[-1]} entries but {self.layer} has {c} channels")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepDream(Term):
+    layer: str
+
+    def value(self, probe, _):
+        return jnp.mean(jnp.square(probe.layer(self.layer)))
+
+    def layers(self):
+        return (self.layer,)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassLogit(Term):
+    def value(self, probe, n):
+        return probe.layer(LOGITS)[n]
+
+    def layers(self):
+        return (LOGITS,)
+
+    def check(self, model, n):
+        if LOGITS not in [l.name for l in model.layers]:
+            raise JaxvizError(f"model {model.name} has no classifier ({LOGITS!r} layer); class_logit needs one "
+                              f"(for VGG: weights with the top, fc1/fc2/predictions)")
+        _channels(model, LOGITS, n, "class")
+
+
+@dataclasses.dataclass(frozen=True)
+class TotalVariation(Term):
+    def value(self, probe, _):
+        x = probe.image
+        return jnp.abs(x[1:] - x[:-1]).mean() + jnp.abs(x[:, 1:] - x[:, :-1]).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class L2(Term):
+    constant: float = 0.5
+
+    def value(self, probe, _):
+        return jnp.sqrt(jnp.mean(jnp.square(probe.image - self.constant)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Diversity(Term):
+    layer: str
+
+    def batch_value(self, probe, _):
+        return -diversity(probe.layer(self.layer)) if probe.batched else jnp.zeros((), jnp.float32)
+
+    def layers(self):
+        return (self.layer,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sum(Term):
+    terms: tuple
+    weights: tuple
+
+    def value(self, probe, args):
+        return sum(w * t.value(probe, a) for t, w, a in zip(self.terms, self.weights, args))
+
+    def batch_value(self, probe, args):
+        return sum(w * t.batch_value(probe, a) for t, w, a in zip(self.terms, self.weights, args))
+
+    def layers(self):
+        return tuple(dict.fromkeys(n for t in self.terms for n in t.layers()))
+
+    def check(self, model, args):
+        for t, a in zip(self.terms, args):
+            t.check(model, a)
+
+
+# ---------------------------------------------------------------- objectives
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A term and its args (leaves with a leading batch axis of 1 or N). Maximized by the engine."""
+
+    term: Term
+    args: Any = dataclasses.field(default=None, compare=False, hash=False)
+
+    def __len__(self) -> int:
+        sizes = [np.shape(a)[0] for a in jax.tree.leaves(self.args)]
+        return max(sizes, default=1)
+
+    def batched_args(self):
+        """``args`` with every leaf broadcast to the batch size N."""
+        n = len(self)
+        return jax.tree.map(lambda a: np.broadcast_to(a, (n,) + np.shape(a)[1:]), self.args)
+
+    def key_ids(self, model: Model) -> np.ndarray:
+        """(N, 2) ints from which each item's key is folded: (layer index, channel) for a channel, else the item."""
+        term, args = self.term, self.args
+        while isinstance(term, Sum):
+            term, args = term.terms[0], args[0]
+        n = len(self)
+        layers = term.layers()
+        index = model.layer_index(layers[0]) if layers else len(model.layers)
+        if isinstance(term, (Channel, Neuron, ClassLogit)):
+            ch = np.broadcast_to(np.asarray(args).reshape(-1), (n,))
+        else:
+            ch = np.arange(n)
+        return np.stack([np.full(n, index), ch], axis=1).astype(np.int32)
+
+    def _parts(self):
+        if isinstance(self.term, Sum):
+            return list(zip(self.term.terms, self.term.weights, self.args))
+        return [(self.term, 1.0, self.args)]
+
+    def __add__(self, other: "Objective") -> "Objective":
+        if not isinstance(other, Objective):
+            return NotImplemented
+        a, b = len(self), len(other)
+        if a != b and 1 not in (a, b):
+            raise JaxvizError(f"cannot add objectives of {a} and {b} items; give one of them 1 or the same count")
+        parts = self._parts() + other._parts()
+        return Objective(Sum(tuple(p[0] for p in parts), tuple(p[1] for p in parts)), tuple(p[2] for p in parts))
+
+    def __mul__(self, w: float) -> "Objective":
+        if not isinstance(w, (int, float)) or isinstance(w, bool):
+            return NotImplemented
+        parts = self._parts()
+        return Objective(Sum(tuple(p[0] for p in parts), tuple(float(w) * p[1] for p in parts)),
+                         tuple(p[2] for p in parts))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Objective":
+        return self * -1.0
+
+    def __sub__(self, other: "Objective") -> "Objective":
+        return self + (-other)
+
+
+def _indices(n, what: str) -> np.ndarray:
+    if isinstance(n, (str, bytes, float)) or isinstance(n, bool):
+        raise JaxvizError(f"{what} must be an integer or a sequence of integers, not {n!r}")
+    a = np.asarray(list(n) if isinstance(n, range) else n)
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) and a.size:
+        raise JaxvizError(f"{what} must be integers, not {n!r}")
+    return a.reshape(-1).astype(np.int32)
+
+
+def channel(layer: str, n, dead_filter: str = "none", redirect_steps: Optional[int] = None) -> Objective:
+    """The mean over H, W of channel(s) ``n`` of ``layer`` (one item per channel).
+
+    ``dead_filter``: "none" (post-relu), "preact" (before the relu) or "redirect" (a relu
+    whose gradient passes while it blocks everything), for filters that never fire.
+    """
+    return Objective(Channel(layer, dead_filter, redirect_steps), _indices(n, "channel"))
+
+
+def neuron(layer: str, n, y: Optional[int] = None, x: Optional[int] = None) -> Objective:
+    """Channel(s) ``n`` of ``layer`` at one position (y, x); the centre by default."""
+    return Objective(Neuron(layer, y, x), _indices(n, "channel"))
+
+
+def direction(layer: str, vectors) -> Objective:
+    """The mean over H, W of the dot product of ``layer``'s activation with each vector (N, C) or (C,)."""
+    v = np.asarray(vectors, np.float32)
+    return Objective(Direction(layer), v.reshape((-1, v.shape[-1])))
+
+
+def deepdream(layer: str) -> Objective:
+    """DeepDream's objective: the mean of the squared activation of ``layer``."""
+    return Objective(DeepDream(layer))
+
+
+def class_logit(n) -> Objective:
+    """The pre-softmax logit(s) ``n`` of a model with a classifier."""
+    return Objective(ClassLogit(), _indices(n, "class"))
+
+
+def total_variation() -> Objective:
+    """The mean absolute difference between neighbouring pixels (subtract it to smooth)."""
+    return Objective(TotalVariation())
+
+
+def l2(constant: float = 0.5) -> Objective:
+    """The RMS distance of the image from ``constant`` (subtract it to keep values moderate)."""
+    return Objective(L2(float(constant)))
+
+
+def diversity_term(layer: str) -> Objective:
+    """Minus Lucid's diversity similarity of ``layer`` between the images of one objective
+    (add it, weighted, to push an objective's several images apart: ``recipe.diversity`` > 1)."""
+    return Objective(Diversity(layer))
+
+
+# ---------------------------------------------------------------- Lucent-style spelling
+
+_SPEC = re.compile(r"^(?:(channel|neuron|deepdream|logit):)?([^:]*)(?::(.*))?$")
+
+
+def parse(text: str, filters=None) -> Objective:
+    """An objective from text: ``LAYER:N`` or ``channel:LAYER:N`` (N: 5, 0-63, 0,5,9), ``neuron:LAYER:N``,
+    ``deepdream:LAYER``, ``logit:N``. ``filters`` stands in for a missing N."""
+    from jaxviz.cli_args import parse_filters
+
+    m = _SPEC.match(text.strip())
+    kind, layer, ns = (m.group(1) or "channel", m.group(2), m.group(3)) if m else (None, "", None)
+    if not layer:
+        raise JaxvizError(f"malformed objective {text!r}; use LAYER:N, neuron:LAYER:N, deepdream:LAYER or logit:N")
+    if kind == "deepdream":
+        return deepdream(layer)
+    if kind == "logit":
+        return class_logit(parse_filters(layer))
+    picked = parse_filters(ns) if ns is not None else filters
+    if picked is None:
+        raise JaxvizError(f"objective {text!r} names no channel; add :N, e.g. {layer}:0-15")
+    return (neuron if kind == "neuron" else channel)(layer, picked)
+
+
+# ---------------------------------------------------------------- the quality recipe's pieces
 
 @jax.custom_vjp
 def redirected_relu(x: jax.Array, redirect: jax.Array) -> jax.Array:
-    """relu(x); its gradient is redirected (see the module doc) where ``redirect`` (a 0/1 scalar) is 1.
-
-    The cotangent convention is gradient *descent* on a loss: a positive cotangent
-    pushes x down. ``redirect`` receives no gradient.
-    """
+    """relu(x); its gradient is redirected where ``redirect`` (a 0/1 scalar) is 1 and the
+    ordinary relu lets no gradient through at all: everything passes except what would push
+    negative values further down (Lucid's redirected relu). Cotangents follow gradient
+    *descent* on a loss. ``redirect`` receives no gradient."""
     return jnp.maximum(x, 0.0)
 
 
@@ -52,9 +413,8 @@ def _rr_fwd(x, redirect):
 def _rr_bwd(res, g):
     x, redirect = res
     relu_grad = jnp.where(x > 0, g, 0.0)
-    # pass everything through, except what would push negative values further down
     passed = jnp.where((x < 0) & (g > 0), 0.0, g)
-    blocked = jnp.sum(jnp.square(relu_grad)) == 0  # the ordinary relu lets nothing through
+    blocked = jnp.sum(jnp.square(relu_grad)) == 0
     use = (redirect > 0) & blocked
     return jnp.where(use, passed, relu_grad), jnp.zeros_like(redirect)
 
@@ -63,11 +423,7 @@ redirected_relu.defvjp(_rr_fwd, _rr_bwd)
 
 
 def apply_dead(pre: jax.Array, dead_filter: str = "none", redirect=0.0) -> jax.Array:
-    """A pre-relu activation -> what the objective maximizes, by ``dead_filter``.
-
-    "none": relu(pre); "preact": pre itself; "redirect": :func:`redirected_relu` (its
-    redirection active while ``redirect`` is 1).
-    """
+    """A pre-relu activation -> what is maximized: relu ("none"), itself ("preact") or :func:`redirected_relu`."""
     if dead_filter == "preact":
         return pre
     if dead_filter == "redirect":
@@ -75,31 +431,6 @@ def apply_dead(pre: jax.Array, dead_filter: str = "none", redirect=0.0) -> jax.A
     if dead_filter == "none":
         return jax.nn.relu(pre)
     raise ValueError(f"dead_filter must be one of {DEAD_FILTER}, not {dead_filter!r}")
-
-
-def channel_map(params: dict, x: jax.Array, f, layer: str, dead_filter: str = "none", redirect=0.0,
-                spec: VGGSpec = VGG16, precision: str = "float32") -> jax.Array:
-    """Filter ``f`` of ``layer`` for one preprocessed image (H, W, 3) -> (h, w), through :func:`apply_dead`."""
-    pre = ascent.activation(params, x, f, layer, spec, precision, preact=True)
-    return apply_dead(pre, dead_filter, redirect)
-
-
-def channel(params: dict, x: jax.Array, f, layer: str, dead_filter: str = "none", redirect=0.0,
-            spec: VGGSpec = VGG16, precision: str = "float32") -> jax.Array:
-    """The mean over H, W of :func:`channel_map`: the objective to maximize."""
-    return channel_map(params, x, f, layer, dead_filter, redirect, spec, precision).mean()
-
-
-def layer_input(params: dict, x: jax.Array, layer: str, spec: VGGSpec = VGG16) -> jax.Array:
-    """The tensor entering ``layer`` for one preprocessed image (H, W, 3) -> (h, w, C)."""
-    return VGG(spec=spec, stop_at=layer, output="input", conv=ops.conv_for("float32", 0)).apply({"params": params}, x[None])[0]
-
-
-def channel_from_input(params: dict, h: jax.Array, f, layer: str) -> jax.Array:
-    """Pre-relu filter ``f`` of ``layer`` from the tensor entering it (h, w, C) -> (h, w)."""
-    kernel = params[layer]["kernel"][..., f][..., None]
-    y = ops.conv_for("float32", 0)(h[None], kernel)[0, ..., 0]
-    return y + params[layer]["bias"][f]
 
 
 def gram(h: jax.Array) -> jax.Array:

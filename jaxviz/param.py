@@ -38,10 +38,15 @@ PIXEL_SD = 0.01
 
 
 class Param(NamedTuple):
-    """A parameterization: ``init(key) -> params`` and ``to_image(params) -> (H, W, 3) in [0, 1]``."""
+    """A parameterization: ``init(key) -> params`` and ``to_image(params) -> (H, W, 3)``.
+
+    The image is RGB in [0, 1], given to the model through its preprocessing, unless
+    ``raw``: then it is the model's input itself (the seed recipe's raw pixels).
+    """
 
     init: Callable[[jax.Array], jax.Array]
     to_image: Callable[[jax.Array], jax.Array]
+    raw: bool = False
 
 
 # ---------------------------------------------------------------- colour
@@ -157,7 +162,41 @@ def pixel(size: int, decorrelated: bool = True, sd: float = PIXEL_SD) -> Param:
     )
 
 
+def seed_start(size: int) -> Param:
+    """The seed's raw pixels: start uniform [0, 1) x 20 + 128, fed to the model as they are."""
+    return Param(init=lambda key: jax.random.uniform(key, (size, size, 3), jnp.float32) * 20.0 + 128.0,
+                 to_image=lambda x: x, raw=True)
+
+
 PARAMETERIZATIONS = {"fourier": fourier, "pixel": pixel}
+
+
+# ---------------------------------------------------------------- specs (hashable parts of a recipe)
+
+class SeedStart(NamedTuple):
+    """The seed recipe's parameterization: raw pixels from its grey noise start (:func:`seed_start`)."""
+
+    def build(self, size: int) -> Param:
+        return seed_start(size)
+
+
+class Fourier(NamedTuple):
+    """Scaled Fourier coefficients, decorrelated colours and a sigmoid (:func:`fourier`)."""
+
+    decorrelate: bool = True
+    decay_power: float = 1.0
+
+    def build(self, size: int) -> Param:
+        return fourier(size, self.decorrelate, self.decay_power)
+
+
+class Pixel(NamedTuple):
+    """One parameter per pixel and channel, decorrelated colours and a sigmoid (:func:`pixel`)."""
+
+    decorrelate: bool = True
+
+    def build(self, size: int) -> Param:
+        return pixel(size, self.decorrelate)
 
 
 def parameterization(name: str, size: int, decorrelated: bool = True, decay_power: float = 1.0) -> Param:

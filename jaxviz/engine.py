@@ -1,0 +1,240 @@
+"""The one render engine: parameterization + transforms + optimizer + steps, for any model.
+
+``render(model, objective, recipe)`` maximizes each item of a batched objective from its
+own start, as one ``jax.jit`` of ``jax.vmap`` over the items of a ``lax.scan`` over steps,
+in chunks whose estimated memory stays under a bound. Each item's randomness comes from
+its own key, ``fold_in(fold_in(key, layer index), channel)``, so an item's result does
+not depend on the rest of the batch, on the chunking or on the device.
+
+A :class:`Recipe` is a choice of parts (all hashable, so a recipe compiles once):
+``param`` (``jaxviz.param.SeedStart``, ``Fourier``, ``Pixel``), ``transforms`` (a
+``jaxviz.transforms.Robustness`` or None), ``optimizer`` (``jaxviz.optim.SeedAscent``,
+``Adam``, or any optax ``GradientTransformation``), ``steps``, ``size`` and ``diversity``
+(images per objective item). ``SEED`` is the book's recipe, ``LUCID`` the quality recipe.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxviz import optim, transforms
+from jaxviz.errors import JaxvizError
+from jaxviz.models.base import Model
+from jaxviz.objectives import Objective, Probe, Term
+from jaxviz.param import Fourier, SeedStart
+from jaxviz.transforms import Robustness
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+class Recipe(NamedTuple):
+    """How to render: the parts and their sizes. Every field is hashable data."""
+
+    param: Any = SeedStart()
+    transforms: Optional[Robustness] = None
+    optimizer: Any = optim.SeedAscent(1.0)
+    steps: int = 40
+    size: int = 64
+    diversity: int = 1  # images per objective item, pushed apart by a diversity term
+
+
+SEED = Recipe()
+"""The book's recipe: raw pixels from grey noise, no transforms, 40 normalized gradient steps of 1.0, 64 px."""
+
+LUCID = Recipe(param=Fourier(), transforms=Robustness(), optimizer=optim.Adam(0.05), steps=512, size=128)
+"""The quality recipe (Distill's Feature Visualization): Fourier + decorrelated colour + sigmoid,
+pad/jitter/scale/rotate, Adam 0.05, 512 steps, 128 px."""
+
+
+class Result(NamedTuple):
+    """Per image (N x diversity, filter by filter): the final image (raw pixel scale when the
+    parameterization is raw, else RGB in [0, 1]), the objective's final value on it, the value
+    at every step (N, steps), and snapshots (N, frames, S, S, 3) when asked for, else None."""
+
+    images: jax.Array
+    values: jax.Array
+    trace: jax.Array
+    frames: Optional[jax.Array] = None
+
+
+def _split_optimizer(recipe: Recipe):
+    """(the recipe with its optimizer spec's numbers blanked, those numbers as float32 arrays).
+
+    The numbers (step size, learning rate) go into the compiled run as data: one compile
+    serves every value, and the seed's step multiplies by a traced step size exactly as
+    the book's code does (a constant 1.0 would be folded away, changing the rounding).
+    """
+    spec = recipe.optimizer
+    if isinstance(spec, tuple) and hasattr(spec, "_fields") and hasattr(spec, "build"):
+        blank = spec._replace(**{f: None for f in spec._fields})
+        return recipe._replace(optimizer=blank), tuple(jnp.float32(v) for v in spec)
+    return recipe, None
+
+
+def _item(model: Model, params, term: Term, recipe: Recipe, every: int, args, key, start, hyper=None):
+    """One objective item: its D images from start to finish (the per-item function that is vmapped)."""
+    d = recipe.diversity
+    P = recipe.param.build(recipe.size)
+    opt = optim.build(recipe.optimizer if hyper is None else type(recipe.optimizer)(*hyper))
+    single = d == 1
+    each = (lambda f, *xs: f(*xs)) if single else jax.vmap
+    p0 = start
+    step_key = jax.random.fold_in(key, 1)
+
+    def probe(p, t, k, final=False):
+        image = P.to_image(p) if single else jax.vmap(P.to_image)(p)
+        if recipe.transforms is not None and not final:
+            robust = transforms.robust(recipe.transforms)
+            image = robust(k, image) if single else jax.vmap(robust)(jax.random.split(k, d), image)
+        x = image if P.raw else (model.preprocess(image) if single else jax.vmap(model.preprocess)(image))
+        return image, x
+
+    def value(p, t, k, final=False):
+        image, x = probe(p, t, k, final)
+        if single:
+            v = term.value(Probe(model, params, image, x, t, final), args)
+            return v, v
+        v = jax.vmap(lambda i, xi: term.value(Probe(model, params, i, xi, t, final), args))(image, x)
+        total = v.mean() + term.batch_value(Probe(model, params, image, x, t, final, batched=True), args)
+        return total, v
+
+    def loss(p, t):
+        total, v = value(p, t, jax.random.fold_in(step_key, t))
+        return -total, v
+
+    grad = jax.value_and_grad(loss, has_aux=True)
+
+    def step(carry, t):
+        p, state = carry
+        (_, v), g = grad(p, t)
+        updates, state = opt.update(g, state, p)
+        return (optax.apply_updates(p, updates), state), v
+
+    carry = (p0, opt.init(p0))
+    to_image = P.to_image if single else jax.vmap(P.to_image)
+    if every:
+        def block(carry, ts):
+            carry, v = lax.scan(step, carry, ts)
+            return carry, (to_image(carry[0]), v)
+
+        blocks, rest = divmod(recipe.steps, every)
+        ts = jnp.arange(recipe.steps)
+        carry, (snaps, vs) = lax.scan(block, carry, ts[: blocks * every].reshape(blocks, every))
+        carry, vr = lax.scan(step, carry, ts[blocks * every:])
+        trace = jnp.concatenate([vs.reshape((blocks * every,) + vs.shape[2:]), vr])
+        frames = [to_image(p0)[None], snaps] + ([to_image(carry[0])[None]] if rest else [])
+        frames = jnp.concatenate(frames)
+    else:
+        carry, trace = lax.scan(step, carry, jnp.arange(recipe.steps))
+        frames = None
+    p = carry[0]
+    _, final = value(p, recipe.steps, step_key, final=True)
+    return to_image(p), final, trace, frames
+
+
+def _run(model, params, term, recipe, every, hyper, args, keys, start):
+    run = lambda a, k, s: _item(model, params, term, recipe, every, a, k, s, hyper)
+    return jax.vmap(run)(args, keys, start)
+
+
+run_chunk = jax.jit(_run, static_argnames=("model", "term", "recipe", "every"))
+"""One chunk of items in one compiled call (one compile per model, term, recipe and chunk size)."""
+
+
+def bytes_per_item(model: Model, layers: tuple[str, ...], recipe: Recipe) -> int:
+    """A rough upper bound of one item's memory: the activations of every layer up to the deepest
+    one named (kept for the backward pass) and their gradients, float32, x3 for XLA's temporaries."""
+    work = recipe.size + (2 * recipe.transforms.pad if recipe.transforms is not None else 0)
+    scale = (work / model.input_size) ** 2
+    names = [l.name for l in model.layers]
+    last = max((names.index(n) for n in layers), default=len(names) - 1)
+    total = work * work * 3 + sum(int(np.prod(l.shape)) * scale for l in model.layers[: last + 1])
+    return int(total * 2 * 4 * 3) * recipe.diversity
+
+
+def chunk_for(model: Model, objective: Objective, recipe: Recipe, n: int, max_bytes: int) -> int:
+    """Items per compiled call: the model's own choice where it has one, else the memory bound."""
+    layers = objective.term.layers()
+    work = recipe.size + (2 * recipe.transforms.pad if recipe.transforms is not None else 0)
+    if model.chunk is not None and layers:
+        deepest = max(layers, key=model.layer_index)
+        return max(1, min(n, model.chunk(deepest, work, n * recipe.diversity, max_bytes) // recipe.diversity))
+    return max(1, min(n, max_bytes // max(1, bytes_per_item(model, layers, recipe))))
+
+
+def initial(recipe: Recipe, keys: jax.Array) -> jax.Array:
+    """Every item's start parameters (N, [diversity,] ...) from its key.
+
+    Computed op by op outside the compiled run, as the book's code makes its start images
+    (inside one jit XLA may fuse the seed's x 20 + 128 into one rounding, not two).
+    """
+    P = recipe.param.build(recipe.size)
+    if recipe.diversity == 1:
+        return jax.vmap(P.init)(keys)
+    return jax.vmap(lambda k: jax.vmap(P.init)(jax.random.split(k, recipe.diversity)))(keys)
+
+
+def check(model: Model, objective: Objective, recipe: Recipe) -> None:
+    """Raise a one-line JaxvizError for an objective or recipe that cannot run on ``model``."""
+    objective.term.check(model, objective.args)
+    for name in objective.term.layers():
+        if recipe.size < model.min_size(name):
+            raise JaxvizError(f"size {recipe.size} is too small for {name}; the minimum is {model.min_size(name)} px")
+    if recipe.steps < 0:
+        raise JaxvizError(f"steps must be 0 or more, not {recipe.steps}")
+    if recipe.diversity < 1:
+        raise JaxvizError(f"diversity must be 1 or more images per objective, not {recipe.diversity}")
+
+
+def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: jax.Array | None = None,
+           start=None, every: int = 0, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int | None = None) -> Result:
+    """Maximize each item of ``objective`` on ``model`` with ``recipe``; see :class:`Result`.
+
+    ``key`` (default ``jax.random.key(0)``) seeds every item's start and transforms;
+    ``start`` (N, ...) replaces the start parameters (:func:`initial`) (the raw images for the seed recipe);
+    ``every`` > 0 keeps a snapshot every that many steps (and the start and final images).
+    """
+    check(model, objective, recipe)
+    n, d, s = len(objective), recipe.diversity, recipe.size
+    if n == 0:
+        z = jnp.zeros((0, s, s, 3))
+        return Result(z, jnp.zeros((0,)), jnp.zeros((0, recipe.steps)), None)
+    key = jax.random.key(0) if key is None else key
+    ids = objective.key_ids(model)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i[0]), i[1]))(jnp.asarray(ids))
+    args = objective.batched_args()
+    if start is None:
+        start = initial(recipe, keys)
+    else:
+        start = jnp.asarray(start, jnp.float32)
+        if d != 1 or start.shape[0] != n:
+            raise JaxvizError(f"start has {start.shape[0]} entries for {n} objective items (and needs diversity 1)")
+    b = batch_size or chunk_for(model, objective, recipe, n, max_bytes)
+    chunks = math.ceil(n / b)
+    if batch_size is None:
+        b = math.ceil(n / chunks)  # equal chunks: the least padding for this many chunks
+    pad = chunks * b - n
+    padded = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
+    args = jax.tree.map(lambda a: padded(jnp.asarray(a)), args)
+    keys, start = padded(keys), padded(start)
+    static, (blank, hyper) = model.static(), _split_optimizer(recipe)
+    outs = []
+    for c in range(chunks):
+        sl = slice(c * b, (c + 1) * b)
+        outs.append(run_chunk(static, model.params, objective.term, blank, every, hyper,
+                              jax.tree.map(lambda a: a[sl], args), keys[sl], start[sl]))
+    cat = lambda i: None if outs[0][i] is None else jnp.concatenate([o[i] for o in outs])[:n]
+    images, values, trace, frames = (cat(i) for i in range(4))
+    if d > 1:
+        images = images.reshape((n * d,) + images.shape[2:])
+        values = values.reshape(n * d)
+        trace = jnp.swapaxes(trace, 1, 2).reshape(n * d, recipe.steps)
+        if frames is not None:
+            frames = jnp.swapaxes(frames, 1, 2).reshape((n * d,) + frames.shape[1:2] + frames.shape[3:])
+    return Result(images, values, trace, frames)

@@ -1,0 +1,102 @@
+"""The model interface: everything the render engine, the CLIs and the atlas need of a network.
+
+A :class:`Model` is a small NamedTuple of data and pure functions. Its ``activations``
+function works on ONE unbatched image, as equinox modules do: the engine ``vmap``s it.
+Adapters (``jaxviz.models.vgg``, ``linen``, ``nnx``, ``keras``, ``function``) build one
+from a network in a few dozen lines each.
+
+The engine passes ``model.params`` as traced data and the rest of the model as a static
+(hashed) argument of ``jax.jit``: keep using the same Model object to reuse compiles.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+
+from jaxviz.errors import JaxvizError
+
+# The conventional name of the pre-softmax layer of a model with a classifier; ``class_logit`` reads it.
+LOGITS = "logits"
+
+
+class LayerInfo(NamedTuple):
+    """A named layer and the shape of its output for one image of the model's ``input_size``:
+    (h, w, C) for a spatial layer, (C,) for a vector (dense) layer."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3
+
+
+class Model(NamedTuple):
+    """A network as the engine sees it.
+
+    * ``params``: the weights, any pytree (traced; the engine never changes them).
+    * ``activations(params, x, names) -> {name: array}``: the outputs of the named layers
+      for one unbatched model-input image ``x`` (H, W, 3) (``preprocess``'s output); one
+      forward pass, computing as little past the deepest named layer as the model allows.
+    * ``layers``: every layer an objective may name, in forward order, with its shape.
+    * ``preprocess(rgb) -> x``: an RGB image in [0, 1] (H, W, 3) -> the model's input.
+    * ``min_size(name) -> int``: the smallest square input side for which the layer exists.
+    * ``input_size``: the side of the input the ``layers`` shapes were taken at.
+    * ``preact(params, x, name, n) -> (h, w)`` (optional): channel n of a layer *before* its
+      relu, computed for that channel only (the VGG model's fast path), or None for a layer
+      without one; objectives use it for ``channel``/``neuron`` where it is given, and
+      ``dead_filter`` modes need it.
+    * ``chunk(name, size, n, max_bytes) -> int`` (optional): how many images one compiled
+      call takes; by default the engine bounds it by an estimate from ``layers``.
+    """
+
+    name: str
+    params: Any
+    activations: Callable[[Any, jax.Array, tuple[str, ...]], dict]
+    layers: tuple[LayerInfo, ...]
+    preprocess: Callable[[jax.Array], jax.Array]
+    min_size: Callable[[str], int]
+    input_size: int = 224
+    preact: Optional[Callable[[Any, jax.Array, str, Any], jax.Array]] = None
+    chunk: Optional[Callable[[str, int, int, int], int]] = None
+
+    def layer(self, name: str) -> LayerInfo:
+        """The layer called ``name``; a one-line JaxvizError listing the valid names otherwise."""
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise JaxvizError(f"unknown layer {name!r} for model {self.name}; valid layers: "
+                          f"{', '.join(l.name for l in self.layers)} (see --list-layers)")
+
+    def layer_index(self, name: str) -> int:
+        """The position of ``name`` in ``layers`` (keys per filter are derived from it)."""
+        self.layer(name)
+        return [l.name for l in self.layers].index(name)
+
+    def static(self) -> "Model":
+        """This model without its params: the hashable part the engine compiles against."""
+        return self._replace(params=None)
+
+
+def identity(x: jax.Array) -> jax.Array:
+    """A preprocessing that feeds [0, 1] RGB images as they are."""
+    return x
+
+
+def unit_min_size(name: str) -> int:
+    """A ``min_size`` for models with no downsampling constraint."""
+    return 1
+
+
+def layer_shapes(activations, params, names: tuple[str, ...], size: int, preprocess=identity) -> tuple[LayerInfo, ...]:
+    """Each named layer's output shape for one image of ``size`` px, by ``jax.eval_shape`` (nothing runs)."""
+    import jax.numpy as jnp
+
+    x = jax.ShapeDtypeStruct((size, size, 3), jnp.float32)
+    out = jax.eval_shape(lambda p, x: activations(p, preprocess(x), tuple(names)), params, x)
+    return tuple(LayerInfo(n, tuple(out[n].shape)) for n in names)

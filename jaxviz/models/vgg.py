@@ -1,0 +1,175 @@
+"""VGG16/VGG19 from Keras h5 as a jaxviz Model, with the fast paths of the seed engine.
+
+Layers: every conv and pool of the base (``block1_conv1`` ... ``block5_pool``), and with
+a classifier top ``fc1``, ``fc2``, ``logits`` (pre-softmax) and ``predictions``. The
+images are fed as Keras' VGG16 expects them (BGR, 0-255, ImageNet means subtracted);
+the seed recipe feeds its raw pixel images directly. ``preact`` computes one channel
+of a conv layer from the layer's input only (the rest of the layer is never computed),
+with the convs of ``jaxviz.ops`` (fast custom-VJP input gradients; Winograd on CPU).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxviz import ops
+from jaxviz.errors import JaxvizError
+from jaxviz.model import TOP_LAYERS, VGG, VGG16, VGG19, VGGSpec, layers, max_pool2
+from jaxviz.models.base import LOGITS, LayerInfo, Model
+
+IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
+
+
+def preprocess(x: jax.Array) -> jax.Array:
+    """RGB (..., 3) in [0, 1] -> what Keras' VGG16 expects: BGR, 0-255, ImageNet means subtracted."""
+    return x[..., ::-1] * 255.0 - jnp.asarray(IMAGENET_BGR_MEANS, x.dtype)
+
+
+def deprocess(x: jax.Array) -> jax.Array:
+    """The inverse of :func:`preprocess`."""
+    return (x + jnp.asarray(IMAGENET_BGR_MEANS, x.dtype))[..., ::-1] / 255.0
+
+
+def single_channel_conv(h: jax.Array, kernel: jax.Array) -> jax.Array:
+    """3x3 SAME conv of one (H, W, C) image with one (3, 3, C) filter -> (H, W).
+
+    The target layer only needs each image's own filter: nine shifted mat-vecs
+    instead of the layer's full conv (under vmap they become batched dots).
+    """
+    hh, ww, _ = h.shape
+    hp = jnp.pad(h, ((1, 1), (1, 1), (0, 0)))
+    out = 0.0
+    for dy in range(3):
+        for dx in range(3):
+            out = out + jnp.dot(hp[dy : dy + hh, dx : dx + ww], kernel[dy, dx], preferred_element_type=jnp.float32)
+    return out
+
+
+def channel_preact(params: dict, x: jax.Array, layer: str, f, spec: VGGSpec = VGG16, precision: str = "float32",
+                   conv: str = "auto") -> jax.Array:
+    """Channel ``f`` of conv ``layer`` before its relu, for one unbatched image ``x`` -> (h, w)."""
+    below = VGG(spec=spec, stop_at=layer, output="input", conv=ops.conv_for(precision, algorithm=conv))
+    h = below.apply({"params": params}, x[None])[0]
+    kernel = params[layer]["kernel"][..., f]
+    if precision == "bfloat16" and kernel.shape[-1] >= ops.BF16_MIN_IN_CHANNELS:
+        h, kernel = h.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    return single_channel_conv(h, kernel) + params[layer]["bias"][f]
+
+
+def _has_top(params: dict) -> bool:
+    return all(name in params for name in TOP_LAYERS)
+
+
+def _layer_table(spec: VGGSpec, top: bool, size: int) -> tuple[LayerInfo, ...]:
+    out, s = [], size
+    for l in layers(spec):
+        if l.kind == "pool":
+            s //= 2
+        out.append(LayerInfo(l.name, (s, s, l.out_channels)))
+    if top:
+        out += [LayerInfo(n, (w,)) for n, w in zip(TOP_LAYERS[:-1], spec.fc)]
+        out += [LayerInfo(LOGITS, (spec.classes,)), LayerInfo(TOP_LAYERS[-1], (spec.classes,))]
+    return tuple(out)
+
+
+def _forward(params: dict, x: jax.Array, names: tuple[str, ...], spec: VGGSpec, conv) -> dict:
+    """The named layers' outputs for one image, stopping after the deepest one."""
+    wanted, out = set(names), {}
+    h = x[None]
+    for l in layers(spec):
+        if not wanted - out.keys():
+            return out
+        if l.kind == "conv":
+            p = params[l.name]
+            h = jax.nn.relu(conv(h, p["kernel"]) + p["bias"])
+        else:
+            h = max_pool2(h)
+        if l.name in wanted:
+            out[l.name] = h[0]
+    if not wanted - out.keys():
+        return out
+    h = h.reshape(-1)  # NHWC flatten, as Keras' Flatten does
+    for name in TOP_LAYERS[:-1]:
+        h = jax.nn.relu(h @ params[name]["kernel"] + params[name]["bias"])
+        out[name] = h
+    logits = h @ params[TOP_LAYERS[-1]]["kernel"] + params[TOP_LAYERS[-1]]["bias"]
+    out[LOGITS], out[TOP_LAYERS[-1]] = logits, jax.nn.softmax(logits)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _functions(spec: VGGSpec, precision: str, conv: str):
+    """The model's functions for one setting, made once, so that equal settings share compiles."""
+    kinds = {l.name: l for l in layers(spec)}
+    conv_fn = ops.conv_for(precision, algorithm=conv)
+
+    def activations(p, x, names):
+        return _forward(p, x, tuple(names), spec, conv_fn)
+
+    def preact(p, x, layer, f):
+        if layer not in kinds or kinds[layer].kind != "conv":
+            return None
+        return channel_preact(p, x, layer, f, spec, precision, conv)
+
+    def min_size(layer):
+        if layer in kinds:
+            l = kinds[layer]
+            return 2 ** (l.pools_before + (1 if l.kind == "pool" else 0))
+        return spec.top_input
+
+    def chunk(layer, size, n, max_bytes):
+        from jaxviz.ascent import chunk_size
+
+        return chunk_size(layer if layer in kinds else layers(spec)[-1].name, size, n, max_bytes, spec)
+
+    return activations, preact, min_size, chunk
+
+
+def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str | os.PathLike | None = None,
+        precision: str = "float32", conv: str = "auto") -> Model:
+    """A VGG Model from a params pytree (``jaxviz.load_params``) or a Keras h5 file.
+
+    ``precision`` ("float32" or "bfloat16") and ``conv`` ("auto", "winograd", "xla")
+    choose the convolutions (``jaxviz.ops``); the defaults reproduce the book.
+
+    >>> m = vgg()                        # the embedded VGG16 ImageNet weights
+    >>> m.layer("block3_conv1").shape
+    (56, 56, 256)
+    """
+    if precision not in ops.PRECISIONS:
+        raise JaxvizError(f"precision must be float32 or bfloat16, not {precision!r}")
+    if conv not in ops.ALGORITHMS:
+        raise JaxvizError(f"conv must be one of {', '.join(ops.ALGORITHMS)}, not {conv!r}")
+    if conv == "winograd" and precision != "float32":
+        raise JaxvizError("the winograd conv runs in float32 only; use conv auto or xla with bfloat16")
+    if params is None:
+        from jaxviz.api import load_params
+
+        params = load_params(weights)
+    if not isinstance(params, dict) or not any(k.startswith("block") for k in params):
+        raise JaxvizError("VGG params must be the pytree of jaxviz.load_params (keys block1_conv1, ...)")
+    from jaxviz.convert import detect_spec
+
+    found = detect_spec([k for k in params if k.startswith("block") and "conv" in k])
+    if spec is not None and found.blocks != spec.blocks:
+        raise JaxvizError(f"these weights are {found.name}'s, not {spec.name}'s; choose the model that matches them")
+    spec = spec or found
+    activations, preact, min_size, chunk = _functions(spec, precision, conv)
+    table = _layer_table(spec, _has_top(params), spec.top_input)
+    return Model(spec.name, params, activations, table, preprocess, min_size, spec.top_input, preact, chunk)
+
+
+def vgg16(weights: str | os.PathLike | None = None, **kw) -> Model:
+    """VGG16 with the embedded ImageNet weights (or ``weights``, a Keras h5 file)."""
+    return vgg(None, VGG16, weights=weights, **kw)
+
+
+def vgg19(weights: str | os.PathLike | None = None, **kw) -> Model:
+    """VGG19 from a Keras h5 file (``weights``; only VGG16's weights ship with jaxviz)."""
+    if weights is None:
+        raise JaxvizError("VGG19 needs its weights: give a Keras VGG19 h5 file (--weights FILE); "
+                          "only VGG16's ship with jaxviz")
+    return vgg(None, VGG19, weights=weights, **kw)

@@ -1,0 +1,56 @@
+"""Optimizers of the render engine: optax ``GradientTransformation``s and hashable specs of them.
+
+The engine minimizes ``-objective`` with any optax transformation. Two are named here so
+that a recipe can hold them as plain data (and compile once per setting):
+
+* :func:`seed_ascent`: the book's step, ``x <- x + step_size * g / (rms(g) + 1e-5)`` with g
+  the gradient of the objective, written as an optax transformation of the loss gradient;
+* Adam, as ``optax.adam(lr)`` (the quality recipe).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def normalize(g: jax.Array) -> jax.Array:
+    """The seed's gradient normalization: g / (sqrt(mean(g^2)) + 1e-5)."""
+    return g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-5)
+
+
+def seed_ascent(step_size: float = 1.0) -> optax.GradientTransformation:
+    """The seed's normalized gradient step as an optax transformation (stateless).
+
+    It receives the gradient of the loss (minus the objective) and returns
+    ``-step_size * normalize(g)``, so ``optax.apply_updates`` adds the book's step.
+    """
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda g: -step_size * normalize(g), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+class SeedAscent(NamedTuple):
+    """Spec of :func:`seed_ascent` (hashable, so a recipe holding it compiles once)."""
+
+    step_size: float = 1.0
+
+    def build(self) -> optax.GradientTransformation:
+        return seed_ascent(self.step_size)
+
+
+class Adam(NamedTuple):
+    """Spec of ``optax.adam(lr)``."""
+
+    lr: float = 0.05
+
+    def build(self) -> optax.GradientTransformation:
+        return optax.adam(self.lr)
+
+
+def build(optimizer) -> optax.GradientTransformation:
+    """A spec (anything with ``build()``) or an optax transformation -> the transformation."""
+    return optimizer.build() if hasattr(optimizer, "build") else optimizer
