@@ -1,19 +1,23 @@
-"""jaxviz: what the filters of a convolutional network respond to, by gradient ascent in JAX.
+"""jaxviz: what the units of a convolutional network respond to, by gradient ascent in JAX.
 
 >>> import jaxviz
->>> params = jaxviz.load_params()                      # the embedded VGG16 ImageNet weights
->>> tiles = jaxviz.render(params, "block3_conv1", range(64))  # (64, 64, 64, 3) uint8
+>>> model = jaxviz.models.vgg16()                          # the embedded VGG16 ImageNet weights
+>>> tiles = jaxviz.render(model, "block3_conv1:0-63").tiles  # (64, 64, 64, 3) uint8, the book's recipe
 >>> jaxviz.save_png("block3_conv1.png", jaxviz.make_grid(tiles, cols=8, margin=5))
+
+Parts: ``jaxviz.models`` (the model interface and adapters), ``jaxviz.objectives``
+(channel, neuron, direction, deepdream, class_logit, penalties, + - *), ``jaxviz.engine``
+(``Recipe``, ``SEED``, ``LUCID``: parameterization, transforms, optimizer, steps).
 """
-from jaxviz.api import load_params, render
-from jaxviz.ascent import AscentConfig, AscentResult, ascend
+from jaxviz import models, objectives
+from jaxviz.api import Rendered, load_params, render
+from jaxviz.engine import LUCID, SEED, Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.image import deprocess, make_grid, save_png
-from jaxviz.lucid import LucidConfig, LucidResult, lucid
 from jaxviz.model import VGG, VGG16, VGG19, VGGSpec, conv_layers
 
 __all__ = [
-    "AscentConfig", "AscentResult", "JaxvizError", "LucidConfig", "LucidResult", "VGG", "VGG16", "VGG19", "VGGSpec", "ascend",
-    "conv_layers", "deprocess", "load_params", "lucid", "make_grid", "render", "save_png",
+    "JaxvizError", "LUCID", "Recipe", "Rendered", "SEED", "VGG", "VGG16", "VGG19", "VGGSpec", "conv_layers",
+    "deprocess", "load_params", "make_grid", "models", "objectives", "render", "save_png",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

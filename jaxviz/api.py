@@ -1,18 +1,20 @@
-"""The public API: load the model's weights, render filters, assemble and save grids."""
+"""The public API: load VGG's weights, render any objective of any model with a recipe."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, ascend
+from jaxviz import engine, objectives
 from jaxviz.convert import load_keras_h5
+from jaxviz.engine import LUCID, SEED, Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.image import deprocess_batch
-from jaxviz.model import VGG16, VGGSpec
+from jaxviz.models.base import Model
+from jaxviz.models.vgg import vgg
 
 
 def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, download: bool = True,
@@ -32,58 +34,66 @@ def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, 
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), load_keras_h5(path))
 
 
-def render(params: dict, layer: str, filters: Sequence[int], *, size: int | None = None, steps: int | None = None,
-           step_size: float = 1.0, seed: int = 0, precision: str = "float32", start=None,
-           max_bytes: int = DEFAULT_MAX_BYTES, return_raw: bool = False, spec: VGGSpec = VGG16,
-           recipe: str = "seed", lucid_config=None, conv: str = "auto"):
-    """Render the patterns that maximize ``filters`` of ``layer``.
+class Rendered(NamedTuple):
+    """What ``render`` returns, as numpy arrays: uint8 tiles (N, S, S, 3); the final raw images
+    (the seed's pixel scale, else RGB in [0, 1]); each image's final objective value; the value at
+    every step (N, steps); and uint8 snapshots (N, frames, S, S, 3) when ``every`` > 0, else None."""
 
-    ``recipe="seed"`` (the default) is the book's gradient ascent (size 64, 40 steps
-    unless given). ``recipe="lucid"`` is the quality recipe of ``jaxviz.lucid``, set by
-    ``lucid_config`` (a ``LucidConfig``; its defaults otherwise: 128 px, 512 steps), with
-    ``size``, ``steps`` and ``precision`` overriding it when given; with its diversity
-    D > 1 each filter gives D images, filter by filter. ``conv`` picks the seed recipe's
-    convolution algorithm: ``"auto"`` (Winograd in float32 on CPU, else XLA's conv),
-    ``"winograd"`` or ``"xla"``.
+    tiles: np.ndarray
+    images: np.ndarray
+    values: np.ndarray
+    trace: np.ndarray
+    frames: np.ndarray | None = None
 
-    Returns uint8 images (N, size, size, 3); with ``return_raw=True`` returns
-    ``(uint8 images, raw float32 images, final losses)`` as numpy arrays. The seed's raw
-    images are in its pixel scale and deprocessed for uint8; the quality recipe's are in
-    [0, 1] and become uint8 as round(x * 255).
 
-    >>> params = load_params()
-    >>> render(params, "block1_conv1", [0, 1], size=32, steps=5).shape
+RECIPES = {"seed": SEED, "lucid": LUCID}
+
+
+def as_model(model) -> Model:
+    """A Model as given, or VGG from a params pytree (``load_params``)."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, dict):
+        return vgg(model)
+    raise JaxvizError(f"model must be a jaxviz Model (jaxviz.models) or VGG params from load_params, not {type(model).__name__}")
+
+
+def as_recipe(recipe) -> Recipe:
+    """A Recipe as given, or one named: "seed" (the book's) or "lucid" (the quality recipe)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str) and recipe in RECIPES:
+        return RECIPES[recipe]
+    raise JaxvizError(f"recipe must be seed, lucid or a jaxviz.Recipe, not {recipe!r}")
+
+
+def to_uint8(recipe: Recipe, images) -> np.ndarray:
+    """Final images -> uint8: the seed's deprocess for raw pixels, round(x * 255) for RGB in [0, 1]."""
+    images = np.asarray(images, np.float32)
+    if recipe.param.build(1).raw:
+        flat = images.reshape((-1,) + images.shape[-3:])
+        out = np.asarray(deprocess_batch(flat)) if len(flat) else np.zeros(flat.shape, np.uint8)
+        return out.reshape(images.shape)
+    return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every: int = 0) -> Rendered:
+    """Render what maximizes ``objective`` on ``model`` with ``recipe``; see :class:`Rendered`.
+
+    ``model``: a ``jaxviz.models`` Model, or VGG params from ``load_params``. ``objective``: a
+    ``jaxviz.objectives`` Objective or its text (``"block3_conv1:0-63"``, ``"neuron:block4_conv1:5"``).
+    ``recipe``: "seed" (the book's, 64 px, 40 steps), "lucid" (the quality recipe) or a
+    ``jaxviz.Recipe`` (e.g. ``jaxviz.SEED._replace(size=128)``). ``seed`` seeds the start
+    images and transforms; ``start`` replaces the start parameters; ``every`` > 0 keeps a
+    snapshot every that many steps (an animation of the ascent).
+
+    >>> tiles = render(load_params(), "block1_conv1:0-1", jaxviz.SEED._replace(size=32, steps=5)).tiles
+    >>> tiles.shape
     (2, 32, 32, 3)
     """
-    if recipe == "lucid":
-        return _render_lucid(params, layer, filters, size, steps, seed, precision, start, max_bytes, return_raw,
-                             spec, lucid_config)
-    if recipe != "seed":
-        raise JaxvizError(f"recipe must be seed or lucid, not {recipe!r}")
-    if lucid_config is not None:
-        raise JaxvizError("lucid_config applies to recipe='lucid' only")
-    size = 64 if size is None else size
-    steps = 40 if steps is None else steps
-    config = AscentConfig(size=size, steps=steps, step_size=step_size, precision=precision, conv=conv)
-    result = ascend(params, layer, filters, seed=seed, config=config, start=start, max_bytes=max_bytes, spec=spec)
-    images = np.asarray(deprocess_batch(result.images)) if len(result.images) else np.zeros((0, size, size, 3), np.uint8)
-    if return_raw:
-        return images, np.asarray(result.images), np.asarray(result.losses)
-    return images
-
-
-def _render_lucid(params, layer, filters, size, steps, seed, precision, start, max_bytes, return_raw, spec, config):
-    from jaxviz.lucid import LucidConfig, lucid, to_uint8
-
-    if start is not None:
-        raise JaxvizError("start images apply to recipe='seed' only")
-    config = LucidConfig() if config is None else config
-    config = config._replace(**{k: v for k, v in dict(size=size, steps=steps).items() if v is not None})
-    if precision != "float32":
-        config = config._replace(precision=precision)
-    result = lucid(params, layer, filters, seed=seed, config=config, max_bytes=max_bytes, spec=spec)
-    raw = np.asarray(result.images)
-    images = to_uint8(raw)
-    if return_raw:
-        return images, raw, np.asarray(result.losses)
-    return images
+    model, recipe = as_model(model), as_recipe(recipe)
+    if isinstance(objective, str):
+        objective = objectives.parse(objective)
+    r = engine.render(model, objective, recipe, key=jax.random.key(seed), start=start, every=every)
+    frames = None if r.frames is None else to_uint8(recipe, r.frames)
+    return Rendered(to_uint8(recipe, r.images), np.asarray(r.images), np.asarray(r.values), np.asarray(r.trace), frames)

@@ -103,11 +103,14 @@ def recipe(config: AscentConfig) -> Recipe:
 
 def ascend_one(params: dict, x0: jax.Array, f, steps: int, step_size: float, layer: str,
                spec: VGGSpec = VGG16, precision: str = "float32", conv: str = "auto") -> tuple[jax.Array, jax.Array]:
-    """Run the ascent for one image and filter (the engine's per-item function); returns (final image, final loss)."""
+    """Run the ascent for one image and filter (the engine's per-item function); returns (final image, final loss).
+
+    ``steps`` is a static number of steps (under ``jit``, make it a static argument).
+    """
     model = vgg(params, spec, precision=precision, conv=conv)
     r = recipe(AscentConfig(size=x0.shape[0], steps=steps, step_size=step_size))
     blank, hyper = engine._split_optimizer(r)
-    image, value, _, _ = engine._item(model.static(), params, Channel(layer), blank, 0, f, None, x0, hyper)
+    image, value, _, _ = engine._item(model.static(), params, Channel(layer), blank, 0, f, jax.random.key(0), x0, hyper)
     return image, value
 
 

@@ -10,28 +10,28 @@ pre-relu / redirected relu for filters that never start: ``dead_filter``), plus
 ``diversity_weight`` times Lucid's diversity term when several images are asked for.
 Adam (optax) minimizes it for ``steps`` steps.
 
-Everything runs as one compiled call: ``lax.scan`` over steps inside a per-filter
-function, ``jax.vmap`` over filters. Each filter's randomness comes from its own key,
-``jax.random.fold_in`` of the run's key with the layer's index and the filter
-(``jaxviz.ascent.filter_key``), so a filter's result does not depend on the other
-filters of the batch or on the chunking.
+These settings are a preset of the one render engine (``jaxviz.engine``): ``recipe``
+maps them to its parts (parameterization, transforms, Adam, steps) and ``objective``
+to a channel objective (plus the diversity term). Each filter's randomness comes from
+its own key, so a filter's result does not depend on the batch or on the chunking.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax import lax
 
-from jaxviz import objectives, transforms
-from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, batch_size_for, filter_key, validate
+from jaxviz import engine, objectives, transforms
+from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, batch_size_for, validate
+from jaxviz.engine import Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, VGGSpec
-from jaxviz.param import parameterization
+from jaxviz.models.vgg import vgg
+from jaxviz.objectives import Objective, channel, diversity_term
+from jaxviz.optim import Adam
+from jaxviz.param import Fourier, Pixel
 
 LUCID_STEPS = 512
 
@@ -88,64 +88,19 @@ def validate_config(layer: str, filters: Sequence[int], config: LucidConfig, spe
         raise JaxvizError("diversity > 1 runs in float32 only; drop --precision bfloat16")
 
 
-def _objective(params, p, f, u, redirect, layer, config: LucidConfig, spec):
-    """Loss of one filter's D parameter sets and each image's activation (D,).
-
-    ``u`` (D, transforms.N_RANDOM) uniforms drive each image's transforms.
-    """
-    P = parameterization(config.param, config.size, config.decorrelate, config.decay_power)
-    d = config.diversity
-    images = jax.vmap(P.to_image)(p)
-    if config.transforms:
-        r = config.robustness()
-        images = jax.vmap(lambda ui, x: transforms.apply_robust(r, ui, x))(u, images)
-    xs = objectives.preprocess(images)
-    if d > 1 and config.diversity_weight:
-        hs = jax.vmap(lambda x: objectives.layer_input(params, x, layer, spec))(xs)
-        pre = jax.vmap(lambda h: objectives.channel_from_input(params, h, f, layer))(hs)
-        acts = objectives.apply_dead(pre, config.dead_filter, redirect).mean(axis=(1, 2))
-        loss = -acts.mean() + config.diversity_weight * objectives.diversity(hs)
-    else:
-        acts = jax.vmap(lambda x: objectives.channel(params, x, f, layer, config.dead_filter, redirect, spec,
-                                                     config.precision))(xs)
-        loss = -acts.mean()
-    return loss, acts
+def recipe(config: LucidConfig) -> Recipe:
+    """The engine's recipe for these settings."""
+    param = Fourier(config.decorrelate, config.decay_power) if config.param == "fourier" else Pixel(config.decorrelate)
+    return Recipe(param=param, transforms=config.robustness() if config.transforms else None,
+                  optimizer=Adam(config.lr), steps=config.steps, size=config.size, diversity=config.diversity)
 
 
-def run_one(params: dict, key: jax.Array, f, layer: str, config: LucidConfig, spec: VGGSpec = VGG16):
-    """One filter: D images (D, S, S, 3) in [0, 1], their final losses (D,) and the trace (steps, D).
-
-    ``key`` is the filter's own key; the D starts come from fold_in(key, 0) and step t's
-    transforms from fold_in(fold_in(key, 1), t) (one draw of D x 6 uniforms per step).
-    """
-    P = parameterization(config.param, config.size, config.decorrelate, config.decay_power)
-    init_key, step_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-    p0 = jax.vmap(P.init)(jax.random.split(init_key, config.diversity))
-    opt = optax.adam(config.lr)
-    grad = jax.value_and_grad(_objective, argnums=1, has_aux=True)
-    limit = config.steps if config.redirect_steps is None else config.redirect_steps
-
-    def step(carry, t):
-        p, state = carry
-        redirect = (t < limit).astype(jnp.float32)
-        u = jax.random.uniform(jax.random.fold_in(step_key, t), (config.diversity, transforms.N_RANDOM))
-        (_, acts), g = grad(params, p, f, u, redirect, layer, config, spec)
-        updates, state = opt.update(g, state, p)
-        return (optax.apply_updates(p, updates), state), acts
-
-    (p, _), trace = lax.scan(step, (p0, opt.init(p0)), jnp.arange(config.steps))
-    images = jax.vmap(P.to_image)(p)
-    final = jax.vmap(lambda x: objectives.channel(params, objectives.preprocess(x), f, layer, "none",
-                                                  0.0, spec, config.precision))(images)
-    return images, final, trace.T
-
-
-def _run_batch(params, keys, filters, layer, config, spec):
-    return jax.vmap(lambda k, f: run_one(params, k, f, layer, config, spec))(keys, filters)
-
-
-run_batch = jax.jit(_run_batch, static_argnames=("layer", "config", "spec"))
-"""A batch of filters in one compiled call (one compile per layer, config and batch size)."""
+def objective(layer: str, filters, config: LucidConfig) -> Objective:
+    """The channel objective of these settings, with Lucid's diversity term when several images are asked for."""
+    obj = channel(layer, filters, config.dead_filter, config.redirect_steps)
+    if config.diversity > 1 and config.diversity_weight:
+        obj = obj + config.diversity_weight * diversity_term(layer)
+    return obj
 
 
 def to_uint8(images) -> np.ndarray:
@@ -163,7 +118,7 @@ def filters_per_batch(layer: str, config: LucidConfig, n: int, max_bytes: int = 
 def lucid(params: dict, layer: str, filters, *, key: jax.Array | None = None, seed: int = 0,
           config: LucidConfig = LucidConfig(), max_bytes: int = DEFAULT_MAX_BYTES, spec: VGGSpec = VGG16,
           batch_size: int | None = None) -> LucidResult:
-    """Render ``filters`` of ``layer`` with the quality recipe; see :class:`LucidResult`.
+    """Render ``filters`` of VGG's ``layer`` with the quality recipe (the engine with :func:`recipe`).
 
     Filters go in chunks of equal size (the last one padded) so that the estimated
     memory stays under ``max_bytes``; a filter's result does not depend on the chunks.
@@ -174,13 +129,7 @@ def lucid(params: dict, layer: str, filters, *, key: jax.Array | None = None, se
     if not filters:
         return LucidResult(jnp.zeros((0, s, s, 3)), jnp.zeros((0,)), jnp.zeros((0, config.steps)))
     key = jax.random.key(seed) if key is None else key
-    n = len(filters)
-    b = min(n, batch_size or filters_per_batch(layer, config, n, max_bytes, spec))
-    chunks = math.ceil(n / b)
-    fs = filters + [filters[-1]] * (chunks * b - n)
-    fs_arr = jnp.asarray(fs, jnp.int32)
-    keys = jax.vmap(lambda f: filter_key(key, layer, f, spec))(fs_arr)
-    outs = [run_batch(params, keys[c * b:(c + 1) * b], fs_arr[c * b:(c + 1) * b], layer, config, spec)
-            for c in range(chunks)]
-    images, losses, trace = (jnp.concatenate([o[i] for o in outs])[:n] for i in range(3))
-    return LucidResult(images.reshape(n * d, s, s, 3), losses.reshape(n * d), trace.reshape(n * d, config.steps))
+    model = vgg(params, spec, precision=config.precision)
+    b = batch_size or filters_per_batch(layer, config, len(filters), max_bytes, spec)
+    r = engine.render(model, objective(layer, filters, config), recipe(config), key=key, batch_size=b)
+    return LucidResult(r.images, r.values, r.trace)

@@ -74,7 +74,7 @@ def test_custom_vjp_matches_plain_autodiff(params):
 
 def test_jit_and_no_jit_agree(params):
     x0 = ascent.start_image(jax.random.key(1), 8)
-    jitted = jax.jit(ascent.ascend_one, static_argnames=("layer",))(params, x0, 2, 3, 1.0, layer="block1_conv1")
+    jitted = jax.jit(ascent.ascend_one, static_argnames=("steps", "layer"))(params, x0, 2, 3, 1.0, layer="block1_conv1")
     with jax.disable_jit():
         eager = ascent.ascend_one(params, x0, 2, 3, 1.0, "block1_conv1")
     np.testing.assert_allclose(jitted[0], eager[0], rtol=1e-5, atol=1e-3)

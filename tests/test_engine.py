@@ -1,0 +1,99 @@
+"""The one render engine: presets, parts mixed freely, chunking, snapshots, keys and errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxviz
+from jaxviz import engine, optim
+from jaxviz.ascent import AscentConfig, ascend
+from jaxviz.engine import SEED, Recipe
+from jaxviz.errors import JaxvizError
+from jaxviz.models import vgg
+from jaxviz.objectives import channel, deepdream
+from jaxviz.param import Pixel
+
+TINY = SEED._replace(size=16, steps=3)
+
+
+@pytest.fixture(scope="module")
+def model(params):
+    return vgg(params)
+
+
+def test_seed_preset_is_ascend_bit_for_bit(params, model):
+    via_api = jaxviz.render(model, "block2_conv1:0,3,9", TINY, seed=4)
+    direct = ascend(params, "block2_conv1", [0, 3, 9], seed=4, config=AscentConfig(size=16, steps=3))
+    np.testing.assert_array_equal(via_api.images, direct.images)
+    np.testing.assert_array_equal(via_api.values, direct.losses)
+    assert via_api.tiles.dtype == np.uint8 and via_api.trace.shape == (3, 3)
+
+
+def test_same_model_settings_share_one_compile(params):
+    a, b = vgg(params), vgg(params)
+    assert a.static() == b.static() and hash(a.static()) == hash(b.static())
+    assert vgg(params, precision="bfloat16").static() != a.static()
+
+
+def test_snapshots_every_k_steps_end_on_the_final_image(model):
+    r = jaxviz.render(model, "block1_conv2:1,2", SEED._replace(size=16, steps=5), every=2)
+    assert r.frames.shape == (2, 4, 16, 16, 3)  # start, after 2, after 4, final (5)
+    np.testing.assert_array_equal(r.frames[:, -1], r.tiles)
+    plain = jaxviz.render(model, "block1_conv2:1,2", SEED._replace(size=16, steps=5))
+    np.testing.assert_array_equal(plain.images, r.images)  # snapshots change nothing
+    assert plain.frames is None
+    even = jaxviz.render(model, "block1_conv2:1", SEED._replace(size=16, steps=4), every=2)
+    assert even.frames.shape[1] == 3  # start, after 2, after 4 = final
+
+
+def test_parts_mix_freely(model):
+    """Pixel parameterization with the seed's optimizer, and a plain optax optimizer: both ascend."""
+    mixed = Recipe(param=Pixel(), optimizer=optim.SeedAscent(0.05), steps=6, size=16)
+    r = jaxviz.render(model, "block2_conv1:5", mixed)
+    assert r.trace[0, -1] > r.trace[0, 0] and 0 <= r.images.min() and r.images.max() <= 1
+    sgd = Recipe(param=Pixel(), optimizer=optax.sgd(5.0), steps=6, size=16)
+    r = jaxviz.render(model, "block2_conv1:5", sgd)
+    assert np.isfinite(r.values).all() and r.trace[0, -1] > r.trace[0, 0]
+
+
+def test_chunks_and_batch_equal_each_item_alone(model):
+    obj = channel("block1_conv2", [3, 5, 9, 11, 12])
+    whole = engine.render(model, obj, TINY)
+    chunked = engine.render(model, obj, TINY, batch_size=2)
+    alone = engine.render(model, channel("block1_conv2", [9]), TINY)
+    np.testing.assert_allclose(chunked.images, whole.images, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(alone.images[0], whole.images[2], rtol=1e-5, atol=1e-3)
+
+
+def test_diversity_gives_several_different_images(model):
+    from jaxviz.objectives import diversity_term
+
+    r = engine.render(model, channel("block1_conv2", [0, 4]) + 1e3 * diversity_term("block1_conv2"),
+                      Recipe(param=Pixel(), optimizer=optim.Adam(0.05), steps=4, size=16, diversity=2))
+    assert r.images.shape == (4, 16, 16, 3) and r.trace.shape == (4, 4)
+    assert not np.allclose(r.images[0], r.images[1], atol=1e-3)
+
+
+def test_start_replaces_the_seeded_images(model):
+    x0 = jnp.full((1, 16, 16, 3), 128.0) + jax.random.uniform(jax.random.key(3), (1, 16, 16, 3))
+    r = jaxviz.render(model, "block1_conv1:0", TINY._replace(steps=0), start=x0)
+    np.testing.assert_array_equal(r.images, x0)
+
+
+def test_objective_without_args_renders_one_image(model):
+    r = engine.render(model, deepdream("block2_conv1"), TINY)
+    assert r.images.shape == (1, 16, 16, 3) and np.isfinite(r.values).all()
+
+
+def test_bad_requests_are_one_line_errors(model):
+    with pytest.raises(JaxvizError, match="valid layers: block1_conv1"):
+        engine.render(model, channel("block9_conv1", [0]), TINY)
+    with pytest.raises(JaxvizError, match="out of range for block1_conv1, which has 64"):
+        engine.render(model, channel("block1_conv1", [64]), TINY)
+    with pytest.raises(JaxvizError, match="too small for block4_conv1"):
+        engine.render(model, channel("block4_conv1", [0]), TINY._replace(size=4))
+    with pytest.raises(JaxvizError, match="recipe must be"):
+        jaxviz.render(model, "block1_conv1:0", "dream")
+    with pytest.raises(JaxvizError, match="malformed objective"):
+        jaxviz.render(model, ":3", TINY)

@@ -1,0 +1,100 @@
+"""Objectives: each value against a direct computation, the algebra, the text spelling, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import objectives as o
+from jaxviz.errors import JaxvizError
+from jaxviz.model import VGG, VGGSpec
+from jaxviz.models import vgg
+from jaxviz.objectives import Probe
+
+SMALL_TOP = VGGSpec("vgg16", (2, 2, 3, 3, 3), fc=(8, 8), classes=5, top_input=32)
+
+
+@pytest.fixture(scope="module")
+def topped():
+    """VGG16 with a small random classifier top at 32 px (fc 8, 8, 5 classes)."""
+    params = VGG(SMALL_TOP, include_top=True).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    return vgg(params, SMALL_TOP)
+
+
+def _value(model, obj, x, image=None):
+    probe = Probe(model, model.params, x if image is None else image, x)
+    return float(obj.term.value(probe, jax.tree.map(lambda a: a[0], obj.batched_args())))
+
+
+def test_each_objective_against_a_direct_computation(topped):
+    x = jax.random.normal(jax.random.key(1), (32, 32, 3)) * 50
+    acts = topped.activations(topped.params, x, ("block2_conv1", "logits", "fc1"))
+    a = np.asarray(acts["block2_conv1"])
+    assert _value(topped, o.channel("block2_conv1", 7), x) == pytest.approx(np.maximum(a[..., 7], 0).mean(), rel=1e-4)
+    assert _value(topped, o.neuron("block2_conv1", 7), x) == pytest.approx(a[8, 8, 7], rel=1e-4, abs=1e-4)
+    assert _value(topped, o.neuron("block2_conv1", 7, y=1, x=2), x) == pytest.approx(a[1, 2, 7], rel=1e-4, abs=1e-4)
+    v = np.linspace(-1, 1, 128).astype(np.float32)
+    assert _value(topped, o.direction("block2_conv1", v), x) == pytest.approx((a @ v).mean(), rel=1e-4)
+    assert _value(topped, o.deepdream("block2_conv1"), x) == pytest.approx((a ** 2).mean(), rel=1e-4)
+    # class_logit: the pre-softmax value, computed by hand from the top's weights
+    p = jax.tree.map(np.asarray, topped.params)
+    flat = np.asarray(topped.activations(p, x, ("block5_pool",))["block5_pool"]).reshape(-1)
+    h = np.maximum(flat @ p["fc1"]["kernel"] + p["fc1"]["bias"], 0)
+    h = np.maximum(h @ p["fc2"]["kernel"] + p["fc2"]["bias"], 0)
+    logits = h @ p["predictions"]["kernel"] + p["predictions"]["bias"]
+    assert _value(topped, o.class_logit(3), x) == pytest.approx(logits[3], rel=1e-4, abs=1e-5)
+    img = jax.random.uniform(jax.random.key(2), (32, 32, 3))
+    i = np.asarray(img)
+    tv = np.abs(np.diff(i, axis=0)).mean() + np.abs(np.diff(i, axis=1)).mean()
+    assert _value(topped, o.total_variation(), x, img) == pytest.approx(tv, rel=1e-5)
+    assert _value(topped, o.l2(0.5), x, img) == pytest.approx(np.sqrt(((i - 0.5) ** 2).mean()), rel=1e-5)
+
+
+def test_weighted_sum_is_the_sum_of_the_weighted_parts(topped):
+    x = jax.random.normal(jax.random.key(3), (32, 32, 3)) * 50
+    a, b, c = o.channel("block2_conv1", 3), o.deepdream("block1_conv2"), o.total_variation()
+    combo = 2 * a - 0.5 * b + c * 3
+    want = 2 * _value(topped, a, x) - 0.5 * _value(topped, b, x) + 3 * _value(topped, c, x)
+    assert _value(topped, combo, x) == pytest.approx(want, rel=1e-5)
+    assert combo.term.layers() == ("block2_conv1", "block1_conv2")
+
+
+def test_batches_broadcast_and_mismatches_are_refused():
+    obj = o.channel("block2_conv1", [1, 2, 3]) - 0.1 * o.total_variation()
+    assert len(obj) == 3
+    with pytest.raises(JaxvizError, match="cannot add objectives of 3 and 2"):
+        o.channel("block2_conv1", [1, 2, 3]) + o.channel("block1_conv1", [1, 2])
+
+
+def test_key_ids_are_layer_index_and_channel(topped):
+    ids = o.channel("block2_conv1", [4, 9]).key_ids(topped)
+    np.testing.assert_array_equal(ids, [[3, 4], [3, 9]])  # block1_conv1, conv2, pool, block2_conv1
+
+
+def test_text_spelling():
+    assert o.parse("block3_conv1:0-3").term == o.Channel("block3_conv1")
+    np.testing.assert_array_equal(o.parse("block3_conv1:0-3").args, [0, 1, 2, 3])
+    assert o.parse("neuron:block4_conv1:5").term == o.Neuron("block4_conv1")
+    assert o.parse("deepdream:block4_conv1").term == o.DeepDream("block4_conv1")
+    np.testing.assert_array_equal(o.parse("logit:1,7").args, [1, 7])
+    np.testing.assert_array_equal(o.parse("block1_conv1", filters=[2]).args, [2])
+    with pytest.raises(JaxvizError, match="names no channel"):
+        o.parse("block1_conv1")
+
+
+@pytest.mark.parametrize("bad", [1.5, "10", True, [True, False], [0.5]])
+def test_channel_indices_must_be_integers(bad):
+    with pytest.raises(JaxvizError, match="integer"):
+        o.channel("block1_conv1", bad)
+
+
+def test_model_specific_errors(topped):
+    with pytest.raises(JaxvizError, match="not spatial .* use neuron"):
+        o.Channel("fc1").check(topped, np.asarray([0]))
+    no_top = vgg(jax.tree.map(lambda a: a, {k: v for k, v in topped.params.items() if k.startswith("block")}),
+                 SMALL_TOP)
+    with pytest.raises(JaxvizError, match="no classifier"):
+        o.ClassLogit().check(no_top, np.asarray([0]))
+    with pytest.raises(JaxvizError, match="direction vectors have 3 entries"):
+        o.Direction("block2_conv1").check(topped, np.ones((1, 3)))
+    with pytest.raises(JaxvizError, match="out of range"):
+        o.ClassLogit().check(topped, np.asarray([5]))
