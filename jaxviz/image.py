@@ -81,3 +81,44 @@ def save_png(path: str | os.PathLike, image) -> str:
 
     img = Image.fromarray(np.asarray(image, np.uint8))
     return atomic_write(path, lambda f: img.save(f, format="PNG", optimize=False))
+
+
+ANIMATION_FORMATS = ("gif", "webp")
+
+
+def webp_supported() -> bool:
+    """Whether this Pillow can write (animated) WebP."""
+    from PIL import features
+
+    return bool(features.check("webp"))
+
+
+def save_animation(path: str | os.PathLike, frames, duration_ms: int = 80) -> str:
+    """Save uint8 frames (F, H, W, 3) as an animated GIF or WebP (by the extension), atomically.
+
+    WebP is written lossless (every frame exact); GIF quantizes each frame to 256 colours.
+    The last frame is held three times as long, so the loop pauses on the result.
+    """
+    from PIL import Image
+
+    frames = np.asarray(frames, np.uint8)
+    fmt = os.fspath(path).rsplit(".", 1)[-1].lower()
+    if fmt not in ANIMATION_FORMATS:
+        raise JaxvizError(f"animations are written as .gif or .webp, not .{fmt}")
+    if fmt == "webp" and not webp_supported():
+        raise JaxvizError("this Pillow cannot write WebP; write a .gif instead")
+    if len(frames) == 0:
+        raise JaxvizError("an animation needs at least one frame")
+    images = [Image.fromarray(f) for f in frames]
+    durations = [duration_ms] * (len(images) - 1) + [3 * duration_ms]
+    options = dict(save_all=True, append_images=images[1:], duration=durations, loop=0)
+    if fmt == "webp":
+        options.update(lossless=True, method=0)
+    else:
+        options.update(optimize=False, disposal=1)
+    return atomic_write(path, lambda f: images[0].save(f, format=fmt.upper(), **options))
+
+
+def frames_every(steps: int, frames: int = 40) -> int:
+    """Steps between snapshots so that an animation of ``steps`` steps has about ``frames`` frames."""
+    return max(1, round(steps / frames)) if steps > 0 else 1

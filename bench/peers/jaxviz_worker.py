@@ -2,9 +2,9 @@
 
 Runs in the project's .venv. Per request it calls::
 
-    images, raw, losses = jaxviz.render(params, layer, list(range(n)), size=size,
-                                        steps=steps, precision=precision,
-                                        return_raw=True)
+    model = jaxviz.models.vgg(params, precision=precision)
+    r = jaxviz.engine.render(model, jaxviz.objectives.channel(layer, range(n)),
+                             jaxviz.SEED._replace(size=size, steps=steps), start=...)
 
 with ``params = jaxviz.load_params(weights)`` loaded once at start. By default
 (``--start shared``) it also passes ``start=`` the same numpy start images every
@@ -65,17 +65,19 @@ class JaxvizWorker(Worker):
         return os.cpu_count()
 
     def grid(self, layer, n, size, steps, seed):
-        kwargs = dict(size=size, steps=steps, precision=self.precision, return_raw=True)
+        from jaxviz import engine, models, objectives
+        from jaxviz.api import to_uint8
+
+        jax, recipe = self.jax, self.jaxviz.SEED._replace(size=size, steps=steps)
+        kwargs = dict(key=jax.random.key(seed))
         if self.max_bytes:
             kwargs["max_bytes"] = self.max_bytes
         if self.start == "shared":
             kwargs["start"] = start_images(n, size, seed)
-        else:
-            kwargs["seed"] = seed
-        images, raw, losses = self.jaxviz.render(self.params, layer, list(range(n)), **kwargs)
-        # render returns host arrays; block anyway in case any of them is a jax Array.
-        self.jax.block_until_ready((images, raw, losses))
-        return np.asarray(images), np.asarray(losses)
+        model = models.vgg(self.params, precision=self.precision)
+        r = engine.render(model, objectives.channel(layer, range(n)), recipe, **kwargs)
+        jax.block_until_ready(r)
+        return to_uint8(recipe, r.images), np.asarray(r.values)
 
 
 def _version(dist):
@@ -91,7 +93,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="Keras VGG16 notop h5 file")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--max-bytes", type=int, default=None, help="passed to jaxviz.render(max_bytes=...)")
+    p.add_argument("--max-bytes", type=int, default=None, help="passed to jaxviz.engine.render(max_bytes=...)")
     p.add_argument("--start", choices=("shared", "jaxviz"), default="shared",
                    help="start images: the peers' shared numpy ones (default) or jaxviz's own from its seed")
     a = p.parse_args()
