@@ -48,15 +48,22 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
     (LayerInfo(name='output', shape=(8, 8, 3)),)
     """
     x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
+    order: list = []  # fn's own order (eval_shape's dicts come back sorted)
+
+    def every(p, x):
+        out = _as_dict(fn(p, preprocess(x)))
+        order.extend(out)
+        return out
+
     try:
-        shapes = jax.eval_shape(lambda p, x: _as_dict(fn(p, preprocess(x))), params, x)
+        shapes = jax.eval_shape(every, params, x)
     except JaxvizError:
         raise
     except Exception as e:  # the user's function failed on a model input: say so in one line
         raise JaxvizError(f"the model function failed on a {input_size}x{input_size}x3 input "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           f"check input_size and preprocess") from None
-    names = [k for k, v in shapes.items() if isinstance(v, jax.ShapeDtypeStruct)]
+    names = [k for k in order if isinstance(shapes[k], jax.ShapeDtypeStruct)]
     if layers is not None:
         missing = [n for n in layers if n not in names]
         if missing:

@@ -90,11 +90,15 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
         out = unbatch(forward(p, x, Recorder(wanted)), logits)
         return {n: out[n] for n in names}
 
+    order: list = []  # the order layers are computed in (eval_shape's dicts come back sorted)
+
     def every(p, x):
-        return unbatch(forward(p, x, Recorder(None)), logits)
+        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits)
+        order.extend(out)
+        return out
 
     x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
-    shapes = jax.eval_shape(lambda p, x: every(p, preprocess(x)), variables, x)
-    table = tuple(LayerInfo(n, tuple(s.shape)) for n, s in shapes.items())
+    shapes = jax.eval_shape(every, variables, x)
+    table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
                  min_size or downsampling_min_size(table, input_size), input_size)

@@ -77,7 +77,14 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
         return {n: out[n] for n in names}
 
     x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
-    shapes = jax.eval_shape(lambda p, x: unbatch(forward(p, preprocess(x), Recorder(None)), logits), state, x)
-    table = tuple(LayerInfo(n, tuple(s.shape)) for n, s in shapes.items())
+    order: list = []  # the order layers are computed in (eval_shape's dicts come back sorted)
+
+    def every(p, x):
+        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits)
+        order.extend(out)
+        return out
+
+    shapes = jax.eval_shape(every, state, x)
+    table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
                  min_size or downsampling_min_size(table, input_size), input_size)
