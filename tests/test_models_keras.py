@@ -25,10 +25,8 @@ keras = _keras()
 
 @pytest.fixture(scope="module")
 def keras_vgg16():
-    """Keras' own VGG16 (JAX backend) with the embedded ImageNet weights, through the adapter."""
-    m = keras.applications.VGG16(weights=None, include_top=False)
-    m.load_weights(str(EMBEDDED))
-    return from_keras(m)
+    """Keras' own VGG16 (JAX backend) with the embedded ImageNet weights (a no-top h5), through the adapter."""
+    return load("keras:VGG16", EMBEDDED)
 
 
 def _same_start(recipe, n):
@@ -39,6 +37,8 @@ def test_keras_vgg16_seed_preset_matches_the_native_path(keras_vgg16):
     native = vgg16()
     assert [l.name for l in keras_vgg16.layers] == [l.name for l in native.layers]
     assert keras_vgg16.layer("block3_conv1") == native.layer("block3_conv1")
+    rgb = jax.random.uniform(jax.random.key(1), (8, 8, 3))  # keras.applications.vgg16.preprocess_input = ours
+    np.testing.assert_allclose(keras_vgg16.preprocess(rgb), native.preprocess(rgb), rtol=1e-6, atol=1e-4)
     recipe = engine.SEED._replace(size=32, steps=5)
     start = _same_start(recipe, 2)
     a = engine.render(keras_vgg16, channel("block1_conv1", [1, 7]), recipe, start=start)

@@ -30,6 +30,8 @@ def _recording(root: nnx.Module, recorder: Recorder):
     paths = {id(m): path for path, m in nnx.iter_modules(root)}
     owned = {}
     for t in {type(m) for _, m in nnx.iter_modules(root)}:
+        if not any("__call__" in c.__dict__ for c in t.__mro__[:-1]):  # not callable (a List, a container)
+            continue
         owned[t] = t.__dict__.get("__call__")
         original = t.__call__
 
