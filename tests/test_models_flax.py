@@ -13,7 +13,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.models.function import from_function
 from jaxviz.models.linen import from_linen
 from jaxviz.models.nnx import from_nnx
-from jaxviz.objectives import channel, deepdream
+from jaxviz.objectives import channel, class_logit, deepdream
 
 SIZE = 16
 RECIPE = engine.SEED._replace(size=SIZE, steps=4)
@@ -151,3 +151,19 @@ def test_function_adapter():
     assert r.images.shape == (1, 8, 8, 3) and r.trace[0, 1] > r.trace[0, 0]
     with pytest.raises(JaxvizError, match="returns no layer 'nope'; it returns: lin, act"):
         from_function(fn, w, ["nope"], input_size=8)
+
+
+def test_linen_logits_alias_for_class_logit():
+    class Classifier(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4, name="head")(nn.relu(nn.Conv(6, (3, 3), name="conv")(x)).mean(axis=(1, 2)))
+
+    variables = Classifier().init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)))
+    model = from_linen(Classifier(), variables, input_size=8, logits="head")
+    assert [l.name for l in model.layers] == ["conv", "head", "output", "logits"]
+    x = jax.random.uniform(jax.random.key(6), (8, 8, 3))
+    out = model.activations(model.params, x, ("logits", "head"))
+    np.testing.assert_array_equal(out["logits"], out["head"])
+    r = engine.render(model, class_logit([1, 2]), RECIPE._replace(size=8, steps=3))
+    assert np.all(r.trace[:, -1] > r.trace[:, 0])
