@@ -167,3 +167,18 @@ def test_linen_logits_alias_for_class_logit():
     np.testing.assert_array_equal(out["logits"], out["head"])
     r = engine.render(model, class_logit([1, 2]), RECIPE._replace(size=8, steps=3))
     assert np.all(r.trace[:, -1] > r.trace[:, 0])
+
+
+def test_min_size_is_searched_where_the_downsampling_bound_fails():
+    kernel = jax.random.normal(jax.random.key(7), (3, 3, 3, 2))
+    valid = lambda p, x: {"conv": jax.lax.conv_general_dilated(x[None], p, (1, 1), "VALID",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]}
+    m = from_function(valid, kernel, input_size=10)
+    assert m.layer("conv").shape == (8, 8, 2) and m.min_size("conv") == 3  # the bound, 2 px, gives no output
+    w = jax.random.normal(jax.random.key(8), (4 * 4 * 3, 5))
+    flat = lambda p, x: {"pool": x[::2, ::2], "fc": x[::2, ::2].reshape(-1) @ p}
+    m = from_function(flat, w, input_size=8)
+    assert m.min_size("fc") == 8  # a flatten needs the full size
+    assert m.min_size("pool") == 8  # and a plain function runs whole, whatever the layer
+    with pytest.raises(JaxvizError, match="size 4 is too small for fc; the minimum is 8 px"):
+        engine.render(m, deepdream("fc"), RECIPE._replace(size=4, steps=1))

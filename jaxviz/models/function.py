@@ -18,16 +18,47 @@ OUTPUT = "output"
 
 
 def downsampling_min_size(table: Sequence[LayerInfo], input_size: int) -> Callable[[str], int]:
-    """A ``min_size`` estimated from the layer table: a spatial layer of side h at ``input_size``
-    px needs ``ceil(input_size / h)`` px for one output pixel; a vector layer needs what the
-    deepest spatial layer before it needs (a model flattening a fixed grid needs ``input_size``:
-    give ``min_size`` yourself then)."""
+    """Each layer's ``min_size`` by its downsampling, from the layer table: a spatial layer of
+    side h at ``input_size`` px gets ``ceil(input_size / h)`` px per output pixel; a vector
+    layer what the deepest spatial layer before it gets."""
     sizes, need = {}, 1
     for info in table:
         if info.spatial:
             need = max(need, math.ceil(input_size / max(1, min(info.shape[:2]))))
         sizes[info.name] = need
     return lambda name: sizes.get(name, 1)
+
+
+def searched_min_size(activations: Callable, params: Any, table: Sequence[LayerInfo], input_size: int,
+                      preprocess: Callable = identity) -> Callable[[str], int]:
+    """``min_size(name)``: the smallest input side at which the layer has a non-empty output.
+
+    Starts from :func:`downsampling_min_size`'s size and confirms it with one ``jax.eval_shape``
+    (nothing runs); where it fails (valid convs, a flatten before a dense layer), a binary
+    search up to ``input_size`` finds the size. Each layer's answer is computed once.
+    """
+    bound, known = downsampling_min_size(table, input_size), {}
+
+    def works(name: str, size: int) -> bool:
+        x = jax.ShapeDtypeStruct((size, size, 3), jax.numpy.float32)
+        try:
+            out = jax.eval_shape(lambda p, x: activations(p, preprocess(x), (name,))[name], params, x)
+        except Exception:  # the model cannot take this size: any error of the user's code means no
+            return False
+        return all(d > 0 for d in out.shape)
+
+    def min_size(name: str) -> int:
+        if name not in known:
+            lo, hi = min(bound(name), input_size), input_size
+            if not works(name, lo):
+                while hi - lo > 1:  # works(hi) holds: the layer table was made at input_size
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if works(name, mid) else (mid, hi)
+                lo = hi
+            known[name] = lo
+        return known[name]
+
+    return min_size
 
 
 def _as_dict(out) -> dict:
@@ -41,7 +72,7 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
 
     ``layers`` picks and orders the layers objectives may name (default: every array ``fn``
     returns, in its order); their shapes come from ``jax.eval_shape`` at ``input_size`` px.
-    ``min_size(name)`` defaults to an estimate from the downsampling (:func:`downsampling_min_size`).
+    ``min_size(name)`` defaults to the size the layer's downsampling needs, checked (:func:`searched_min_size`).
 
     >>> m = from_function(lambda p, x: jnp.tanh(x @ p), jnp.eye(3), input_size=8)
     >>> m.layers
@@ -76,4 +107,4 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
 
     table = layer_shapes(activations, params, tuple(names), input_size, preprocess)
     return Model(name, params, activations, table, preprocess,
-                 min_size or downsampling_min_size(table, input_size), input_size)
+                 min_size or searched_min_size(activations, params, table, input_size, preprocess), input_size)

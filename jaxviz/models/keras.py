@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxviz.errors import JaxvizError
 from jaxviz.models.base import LOGITS, LayerInfo, Model, identity
-from jaxviz.models.function import downsampling_min_size
+from jaxviz.models.function import searched_min_size
 
 
 def _keras():
@@ -37,8 +37,13 @@ def _keras():
     return keras
 
 
-def _single(tensor) -> bool:
-    return hasattr(tensor, "shape") and not isinstance(tensor, (list, tuple, dict))
+def _single_output(layer):
+    """The layer's one output tensor, or None (several outputs, or a layer called more than once)."""
+    try:
+        out = layer.output
+    except (AttributeError, ValueError):
+        return None
+    return out if hasattr(out, "shape") and not isinstance(out, (list, tuple, dict)) else None
 
 
 def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size: Optional[int] = None,
@@ -50,6 +55,11 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     size, else 224). A model with a fixed input size accepts only that size.
     """
     keras = _keras()
+    if not isinstance(model, keras.Model):
+        raise JaxvizError(f"from_keras needs a keras.Model, not a {type(model).__name__}")
+    if not model.built or not getattr(model, "inputs", None):
+        raise JaxvizError(f"Keras model {model.name} has no inputs yet; build it with keras.Input(...) "
+                          f"(or call it once on an image batch) before handing it to jaxviz")
     preprocess = preprocess or identity
     fixed = tuple(model.input_shape[1:3]) if isinstance(model.input_shape, tuple) else (None, None)
     if fixed[0] is not None and fixed[0] == fixed[1]:
@@ -58,7 +68,8 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
     index = {id(v): ("t", i) for i, v in enumerate(trainable)}
     index.update({id(v): ("n", i) for i, v in enumerate(non_trainable)})
-    layers = {l.name: l for l in model.layers if not isinstance(l, keras.layers.InputLayer) and _single(l.output)}
+    layers = {l.name: l for l in model.layers
+              if not isinstance(l, keras.layers.InputLayer) and _single_output(l) is not None}
     last = model.layers[-1]
     has_logits = (isinstance(last, keras.layers.Dense) and getattr(last.activation, "__name__", "") == "softmax"
                   and LOGITS not in layers)
@@ -98,8 +109,10 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     x = jax.ShapeDtypeStruct((input_size, input_size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda p, x: activations(p, preprocess(x), names), params, x)
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in names)
-    estimate = downsampling_min_size(table, input_size)
-    min_size = (lambda n: input_size) if fixed[0] is not None else estimate
+    if fixed[0] is not None:
+        min_size = lambda n: input_size  # noqa: E731  (a fixed input takes that size only)
+    else:
+        min_size = searched_min_size(activations, params, table, input_size, preprocess)
     return Model(name or model.name, params, activations, table, preprocess, min_size, input_size)
 
 

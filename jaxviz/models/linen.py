@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 
 from jaxviz.models.base import LOGITS, LayerInfo, Model, identity
-from jaxviz.models.function import OUTPUT, downsampling_min_size
+from jaxviz.models.function import OUTPUT, searched_min_size
 
 
 class _Done(Exception):
@@ -101,4 +101,4 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
     shapes = jax.eval_shape(every, variables, x)
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
-                 min_size or downsampling_min_size(table, input_size), input_size)
+                 min_size or searched_min_size(activations, variables, table, input_size, preprocess), input_size)

@@ -20,7 +20,7 @@ import flax.nnx as nnx
 import jax
 
 from jaxviz.models.base import LOGITS, LayerInfo, Model, identity
-from jaxviz.models.function import downsampling_min_size
+from jaxviz.models.function import searched_min_size
 from jaxviz.models.linen import Recorder, unbatch
 
 
@@ -89,4 +89,4 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
     shapes = jax.eval_shape(every, state, x)
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
-                 min_size or downsampling_min_size(table, input_size), input_size)
+                 min_size or searched_min_size(activations, state, table, input_size, preprocess), input_size)
