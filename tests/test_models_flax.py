@@ -178,7 +178,7 @@ def test_min_size_is_searched_where_the_downsampling_bound_fails():
     w = jax.random.normal(jax.random.key(8), (4 * 4 * 3, 5))
     flat = lambda p, x: {"pool": x[::2, ::2], "fc": x[::2, ::2].reshape(-1) @ p}
     m = from_function(flat, w, input_size=8)
-    assert m.min_size("fc") == 8  # a flatten needs the full size
-    assert m.min_size("pool") == 8  # and a plain function runs whole, whatever the layer
-    with pytest.raises(JaxvizError, match="size 4 is too small for fc; the minimum is 8 px"):
+    assert m.min_size("fc") == 7  # a flatten needs the full 4x4 grid: 7 or 8 px
+    assert m.min_size("pool") == 7  # and a plain function runs whole, whatever the layer
+    with pytest.raises(JaxvizError, match="size 4 is too small for fc; the minimum is 7 px"):
         engine.render(m, deepdream("fc"), RECIPE._replace(size=4, steps=1))
