@@ -182,3 +182,10 @@ def test_min_size_is_searched_where_the_downsampling_bound_fails():
     assert m.min_size("pool") == 7  # and a plain function runs whole, whatever the layer
     with pytest.raises(JaxvizError, match="size 4 is too small for fc; the minimum is 7 px"):
         engine.render(m, deepdream("fc"), RECIPE._replace(size=4, steps=1))
+
+
+def test_linen_module_left_in_training_mode_gets_one_line():
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    with pytest.raises(JaxvizError) as e:
+        from_linen(LinenNet(), variables, input_size=SIZE, apply_kwargs={"train": True})
+    assert "\n" not in str(e.value) and "apply_kwargs" in str(e.value) and "LinenNet failed" in str(e.value)
