@@ -1,5 +1,87 @@
-"""Models the engine renders: the interface (``base``) and adapters for VGG, Flax and Keras models."""
+"""Models the engine renders: the interface (``base``) and adapters for VGG, Flax and Keras models.
+
+    vgg16(), vgg19(weights)               the book's networks (fast paths)
+    from_function(fn, params)             fn(params, x) -> {name: activation} or one array
+    from_linen(module, variables)         any flax.linen Module, layers by module path
+    from_nnx(module)                      any flax.nnx Module, layers by module path
+    from_keras(model), keras_application(name, weights)   Keras 3 on JAX (extra jaxviz[keras])
+    load(spec, weights)                   a model from its command-line name
+
+The adapters are imported when first used (Keras is only imported for Keras models).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Optional
+
+from jaxviz.errors import JaxvizError
 from jaxviz.models.base import LOGITS, LayerInfo, Model
 from jaxviz.models.vgg import vgg, vgg16, vgg19
 
-__all__ = ["LOGITS", "LayerInfo", "Model", "vgg", "vgg16", "vgg19"]
+_LAZY = {
+    "from_function": "jaxviz.models.function",
+    "from_linen": "jaxviz.models.linen",
+    "from_nnx": "jaxviz.models.nnx",
+    "from_keras": "jaxviz.models.keras",
+    "keras_application": "jaxviz.models.keras",
+}
+
+__all__ = ["LOGITS", "LayerInfo", "Model", "vgg", "vgg16", "vgg19", "load", *_LAZY]
+
+RANDOM = ("random", "none")  # --weights values asking a Keras application for random weights
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _user_model(spec: str, weights) -> Model:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise JaxvizError(f"cannot import {module_name!r} for model {spec!r} ({e}); "
+                          f"is the package on the path?") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise JaxvizError(f"module {module_name} has no function {attr!r} for model {spec!r}")
+    made = fn() if weights is None else fn(weights)
+    if isinstance(made, Model):
+        return made
+    if isinstance(made, tuple) and len(made) == 2 and callable(made[0]):
+        from jaxviz.models.function import from_function
+
+        return from_function(made[0], made[1], name=attr)
+    raise JaxvizError(f"{spec} returned a {type(made).__name__}; it must return a jaxviz Model "
+                      f"(jaxviz.models.from_linen, from_nnx, from_keras, ...) or (fn, params)")
+
+
+def load(spec: Optional[str] = "vgg16", weights: Optional[str | os.PathLike] = None) -> Model:
+    """The model called ``spec`` on the command line.
+
+    "vgg16" (default; ``weights`` a Keras h5 file, else the embedded ImageNet weights),
+    "vgg19" (``weights`` needed), "keras:NAME" for any ``keras.applications`` model
+    (``weights`` a Keras weights file, "imagenet" (the default: Keras downloads them) or
+    "random"), "package.module:function" for a function returning a jaxviz Model or
+    ``(fn, params)`` (called with ``weights`` when given).
+    """
+    spec = (spec or "vgg16").strip()
+    low = spec.lower()
+    if low == "vgg16":
+        return vgg16(weights)
+    if low == "vgg19":
+        return vgg19(weights)
+    if low.startswith("keras:"):
+        from jaxviz.models.keras import keras_application
+
+        name = spec.split(":", 1)[1]
+        w = None if weights is not None and str(weights).lower() in RANDOM else (weights or "imagenet")
+        return keras_application(name, w)
+    if ":" in spec and all(p.isidentifier() for p in spec.split(":", 1)[0].split(".")) \
+            and spec.split(":", 1)[1].isidentifier():
+        return _user_model(spec, weights)
+    raise JaxvizError(f"unknown model {spec!r}; use vgg16, vgg19, keras:NAME (a keras.applications model, "
+                      f"e.g. keras:ResNet50) or package.module:function")

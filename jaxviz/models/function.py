@@ -1,0 +1,110 @@
+"""A plain JAX function as a jaxviz Model: ``fn(params, x) -> {name: activation}`` or one array.
+
+``fn`` takes ONE unbatched model-input image (H, W, 3) (``preprocess``'s output). A
+function returning a single array gives one layer, named ``"output"``. The whole
+function runs for every request (it has no way to stop early): name the layers it returns.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+
+from jaxviz.errors import JaxvizError
+from jaxviz.models.base import LayerInfo, Model, identity, layer_shapes
+
+OUTPUT = "output"
+
+
+def downsampling_min_size(table: Sequence[LayerInfo], input_size: int) -> Callable[[str], int]:
+    """Each layer's ``min_size`` by its downsampling, from the layer table: a spatial layer of
+    side h at ``input_size`` px gets ``ceil(input_size / h)`` px per output pixel; a vector
+    layer what the deepest spatial layer before it gets."""
+    sizes, need = {}, 1
+    for info in table:
+        if info.spatial:
+            need = max(need, math.ceil(input_size / max(1, min(info.shape[:2]))))
+        sizes[info.name] = need
+    return lambda name: sizes.get(name, 1)
+
+
+def searched_min_size(activations: Callable, params: Any, table: Sequence[LayerInfo], input_size: int,
+                      preprocess: Callable = identity) -> Callable[[str], int]:
+    """``min_size(name)``: the smallest input side at which the layer has a non-empty output.
+
+    Starts from :func:`downsampling_min_size`'s size and confirms it with one ``jax.eval_shape``
+    (nothing runs); where it fails (valid convs, a flatten before a dense layer), a binary
+    search up to ``input_size`` finds the size. Each layer's answer is computed once.
+    """
+    bound, known = downsampling_min_size(table, input_size), {}
+
+    def works(name: str, size: int) -> bool:
+        x = jax.ShapeDtypeStruct((size, size, 3), jax.numpy.float32)
+        try:
+            out = jax.eval_shape(lambda p, x: activations(p, preprocess(x), (name,))[name], params, x)
+        except Exception:  # the model cannot take this size: any error of the user's code means no
+            return False
+        return all(d > 0 for d in out.shape)
+
+    def min_size(name: str) -> int:
+        if name not in known:
+            lo, hi = min(bound(name), input_size), input_size
+            if not works(name, lo):
+                while hi - lo > 1:  # works(hi) holds: the layer table was made at input_size
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if works(name, mid) else (mid, hi)
+                lo = hi
+            known[name] = lo
+        return known[name]
+
+    return min_size
+
+
+def _as_dict(out) -> dict:
+    return out if isinstance(out, dict) else {OUTPUT: out}
+
+
+def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Optional[Sequence[str]] = None, *,
+                  preprocess: Callable = identity, input_size: int = 224, min_size: Optional[Callable] = None,
+                  name: str = "function") -> Model:
+    """A Model from ``fn(params, x)`` -> a dict of named activations (or one array, layer ``"output"``).
+
+    ``layers`` picks and orders the layers objectives may name (default: every array ``fn``
+    returns, in its order); their shapes come from ``jax.eval_shape`` at ``input_size`` px.
+    ``min_size(name)`` defaults to the size the layer's downsampling needs, checked (:func:`searched_min_size`).
+
+    >>> m = from_function(lambda p, x: jnp.tanh(x @ p), jnp.eye(3), input_size=8)
+    >>> m.layers
+    (LayerInfo(name='output', shape=(8, 8, 3)),)
+    """
+    x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
+    order: list = []  # fn's own order (eval_shape's dicts come back sorted)
+
+    def every(p, x):
+        out = _as_dict(fn(p, preprocess(x)))
+        order.extend(out)
+        return out
+
+    try:
+        shapes = jax.eval_shape(every, params, x)
+    except JaxvizError:
+        raise
+    except Exception as e:  # the user's function failed on a model input: say so in one line
+        raise JaxvizError(f"the model function failed on a {input_size}x{input_size}x3 input "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          f"check input_size and preprocess") from None
+    names = [k for k in order if isinstance(shapes[k], jax.ShapeDtypeStruct)]
+    if layers is not None:
+        missing = [n for n in layers if n not in names]
+        if missing:
+            raise JaxvizError(f"the model function returns no layer {missing[0]!r}; it returns: {', '.join(names)}")
+        names = list(layers)
+
+    def activations(p, x, wanted):
+        out = _as_dict(fn(p, x))
+        return {n: out[n] for n in wanted}
+
+    table = layer_shapes(activations, params, tuple(names), input_size, preprocess)
+    return Model(name, params, activations, table, preprocess,
+                 min_size or searched_min_size(activations, params, table, input_size, preprocess), input_size)

@@ -1,0 +1,111 @@
+"""Any Flax linen Module as a jaxviz Model, its layers named by module path.
+
+A layer is the output of a submodule's ``__call__``, named by its path from the root
+("Conv_0", "block1/conv2", ...; a module called twice gives "name" and "name@1"); the
+root's own output is "output". Outputs are caught with ``nn.intercept_methods``, and the
+forward pass stops (a private exception out of the interceptor) as soon as the deepest
+requested layer is computed, so nothing after it is traced: the same under ``jit``,
+``grad`` and ``vmap``, since the stop happens while tracing, in Python.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+
+from jaxviz.errors import JaxvizError
+from jaxviz.models.base import LOGITS, LayerInfo, Model, identity
+from jaxviz.models.function import OUTPUT, searched_min_size
+
+
+class _Done(Exception):
+    """Raised by the interceptor once every requested layer is captured."""
+
+
+class Recorder:
+    """Collects module outputs by path name during one forward pass; stops it when ``wanted`` is complete
+    (``wanted`` None: record every array output, never stop)."""
+
+    def __init__(self, wanted: Optional[frozenset]):
+        self.wanted, self.out, self.calls = wanted, {}, {}
+
+    def record(self, path: tuple, value) -> None:
+        base = "/".join(str(p) for p in path) or OUTPUT
+        k = self.calls.get(base, 0)
+        self.calls[base] = k + 1
+        name = base if k == 0 else f"{base}@{k}"
+        if self.wanted is None:
+            if isinstance(value, jax.Array) and value.ndim >= 1:
+                self.out[name] = value
+        elif name in self.wanted:
+            self.out[name] = value
+            if not self.wanted - self.out.keys():
+                raise _Done
+
+    def run(self, forward: Callable[[], Any]) -> dict:
+        try:
+            forward()
+        except _Done:
+            pass
+        return self.out
+
+
+def unbatch(out: dict, alias: Optional[str]) -> dict:
+    """Drop the batch axis of 1; add the ``logits`` alias of layer ``alias``."""
+    out = {k: v[0] for k, v in out.items()}
+    if alias is not None and alias in out:
+        out[LOGITS] = out[alias]
+    return out
+
+
+def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = identity, input_size: int = 224,
+               method: Optional[str] = None, apply_kwargs: Optional[dict] = None, logits: Optional[str] = None,
+               min_size: Optional[Callable] = None, name: Optional[str] = None) -> Model:
+    """A Model from a linen ``module`` and its ``variables`` (``{"params": ..., "batch_stats": ...}``).
+
+    The module takes a batch (N, H, W, 3) of ``preprocess``'s output; it is applied with
+    ``mutable=False`` and ``apply_kwargs`` (e.g. ``{"train": False}``: pass what puts YOUR
+    module in eval mode, batch norm on running statistics, dropout off). ``method`` names
+    the method to apply (default ``__call__``). ``logits`` names the layer (e.g. "output" or
+    "head") to expose as ``logits`` for ``class_logit``. Layers: every submodule output that
+    is an array, in the order they are computed, with shapes at ``input_size`` px.
+    """
+    kwargs = dict(apply_kwargs or {})
+
+    def forward(p, x, recorder: Recorder):
+        def intercept(next_fun, args, kw, context):
+            out = next_fun(*args, **kw)
+            if context.method_name == "__call__" or (not context.module.path and context.method_name == method):
+                recorder.record(context.module.path, out)
+            return out
+
+        def go():
+            with nn.intercept_methods(intercept):
+                module.apply(p, x[None], method=method, mutable=False, **kwargs)
+
+        return recorder.run(go)
+
+    def activations(p, x, names):
+        wanted = frozenset(logits if n == LOGITS and logits is not None else n for n in names)
+        out = unbatch(forward(p, x, Recorder(wanted)), logits)
+        return {n: out[n] for n in names}
+
+    order: list = []  # the order layers are computed in (eval_shape's dicts come back sorted)
+
+    def every(p, x):
+        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits)
+        order.extend(out)
+        return out
+
+    x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
+    try:
+        shapes = jax.eval_shape(every, variables, x)
+    except Exception as e:  # e.g. batch norm left in training mode tries to update its statistics
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JaxvizError(f"{type(module).__name__} failed on a {input_size}x{input_size}x3 image in eval mode "
+                          f"({first}); pass apply_kwargs that put it in eval mode (e.g. {{'train': False}}) "
+                          f"and check input_size") from None
+    table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
+    return Model(name or type(module).__name__, variables, activations, table, preprocess,
+                 min_size or searched_min_size(activations, variables, table, input_size, preprocess), input_size)

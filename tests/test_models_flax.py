@@ -1,0 +1,191 @@
+"""The Flax adapters (jaxviz.models.linen, jaxviz.models.nnx) and the plain-function adapter:
+one small CNN written in linen and in NNX with the same weights gives the same layers,
+activations and rendered images."""
+import flax.linen as nn
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import engine
+from jaxviz.errors import JaxvizError
+from jaxviz.models.function import from_function
+from jaxviz.models.linen import from_linen
+from jaxviz.models.nnx import from_nnx
+from jaxviz.objectives import channel, class_logit, deepdream
+
+SIZE = 16
+RECIPE = engine.SEED._replace(size=SIZE, steps=4)
+LAYERS = ["stem", "block/conv", "block/bn", "block", "down", "output"]
+
+
+class LinenBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        y = nn.Conv(8, (3, 3), name="conv")(x)
+        y = nn.BatchNorm(use_running_average=not train, name="bn")(y)
+        return nn.relu(x + y)
+
+
+class LinenNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
+        x = LinenBlock(name="block")(x, train)
+        x = nn.Conv(16, (3, 3), strides=2, name="down")(x)
+        return nn.relu(x) * 0.5
+
+
+class NNXBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(8, rngs=rngs)
+
+    def __call__(self, x):
+        return nnx.relu(x + self.bn(self.conv(x)))
+
+
+class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+        self.stem = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.block = NNXBlock(rngs)
+        self.down = nnx.Conv(8, 16, (3, 3), strides=2, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.block(nnx.relu(self.stem(x)))
+        return nnx.relu(self.down(x)) * 0.5
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The linen net with random weights and non-trivial batch statistics, and the NNX net given the same."""
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    k1, k2 = jax.random.split(jax.random.key(1))
+    stats = {"block": {"bn": {"mean": jax.random.normal(k1, (8,)), "var": jax.random.uniform(k2, (8,), minval=0.5, maxval=2.0)}}}
+    variables = {"params": variables["params"], "batch_stats": stats}
+    p = variables["params"]
+    net = NNXNet(nnx.Rngs(0))
+    for mod, src in ((net.stem, p["stem"]), (net.block.conv, p["block"]["conv"]), (net.down, p["down"])):
+        mod.kernel[...], mod.bias[...] = src["kernel"], src["bias"]
+    p["block"]["bn"]["scale"] = p["block"]["bn"]["scale"] + 0.3
+    bn = net.block.bn
+    bn.scale[...], bn.bias[...] = p["block"]["bn"]["scale"], p["block"]["bn"]["bias"]
+    bn.mean[...], bn.var[...] = stats["block"]["bn"]["mean"], stats["block"]["bn"]["var"]
+    linen = from_linen(LinenNet(), variables, input_size=SIZE, apply_kwargs={"train": False})
+    return linen, from_nnx(net, input_size=SIZE)
+
+
+def test_same_layer_table(models):
+    linen, nnx_model = models
+    assert [l.name for l in linen.layers] == LAYERS
+    assert linen.layers == nnx_model.layers
+    assert linen.layer("down").shape == (SIZE // 2, SIZE // 2, 16)
+    assert linen.min_size("down") == 2 and linen.min_size("stem") == 1
+
+
+def test_same_activations_in_eval_mode(models):
+    linen, nnx_model = models
+    x = jax.random.uniform(jax.random.key(2), (SIZE, SIZE, 3)) * 255
+    a = linen.activations(linen.params, x, tuple(LAYERS))
+    b = nnx_model.activations(nnx_model.params, x, tuple(LAYERS))
+    for name in LAYERS:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-4)
+    # eval mode: batch norm uses the running statistics (not the image's own)
+    conv = a["block/conv"]
+    stats = linen.params["batch_stats"]["block"]["bn"]
+    scale, bias = linen.params["params"]["block"]["bn"]["scale"], linen.params["params"]["block"]["bn"]["bias"]
+    want = (conv - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * scale + bias
+    np.testing.assert_allclose(a["block/bn"], want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_stops_after_the_deepest_requested_layer(models, kind):
+    model = models[0] if kind == "linen" else models[1]
+    x = jnp.zeros((SIZE, SIZE, 3))
+    convs = lambda names: str(jax.make_jaxpr(lambda p, x: model.activations(p, x, names))(model.params, x)).count(
+        "conv_general_dilated")
+    assert convs(("stem",)) == 1
+    assert convs(("block/conv",)) == 2
+    assert convs(("down", "stem")) == 3
+
+
+def test_same_rendered_images_and_batched_equals_per_filter(models):
+    linen, nnx_model = models
+    obj = channel("block", [0, 3, 5])
+    a = engine.render(linen, obj, RECIPE)
+    b = engine.render(nnx_model, obj, RECIPE)
+    np.testing.assert_allclose(a.images, b.images, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-4)
+    assert np.all(np.isfinite(a.trace)) and np.all(a.trace[:, -1] > a.trace[:, 0])
+    for i, n in enumerate([0, 3, 5]):
+        one = engine.render(nnx_model, channel("block", n), RECIPE)
+        np.testing.assert_allclose(one.images[0], b.images[i], rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+def test_gradients_finite_under_vmap(models, kind):
+    model = models[0] if kind == "linen" else models[1]
+    xs = jax.random.uniform(jax.random.key(3), (2, SIZE, SIZE, 3)) * 255
+    f = lambda x: model.activations(model.params, x, ("down",))["down"][..., 1].mean()
+    g = jax.jit(jax.vmap(jax.grad(f)))(xs)
+    assert g.shape == xs.shape and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
+
+
+def test_unknown_layer_lists_the_valid_ones(models):
+    for model in models:
+        with pytest.raises(JaxvizError) as e:
+            engine.render(model, channel("block/conv2", 0), RECIPE)
+        msg = str(e.value)
+        assert "\n" not in msg and "block/conv2" in msg and "block/bn, block, down" in msg
+
+
+def test_function_adapter():
+    w = jax.random.normal(jax.random.key(4), (3, 5))
+    fn = lambda p, x: {"lin": x @ p, "act": jnp.tanh(x @ p)}
+    m = from_function(fn, w, input_size=8)
+    assert [(l.name, l.shape) for l in m.layers] == [("lin", (8, 8, 5)), ("act", (8, 8, 5))]
+    single = from_function(lambda p, x: jnp.tanh(x @ p), w, input_size=8)
+    assert single.layers[0].name == "output"
+    r = engine.render(single, deepdream("output"), RECIPE._replace(size=8, steps=2))
+    assert r.images.shape == (1, 8, 8, 3) and r.trace[0, 1] > r.trace[0, 0]
+    with pytest.raises(JaxvizError, match="returns no layer 'nope'; it returns: lin, act"):
+        from_function(fn, w, ["nope"], input_size=8)
+
+
+def test_linen_logits_alias_for_class_logit():
+    class Classifier(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4, name="head")(nn.relu(nn.Conv(6, (3, 3), name="conv")(x)).mean(axis=(1, 2)))
+
+    variables = Classifier().init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)))
+    model = from_linen(Classifier(), variables, input_size=8, logits="head")
+    assert [l.name for l in model.layers] == ["conv", "head", "output", "logits"]
+    x = jax.random.uniform(jax.random.key(6), (8, 8, 3))
+    out = model.activations(model.params, x, ("logits", "head"))
+    np.testing.assert_array_equal(out["logits"], out["head"])
+    r = engine.render(model, class_logit([1, 2]), RECIPE._replace(size=8, steps=3))
+    assert np.all(r.trace[:, -1] > r.trace[:, 0])
+
+
+def test_min_size_is_searched_where_the_downsampling_bound_fails():
+    kernel = jax.random.normal(jax.random.key(7), (3, 3, 3, 2))
+    valid = lambda p, x: {"conv": jax.lax.conv_general_dilated(x[None], p, (1, 1), "VALID",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]}
+    m = from_function(valid, kernel, input_size=10)
+    assert m.layer("conv").shape == (8, 8, 2) and m.min_size("conv") == 3  # the bound, 2 px, gives no output
+    w = jax.random.normal(jax.random.key(8), (4 * 4 * 3, 5))
+    flat = lambda p, x: {"pool": x[::2, ::2], "fc": x[::2, ::2].reshape(-1) @ p}
+    m = from_function(flat, w, input_size=8)
+    assert m.min_size("fc") == 7  # a flatten needs the full 4x4 grid: 7 or 8 px
+    assert m.min_size("pool") == 7  # and a plain function runs whole, whatever the layer
+    with pytest.raises(JaxvizError, match="size 4 is too small for fc; the minimum is 7 px"):
+        engine.render(m, deepdream("fc"), RECIPE._replace(size=4, steps=1))
+
+
+def test_linen_module_left_in_training_mode_gets_one_line():
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    with pytest.raises(JaxvizError) as e:
+        from_linen(LinenNet(), variables, input_size=SIZE, apply_kwargs={"train": True})
+    assert "\n" not in str(e.value) and "apply_kwargs" in str(e.value) and "LinenNet failed" in str(e.value)

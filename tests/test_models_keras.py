@@ -1,0 +1,135 @@
+"""The Keras 3 adapter (jaxviz.models.keras) and the command-line resolver (jaxviz.models.load)."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+pytest.importorskip("keras")
+
+from jaxviz import engine
+from jaxviz.errors import JaxvizError
+from jaxviz.image import deprocess
+from jaxviz.models import LOGITS, load, vgg16
+from jaxviz.models.keras import _keras, from_keras, keras_application
+from jaxviz.objectives import channel, class_logit
+
+from conftest import EMBEDDED, ROOT
+
+keras = _keras()
+
+
+@pytest.fixture(scope="module")
+def keras_vgg16():
+    """Keras' own VGG16 (JAX backend) with the embedded ImageNet weights (a no-top h5), through the adapter."""
+    return load("keras:VGG16", EMBEDDED)
+
+
+def _same_start(recipe, n):
+    return engine.initial(recipe, jax.random.split(jax.random.key(7), n))
+
+
+def test_keras_vgg16_seed_preset_matches_the_native_path(keras_vgg16):
+    native = vgg16()
+    assert [l.name for l in keras_vgg16.layers] == [l.name for l in native.layers]
+    assert keras_vgg16.layer("block3_conv1") == native.layer("block3_conv1")
+    rgb = jax.random.uniform(jax.random.key(1), (8, 8, 3))  # keras.applications.vgg16.preprocess_input = ours
+    np.testing.assert_allclose(keras_vgg16.preprocess(rgb), native.preprocess(rgb), rtol=1e-6, atol=1e-4)
+    recipe = engine.SEED._replace(size=32, steps=5)
+    start = _same_start(recipe, 2)
+    a = engine.render(keras_vgg16, channel("block1_conv1", [1, 7]), recipe, start=start)
+    b = engine.render(native, channel("block1_conv1", [1, 7]), recipe, start=start)
+    for x, y in zip(a.images, b.images):
+        diff = np.abs(np.asarray(deprocess(x), np.int32) - np.asarray(deprocess(y), np.int32))
+        assert diff.max() <= 1
+    a = engine.render(keras_vgg16, channel("block3_conv1", [0, 3]), recipe, start=start)
+    b = engine.render(native, channel("block3_conv1", [0, 3]), recipe, start=start)
+    np.testing.assert_allclose(a.values, b.values, rtol=0.01)
+    assert np.all(b.values > b.trace[:, 0])
+
+
+def test_keras_application_with_random_weights_renders_an_inner_layer():
+    model = keras_application("MobileNetV2", input_size=64)
+    info = model.layer("block_2_add")
+    assert info.shape == (16, 16, 24) and model.min_size("block_2_add") == 4
+    r = engine.render(model, channel("block_2_add", [0, 1, 2]), engine.SEED._replace(size=32, steps=3))
+    assert r.images.shape == (3, 32, 32, 3)
+    assert np.all(np.isfinite(r.images)) and np.all(r.trace[:, -1] > r.trace[:, 0])
+    with pytest.raises(JaxvizError) as e:
+        engine.render(model, channel("block_2_addd", 0), engine.SEED._replace(size=32, steps=1))
+    assert "\n" not in str(e.value) and "block_2_add" in str(e.value) and "valid layers" in str(e.value)
+
+
+def test_softmax_classifier_gets_a_logits_layer():
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    outputs = keras.layers.Dense(5, activation="softmax", name="predictions")(h)
+    model = from_keras(keras.Model(inputs, outputs))
+    assert [l.name for l in model.layers] == ["conv", "gap", LOGITS, "predictions"]
+    assert model.input_size == 8 and model.min_size("conv") == 8
+    x = jax.random.uniform(jax.random.key(0), (8, 8, 3))
+    out = model.activations(model.params, x, ("gap", LOGITS, "predictions"))
+    dense = model.params[0][-2:]
+    np.testing.assert_allclose(out[LOGITS], out["gap"] @ dense[0] + dense[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.nn.softmax(out[LOGITS]), out["predictions"], rtol=1e-5, atol=1e-6)
+    r = engine.render(model, class_logit([0, 4]), engine.SEED._replace(size=8, steps=3))
+    assert np.all(r.trace[:, -1] > r.trace[:, 0])
+
+
+def test_batch_norm_runs_on_moving_statistics():
+    inputs = keras.Input((None, None, 3))
+    bn = keras.layers.BatchNormalization(name="bn")
+    net = keras.Model(inputs, keras.layers.Dropout(0.5, name="drop")(bn(inputs)))
+    mean, var = np.array([1.0, 2.0, 3.0], np.float32), np.array([4.0, 1.0, 0.25], np.float32)
+    bn.moving_mean.assign(mean)
+    bn.moving_variance.assign(var)
+    model = from_keras(net, input_size=4)
+    x = jnp.full((4, 4, 3), 5.0)
+    out = model.activations(model.params, x, ("bn", "drop"))
+    np.testing.assert_allclose(out["bn"][0, 0], (5.0 - mean) / np.sqrt(var + bn.epsilon), rtol=1e-5)
+    np.testing.assert_array_equal(out["drop"], out["bn"])  # dropout off
+
+
+def test_load_specs_and_their_errors(tmp_path):
+    assert load().name == "vgg16" and load("VGG16").layer("block5_pool").shape == (7, 7, 512)
+    with pytest.raises(JaxvizError, match="unknown model 'resnet'; use vgg16, vgg19, keras:NAME"):
+        load("resnet")
+    with pytest.raises(JaxvizError, match="unknown keras.applications model 'ResNet5'; choose one of: .*ResNet50"):
+        load("keras:ResNet5")
+    with pytest.raises(JaxvizError, match="weights file .*missing.h5 does not exist"):
+        load("keras:ResNet50", tmp_path / "missing.h5")
+    with pytest.raises(JaxvizError, match="cannot import 'no_such_pkg.mod'"):
+        load("no_such_pkg.mod:make")
+    with pytest.raises(JaxvizError, match="has no function 'nope'"):
+        load("tests.test_models_keras:nope")
+    with pytest.raises(JaxvizError, match="must return a jaxviz Model"):
+        load("tests.test_models_keras:not_a_model")
+    m = load("tests.test_models_keras:user_function_model")
+    assert [l.name for l in m.layers] == ["output"] and m.layer("output").shape == (224, 224, 2)
+
+
+def not_a_model():
+    return 3
+
+
+def user_function_model():
+    """A ``package.module:function`` model for :func:`load`: (fn, params)."""
+    return (lambda p, x: x @ p), jnp.ones((3, 2))
+
+
+def test_keras_is_imported_only_when_used_and_other_backends_are_refused():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = "import sys, jaxviz, jaxviz.models, jaxviz.engine; print('keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+    code = ("import keras\nfrom jaxviz.models.keras import _keras\ntry:\n    _keras()\n"
+            "except Exception as e:\n    print(type(e).__name__, e)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(env, KERAS_BACKEND="numpy"),
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == ("JaxvizError keras runs on the numpy backend; jaxviz needs KERAS_BACKEND=jax "
+                                  "set before keras is first imported"), out.stderr
