@@ -305,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    bar = None
+    bar, created = None, False
     try:
         layers = _validate(args)
+        created = not os.path.exists(args.out)
         from jaxviz import models
         from jaxviz.cli_args import make_out_dir
 
@@ -335,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     except JaxvizError as e:
         if bar:
             bar.close()
+        if created and os.path.isdir(args.out) and not os.listdir(args.out):
+            os.rmdir(args.out)  # nothing is left behind by a run that found no usable image
         print(f"jaxviz.examples: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

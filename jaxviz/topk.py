@@ -103,18 +103,18 @@ class Field(NamedTuple):
 def _support(model, layer: str, size: int, key: jax.Array, tries: int) -> tuple[np.ndarray, int, int]:
     """The input pixels on which the centre unit of ``layer`` depends (union over random inputs)."""
 
-    def unit(x, cy, cx):
-        a = model.activations(model.params, model.preprocess(x), (layer,))[layer]
+    def unit(params, x, cy, cx):
+        a = model.activations(params, model.preprocess(x), (layer,))[layer]
         return a[cy, cx].sum()  # all channels: a dead channel cannot hide the support
 
     shape = jax.eval_shape(lambda x: model.activations(model.params, model.preprocess(x), (layer,))[layer],
                            jax.ShapeDtypeStruct((size, size, 3), jnp.float32)).shape
     h, w = shape[0], shape[1]
     cy, cx = h // 2, w // 2
-    grad = jax.jit(jax.grad(unit), static_argnums=(1, 2))
+    grad = jax.jit(jax.grad(unit, argnums=1), static_argnums=(2, 3))  # params traced: no constant folding
     seen = np.zeros((size, size), bool)
     for k in jax.random.split(key, tries):
-        g = np.asarray(grad(jax.random.uniform(k, (size, size, 3)), cy, cx))
+        g = np.asarray(grad(model.params, jax.random.uniform(k, (size, size, 3)), cy, cx))
         g = np.abs(g).sum(-1)
         seen |= g > RELATIVE * g.max()
     return seen, (cy, cx), (h, w)
