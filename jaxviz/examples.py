@@ -126,7 +126,7 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     """The top-``k`` dataset examples of every channel of ``layers`` over the images in ``folder``.
 
     One jitted, batched forward pass per batch (the last batch padded: one compile).
-    With ``out`` (a folder that exists) the state is saved there every
+    With ``out`` (a folder, created if needed) the state is saved there every
     ``config.save_every`` batches and the summary files are written at the end.
     ``progress(done, total)`` is called after every batch with file counts.
     """
@@ -140,6 +140,8 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     names = imagefolder.list_images(folder)
     min_side = config.min_side if config.min_side is not None else max(model.min_size(l) for l in layers)
     settings = _settings(model, folder, names, layers, config, min_side)
+    if out:
+        os.makedirs(out, exist_ok=True)
     state = os.path.join(out, STATE) if out else None
     resumed = _load_state(state, settings) if state and os.path.exists(state) else None
     if resumed:

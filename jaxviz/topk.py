@@ -127,21 +127,24 @@ def receptive_field(model, layer: str, size: int | None = None, key: jax.Array |
     The gradient of the centre unit (summed over channels) with respect to the input
     is taken at ``tries`` uniform random inputs and the supports (|g| > RELATIVE x peak)
     are united, so a ReLU that happens to be off on one input does not shrink the field. If the support
-    reaches the image border the input is doubled (once) so it is not clipped.
+    reaches the image border the input is doubled (up to twice ``size``) so it is not
+    clipped.
     The stride is ``size / layer side``.
     """
     info = model.layer(layer)
     if not info.spatial:
         raise JaxvizError(f"{layer} is not a spatial layer; dataset examples need a conv or pooling layer")
     key = jax.random.key(0) if key is None else key
-    size = max(size or model.input_size, model.min_size(layer))
-    for _ in range(2):
+    target = max(size or model.input_size, model.min_size(layer))
+    size = target  # one compile per size, which costs more than the gradients: start at the target
+    while True:
         seen, (cy, cx), (h, w) = _support(model, layer, size, key, tries)
         rows, cols = np.flatnonzero(seen.any(1)), np.flatnonzero(seen.any(0))
         if rows.size == 0:
             raise JaxvizError(f"the units of {layer} do not depend on the input (zero gradient everywhere); "
                               "cannot derive their receptive field")
-        if rows[0] > 0 and cols[0] > 0 and rows[-1] < size - 1 and cols[-1] < size - 1:
+        inside = rows[0] > 0 and cols[0] > 0 and rows[-1] < size - 1 and cols[-1] < size - 1
+        if inside or size >= 2 * target:
             break
         size *= 2
     sy, sx = size // h, size // w
