@@ -11,8 +11,8 @@ Images used (licences as stated in skimage/data/_fetchers.py):
 astronaut, rocket, hubble_deep_field (NASA/SpaceX, public domain); camera, chelsea,
 coffee (CC0 by their photographers); brick, grass, gravel (CC0Textures, CC0);
 retina (CC0 1.0); coins (Brooklyn Museum, no known copyright restrictions).
-Each is used whole and as four overlapping corner crops (two thirds of each side), so
-the pass sees 55 images. The filters shown are, among filters 0-63 of each layer, the
+Each is cut into its four quadrants (no overlap, so no patch repeats), so the pass
+sees 44 images. The filters shown are, among filters 0-63 of each layer, the
 two whose 6th example is strongest relative to the layer (selective and often excited);
 ``--filters`` picks others.
 """
@@ -39,18 +39,16 @@ K, THUMB = 6, 64
 
 
 def build_folder(wheel: str, folder: str) -> int:
-    """Write each sample image and its four corner crops into ``folder``; returns the count."""
+    """Write the four quadrants of each sample image into ``folder``; returns the count."""
     n = 0
     with zipfile.ZipFile(wheel) as z:
         for name in FILES:
             img = Image.open(io.BytesIO(z.read(f"skimage/data/{name}"))).convert("RGB")
             stem = os.path.splitext(name)[0]
-            img.save(os.path.join(folder, f"{stem}.png"))
             w, h = img.size
-            cw, ch = 2 * w // 3, 2 * h // 3
-            for i, (x, y) in enumerate([(0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)]):
-                img.crop((x, y, x + cw, y + ch)).save(os.path.join(folder, f"{stem}_crop{i}.png"))
-            n += 5
+            for i, (x, y) in enumerate([(0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2)]):
+                img.crop((x, y, x + w // 2, y + h // 2)).save(os.path.join(folder, f"{stem}_q{i}.png"))
+            n += 4
     return n
 
 
@@ -61,7 +59,7 @@ def pick(summary, layer: str, count: int = 2) -> list[int]:
 
 
 def figure(summary, chosen: list[tuple[str, int]]) -> np.ndarray:
-    label_w, gap = 150, 4
+    label_w, gap = 96, 4
     rows = []
     for layer, f in chosen:
         row = Image.new("RGB", (label_w + K * (THUMB + gap), THUMB + gap), (255, 255, 255))
