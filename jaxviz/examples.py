@@ -97,14 +97,18 @@ def _load_state(path: str, settings: dict):
             tops = {l: TopK(*(z[f"{l}/{f}"] for f in TopK._fields)) for l in settings["layers"]}
     except (OSError, KeyError, ValueError, json.JSONDecodeError):
         return None
-    return meta["position"], meta["used"], Skipped(meta["skipped"]["counts"], meta["skipped"]["names"]), tops
+    from jaxviz.topk import Field
+
+    fields = {l: Field(**f) for l, f in meta.get("fields", {}).items()}
+    return meta["position"], meta["used"], Skipped(meta["skipped"]["counts"], meta["skipped"]["names"]), tops, fields
 
 
-def _save_state(path, settings, position, used, skipped, tops) -> None:
+def _save_state(path, settings, position, used, skipped, tops, fields=None) -> None:
     from jaxviz.image import atomic_write
 
     meta = json.dumps(dict(settings=settings, position=position, used=used,
-                           skipped=dict(counts=skipped.counts, names=skipped.names)))
+                           skipped=dict(counts=skipped.counts, names=skipped.names),
+                           fields={l: f._asdict() for l, f in (fields or {}).items()}))
     arrays = {f"{l}/{f}": getattr(t, f) for l, t in tops.items() for f in t._fields}
     atomic_write(path, lambda fh: np.savez(fh, meta=np.asarray(meta), **arrays))
 
@@ -145,8 +149,9 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     state = os.path.join(out, STATE) if out else None
     resumed = _load_state(state, settings) if state and os.path.exists(state) else None
     if resumed:
-        position, used, skipped, tops = resumed
+        position, used, skipped, tops, fields = resumed
     else:
+        fields = {}
         position, used, skipped = 0, 0, imagefolder.Skipped.empty()
         tops = {l: topk.empty(model.layer(l).channels, config.k) for l in layers}
     static, params = model.static(), model.params
@@ -173,7 +178,9 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
                           f"least {min_side} px")
     if state:
         _save_state(state, settings, position, used, skipped, tops)
-    fields = {l: topk.receptive_field(model, l, config.size) for l in layers}
+    fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
+    if state:  # a rerun after the end needs neither the images' pass nor the fields again
+        _save_state(state, settings, position, used, skipped, tops, fields)
     boxes = {l: _boxes(tops[l], fields[l], config.size) for l in layers}
     thumbs = _thumbnails(folder, names, tops, boxes, fields, config)
     summary = Summary(os.path.abspath(folder), names, tops, fields, boxes, thumbs, used, skipped, settings)

@@ -110,6 +110,13 @@ def test_resume_continues_from_the_state_file(tmp_path, model):
     assert seen[0] == 4  # started where it stopped
     for f in topk.TopK._fields:
         np.testing.assert_array_equal(getattr(s.layers["block1_conv1"], f), getattr(full.layers["block1_conv1"], f))
+    # a rerun after the end reads no image again and gives the same summary
+    seen.clear()
+    again = examples.collect(model, str(folder), ["block1_conv1"], cfg, out=str(out), progress=lambda d, t: seen.append(d))
+    assert seen == [10]
+    np.testing.assert_array_equal(again.layers["block1_conv1"].index, full.layers["block1_conv1"].index)
+    assert again.fields == full.fields
+    np.testing.assert_array_equal(again.thumbs["block1_conv1"], full.thumbs["block1_conv1"])
     # other settings do not reuse the state
     seen.clear()
     examples.collect(model, str(folder), ["block1_conv1"], cfg._replace(k=2), out=str(out),
