@@ -108,15 +108,22 @@ def _activation(a: float) -> str:
 
 
 def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], settings: Mapping,
-               title: str = "jaxviz atlas: VGG16") -> str:
+               title: str = "jaxviz atlas: VGG16", examples=None) -> str:
     """Write index.html, one page per layer and one per filter; returns the index's path.
 
     ``layers`` is in display order, each with its filters in order; ``settings`` are
-    shown on every page (the atlas manifest's settings).
+    shown on every page (the atlas manifest's settings). ``examples`` (a
+    ``jaxviz.site_examples.SiteExamples``) adds dataset examples to filter and layer pages.
     """
     layers = [(name, list(entries)) for name, entries in layers if entries]
     total = sum(len(e) for _, e in layers)
     summary = _esc(_settings_text(settings))
+    ex_css, ex_strip, ex_section = "", (lambda l, f: ""), (lambda l, f, d: "")
+    if examples is not None:
+        from jaxviz.site_examples import CSS as EX_CSS
+
+        examples.write(out, {name: [e.filter for e in entries] for name, entries in layers})
+        ex_css, ex_strip, ex_section = f"<style>{EX_CSS}</style>", examples.strip_html, examples.filter_html
 
     # index
     parts = [f"<h1>{_esc(title)}</h1>",
@@ -162,10 +169,11 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
         cells = "".join(
             f"<figure><a href=\"{filter_page_name(e.filter)}\"><img class=\"px\" src=\"{_esc(e.image)}\" "
             f"alt=\"{_esc(name)} filter {e.filter}\" title=\"filter {e.filter}, activation {_activation(e.activation)}\">"
-            f"</a><figcaption><span>{e.filter}</span><span>{_activation(e.activation)}</span></figcaption></figure>"
+            f"</a><figcaption><span>{e.filter}</span><span>{_activation(e.activation)}</span></figcaption>"
+            f"{ex_strip(name, e.filter)}</figure>"
             for e in entries
         )
-        body = "\n".join(nav) + (
+        body = ex_css + "\n".join(nav) + (
             f"\n<h1>{_esc(name)}</h1><p class=\"settings\">{len(entries)} filters; {summary}. "
             "Captions: filter index and final activation.</p>\n"
             f"<div class=\"grid\">{cells}</div>"
@@ -197,6 +205,7 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
                 f"<h1>{_esc(name)} filter <span id=\"filter-index\">{e.filter}</span></h1>\n"
                 f"<div class=\"filter\"><img class=\"px\" id=\"image\" src=\"{_esc(e.image)}\" "
                 f"alt=\"{_esc(name)} filter {e.filter}\"><dl>{dl}</dl></div>\n"
+                f"{ex_section(name, e.filter, folder)}{ex_css}"
                 "<p class=\"hint\"><kbd>&larr;</kbd> <kbd>&rarr;</kbd> previous/next filter, "
                 "<kbd>&uarr;</kbd> or <kbd>Esc</kbd> back to the layer.</p>"
             )

@@ -1,0 +1,366 @@
+"""Dataset examples: the images of a folder that excite each channel of some layers most.
+
+``collect`` streams a folder (``jaxviz.imagefolder``) through any ``jaxviz.models.Model``
+in jitted batches and keeps, per channel, the top-k images by the channel's maximum
+spatial activation, the (y, x) of that maximum and the input patch it sees
+(``jaxviz.topk``). With ``out`` it saves its state atomically every few batches (a
+rerun with the same settings continues from it) and writes the summary:
+
+    OUT/examples.npz   per layer L: L/values, L/image (index into ``images``, -1 unused),
+                       L/y, L/x, L/boxes (top, left, height, width in the size x size input),
+                       L/thumbs (C, k, T, T, 3) uint8 patches; ``images``: relative paths
+    OUT/examples.json  the same without thumbnails, plus settings, fields and skipped files
+
+``python -m jaxviz.examples --images DIR --layers block3_conv1 --out OUT`` runs it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
+
+
+class Config(NamedTuple):
+    """How the pass runs: top ``k`` per channel, input ``size``, images per ``batch``,
+    thumbnail side ``thumb``, images with a shorter side below ``min_side`` skipped
+    (None: the model's minimum for the layers), state saved every ``save_every`` batches."""
+
+    k: int = 9
+    size: int = 224
+    batch: int = 16
+    thumb: int = 48
+    min_side: Optional[int] = None
+    save_every: int = 20
+
+
+class Summary(NamedTuple):
+    """The result of ``collect``; ``layers[L]`` is a ``jaxviz.topk.TopK`` over image indices of ``names``."""
+
+    folder: str
+    names: list  # every image file of the folder, relative, in stream order
+    layers: dict  # layer -> TopK
+    fields: dict  # layer -> Field
+    boxes: dict  # layer -> (C, k, 4) int32 clipped patch boxes
+    thumbs: dict  # layer -> (C, k, T, T, 3) uint8
+    images_used: int
+    skipped: object  # jaxviz.imagefolder.Skipped
+    settings: dict
+
+
+def fingerprint(params) -> str:
+    """A short hash of a params pytree (shapes and sums): tells resumed runs' weights apart."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        a = np.asarray(leaf)
+        h.update(f"{a.shape}{a.dtype}{float(a.astype(np.float64).sum()):.9e}".encode())
+    return h.hexdigest()[:16]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _scores(model, params, layers: tuple, images):
+    """Per layer: per image and channel, the max activation and its (y, x), for one batch."""
+    from jaxviz.topk import spatial_max
+
+    acts = jax.vmap(lambda x: model.activations(params, model.preprocess(x), layers))(images)
+    return {l: spatial_max(acts[l]) for l in layers}
+
+
+def _settings(model, folder, names, layers, config, min_side) -> dict:
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return dict(model=model.name, weights=fingerprint(model.params), folder=os.path.abspath(folder),
+                files=len(names), files_sha=digest, layers=list(layers), k=config.k, size=config.size,
+                min_side=min_side, thumb=config.thumb)
+
+
+def _load_state(path: str, settings: dict):
+    """The saved (position, used, skipped, tops) if ``path`` holds a state for these settings."""
+    from jaxviz.imagefolder import Skipped
+    from jaxviz.topk import TopK
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta["settings"] != settings:
+                return None
+            tops = {l: TopK(*(z[f"{l}/{f}"] for f in TopK._fields)) for l in settings["layers"]}
+    except (OSError, KeyError, ValueError, json.JSONDecodeError):
+        return None
+    from jaxviz.topk import Field
+
+    fields = {l: Field(**f) for l, f in meta.get("fields", {}).items()}
+    return meta["position"], meta["used"], Skipped(meta["skipped"]["counts"], meta["skipped"]["names"]), tops, fields
+
+
+def _save_state(path, settings, position, used, skipped, tops, fields=None) -> None:
+    from jaxviz.image import atomic_write
+
+    meta = json.dumps(dict(settings=settings, position=position, used=used,
+                           skipped=dict(counts=skipped.counts, names=skipped.names),
+                           fields={l: f._asdict() for l, f in (fields or {}).items()}))
+    arrays = {f"{l}/{f}": getattr(t, f) for l, t in tops.items() for f in t._fields}
+    atomic_write(path, lambda fh: np.savez(fh, meta=np.asarray(meta), **arrays))
+
+
+def check_layers(model, layers: Sequence[str], size: int) -> tuple[str, ...]:
+    """The layers as a tuple, each spatial and with a layer output at ``size`` px (one-line errors)."""
+    if not layers:
+        raise JaxvizError("no layers given; name conv layers such as block3_conv1,block4_conv1")
+    for l in layers:
+        if not model.layer(l).spatial:
+            raise JaxvizError(f"{l} is not a spatial layer; dataset examples need conv or pooling layers")
+        if size < model.min_size(l):
+            raise JaxvizError(f"--size {size} is too small for {l}; the minimum is {model.min_size(l)} px")
+    return tuple(dict.fromkeys(layers))
+
+
+def collect(model, folder: str, layers: Sequence[str], config: Config = Config(), out: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Summary:
+    """The top-``k`` dataset examples of every channel of ``layers`` over the images in ``folder``.
+
+    One jitted, batched forward pass per batch (the last batch padded: one compile).
+    With ``out`` (a folder, created if needed) the state is saved there every
+    ``config.save_every`` batches and the summary files are written at the end.
+    ``progress(done, total)`` is called after every batch with file counts.
+    """
+    import jax.numpy as jnp
+
+    from jaxviz import imagefolder, topk
+
+    layers = check_layers(model, layers, config.size)
+    if config.k < 1 or config.batch < 1 or config.thumb < 1:
+        raise JaxvizError("k, batch and thumb must be 1 or more")
+    names = imagefolder.list_images(folder)
+    min_side = config.min_side if config.min_side is not None else max(model.min_size(l) for l in layers)
+    settings = _settings(model, folder, names, layers, config, min_side)
+    if out:
+        os.makedirs(out, exist_ok=True)
+    state = os.path.join(out, STATE) if out else None
+    resumed = _load_state(state, settings) if state and os.path.exists(state) else None
+    if resumed:
+        position, used, skipped, tops, fields = resumed
+    else:
+        fields = {}
+        position, used, skipped = 0, 0, imagefolder.Skipped.empty()
+        tops = {l: topk.empty(model.layer(l).channels, config.k) for l in layers}
+    static, params = model.static(), model.params
+    if progress:
+        progress(position, len(names))
+    batches = 0
+    for b in imagefolder.stream(folder, names, config.size, config.batch, start=position, min_side=min_side,
+                                skipped=skipped):
+        n = len(b.indices)
+        x = b.images if n == config.batch else np.concatenate(
+            [b.images, np.zeros((config.batch - n,) + b.images.shape[1:], np.float32)])
+        scores = jax.device_get(_scores(static, params, layers, jnp.asarray(x)))
+        for l in layers:
+            v, y, xx = (a[:n] for a in scores[l])
+            tops[l] = topk.merge(tops[l], v, b.indices, y, xx)
+        position, used, batches = b.end, used + n, batches + 1
+        if state and batches % config.save_every == 0:
+            _save_state(state, settings, position, used, skipped, tops)
+        if progress:
+            progress(position, len(names))
+    position = len(names)
+    if used == 0:
+        raise JaxvizError(f"no usable image in {folder}: {skipped.describe()}; give JPEG/PNG images of at "
+                          f"least {min_side} px")
+    if state:
+        _save_state(state, settings, position, used, skipped, tops)
+    fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
+    if state:  # a rerun after the end needs neither the images' pass nor the fields again
+        _save_state(state, settings, position, used, skipped, tops, fields)
+    boxes = {l: _boxes(tops[l], fields[l], config.size) for l in layers}
+    thumbs = _thumbnails(folder, names, tops, boxes, fields, config)
+    summary = Summary(os.path.abspath(folder), names, tops, fields, boxes, thumbs, used, skipped, settings)
+    if out:
+        write_summary(summary, out)
+    return summary
+
+
+def _boxes(top, field, size: int) -> np.ndarray:
+    c, k = top.values.shape
+    out = np.zeros((c, k, 4), np.int32)
+    for i in range(c):
+        for j in range(k):
+            if top.index[i, j] >= 0:
+                out[i, j] = field.box(top.y[i, j], top.x[i, j], size)
+    return out
+
+
+def _thumbnails(folder, names, tops, boxes, fields, config) -> dict:
+    """Every kept patch as a T x T uint8 thumbnail; each image is read once.
+
+    The patch is the unit's whole receptive field, grey where it runs past the image,
+    so the unit always sits at the thumbnail's centre and nothing is stretched.
+    """
+    from PIL import Image
+
+    from jaxviz import imagefolder
+
+    t, size = config.thumb, config.size
+    thumbs = {l: np.full(tops[l].index.shape + (t, t, 3), 128, np.uint8) for l in tops}
+    wanted: dict[int, list] = {}
+    for l, top in tops.items():
+        for i, j in zip(*np.nonzero(top.index >= 0)):
+            wanted.setdefault(int(top.index[i, j]), []).append((l, i, j))
+    for idx in sorted(wanted):
+        try:
+            img = imagefolder.load(folder, names[idx], size)
+        except imagefolder.Unusable:  # changed since the pass: leave its thumbnails grey
+            continue
+        for l, i, j in wanted[idx]:
+            f, top = fields[l], tops[l]
+            y0, x0 = int(top.y[i, j]) * f.stride_y + f.offset_y, int(top.x[i, j]) * f.stride_x + f.offset_x
+            patch = np.full((f.height, f.width, 3), 128, np.uint8)
+            bt, bl, bh, bw = boxes[l][i, j]
+            patch[bt - y0: bt - y0 + bh, bl - x0: bl - x0 + bw] = img[bt: bt + bh, bl: bl + bw]
+            resample = Image.Resampling.NEAREST if max(f.height, f.width) < t else Image.Resampling.BOX
+            thumbs[l][i, j] = np.asarray(Image.fromarray(patch).resize((t, t), resample))
+    return thumbs
+
+
+def write_summary(summary: Summary, out: str) -> tuple[str, str]:
+    """Write OUT/examples.npz and OUT/examples.json atomically; returns their paths."""
+    from jaxviz.image import atomic_write
+
+    used = sorted({int(i) for t in summary.layers.values() for i in t.index.ravel() if i >= 0})
+    remap = {i: n for n, i in enumerate(used)}
+    images = [summary.names[i] for i in used]
+    arrays, layers_json = {"images": np.asarray(images, dtype=str)}, {}
+    for l, top in summary.layers.items():
+        image = np.vectorize(lambda i: remap.get(int(i), -1), otypes=[np.int64])(top.index)
+        arrays.update({f"{l}/values": top.values, f"{l}/image": image, f"{l}/y": top.y, f"{l}/x": top.x,
+                       f"{l}/boxes": summary.boxes[l], f"{l}/thumbs": summary.thumbs[l]})
+        channels = []
+        for c in range(top.values.shape[0]):
+            channels.append([dict(image=images[image[c, j]], activation=float(top.values[c, j]),
+                                  y=int(top.y[c, j]), x=int(top.x[c, j]), box=[int(v) for v in summary.boxes[l][c, j]])
+                             for j in range(top.values.shape[1]) if image[c, j] >= 0])
+        layers_json[l] = dict(field=summary.fields[l]._asdict(), channels=channels)
+    meta = dict(folder=summary.folder, settings=summary.settings, images_used=summary.images_used,
+                skipped=dict(counts=summary.skipped.counts, first=summary.skipped.names), layers=layers_json)
+    npz = os.path.join(out, SUMMARY_NPZ)
+    atomic_write(npz, lambda fh: np.savez_compressed(fh, **arrays))
+    js = os.path.join(out, SUMMARY_JSON)
+    text = json.dumps(meta, indent=1).encode()
+    atomic_write(js, lambda fh: fh.write(text))
+    return npz, js
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser():
+    from jaxviz.cli_args import OneLineParser, positive_int
+
+    p = OneLineParser(prog="python -m jaxviz.examples",
+                      description="Find the images of a folder that excite each channel of some layers most "
+                      "(dataset examples), with the patch each maximum sees; writes OUT/examples.npz and "
+                      "OUT/examples.json, which `python -m jaxviz.atlas --examples` shows beside the filters.")
+    p.add_argument("--images", required=True, help="folder of JPEG/PNG images, searched recursively")
+    p.add_argument("--layers", default="block3_conv1,block4_conv1",
+                   help="layers, comma-separated, or 'all' (every conv and pool layer) (default block3_conv1,block4_conv1)")
+    p.add_argument("--out", default="examples", help="output folder (default examples/)")
+    p.add_argument("--k", type=positive_int("--k", 1), default=9, help="examples kept per channel (default 9)")
+    p.add_argument("--size", type=positive_int("--size", 1), default=224,
+                   help="input size: shorter side resized to it, then centre-cropped (default 224)")
+    p.add_argument("--batch", type=positive_int("--batch", 1), default=16, help="images per forward pass (default 16)")
+    p.add_argument("--thumb", type=positive_int("--thumb", 1), default=48, help="thumbnail side in px (default 48)")
+    p.add_argument("--min-side", type=positive_int("--min-side", 1), default=None,
+                   help="skip images whose shorter side is below this (default: the layers' minimum input)")
+    p.add_argument("--model", choices=("vgg16", "vgg19"), default="vgg16", help="the network (default vgg16)")
+    p.add_argument("--weights", default=None, help="Keras h5 weights file (default: the embedded VGG16 weights)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _validate(args):
+    """Everything checkable before any work or any file is written."""
+    from jaxviz import imagefolder
+    from jaxviz.cli_args import check_out_dir
+    from jaxviz.model import VGG16, VGG19, layers as spec_layers, min_size
+
+    spec = VGG16 if args.model == "vgg16" else VGG19
+    valid = [l.name for l in spec_layers(spec)]
+    names = valid if args.layers.strip() == "all" else [t.strip() for t in args.layers.split(",") if t.strip()]
+    if not names:
+        raise JaxvizError("--layers is empty; give layer names such as block3_conv1,block4_conv1 or 'all'")
+    for n in names:
+        if n not in valid:
+            raise JaxvizError(f"unknown layer {n!r} for {args.model}; valid layers: {', '.join(valid)} or 'all'")
+        if args.size < min_size(n, spec):
+            raise JaxvizError(f"--size {args.size} is too small for {n}; the minimum is {min_size(n, spec)} px")
+    if args.weights is not None and not os.path.isfile(args.weights):
+        raise JaxvizError(f"weights file {args.weights} does not exist; give a Keras h5 file with --weights")
+    if args.model == "vgg19" and args.weights is None:
+        raise JaxvizError("vgg19 needs its weights: give a Keras VGG19 h5 file with --weights")
+    imagefolder.list_images(args.images)
+    check_out_dir(args.out)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    bar, created = None, False
+    try:
+        layers = _validate(args)
+        created = not os.path.exists(args.out)
+        from jaxviz import models
+        from jaxviz.cli_args import make_out_dir
+
+        model = (models.vgg16 if args.model == "vgg16" else models.vgg19)(args.weights)
+        make_out_dir(args.out)
+        config = Config(k=args.k, size=args.size, batch=args.batch, thumb=args.thumb, min_side=args.min_side)
+        progress = None
+        if not args.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(desc="images", unit="file", file=sys.stderr)
+
+            def progress(done, total):
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+        t0 = time.perf_counter()
+        s = collect(model, args.images, layers, config, out=args.out, progress=progress)
+        if bar:
+            bar.close()
+        say(os.path.join(args.out, SUMMARY_NPZ))
+        say(os.path.join(args.out, SUMMARY_JSON))
+        say(f"done: {s.images_used} images in {time.perf_counter() - t0:.1f} s; {s.skipped.describe()}")
+        return 0
+    except JaxvizError as e:
+        if bar:
+            bar.close()
+        if created and os.path.isdir(args.out) and not os.listdir(args.out):
+            os.rmdir(args.out)  # nothing is left behind by a run that found no usable image
+        print(f"jaxviz.examples: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        print(f"jaxviz.examples: interrupted; rerun the same command to continue from {os.path.join(args.out, STATE)}",
+              file=sys.stderr)
+        return 130
+
+
+def main_exit() -> None:
+    """Entry point of the ``jaxviz-examples`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

@@ -1,0 +1,191 @@
+"""A folder of images as a stream of equal-size RGB batches in [0, 1].
+
+The folder is searched **recursively** (sorted, hidden files and folders skipped) for
+``.jpg``, ``.jpeg`` and ``.png`` files (any case), so a dataset laid out in class
+subfolders works as it is; the sorted order makes image indices stable, which the
+resumable pass of ``jaxviz.examples`` relies on.
+
+Every image is read robustly: EXIF orientation applied, grayscale/palette/CMYK
+converted to RGB, transparency composited on white, 16-bit PNGs scaled to 8 bits.
+Files that cannot be used (not an image, unreadable, truncated, smaller than
+``min_side`` on their shorter side) are skipped and counted; ``Skipped`` keeps the
+count and the first few names per reason. Usable images are resized so that their
+shorter side is ``size`` and centre-cropped to ``size`` x ``size``.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+SHOW = 5  # names kept per skip reason
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """The image files under ``folder``, recursively, as sorted paths relative to it."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        what = "does not exist" if not os.path.exists(folder) else "is not a folder"
+        raise JaxvizError(f"image folder {folder} {what}; give a folder of JPEG/PNG images with --images")
+    found = []
+    for root, dirs, files in os.walk(folder, onerror=None):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(EXTENSIONS):
+                found.append(os.path.relpath(os.path.join(root, name), folder))
+    found.sort(key=lambda p: p.split(os.sep))
+    if not found:
+        raise JaxvizError(f"no JPEG or PNG images in {folder} (searched recursively for "
+                          f"{', '.join(EXTENSIONS)}); give a folder of images with --images")
+    return found
+
+
+class Unusable(Exception):
+    """An image file that is skipped; the message is the reason (one of ``REASONS``)."""
+
+
+REASONS = ("not an image", "unreadable or truncated", "too small")
+
+
+def to_rgb(img) -> np.ndarray:
+    """A PIL image of any mode -> uint8 (H, W, 3) RGB.
+
+    Alpha is composited on white; 16-bit and 32-bit integer modes are scaled from
+    their full range (Pillow's own ``convert`` would clip them at 255).
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I"):  # 16-bit PNGs open as "I;16*" or "I" (8-bit gray opens as "L")
+        g = np.asarray(img, np.float64) / 65535.0
+    elif mode == "F":
+        g = np.asarray(img, np.float64)
+        g = g / 255.0 if g.max(initial=0) > 1 else g
+    else:
+        g = None
+    if g is not None:
+        g = np.clip(np.round(g * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info) or \
+            (mode in ("L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def load_rgb(path: str, min_side: int = 1) -> np.ndarray:
+    """The image at ``path`` as uint8 (H, W, 3) RGB, upright; raises Unusable."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = to_rgb(img)
+    except UnidentifiedImageError:
+        raise Unusable(REASONS[0]) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, MemoryError):
+        raise Unusable(REASONS[1]) from None
+    if min(rgb.shape[:2]) < min_side:
+        raise Unusable(REASONS[2])
+    return rgb
+
+
+def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3): shorter side resized to ``size``, centre crop."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    s = size / min(h, w)
+    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    img = Image.fromarray(rgb)
+    if (nh, nw) != (h, w):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+class Skipped(NamedTuple):
+    """Skipped files: how many per reason and the first few names (relative paths)."""
+
+    counts: dict
+    names: dict
+
+    @staticmethod
+    def empty() -> "Skipped":
+        return Skipped({r: 0 for r in REASONS}, {r: [] for r in REASONS})
+
+    def add(self, reason: str, name: str) -> None:
+        self.counts[reason] += 1
+        if len(self.names[reason]) < SHOW:
+            self.names[reason].append(name)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        """One line, e.g. 'skipped 3 files: 2 not an image (a.png, b.jpg), 1 too small (c.png)'."""
+        if not self.total:
+            return "skipped no files"
+        parts = []
+        for r in REASONS:
+            if self.counts[r]:
+                more = ", ..." if self.counts[r] > len(self.names[r]) else ""
+                parts.append(f"{self.counts[r]} {r} ({', '.join(self.names[r])}{more})")
+        return f"skipped {self.total} file{'s' if self.total != 1 else ''}: " + "; ".join(parts)
+
+
+class Batch(NamedTuple):
+    """Up to ``batch`` usable images: their indices in the file list, and the pixels."""
+
+    indices: np.ndarray  # (n,) int64, positions in ``list_images``
+    images: np.ndarray  # (n, size, size, 3) float32 in [0, 1]
+    end: int  # the position in the file list after this batch's last file
+
+
+def load(folder: str, name: str, size: int, min_side: int = 1) -> np.ndarray:
+    """One file, resized and cropped: uint8 (size, size, 3); raises Unusable."""
+    return resize_crop(load_rgb(os.path.join(folder, name), min_side), size)
+
+
+def stream(folder: str, names: Sequence[str], size: int, batch: int, *, start: int = 0, min_side: int = 1,
+           skipped: Skipped | None = None, workers: int = 2) -> Iterator[Batch]:
+    """Batches of the usable images among ``names[start:]``, in order.
+
+    Files are decoded by ``workers`` threads (Pillow releases the GIL) while the caller
+    computes on the previous batch; skipped files are recorded in ``skipped``.
+    """
+    skipped = Skipped.empty() if skipped is None else skipped
+
+    def one(i):
+        try:
+            return load(folder, names[i], size, min_side)
+        except Unusable as e:
+            return e
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pos = start
+        window = batch * 2  # files in flight: bounded memory
+        pending = {i: pool.submit(one, i) for i in range(pos, min(len(names), pos + window))}
+        idx, imgs = [], []
+        while pos < len(names):
+            out = pending.pop(pos).result()
+            nxt = pos + window
+            if nxt < len(names):
+                pending[nxt] = pool.submit(one, nxt)
+            if isinstance(out, Unusable):
+                skipped.add(str(out), names[pos])
+            else:
+                idx.append(pos)
+                imgs.append(out)
+            pos += 1
+            if len(imgs) == batch or (pos == len(names) and imgs):
+                yield Batch(np.asarray(idx, np.int64), np.stack(imgs).astype(np.float32) / 255.0, pos)
+                idx, imgs = [], []

@@ -1,0 +1,119 @@
+"""Dataset examples in the atlas: patch images and HTML for filter and layer pages.
+
+``load(path)`` reads the summary of ``jaxviz.examples`` (its folder, or examples.npz /
+examples.json). ``SiteExamples.write(out)`` writes every patch as
+``OUT/LAYER/examples/fNNN_J.png``; ``filter_html`` gives a filter page's section (the
+top patches with their activation, each linking to the whole image, by a relative path
+to the original file: keep the image folder where it was) and ``strip_html`` a small
+strip for the filter's cell on the layer page. ``jaxviz.site.build_site(...,
+examples=...)`` calls the two.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+STRIP = 3  # patches per filter on the layer page
+
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def patch_name(f: int, j: int) -> str:
+    return f"examples/f{f:03d}_{j}.png"
+
+
+class SiteExamples(NamedTuple):
+    """A loaded summary: the json metadata and, per layer, the (C, k, T, T, 3) thumbnails."""
+
+    meta: dict
+    thumbs: dict
+
+    @property
+    def layers(self) -> list:
+        return list(self.meta["layers"])
+
+    def entries(self, layer: str, f: int) -> list:
+        """Filter ``f``'s examples, best first: dicts with image, activation, y, x, box."""
+        ch = self.meta["layers"].get(layer, {}).get("channels", [])
+        return ch[f] if 0 <= f < len(ch) else []
+
+    def write(self, out: str, filters: dict | None = None) -> list:
+        """Write the patch PNGs of ``filters`` ({layer: [filter, ...]}, default all) under ``out``."""
+        from jaxviz.image import save_png
+
+        paths = []
+        filters = filters or {l: range(t.shape[0]) for l, t in self.thumbs.items()}
+        for l, fs in filters.items():
+            if l not in self.thumbs:
+                continue
+            os.makedirs(os.path.join(out, l, "examples"), exist_ok=True)
+            t = self.thumbs[l]
+            for f in (f for f in fs if f < t.shape[0]):
+                for j in range(len(self.entries(l, f))):
+                    paths.append(save_png(os.path.join(out, l, patch_name(f, j)), t[f, j]))
+        return paths
+
+    def _link(self, image: str, page_dir: str) -> str:
+        target = os.path.join(self.meta["folder"], image)
+        try:
+            return os.path.relpath(target, os.path.abspath(page_dir)).replace(os.sep, "/")
+        except ValueError:  # another drive (Windows)
+            return "file://" + target
+
+    def filter_html(self, layer: str, f: int, page_dir: str) -> str:
+        """A filter page's "dataset examples" section ('' if the summary has none for it)."""
+        ex = self.entries(layer, f)
+        if not ex:
+            return ""
+        cells = "".join(
+            f"<figure><a href=\"{_esc(self._link(e['image'], page_dir))}\" title=\"{_esc(e['image'])}\">"
+            f"<img class=\"px\" src=\"{_esc(patch_name(f, j))}\" alt=\"example {j + 1}: {_esc(e['image'])}\"></a>"
+            f"<figcaption><span>{j + 1}</span><span class=\"example-activation\">{e['activation']:.4g}</span>"
+            f"</figcaption></figure>"
+            for j, e in enumerate(ex))
+        s = self.meta["settings"]
+        return (f"<h2>Dataset examples</h2><p class=\"settings\">The {len(ex)} images of {_esc(s['folder'])} "
+                f"({self.meta['images_used']} used) whose maximum activation of this filter is highest, "
+                f"cropped to the patch the maximum sees (grey: outside the image), at {s['size']} px; "
+                "captions: rank and activation; click for the whole image.</p>"
+                f"<div class=\"grid examples\">{cells}</div>")
+
+    def strip_html(self, layer: str, f: int) -> str:
+        """The first few patches of filter ``f``, for its cell on the layer page."""
+        ex = self.entries(layer, f)[:STRIP]
+        imgs = "".join(f"<img class=\"px\" src=\"{_esc(patch_name(f, j))}\" alt=\"\" "
+                       f"title=\"{_esc(e['image'])}: {e['activation']:.4g}\">" for j, e in enumerate(ex))
+        return f"<div class=\"example-strip\">{imgs}</div>" if imgs else ""
+
+
+CSS = (".example-strip { display: flex; gap: 2px; margin-top: 2px; } "
+       ".example-strip img { width: calc((100% - 4px) / 3); aspect-ratio: 1; } "
+       ".examples { max-width: 900px; }")
+
+
+def load(path: str) -> SiteExamples:
+    """The summary at ``path``: a folder holding examples.npz and examples.json, or either file."""
+    from jaxviz.examples import SUMMARY_JSON, SUMMARY_NPZ
+
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    npz, js = os.path.join(folder, SUMMARY_NPZ), os.path.join(folder, SUMMARY_JSON)
+    fix = "give the --out folder of python -m jaxviz.examples (or its examples.npz)"
+    if not (os.path.isfile(npz) and os.path.isfile(js)):
+        raise JaxvizError(f"no dataset examples summary at {path} (examples.npz and examples.json); {fix}")
+    try:
+        with open(js, encoding="utf-8") as fh:
+            meta = json.load(fh)
+        with np.load(npz, allow_pickle=False) as z:
+            thumbs = {l: z[f"{l}/thumbs"] for l in meta["layers"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise JaxvizError(f"the dataset examples summary at {folder} is unreadable ({type(e).__name__}); {fix}") from None
+    return SiteExamples(meta, thumbs)

@@ -1,0 +1,233 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxviz import examples, site_examples, topk
+from jaxviz.errors import JaxvizError
+from jaxviz.models.vgg import IMAGENET_BGR_MEANS
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    from jaxviz.models import vgg16
+
+    return vgg16(conv="xla")  # XLA's conv compiles fastest; the Winograd default is tested in test_topk
+
+
+def _noise_folder(folder, n, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        h, w = rng.integers(SIZE, 2 * SIZE, 2)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+def test_collect_equals_brute_force(tmp_path, model):
+    folder = _noise_folder(tmp_path / "imgs", 11)
+    layers = ("block1_conv1", "block1_pool")
+    s = examples.collect(model, str(folder), layers, examples.Config(k=4, size=SIZE, batch=3, thumb=8))
+    from jaxviz import imagefolder
+
+    x = np.stack([imagefolder.load(str(folder), n, SIZE) for n in s.names]).astype(np.float32) / 255
+    acts = jax.vmap(lambda im: model.activations(model.params, model.preprocess(im), layers))(x)
+    for l in layers:
+        a = np.asarray(acts[l])  # (N, h, w, C)
+        n, h, w, c = a.shape
+        flat = a.reshape(n, h * w, c)
+        arg = flat.argmax(1)
+        want = topk.brute_force(flat.max(1), arg // w, arg % w, 4)
+        np.testing.assert_array_equal(s.layers[l].index, want.index)
+        np.testing.assert_allclose(s.layers[l].values, want.values, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(s.layers[l].y, want.y)
+        np.testing.assert_array_equal(s.layers[l].x, want.x)
+        assert s.thumbs[l].shape == (c, 4, 8, 8, 3)
+    assert s.images_used == 11 and s.skipped.total == 0
+
+
+def _kernel_image(kernel, size):
+    """A model-input image of the unit-norm kernel tiled with one mean-pixel gap, as RGB uint8."""
+    k = kernel / np.linalg.norm(kernel)
+    x = np.zeros((size, size, 3), np.float32)
+    for y0 in range(0, size - 2, 4):
+        for x0 in range(0, size - 2, 4):
+            x[y0:y0 + 3, x0:x0 + 3] = k
+    return x
+
+
+def test_kernel_tiled_images_rank_first_for_their_filter(tmp_path, model):
+    """Every 3x3 window of a gapped tiling holds distinct kernel entries, so its norm is at most the
+    kernel's: by Cauchy-Schwarz a filter responds most to its own kernel's image (same scale for all)."""
+    kernels = np.asarray(model.params["block1_conv1"]["kernel"])  # (3, 3, 3 BGR, 64)
+    bias = np.asarray(model.params["block1_conv1"]["bias"])
+    flat = kernels.reshape(27, -1) / np.linalg.norm(kernels.reshape(27, -1), axis=0)
+    cos = flat.T @ flat
+    np.fill_diagonal(cos, 0)
+    chosen = [f for f in range(64) if cos[f].max() < 0.9][:8]
+    assert len(chosen) >= 3
+    scale = 100 / max(np.abs(_kernel_image(kernels[..., f], SIZE)).max() for f in chosen)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    means = np.asarray(IMAGENET_BGR_MEANS)
+    for f in chosen:
+        bgr = _kernel_image(kernels[..., f], SIZE) * scale + means
+        Image.fromarray(np.round(bgr[..., ::-1]).astype(np.uint8)).save(folder / f"filter{f:02d}.png")
+    grey = np.broadcast_to(np.round(means[::-1]).astype(np.uint8), (SIZE, SIZE, 3))  # all zero for the model
+    Image.fromarray(np.ascontiguousarray(grey)).save(folder / "grey.png")
+    s = examples.collect(model, str(folder), ["block1_conv1"], examples.Config(k=3, size=SIZE, batch=4, thumb=6))
+    top = s.layers["block1_conv1"]
+    for f in chosen:
+        assert s.names[top.index[f, 0]] == f"filter{f:02d}.png", (f, [s.names[i] for i in top.index[f]])
+        assert top.values[f, 0] > 0
+        # the maximum sits on a tile: its window is one whole kernel copy
+        assert top.y[f, 0] % 4 == 1 and top.x[f, 0] % 4 == 1
+
+
+def test_resume_continues_from_the_state_file(tmp_path, model):
+    folder = _noise_folder(tmp_path / "imgs", 10, seed=1)
+    cfg = examples.Config(k=3, size=SIZE, batch=2, thumb=4, save_every=1)
+    full = examples.collect(model, str(folder), ["block1_conv1"], cfg)
+    out = tmp_path / "out"
+    out.mkdir()
+    calls = []
+
+    def stop_after_two(done, total):
+        calls.append(done)
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        examples.collect(model, str(folder), ["block1_conv1"], cfg, out=str(out), progress=stop_after_two)
+    assert (out / examples.STATE).exists() and not (out / examples.SUMMARY_NPZ).exists()
+    seen = []
+    s = examples.collect(model, str(folder), ["block1_conv1"], cfg, out=str(out), progress=lambda d, t: seen.append(d))
+    assert seen[0] == 4  # started where it stopped
+    for f in topk.TopK._fields:
+        np.testing.assert_array_equal(getattr(s.layers["block1_conv1"], f), getattr(full.layers["block1_conv1"], f))
+    # a rerun after the end reads no image again and gives the same summary
+    seen.clear()
+    again = examples.collect(model, str(folder), ["block1_conv1"], cfg, out=str(out), progress=lambda d, t: seen.append(d))
+    assert seen == [10]
+    np.testing.assert_array_equal(again.layers["block1_conv1"].index, full.layers["block1_conv1"].index)
+    assert again.fields == full.fields
+    np.testing.assert_array_equal(again.thumbs["block1_conv1"], full.thumbs["block1_conv1"])
+    # other settings do not reuse the state
+    seen.clear()
+    examples.collect(model, str(folder), ["block1_conv1"], cfg._replace(k=2), out=str(out),
+                     progress=lambda d, t: seen.append(d))
+    assert seen[0] == 0
+
+
+def test_summary_files_and_site(tmp_path, model):
+    folder = _noise_folder(tmp_path / "imgs", 5, seed=2)
+    (folder / "broken.png").write_text("nope")
+    out = tmp_path / "out"
+    out.mkdir()
+    s = examples.collect(model, str(folder), ["block1_conv2"], examples.Config(k=2, size=SIZE, batch=2, thumb=12),
+                         out=str(out))
+    meta = json.loads((out / examples.SUMMARY_JSON).read_text())
+    assert meta["skipped"]["counts"]["not an image"] == 1 and meta["skipped"]["first"]["not an image"] == ["broken.png"]
+    assert meta["layers"]["block1_conv2"]["field"]["height"] == 5
+    ch = meta["layers"]["block1_conv2"]["channels"]
+    assert len(ch) == 64 and len(ch[0]) == 2
+    e = ch[7][0]
+    assert e["image"] == s.names[s.layers["block1_conv2"].index[7, 0]]
+    t, l, h, w = e["box"]
+    assert (max(0, e["y"] - 2), max(0, e["x"] - 2)) == (t, l) and h <= 5 and w <= 5
+    with np.load(out / examples.SUMMARY_NPZ) as z:
+        assert z["block1_conv2/thumbs"].shape == (64, 2, 12, 12, 3)
+        assert list(z["images"][z["block1_conv2/image"][7]]) == [c["image"] for c in ch[7]]
+
+    from jaxviz.site import FilterEntry, build_site, image_name
+
+    ex = site_examples.load(str(out / examples.SUMMARY_NPZ))
+    site = tmp_path / "site"
+    (site / "block1_conv2").mkdir(parents=True)
+    for f in (0, 7):
+        Image.new("RGB", (4, 4)).save(site / "block1_conv2" / image_name(f))
+    build_site(str(site), [("block1_conv2", [FilterEntry(0, 1.0, image_name(0)), FilterEntry(7, 2.0, image_name(7))])],
+               {}, examples=ex)
+    page = (site / "block1_conv2" / "f007.html").read_text()
+    assert "Dataset examples" in page and "examples/f007_1.png" in page
+    link = page.split('<h2>Dataset examples')[1].split('href="')[1].split('"')[0]
+    assert os.path.samefile(site / "block1_conv2" / link, folder / e["image"])
+    assert (site / "block1_conv2" / "examples" / "f007_0.png").exists()
+    assert "example-strip" in (site / "block1_conv2" / "index.html").read_text()
+    with pytest.raises(JaxvizError, match="no dataset examples summary"):
+        site_examples.load(str(tmp_path))
+
+
+def test_no_usable_image_is_one_error(tmp_path, model):
+    (tmp_path / "a.png").write_text("nope")
+    Image.new("RGB", (1, 1)).save(tmp_path / "b.png")
+    with pytest.raises(JaxvizError, match="no usable image.*1 not an image.*1 too small"):
+        examples.collect(model, str(tmp_path), ["block1_pool"], examples.Config(size=SIZE))
+
+
+def _cli(capsys, *argv):
+    try:
+        rc = examples.main(list(argv))
+    except SystemExit as e:  # argparse's errors
+        rc = e.code
+    return rc, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "no JPEG or PNG images"),
+    ("layer", "unknown layer 'block9_conv1'"),
+    ("size", "--size 4 is too small for block4_conv1"),
+    ("out", "is a file, not a folder"),
+    ("weights", "weights file"),
+    ("k", "--k must be 1 or more"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    if case != "empty":
+        Image.new("RGB", (8, 8)).save(imgs / "a.png")
+    (tmp_path / "file").write_text("x")
+    args = dict(images=str(imgs), layers="block1_conv1", out=str(tmp_path / "out"), size="32", k="3")
+    extra = []
+    if case == "missing":
+        args["images"] = str(tmp_path / "nope")
+    elif case == "layer":
+        args["layers"] = "block1_conv1,block9_conv1"
+    elif case == "size":
+        args.update(layers="block4_conv1", size="4")
+    elif case == "out":
+        args["out"] = str(tmp_path / "file" / "sub")
+    elif case == "weights":
+        extra = ["--weights", str(tmp_path / "none.h5")]
+    elif case == "k":
+        args["k"] = "0"
+    argv = [x for k, v in args.items() for x in (f"--{k}", v)] + extra
+    rc, err = _cli(capsys, *argv)
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_no_usable_image_leaves_nothing(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "a.jpg").write_text("nope")
+    rc, err = _cli(capsys, "--images", str(imgs), "--layers", "block1_conv1", "--size", "16", "--out",
+                   str(tmp_path / "out"), "--quiet")
+    assert rc == 2 and len(err.splitlines()) == 1 and "no usable image" in err and "a.jpg" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_the_summary(tmp_path, capsys):
+    folder = _noise_folder(tmp_path / "imgs", 3, seed=3)
+    rc = examples.main(["--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2",
+                        "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "done: 3 images" in out
+    assert (tmp_path / "out" / examples.SUMMARY_NPZ).exists() and (tmp_path / "out" / examples.SUMMARY_JSON).exists()

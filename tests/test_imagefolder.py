@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxviz import imagefolder
+from jaxviz.errors import JaxvizError
+
+
+def _rgb(h, w, value=(200, 100, 50)):
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:] = value
+    return a
+
+
+def test_list_is_recursive_sorted_and_skips_hidden_and_other_files(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for p in ["z.png", "a.JPG", "b/c.jpeg", ".hidden/x.png", ".dot.png", "notes.txt"]:
+        (tmp_path / p).write_bytes(b"x")
+    assert imagefolder.list_images(tmp_path) == ["a.JPG", "b/c.jpeg", "z.png"]
+
+def test_list_order_is_by_path_components(tmp_path):
+    (tmp_path / "b").mkdir()
+    for p in ["z.png", "a.png", "b/c.png"]:
+        (tmp_path / p).write_bytes(b"x")
+    assert imagefolder.list_images(tmp_path) == ["a.png", "b/c.png", "z.png"]
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "no JPEG or PNG images"),
+    (lambda p: (p / "readme.txt").write_text("hi"), "no JPEG or PNG images"),
+])
+def test_empty_folder_is_one_error(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(JaxvizError, match=message):
+        imagefolder.list_images(tmp_path)
+
+
+def test_missing_folder_and_file_instead_of_folder(tmp_path):
+    with pytest.raises(JaxvizError, match="does not exist"):
+        imagefolder.list_images(tmp_path / "nope")
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(JaxvizError, match="is not a folder"):
+        imagefolder.list_images(tmp_path / "f.png")
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    Image.fromarray(np.full((8, 8), 77, np.uint8), "L").save(tmp_path / "gray.png")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 0  # fully transparent red: white after compositing
+    rgba[0, 0] = (0, 0, 255, 255)  # one opaque blue pixel
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(_rgb(8, 8, (10, 200, 30))).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "pal.png")
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "white16.png")
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(tmp_path / "mid16.png")
+    load = lambda n: imagefolder.load_rgb(str(tmp_path / n))
+    assert (load("gray.png") == 77).all() and load("gray.png").shape == (8, 8, 3)
+    a = load("rgba.png")
+    assert (a[1:, 1:] == 255).all() and tuple(a[0, 0]) == (0, 0, 255)
+    assert tuple(load("pal.png")[3, 3]) == (10, 200, 30)
+    assert Image.open(tmp_path / "white16.png").mode.startswith("I")  # really a 16-bit PNG
+    assert (load("white16.png") == 255).all()
+    assert (load("mid16.png") == 128).all()
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    a = _rgb(10, 20)  # 10 rows, 20 columns
+    a[:, :10] = 0  # left half black
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(a).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    b = imagefolder.load_rgb(str(tmp_path / "r.jpg"))
+    assert b.shape == (20, 10, 3)
+    assert b[:8].mean() < 30 and b[12:].mean() > 80  # the black half is now on top
+
+
+def test_bad_files_are_skipped_with_counts_and_names(tmp_path):
+    Image.fromarray(_rgb(40, 30)).save(tmp_path / "good.jpg", quality=90)
+    full = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(full[: len(full) // 2])
+    Image.fromarray(_rgb(40, 30)).save(tmp_path / "t2.png")
+    (tmp_path / "t2.png").write_bytes((tmp_path / "t2.png").read_bytes()[:60])
+    (tmp_path / "text.png").write_text("not an image at all")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    Image.fromarray(_rgb(3, 50)).save(tmp_path / "tiny.png")
+    names = imagefolder.list_images(tmp_path)
+    skipped = imagefolder.Skipped.empty()
+    batches = list(imagefolder.stream(str(tmp_path), names, 16, 4, min_side=4, skipped=skipped))
+    assert [names[i] for b in batches for i in b.indices] == ["good.jpg"]
+    assert batches[0].images.shape == (1, 16, 16, 3) and batches[0].images.dtype == np.float32
+    assert skipped.counts == {"not an image": 2, "unreadable or truncated": 2, "too small": 1}
+    assert sorted(skipped.names["not an image"]) == ["empty.jpg", "text.png"]
+    assert sorted(skipped.names["unreadable or truncated"]) == ["t2.png", "trunc.jpg"]
+    line = skipped.describe()
+    assert line.startswith("skipped 5 files") and "tiny.png" in line and "\n" not in line
+
+
+def test_resize_crop_takes_the_centre_of_the_shorter_side(tmp_path):
+    a = np.zeros((20, 60, 3), np.uint8)
+    a[:, 20:40] = 255  # the centre third is white
+    out = imagefolder.resize_crop(a, 10)
+    assert out.shape == (10, 10, 3)
+    assert out[:, 2:8].min() > 200
+    up = imagefolder.resize_crop(_rgb(5, 7), 32)  # smaller images are upsampled
+    assert up.shape == (32, 32, 3) and tuple(up[16, 16]) == (200, 100, 50)
+
+
+def test_stream_batches_in_order_and_resumes_at_start(tmp_path):
+    for i in range(7):
+        Image.fromarray(_rgb(9, 9, (i * 30, 0, 0))).save(tmp_path / f"{i}.png")
+    names = imagefolder.list_images(tmp_path)
+    bs = list(imagefolder.stream(str(tmp_path), names, 8, 3))
+    assert [list(b.indices) for b in bs] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [b.end for b in bs] == [3, 6, 7]
+    np.testing.assert_allclose(bs[1].images[:, 0, 0, 0], np.array([90, 120, 150]) / 255, atol=1e-6)
+    again = list(imagefolder.stream(str(tmp_path), names, 8, 3, start=3))
+    assert [list(b.indices) for b in again] == [[3, 4, 5], [6]]
