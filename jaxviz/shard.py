@@ -1,6 +1,6 @@
-"""Devices and hosts: the seed ascent sharded over a 1-D mesh of the local devices.
+"""Devices and hosts: the render engine sharded over a 1-D mesh of the local devices.
 
-A round is ``batch`` filters per device; the filters (and their start images) are
+A round is ``batch`` filters (objective items) per device; the filters (and their start images) are
 split across the mesh's one axis, ``"batch"``, and the weights are replicated. Every
 round has the same per-device shape (the last one is padded with copies of its last
 filter), so each device runs the same compiled program whatever the device count:
@@ -23,7 +23,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz.errors import JaxvizError
-from jaxviz.model import VGG16, VGGSpec
 
 AXIS = "batch"
 
@@ -93,71 +92,75 @@ class Round(NamedTuple):
     start: int
     stop: int
     images: np.ndarray  # uint8 (n, size, size, 3), what the PNGs hold
-    losses: np.ndarray  # (n,) each filter's final activation
+    losses: np.ndarray  # (n,) each item's final objective value
     seconds: float
+    frames: np.ndarray | None = None  # uint8 (n, frames, size, size, 3) with snapshots
 
 
 _deprocess_one = None
 
 
-def to_uint8(raw: np.ndarray) -> np.ndarray:
-    """The seed's deprocess, one image at a time (a fixed shape, so the same bits whatever the batch)."""
+def to_uint8(recipe, images: np.ndarray) -> np.ndarray:
+    """Final images -> uint8; the seed's deprocess one image at a time (a fixed shape, so the
+    same bits whatever the batch or device count), else ``jaxviz.api.to_uint8``."""
     global _deprocess_one
+    from jaxviz.api import to_uint8 as plain
+
+    if not recipe.param.build(1).raw:
+        return plain(recipe, images)
     if _deprocess_one is None:
         from jaxviz.image import deprocess
 
         _deprocess_one = jax.jit(deprocess)
-    return np.stack([np.asarray(_deprocess_one(r)) for r in raw]) if len(raw) else np.zeros((0,) + raw.shape[1:3] + (3,), np.uint8)
+    flat = images.reshape((-1,) + images.shape[-3:])
+    out = np.stack([np.asarray(_deprocess_one(r)) for r in flat]) if len(flat) else np.zeros(flat.shape, np.uint8)
+    return out.reshape(images.shape)
 
 
-class ShardedAscent:
-    """The seed recipe's ``ascend_batch`` over a mesh, in rounds of ``batch`` filters per device."""
+class ShardedRender:
+    """The engine's compiled run (``jaxviz.engine.run_chunk``) over a mesh, in rounds of
+    ``batch`` items per device, for any model, objective and recipe."""
 
-    def __init__(self, params: dict, batch: int, mesh: Mesh | None = None, spec: VGGSpec = VGG16):
+    def __init__(self, model, recipe, batch: int, mesh: Mesh | None = None, every: int = 0):
+        from jaxviz import engine
+
         if batch < 1:
             raise JaxvizError(f"--batch must be 1 or more, not {batch}")
+        if recipe.diversity != 1:
+            raise JaxvizError("the atlas renders one image per filter; use diversity 1")
         self.mesh = mesh if mesh is not None else local_mesh()
         self.devices = self.mesh.size
         self.batch = batch
         self.round_size = batch * self.devices
-        self.spec = spec
         self.split = NamedSharding(self.mesh, PartitionSpec(AXIS))
-        self.params = jax.device_put(params, NamedSharding(self.mesh, PartitionSpec()))
+        self.model, self.recipe, self.every = model.static(), recipe, every
+        self.blank, self.hyper = engine._split_optimizer(recipe)
+        self.params = jax.device_put(model.params, NamedSharding(self.mesh, PartitionSpec()))
+        self.ids = model.layer_index
 
-    def rounds(self, layer: str, filters: Sequence[int], x0, steps: int, step_size: float,
-               precision: str = "float32") -> Iterator[Round]:
-        """Yield each round's results as it finishes (``x0`` holds one start image per filter)."""
-        from jaxviz.ascent import ascend_batch
+    def rounds(self, objective, key: jax.Array) -> Iterator[Round]:
+        """Yield each round's results as it finishes; every round has the same shape (one compile)."""
+        from jaxviz import engine
 
-        filters = [int(f) for f in filters]
-        x0 = jnp.asarray(x0, jnp.float32)
-        for start in range(0, len(filters), self.round_size):
+        engine.check(self.model._replace(params=self.params), objective, self.recipe)
+        n = len(objective)
+        ids = jnp.asarray(objective.key_ids(self.model))
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i[0]), i[1]))(ids)
+        args = objective.batched_args()
+        for start in range(0, n, self.round_size):
             t0 = time.perf_counter()
-            fs = filters[start : start + self.round_size]
-            xs = x0[start : start + self.round_size]
-            pad = self.round_size - len(fs)
-            if pad:
-                fs = fs + [fs[-1]] * pad
-                xs = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, axis=0)])
-            xs = jax.device_put(xs, self.split)
-            fa = jax.device_put(jnp.asarray(fs, jnp.int32), self.split)
-            x, l = ascend_batch(self.params, xs, fa, steps, step_size, layer, self.spec, precision)
-            n = len(fs) - pad
-            losses = np.asarray(l)[:n]
-            yield Round(start, start + n, to_uint8(np.asarray(x)[:n]), losses, time.perf_counter() - t0)
-
-
-def render_rounds(render: Callable, layer: str, filters: Sequence[int], size: int, round_size: int,
-                  **kwargs) -> Iterator[Round]:
-    """Rounds for a recipe that only exists as ``jaxviz.api.render`` (default device, no mesh)."""
-    filters = [int(f) for f in filters]
-    for start in range(0, len(filters), round_size):
-        t0 = time.perf_counter()
-        fs = filters[start : start + round_size]
-        n = len(fs)
-        fs = fs + [fs[-1]] * (round_size - n)  # one shape per layer: one compile
-        u8, _raw, losses = render(layer=layer, filters=fs, size=size, return_raw=True, **kwargs)
-        yield Round(start, start + n, np.asarray(u8, np.uint8)[:n], np.asarray(losses)[:n], time.perf_counter() - t0)
+            stop = min(n, start + self.round_size)
+            pad = self.round_size - (stop - start)
+            take = lambda a: jnp.concatenate([a[start:stop]] + [a[stop - 1:stop]] * pad) if pad else a[start:stop]
+            k = take(keys)
+            x0 = engine.initial(self.recipe, k)
+            put = lambda a: jax.device_put(jnp.asarray(a), self.split)
+            out = engine.run_chunk(self.model, self.params, objective.term, self.blank, self.every, self.hyper,
+                                   jax.tree.map(lambda a: put(take(jnp.asarray(a))), args), put(k), put(x0))
+            m = stop - start
+            images, values = np.asarray(out[0])[:m], np.asarray(out[1])[:m]
+            frames = None if out[3] is None else to_uint8(self.recipe, np.asarray(out[3])[:m])
+            yield Round(start, stop, to_uint8(self.recipe, images), values, time.perf_counter() - t0, frames)
 
 
 def _client():
