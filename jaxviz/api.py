@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import checks
 from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, ascend
 from jaxviz.convert import load_keras_h5
 from jaxviz.errors import JaxvizError
 from jaxviz.image import deprocess_batch
-from jaxviz.model import VGG16, VGGSpec
+from jaxviz.model import VGG16, VGGSpec, conv_layers
 
 
 def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, download: bool = True,
@@ -28,7 +29,7 @@ def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, 
     """
     from jaxviz.weights import resolve_weights
 
-    path = resolve_weights(weights, download=download, progress=progress)
+    path = resolve_weights(weights, download=download, progress=progress, origin="the weights argument of load_params")
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), load_keras_h5(path))
 
 
@@ -55,6 +56,8 @@ def render(params: dict, layer: str, filters: Sequence[int], *, size: int | None
     >>> render(params, "block1_conv1", [0, 1], size=32, steps=5).shape
     (2, 32, 32, 3)
     """
+    checks.integer("seed", seed, 0, checks.MAX_SEED)
+    checks.params_for(params, layer, conv_layers(spec))
     if recipe == "lucid":
         return _render_lucid(params, layer, filters, size, steps, seed, precision, start, max_bytes, return_raw,
                              spec, lucid_config)
@@ -66,6 +69,7 @@ def render(params: dict, layer: str, filters: Sequence[int], *, size: int | None
     steps = 40 if steps is None else steps
     config = AscentConfig(size=size, steps=steps, step_size=step_size, precision=precision, conv=conv)
     result = ascend(params, layer, filters, seed=seed, config=config, start=start, max_bytes=max_bytes, spec=spec)
+    checks.finite(f"the images of {layer}", result.images, result.losses)
     images = np.asarray(deprocess_batch(result.images)) if len(result.images) else np.zeros((0, size, size, 3), np.uint8)
     if return_raw:
         return images, np.asarray(result.images), np.asarray(result.losses)
@@ -83,6 +87,7 @@ def _render_lucid(params, layer, filters, size, steps, seed, precision, start, m
         config = config._replace(precision=precision)
     result = lucid(params, layer, filters, seed=seed, config=config, max_bytes=max_bytes, spec=spec)
     raw = np.asarray(result.images)
+    checks.finite(f"the images of {layer}", raw, result.losses)
     images = to_uint8(raw)
     if return_raw:
         return images, raw, np.asarray(result.losses)

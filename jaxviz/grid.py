@@ -11,9 +11,12 @@ import signal
 import sys
 import time
 
+from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers, positive_int,
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers,
+    positive_int, remove_if_empty, remove_stale_temporaries,
 )
+from jaxviz.cli_run import WriteGate, run_interruptible
 from jaxviz.errors import JaxvizError
 from jaxviz.model import min_size
 
@@ -33,10 +36,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--layers", default=SEED_LAYERS, help=f"conv layers, comma-separated, or 'all' (default {SEED_LAYERS})")
     p.add_argument("--filters", default="0-63", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default 0-63)")
     p.add_argument("--cols", type=positive_int("--cols", 1), default=8, help="tiles per grid row (default 8)")
-    p.add_argument("--size", type=positive_int("--size", 1), default=None,
+    p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=None,
                    help="tile size in pixels (default 64; 128 with --recipe lucid)")
     p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help=f"gradient ascent steps (default 40; {LUCID_STEPS} with --recipe lucid)")
     p.add_argument("--step-size", type=number("--step-size"), default=1.0, help="step size of each ascent step (default 1.0)")
     p.add_argument("--recipe", choices=("seed", "lucid"), default="seed",
@@ -44,18 +47,18 @@ def build_parser() -> OneLineParser:
                    "Feature Visualization (Fourier parameterization, decorrelated colours, transformation "
                    "robustness, Adam)")
     q = p.add_argument_group("quality recipe (--recipe lucid only)")
-    q.add_argument("--lr", type=number("--lr"), default=None, help="Adam's learning rate (default 0.05)")
+    q.add_argument("--lr", type=number("--lr", positive=True), default=None, help="Adam's learning rate (default 0.05)")
     q.add_argument("--param", choices=("fourier", "pixel"), default=None,
                    help="image parameterization (default fourier)")
     q.add_argument("--dead-filter", choices=("none", "preact", "redirect"), default=None,
                    help="for filters that never fire: maximize the pre-relu activation, or use a redirected "
                    "relu whose gradient passes while the relu blocks it all (default none)")
-    q.add_argument("--diversity", type=positive_int("--diversity", 1), default=None,
+    q.add_argument("--diversity", type=positive_int("--diversity", 1, 1024), default=None,
                    help="images per filter, pushed apart by Lucid's diversity term; tiles go filter by filter "
                    "(default 1)")
     q.add_argument("--no-transforms", action="store_true", default=None,
                    help="turn off transformation robustness (pad, jitter, scale, rotate)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the start images (default 0)")
+    p.add_argument("--seed", type=positive_int("--seed", 0, MAX_SEED), default=0, help="random seed of the start images (default 0)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
     p.add_argument("--conv", choices=("auto", "winograd", "xla"), default="auto",
@@ -107,15 +110,33 @@ def _validate(args) -> tuple[list[str], dict[str, list[int]]]:
     for l in layers:
         if args.size < min_size(l):
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
+    for l in layers:
+        _check_memory(args, l, len(filters[l]))
     check_out_dir(args.out)
     return layers, filters
 
 
-def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
+def _check_memory(args, layer: str, n: int) -> None:
+    """Refuse a layer whose estimated memory exceeds the limit, before any work (jaxviz.checks)."""
+    from jaxviz.ascent import chunk_size
+
+    config = _lucid_config(args)
+    if config is None:
+        check_budget(layer, args.size, n, chunk_size(layer, args.size, n))
+    else:
+        from jaxviz.lucid import filters_per_batch
+
+        d = config.diversity
+        work = config.size + (2 * config.pad if config.transforms else 0)
+        check_budget(layer, work, n * d, filters_per_batch(layer, config, n) * d)
+
+
+def _save_layer(args, layer, filters, images, raw, losses, gate=None) -> list[str]:
     import numpy as np
 
     from jaxviz.image import atomic_write, make_grid, save_png
 
+    gate = gate or WriteGate()
     paths = []
     if args.tiles:
         folder = os.path.join(args.out, layer)
@@ -124,7 +145,8 @@ def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
         for i, tile in enumerate(images):
             f = filters[i // per]
             name = f"{layer}_f{f:03d}.png" if per == 1 else f"{layer}_f{f:03d}_{i % per}.png"
-            paths.append(save_png(os.path.join(folder, name), tile))
+            with gate:
+                paths.append(save_png(os.path.join(folder, name), tile))
     if args.npz:
         settings = dict(layer=layer, size=args.size, steps=args.steps, step_size=args.step_size, seed=args.seed,
                         precision=args.precision, conv=args.conv, weights=str(args.weights_path),
@@ -133,11 +155,14 @@ def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
         if config is not None:
             settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
         npz = os.path.join(args.out, f"{layer}.npz")
-        atomic_write(npz, lambda fh: np.savez_compressed(
-            fh, images=raw, uint8=images, losses=losses, filters=np.asarray(filters),
-            **{k: np.asarray(v) for k, v in settings.items()}))
+        with gate:
+            atomic_write(npz, lambda fh: np.savez_compressed(
+                fh, images=raw, uint8=images, losses=losses, filters=np.asarray(filters),
+                **{k: np.asarray(v) for k, v in settings.items()}))
         paths.append(npz)
-    paths.append(save_png(os.path.join(args.out, f"{layer}.png"), make_grid(images, args.cols, args.margin)))
+    grid = make_grid(images, args.cols, args.margin)
+    with gate:
+        paths.append(save_png(os.path.join(args.out, f"{layer}.png"), grid))
     return paths
 
 
@@ -145,31 +170,50 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     done: list[str] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
+    created = [False]  # whether this run made --out (removed again, when empty, after a failure)
+    gate = WriteGate()
+
+    def work() -> int:
         layers, filters = _validate(args)
         import jaxviz
         from jaxviz.weights import resolve_weights
 
         args.weights_path = resolve_weights(args.weights, progress=not args.quiet)
         params = jaxviz.load_params(args.weights_path)
+        created[0] = not os.path.isdir(args.out)
         make_out_dir(args.out)
+        remove_stale_temporaries(args.out, [os.path.join(args.out, l) for l in layers], time.time())
         timings = []
         for layer in layers:
             t0 = time.perf_counter()
             images, raw, losses = _render_with_progress(jaxviz, params, layer, filters[layer], args)
-            for path in _save_layer(args, layer, filters[layer], images, raw, losses):
+            for path in _save_layer(args, layer, filters[layer], images, raw, losses, gate):
                 say(path)
             timings.append(f"{layer} {time.perf_counter() - t0:.1f} s")
             done.append(layer)
         say("done: " + ", ".join(timings))
         return 0
+
+    def interrupted() -> None:
+        print(f"\njaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
+        if created[0]:
+            remove_if_empty(args.out)
+
+    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
         print(f"jaxviz.grid: error: {e}", file=sys.stderr)
+        if created[0]:
+            remove_if_empty(args.out)
         return 2
     except KeyboardInterrupt:
         print(f"jaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
+        if created[0]:
+            remove_if_empty(args.out)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _render_with_progress(jaxviz, params, layer, filters, args):

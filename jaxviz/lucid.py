@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxviz import objectives, transforms
+from jaxviz import checks, objectives, transforms
 from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, batch_size_for, filter_key, validate
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, VGGSpec
@@ -73,6 +73,7 @@ class LucidResult(NamedTuple):
 
 def validate_config(layer: str, filters: Sequence[int], config: LucidConfig, spec: VGGSpec = VGG16) -> None:
     """Raise a one-line JaxvizError for an unknown layer, filter or impossible setting."""
+    checks.lucid_settings(config)
     validate(layer, filters, AscentConfig(config.size, config.steps, 1.0, config.precision), spec)
     if config.param not in ("fourier", "pixel"):
         raise JaxvizError(f"param must be fourier or pixel, not {config.param!r}")
@@ -168,7 +169,7 @@ def lucid(params: dict, layer: str, filters, *, key: jax.Array | None = None, se
     Filters go in chunks of equal size (the last one padded) so that the estimated
     memory stays under ``max_bytes``; a filter's result does not depend on the chunks.
     """
-    filters = [int(f) for f in filters]
+    filters = checks.filter_list(filters)
     validate_config(layer, filters, config, spec)
     d, s = config.diversity, config.size
     if not filters:
@@ -176,6 +177,8 @@ def lucid(params: dict, layer: str, filters, *, key: jax.Array | None = None, se
     key = jax.random.key(seed) if key is None else key
     n = len(filters)
     b = min(n, batch_size or filters_per_batch(layer, config, n, max_bytes, spec))
+    checks.run_budget(layer, s + (2 * config.pad if config.transforms else 0), n * d, b * d, spec,
+                      device_bytes=checks.device_memory())
     chunks = math.ceil(n / b)
     fs = filters + [filters[-1]] * (chunks * b - n)
     fs_arr = jnp.asarray(fs, jnp.int32)
