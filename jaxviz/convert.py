@@ -148,7 +148,8 @@ def _checked(path, name, arrays, kshape, dtype, fix) -> dict:
         )
     if not (np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
         raise JaxvizError(f"{path}: layer {name} has non-float weights ({kernel.dtype}); {fix}")
-    kernel, bias = kernel.astype(dtype), bias.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, by layer
+        kernel, bias = kernel.astype(dtype), bias.astype(dtype)
     for what, a in (("kernel", kernel), ("bias", bias)):
         if not np.isfinite(a).all():
             bad = int(a.size - np.isfinite(a).sum())
