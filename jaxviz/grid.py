@@ -167,7 +167,12 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None) -> list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        args = build_parser().parse_args(argv)
+    except BaseException:
+        signal.signal(signal.SIGTERM, old)
+        raise
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     done: list[str] = []
     created = [False]  # whether this run made --out (removed again, when empty, after a failure)
@@ -199,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
         if created[0]:
             remove_if_empty(args.out)
 
-    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
