@@ -438,6 +438,15 @@ def estimate_full(timings: Timings, settings: dict, round_size: int) -> tuple[fl
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the work started (parsing, setting up handlers): nothing to clean
+        print("jaxviz.atlas: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     started = time.time()
     args = build_parser().parse_args(argv)

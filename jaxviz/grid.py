@@ -167,6 +167,15 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None) -> list[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the work started (parsing, setting up handlers): nothing to clean
+        print("jaxviz.grid: interrupted; completed layers: none", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         args = build_parser().parse_args(argv)
