@@ -5,7 +5,10 @@
 >>> tiles = jaxviz.render(params, "block3_conv1", range(64))  # (64, 64, 64, 3) uint8
 >>> jaxviz.save_png("block3_conv1.png", jaxviz.make_grid(tiles, cols=8, margin=5))
 """
-from jaxviz.api import load_params, render
+from jaxviz.cli_run import install_startup_handlers
+
+install_startup_handlers()  # only in a `python -m jaxviz.grid` / `jaxviz-atlas` process: Ctrl-C during imports
+from jaxviz.api import load_params, render  # noqa: E402
 from jaxviz.ascent import AscentConfig, AscentResult, ascend
 from jaxviz.errors import JaxvizError
 from jaxviz.image import deprocess, make_grid, save_png

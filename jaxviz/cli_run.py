@@ -27,9 +27,13 @@ class WriteGate:
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._closed = threading.Event()
 
     def __enter__(self) -> "WriteGate":
         self._lock.acquire()
+        if self._closed.is_set():  # the process is about to exit: this write never starts
+            self._lock.release()
+            threading.Event().wait()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -37,7 +41,44 @@ class WriteGate:
 
     def close(self, timeout: float = 30.0) -> bool:
         """Wait (at most ``timeout`` s) for the write in progress; later writes never start."""
+        self._closed.set()
         return self._lock.acquire(timeout=timeout)
+
+
+COMMANDS = {"jaxviz.grid": "jaxviz.grid: interrupted; completed layers: none",
+            "jaxviz.atlas": "jaxviz.atlas: interrupted"}
+SCRIPTS = {"jaxviz-grid": "jaxviz.grid", "jaxviz-atlas": "jaxviz.atlas"}
+
+
+def launched_command(orig_argv=None, argv0=None) -> str | None:
+    """``jaxviz.grid`` or ``jaxviz.atlas`` when this process was started as that command
+    (``python -m jaxviz.grid ...`` or the ``jaxviz-grid`` script), else None."""
+    o = list(getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv)
+    for a, b in zip(o, o[1:]):
+        if a == "-m":
+            return b if b in COMMANDS else None
+    name = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    return SCRIPTS.get(name)
+
+
+def install_startup_handlers() -> None:
+    """Called first thing by ``jaxviz/__init__``: in a process started as one of our commands,
+    SIGINT and SIGTERM exit 130 at once (with the command's one line) while Python still
+    imports JAX, before any work or file exists; main() replaces the handlers when the work
+    starts. Elsewhere (the library in someone's program) nothing is installed."""
+    command = launched_command()
+    if command is None or threading.current_thread() is not threading.main_thread():
+        return
+    line = (COMMANDS[command] + "\n").encode()
+
+    def startup_exit(*_):
+        try:
+            os.write(2, line)
+        finally:
+            os._exit(EXIT_INTERRUPTED)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, startup_exit)
 
 
 def _raise_interrupt(*_):

@@ -166,27 +166,20 @@ def test_stale_temporaries_of_ours_are_removed_at_start(tmp_path):
     assert all(p.exists() for p in others)
 
 
-LAUNCH = "import sys, jaxviz.grid as g; print('ready', flush=True); sys.exit(g.main(sys.argv[1:]))"
-
-
 def test_real_interrupts_at_random_moments_exit_130_fast_with_nothing_partial(tmp_path):
-    """Real SIGINTs (and a SIGTERM) at random moments of a run: compile, compiled steps, writes.
-
-    Each must end with exit 130 within 3 s, the one-line message, no crash (-11), no
-    traceback, no temporary file and only whole PNGs (issue 12, item 1). The moments are
-    counted from when the module is imported (Python's own import of JAX comes first).
-    """
+    """Real SIGINTs (and a SIGTERM) at random moments of `python -m jaxviz.grid`: imports, compile,
+    compiled steps, writes. Each must end with exit 130 within 3 s, the one-line message, no crash
+    (-11), no traceback, no temporary file and only whole files (issue 12, item 1)."""
     rng = random.Random()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    delays = [0.0, rng.uniform(0.2, 2.0), rng.uniform(2.0, 5.0), rng.uniform(5.0, 9.0)]
+    delays = [rng.uniform(0.1, 1.0), rng.uniform(1.0, 3.0), rng.uniform(3.0, 6.0), rng.uniform(6.0, 10.0)]
     sigs = [signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT]
     for i, (delay, sig) in enumerate(zip(delays, sigs)):
         out = tmp_path / f"run{i}"
-        p = subprocess.Popen([sys.executable, "-c", LAUNCH, "--size", "16", "--steps", "300", "--filters", "0-7",
+        p = subprocess.Popen([sys.executable, "-m", "jaxviz.grid", "--size", "16", "--steps", "300", "--filters", "0-7",
                               "--layers", "block1_conv1,block2_conv1,block3_conv1", "--tiles", "--npz",
                               "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert p.stdout.readline().strip() == "ready"
             time.sleep(delay)
             t0 = time.monotonic()
             p.send_signal(sig)
@@ -195,7 +188,7 @@ def test_real_interrupts_at_random_moments_exit_130_fast_with_nothing_partial(tm
         finally:
             if p.poll() is None:
                 p.kill()
-        where = f"run {i}, signal {sig!r} {delay:.2f} s after import"
+        where = f"run {i}, signal {sig!r} {delay:.2f} s after the start"
         assert p.returncode == 130, f"{where}: exit {p.returncode}: {err}"
         assert seconds < 3.0, f"{where}: took {seconds:.1f} s to exit"
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
