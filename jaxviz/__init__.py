@@ -9,9 +9,12 @@ Parts: ``jaxviz.models`` (the model interface and adapters), ``jaxviz.objectives
 (channel, neuron, direction, deepdream, class_logit, penalties, + - *), ``jaxviz.engine``
 (``Recipe``, ``SEED``, ``LUCID``: parameterization, transforms, optimizer, steps).
 """
-from jaxviz import models, objectives
-from jaxviz.api import Rendered, load_params, render
-from jaxviz.engine import LUCID, SEED, Recipe
+from jaxviz.cli_run import install_startup_handlers
+
+install_startup_handlers()  # only in a `python -m jaxviz.grid` / `jaxviz-atlas` process: Ctrl-C during imports
+from jaxviz import models, objectives  # noqa: E402
+from jaxviz.api import Rendered, load_params, render  # noqa: E402
+from jaxviz.engine import LUCID, SEED, Recipe  # noqa: E402
 from jaxviz.errors import JaxvizError
 from jaxviz.image import deprocess, make_grid, save_png
 from jaxviz.model import VGG, VGG16, VGG19, VGGSpec, conv_layers

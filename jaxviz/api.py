@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import engine, objectives
+from jaxviz import checks, engine, objectives
 from jaxviz.convert import load_keras_h5
 from jaxviz.engine import LUCID, SEED, Recipe
 from jaxviz.errors import JaxvizError
@@ -30,7 +30,7 @@ def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, 
     """
     from jaxviz.weights import resolve_weights
 
-    path = resolve_weights(weights, download=download, progress=progress)
+    path = resolve_weights(weights, download=download, progress=progress, origin="the weights argument of load_params")
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), load_keras_h5(path))
 
 
@@ -77,7 +77,7 @@ def to_uint8(recipe: Recipe, images) -> np.ndarray:
     return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
 
 
-def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every: int = 0) -> Rendered:
+def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every: int = 0, progress=None) -> Rendered:
     """Render what maximizes ``objective`` on ``model`` with ``recipe``; see :class:`Rendered`.
 
     ``model``: a ``jaxviz.models`` Model, or VGG params from ``load_params``. ``objective``: a
@@ -85,15 +85,20 @@ def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every:
     ``recipe``: "seed" (the book's, 64 px, 40 steps), "lucid" (the quality recipe) or a
     ``jaxviz.Recipe`` (e.g. ``jaxviz.SEED._replace(size=128)``). ``seed`` seeds the start
     images and transforms; ``start`` replaces the start parameters; ``every`` > 0 keeps a
-    snapshot every that many steps (an animation of the ascent).
+    snapshot every that many steps (an animation of the ascent); ``progress(k)`` is called
+    as each compiled chunk of k items finishes (a progress bar).
 
     >>> tiles = render(load_params(), "block1_conv1:0-1", jaxviz.SEED._replace(size=32, steps=5)).tiles
     >>> tiles.shape
     (2, 32, 32, 3)
     """
     model, recipe = as_model(model), as_recipe(recipe)
+    checks.integer("seed", seed, 0, checks.MAX_SEED)
+    checks.integer("every", every, 0, checks.MAX_STEPS)
     if isinstance(objective, str):
         objective = objectives.parse(objective)
-    r = engine.render(model, objective, recipe, key=jax.random.key(seed), start=start, every=every)
+    r = engine.render(model, objective, recipe, key=jax.random.key(seed), start=start, every=every,
+                      progress=progress)
+    checks.finite(f"the images of {model.name}", r.images, r.values)
     frames = None if r.frames is None else to_uint8(recipe, r.frames)
     return Rendered(to_uint8(recipe, r.images), np.asarray(r.images), np.asarray(r.values), np.asarray(r.trace), frames)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import engine, ops
+from jaxviz import checks, engine, ops
 from jaxviz.engine import DEFAULT_MAX_BYTES, SEED, Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, VGGSpec, layer_info, layers, min_size
@@ -44,15 +44,12 @@ class AscentResult(NamedTuple):
 
 def validate(layer: str, filters: Sequence[int], config: AscentConfig, spec: VGGSpec = VGG16) -> None:
     """Raise a one-line JaxvizError for an unknown layer or impossible settings."""
+    checks.settings(config.size, config.steps, config.step_size)
     info = layer_info(layer, spec)
     if info.kind != "conv":
         convs = ", ".join(l.name for l in layers(spec) if l.kind == "conv")
         raise JaxvizError(f"layer {layer} is a pooling layer and has no filters; use a conv layer: {convs}")
-    for f in filters:
-        if not 0 <= int(f) < info.out_channels:
-            raise JaxvizError(
-                f"filter {f} is out of range for {layer}, which has {info.out_channels} filters (0-{info.out_channels - 1})"
-            )
+    checks.filter_list(filters, info.out_channels, layer)
     if config.size < min_size(layer, spec):
         raise JaxvizError(f"size {config.size} is too small for {layer}; the minimum is {min_size(layer, spec)} px")
     if config.steps < 0:
@@ -162,7 +159,7 @@ def ascend(params: dict, layer: str, filters, *, key: jax.Array | None = None, s
     filters, the fastest measured); each filter's result does not depend on the
     chunking. ``start`` (N, size, size, 3) replaces the seeded start images.
     """
-    filters = [int(f) for f in filters]
+    filters = checks.filter_list(filters)
     validate(layer, filters, config, spec)
     if not filters:
         return AscentResult(jnp.zeros((0, config.size, config.size, 3)), jnp.zeros((0,)))

@@ -30,7 +30,14 @@ import sys
 import time
 from typing import NamedTuple, Sequence
 
-from jaxviz.cli_args import OneLineParser, check_out_dir, filters_for, number, parse_filters, parse_layers, positive_int
+from jaxviz import checks
+from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
+from jaxviz.cli_args import (
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers,
+    positive_int, remove_if_empty, remove_stale_temporaries,
+)
+from jaxviz.cli_run import WriteGate, run_interruptible
+from jaxviz.folder_lock import FolderLock
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, conv_layers, layer_info, layers as all_layers, min_size
 
@@ -77,12 +84,35 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def valid_record(rec, c: Chunk) -> bool:
+    """Whether ``rec`` (parsed JSON) is a complete record of chunk ``c``: its layer and filters,
+    one finite loss, one PNG name and one sha256 per filter."""
+    if not isinstance(rec, dict) or rec.get("layer") != c.layer:
+        return False
+    filters, losses, files, digests = (rec.get(k) for k in ("filters", "losses", "files", "sha256"))
+    if not all(isinstance(v, list) and len(v) == len(c.filters) for v in (filters, losses, files, digests)):
+        return False
+    if any(isinstance(f, bool) or not isinstance(f, int) for f in filters) or tuple(filters) != c.filters:
+        return False
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in losses):
+        return False
+    if files != [png_name(f) for f in c.filters]:
+        return False
+    return all(isinstance(d, str) and len(d) == 64 for d in digests)
+
+
 def relative_cost(layer: str, size: int) -> float:
     """Multiply-accumulates of one ascent step of one image at ``layer`` (forward + input gradient).
 
     Used to weigh the progress bar (deep layers cost more per filter) and to model the
     time of layers an --estimate run did not measure.
     """
+    if layer not in conv_layers(VGG16):
+        return 1.0  # other models: every filter weighs the same
     total, s = 0.0, size
     for l in all_layers(VGG16):
         if l.kind == "pool":
@@ -113,13 +143,19 @@ class Atlas:
         return os.path.join(self.out, MANIFEST)
 
     def read_manifest(self) -> dict | None:
+        """The folder's manifest (None if absent); one JaxvizError if it is unreadable or not a manifest."""
         try:
             with open(self.manifest_path()) as f:
-                return json.load(f)
+                old = json.load(f)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise JaxvizError(f"{self.manifest_path()} is unreadable ({e}); pass --force to replace the atlas") from None
+            raise JaxvizError(f"{self.manifest_path()} is unreadable ({_one_line(e)}); pass --force to replace "
+                              "the atlas") from None
+        if not (isinstance(old, dict) and isinstance(old.get("settings"), dict) and isinstance(old.get("layers"), dict)):
+            raise JaxvizError(f"{self.manifest_path()} is not an atlas manifest (it needs format, settings and "
+                              "layers); pass --force to replace the atlas, or use another --out")
+        return old
 
     def differences(self, old: dict) -> list[str]:
         """What differs between this job and a manifest found in the folder."""
@@ -172,14 +208,14 @@ class Atlas:
         return os.path.join(self.out, layer, png_name(f))
 
     def read_record(self, c: Chunk) -> dict | None:
+        """The chunk's record, or None when it is absent, unreadable or does not validate
+        (then the chunk is not done and is rendered again)."""
         try:
             with open(self.record_path(c)) as f:
                 rec = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError, UnicodeDecodeError):
             return None
-        if rec.get("layer") != c.layer or tuple(rec.get("filters", ())) != c.filters:
-            return None
-        return rec
+        return rec if valid_record(rec, c) else None
 
     def is_done(self, c: Chunk, verify: bool = True) -> bool:
         """The chunk's record exists and (with ``verify``) every PNG it names is there, unchanged."""
@@ -197,15 +233,21 @@ class Atlas:
                 return False
         return len(rec.get("sha256", ())) == len(c.filters)
 
-    def write_chunk(self, c: Chunk, images, losses, seconds: float, devices: int, process: int) -> dict:
-        """Write the chunk's PNGs, then its record (each atomically), then a log line."""
-        from jaxviz.image import atomic_write, save_png
+    def write_chunk(self, c: Chunk, images, losses, seconds: float, devices: int, process: int,
+                    gate: WriteGate | None = None, frames=None) -> dict:
+        """Write the chunk's PNGs (and animations), then its record (each atomically, each inside ``gate``)."""
+        from jaxviz.image import atomic_write, save_animation, save_png
 
+        gate = gate or WriteGate()
         delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
         os.makedirs(os.path.join(self.out, c.layer), exist_ok=True)
         digests = []
-        for f, img in zip(c.filters, images):
-            path = save_png(self.image_path(c.layer, f), img)
+        for i, (f, img) in enumerate(zip(c.filters, images)):
+            if frames is not None:
+                with gate:
+                    save_animation(self.image_path(c.layer, f)[: -len(".png")] + ".gif", frames[i])
+            with gate:
+                path = save_png(self.image_path(c.layer, f), img)
             digests.append(sha256_file(path))
             if delay:
                 time.sleep(delay)
@@ -215,7 +257,8 @@ class Atlas:
         path = self.record_path(c)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = json.dumps(rec).encode()
-        atomic_write(path, lambda fh: fh.write(data))
+        with gate:
+            atomic_write(path, lambda fh: fh.write(data))
         return rec
 
     def log(self, line: str) -> None:
@@ -227,28 +270,17 @@ class Atlas:
             os.close(fd)
 
     def missing(self) -> list[Chunk]:
-        return [c for c in self.chunks if not os.path.exists(self.record_path(c))]
+        """Chunks without a valid record."""
+        return [c for c in self.chunks if self.read_record(c) is None]
 
-    def clean_temporaries(self) -> int:
-        """Remove temporary files left by killed writers (only call when no writer is running)."""
-        n = 0
-        for folder in [self.out, os.path.join(self.out, CHUNKS)] + [os.path.join(self.out, l) for l in self.selection] + [
-            os.path.join(self.out, CHUNKS, l) for l in self.selection
-        ]:
-            try:
-                names = os.listdir(folder)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name.startswith(".") and name.endswith(".tmp"):
-                    try:
-                        os.unlink(os.path.join(folder, name))
-                        n += 1
-                    except FileNotFoundError:
-                        pass
-        return n
+    def clean_temporaries(self, before: float | None = None) -> int:
+        """Remove our temporary files left by killed writers (older than ``before``, when given;
+        only call when no writer of this folder is running)."""
+        folders = [os.path.join(self.out, CHUNKS)] + [os.path.join(self.out, l) for l in self.selection] + [
+            os.path.join(self.out, CHUNKS, l) for l in self.selection]
+        return remove_stale_temporaries(self.out, folders, before)
 
-    def build_site(self) -> str:
+    def build_site(self, examples=None) -> str:
         from jaxviz.site import FilterEntry, build_site
 
         by_layer: dict[str, list] = {l: [] for l in self.selection}
@@ -258,7 +290,8 @@ class Atlas:
                 raise JaxvizError(f"chunk {c.layer} #{c.k} has no record; rerun the same command to finish the atlas")
             for f, loss, name in zip(rec["filters"], rec["losses"], rec["files"]):
                 by_layer[c.layer].append(FilterEntry(int(f), float(loss), name))
-        return build_site(self.out, list(by_layer.items()), self.settings)
+        title = f"jaxviz atlas: {self.settings.get('model', 'vgg16')}"
+        return build_site(self.out, list(by_layer.items()), self.settings, title=title, examples=examples)
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,19 +301,23 @@ class Atlas:
 def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="python -m jaxviz.atlas",
-        description="Render every filter of every VGG16 conv layer (or a selection) and write a static site: "
+        description="Render every filter of every conv layer of a model (VGG16 by default, or a selection) and "
+        "write a static site: "
         "an index of layers, one page per layer and one per filter. Re-running the same command resumes.",
         epilog="Multi-host: run one process per host with the same --out on a shared file system, "
         "--coordinator HOST:PORT (process 0's address), --num-processes N and --process-id I.",
     )
-    p.add_argument("--layers", default="all", help="conv layers, comma-separated, or 'all' (default all)")
+    p.add_argument("--model", default="vgg16",
+                   help="vgg16 (default), vgg19, keras:NAME or package.module:function (see python -m jaxviz.grid)")
+    p.add_argument("--layers", default="all",
+                   help="layers, comma-separated, or 'all' (VGG: every conv layer; other models: every spatial layer)")
     p.add_argument("--filters", default="all", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default all)")
-    p.add_argument("--size", type=positive_int("--size", 1), default=64, help="image size in pixels (default 64)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=64, help="image size in pixels (default 64)")
+    p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help="gradient ascent steps (default 40 for the seed recipe, the recipe's own default otherwise)")
     p.add_argument("--step-size", type=number("--step-size"), default=None,
                    help="step size of each ascent step (default 1.0 for the seed recipe, the recipe's own otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the start images (default 0)")
+    p.add_argument("--seed", type=positive_int("--seed", 0, MAX_SEED), default=0, help="random seed of the start images (default 0)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
     p.add_argument("--recipe", default=SEED_RECIPE,
@@ -288,20 +325,25 @@ def build_parser() -> OneLineParser:
                    "jaxviz.render, e.g. 'lucid', rendered on the default device (default seed)")
     p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
     p.add_argument("--out", default="atlas", help="output folder (default atlas/)")
-    p.add_argument("--chunk", type=positive_int("--chunk", 1), default=64,
+    p.add_argument("--chunk", type=positive_int("--chunk", 1, 4096), default=64,
                    help="filters per chunk, the unit of saving and resuming (default 64)")
-    p.add_argument("--batch", type=positive_int("--batch", 1), default=16,
+    p.add_argument("--batch", type=positive_int("--batch", 1, 4096), default=16,
                    help="filters per device per compiled call (default 16); part of the settings, "
                    "since it fixes the compiled shape")
     p.add_argument("--force", action="store_true", help="replace an atlas made with other settings in --out")
+    p.add_argument("--animate", action="store_true",
+                   help="also save each filter's ascent as LAYER/fNNN.gif (about 40 frames), shown on its page")
+    p.add_argument("--examples", default=None,
+                   help="dataset examples beside each filter: the --out folder of python -m jaxviz.examples, "
+                   "or its examples.npz")
     p.add_argument("--coordinator", default=None, help="multi-process: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")
-    p.add_argument("--num-processes", type=positive_int("--num-processes", 1), default=None,
+    p.add_argument("--num-processes", type=positive_int("--num-processes", 1, 1 << 16), default=None,
                    help="multi-process: number of processes (or JAX_NUM_PROCESSES)")
-    p.add_argument("--process-id", type=positive_int("--process-id", 0), default=None,
+    p.add_argument("--process-id", type=positive_int("--process-id", 0, 1 << 16), default=None,
                    help="multi-process: this process's id, 0 to N-1 (or JAX_PROCESS_ID)")
     p.add_argument("--cluster", action="store_true",
                    help="multi-process: let JAX detect the cluster (SLURM, Open MPI, ...) for unset values")
-    p.add_argument("--wait", type=positive_int("--wait", 1), default=1800,
+    p.add_argument("--wait", type=positive_int("--wait", 1, 10**7), default=1800,
                    help="process 0 waits for the other processes' chunks this many seconds without progress "
                    "before giving up on the site (default 1800)")
     p.add_argument("--estimate", action="store_true",
@@ -316,37 +358,96 @@ def _weights_id(path: str) -> str:
 
 
 def _check_recipe(recipe: str) -> None:
-    if recipe == SEED_RECIPE:
-        return
-    import inspect
+    from jaxviz.api import RECIPES
 
-    from jaxviz import api
-
-    if "recipe" not in inspect.signature(api.render).parameters:
-        raise JaxvizError(f"--recipe {recipe!r} is not available in this version of jaxviz (only 'seed'); "
-                          "jaxviz.render has no recipe option yet")
-    known = getattr(api, "RECIPES", ("seed", "lucid"))  # check the name before any work
-    if recipe not in known:
-        raise JaxvizError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(map(str, known))}")
+    if recipe not in RECIPES:  # checked before any work
+        raise JaxvizError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
 
 
-def _validate(args) -> dict[str, list[int]]:
-    layers = parse_layers(args.layers)
+def _is_vgg(args) -> bool:
+    return args.model.strip().lower() == "vgg16"
+
+
+def _select(args, model=None) -> dict[str, list[int]]:
+    """The layers and filters to render: VGG16's from its static table, other models' from ``model``."""
     wanted = parse_filters(args.filters)
-    selection = {l: filters_for(l, wanted) for l in layers}
+    if model is None:
+        layers = parse_layers(args.layers)
+        selection = {l: filters_for(l, wanted) for l in layers}
+    else:
+        names = [l.name for l in model.layers if l.spatial] if args.layers.strip() == "all" else \
+            [t.strip() for t in args.layers.split(",") if t.strip()]
+        selection = {}
+        for l in names:
+            info = model.layer(l)
+            if not info.spatial:
+                raise JaxvizError(f"layer {l} is not spatial (shape {info.shape}); the atlas renders channels of "
+                                  "spatial layers")
+            if args.size < model.min_size(l):
+                raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {model.min_size(l)} px")
+            selection[l] = filters_for(l, wanted, channels=info.channels)
     selection = {l: fs for l, fs in selection.items() if fs}
     if not selection:
         raise JaxvizError("nothing to render: the selection of --layers and --filters is empty")
+    return selection
+
+
+def _validate(args) -> dict[str, list[int]] | None:
+    """Check the settings before any work; VGG16's selection too (other models' once loaded: None)."""
+    if args.estimate and not _is_vgg(args):
+        raise JaxvizError("--estimate models the full VGG16 atlas; drop it for other models")
+    if args.examples is not None and not os.path.exists(args.examples):
+        raise JaxvizError(f"--examples {args.examples}: no such file or folder; give the --out folder of "
+                          "python -m jaxviz.examples or its examples.npz")
+    if not _is_vgg(args):
+        if args.precision != "float32":
+            raise JaxvizError(f"--precision applies to VGG16 only, not {args.model}")
+        parse_filters(args.filters)
+        selection = None
+    else:
+        selection = _select(args)
     if args.recipe == SEED_RECIPE:
         args.steps = 40 if args.steps is None else args.steps
         args.step_size = 1.0 if args.step_size is None else args.step_size
     if args.steps is not None and args.steps < 0:
         raise JaxvizError(f"--steps must be 0 or more, not {args.steps}")
-    for l in layers:
+    if args.step_size is not None:
+        checks.real("--step-size", args.step_size, -checks.F32_MAX, checks.F32_MAX)
+    for l in selection or ():
         if args.size < min_size(l):
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
+    for l, fs in (selection or {}).items():
+        check_budget(l, args.size, min(args.chunk, len(fs)), args.batch)
     _check_recipe(args.recipe)
     return selection
+
+
+def _recipe(args):
+    """The engine's recipe of these settings."""
+    from jaxviz.engine import LUCID, SEED
+    from jaxviz.optim import SeedAscent
+
+    if args.recipe == SEED_RECIPE:
+        return SEED._replace(size=args.size, steps=args.steps, optimizer=SeedAscent(args.step_size))
+    if args.step_size is not None:
+        raise JaxvizError(f"--step-size applies to the seed recipe only, not {args.recipe}")
+    return LUCID._replace(size=args.size, steps=LUCID.steps if args.steps is None else args.steps)
+
+
+def _load_model(args, progress: bool):
+    """(model, weights name, weights id) of --model and --weights; nothing is written before this."""
+    from jaxviz import models
+
+    if _is_vgg(args):
+        import jaxviz
+        from jaxviz.weights import resolve_weights
+
+        path = str(resolve_weights(args.weights, progress=progress))
+        model = models.vgg(jaxviz.load_params(path, progress=False), precision=args.precision)
+        return model, os.path.basename(path), _weights_id(path)
+    model = models.load(args.model, args.weights)
+    w = args.weights or "default"
+    return model, os.path.basename(str(w)), _weights_id(w) if os.path.isfile(str(w)) else str(w)
 
 
 class Timings:
@@ -407,41 +508,60 @@ def estimate_full(timings: Timings, settings: dict, round_size: int) -> tuple[fl
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the work started (parsing, setting up handlers): nothing to clean
+        print("jaxviz.atlas: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
+    started = time.time()
     args = build_parser().parse_args(argv)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    try:  # SIGTERM stops like Ctrl-C; only possible in the main thread
-        old_handler = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    except ValueError:
-        old_handler = None
-    atlas = None
-    proc = None
-    try:
+    state: dict = {"atlas": None, "proc": None, "lock": None, "created": False}
+    gate = WriteGate()
+
+    def work() -> int:
         selection = _validate(args)
         from jaxviz import shard
 
-        proc = shard.init_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.cluster)
+        proc = state["proc"] = shard.init_distributed(args.coordinator, args.num_processes, args.process_id,
+                                                      auto=args.cluster)
         check_out_dir(args.out)
-        os.makedirs(args.out, exist_ok=True)
-        from jaxviz.weights import resolve_weights
+        examples = None
+        if args.examples is not None:
+            from jaxviz import site_examples
 
-        weights_path = str(resolve_weights(args.weights, progress=not args.quiet and proc.index == 0))
-        settings = {"model": "vgg16", "recipe": args.recipe, "size": args.size, "steps": args.steps,
+            examples = site_examples.load(args.examples)
+        # the weights load before anything is written: a bad file leaves the folder as it was
+        model, weights_name, weights_id = _load_model(args, not args.quiet and proc.index == 0)
+        selection = selection or _select(args, model)
+        recipe = _recipe(args)
+        settings = {"model": args.model.strip(), "recipe": args.recipe, "size": args.size, "steps": args.steps,
                     "step_size": args.step_size, "seed": args.seed, "precision": args.precision,
-                    "batch": args.batch, "chunk": args.chunk, "weights_name": os.path.basename(weights_path),
-                    "weights_sha256": _weights_id(weights_path)}
+                    "batch": args.batch, "chunk": args.chunk, "weights_name": weights_name,
+                    "weights_sha256": weights_id, "animate": bool(args.animate)}
         atlas = Atlas(args.out, settings, selection)
+        import jax
 
-        # the manifest: process 0 checks or writes it; the others wait for its word
+        # the manifest: process 0 takes the folder's lock, checks or writes it; the others wait for its word
         key = f"jaxviz/atlas/manifest/{os.path.abspath(args.out)}"
         if proc.index == 0:
             try:
-                state = atlas.prepare(args.force)
+                state["created"] = not os.path.isdir(args.out)
+                make_out_dir(args.out)
+                state["lock"] = FolderLock(args.out, "jaxviz.atlas").acquire()
+                if proc.count == 1:  # no other writer can be running: our temporaries of killed runs go
+                    atlas.clean_temporaries(before=started)
+                st = atlas.prepare(args.force)
             except JaxvizError as e:
                 shard.publish(key, "error: " + str(e))
                 raise
             shard.publish(key, "ok")
-            if state == "replaced":
+            if st == "replaced":
                 say(f"replaced the atlas in {args.out} (--force)")
         else:
             word = shard.receive(key, args.wait)
@@ -449,12 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_for_manifest(atlas, args.wait)
             elif word != "ok":
                 raise JaxvizError(f"process 0 refused the job: {word[len('error: '):]}")
+        state["atlas"] = atlas
 
-        import jax
-
-        import jaxviz
-
-        params = jaxviz.load_params(weights_path, progress=False)
         mine = share(atlas.chunks, proc.index, proc.count)
         todo = [c for c in mine if not atlas.is_done(c)]
         skipped = len(mine) - len(todo)
@@ -465,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
         timings = Timings()
         round_size = args.batch * devices
-        _render(atlas, todo, params, args, proc, devices, run_id, timings, say)
+        _render(atlas, todo, model, recipe, args, proc, devices, run_id, timings, say, gate)
         rendered = sum(len(c.filters) for c in todo)
         elapsed = time.perf_counter() - t_start
         say(f"{who}rendered {rendered} filters ({len(todo)} chunks, {skipped} already done) on {devices} "
@@ -482,24 +598,49 @@ def main(argv: list[str] | None = None) -> int:
         if proc.index == 0:
             _wait_for_all(atlas, args.wait, say)
             atlas.clean_temporaries()
-            index = atlas.build_site()
+            with gate:
+                index = atlas.build_site(examples)
             say(f"site: {index}")
         return 0
+
+    def interrupted_line() -> str:
+        atlas = state["atlas"]
+        if atlas is None:
+            return "jaxviz.atlas: interrupted"
+        left = len(atlas.missing())
+        return (f"jaxviz.atlas: interrupted; {len(atlas.chunks) - left} of {len(atlas.chunks)} done; "
+                "rerun the same command to resume")
+
+    def release(failed: bool) -> None:
+        if state["lock"] is not None:
+            state["lock"].release()
+        if failed and state["created"]:
+            remove_if_empty(args.out)
+
+    def interrupted() -> None:
+        print("\n" + interrupted_line(), file=sys.stderr)
+        release(failed=True)
+
+    try:  # SIGTERM stops like Ctrl-C; only possible in the main thread
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    except ValueError:
+        old_handler = None
+    failed = True
+    try:
+        code = run_interruptible(work, gate, interrupted)
+        failed = False
+        return code
     except JaxvizError as e:
         print(f"jaxviz.atlas: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if atlas is not None:
-            left = len(atlas.missing())
-            print(f"jaxviz.atlas: interrupted; {len(atlas.chunks) - left} of "
-                  f"{len(atlas.chunks)} done; rerun the same command to resume", file=sys.stderr)
-        else:
-            print("jaxviz.atlas: interrupted", file=sys.stderr)
+        print(interrupted_line(), file=sys.stderr)
         return 130
     finally:
+        release(failed)
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
-        if proc is not None and proc.count > 1:
+        if state["proc"] is not None and state["proc"].count > 1:
             from jaxviz import shard
 
             shard.shutdown()
@@ -533,14 +674,20 @@ def _wait_for_all(atlas: Atlas, timeout: float, say) -> None:
                               "rerun the same command to render them and build the site")
 
 
-def _render(atlas: Atlas, todo: list[Chunk], params, args, proc, devices: int, run_id: str, timings: Timings,
-            say) -> int:
+def progress_mark(done: float, whole: float, total: int = 1000) -> int:
+    """Integer progress in [0, total] for ``done`` of ``whole`` cost units. A float bar summing
+    float steps overshoots its total by rounding: tqdm's "clamping frac" warning, negative ETA."""
+    return total if whole <= 0 else max(0, min(total, round(total * done / whole)))
+
+
+def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, proc, devices: int, run_id: str,
+            timings: Timings, say, gate: WriteGate | None = None) -> int:
     """Render and save each chunk of ``todo``; a progress bar weighted by cost gives the ETA."""
     import jax
     import numpy as np
 
-    from jaxviz import shard
-    from jaxviz.ascent import start_images
+    from jaxviz import objectives, shard
+    from jaxviz.image import frames_every
 
     if not todo:
         return 0
@@ -552,43 +699,39 @@ def _render(atlas: Atlas, todo: list[Chunk], params, args, proc, devices: int, r
     if not args.quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=100.0, desc=desc, unit="%", file=sys.stderr, smoothing=0.0, dynamic_ncols=True,
+        bar = tqdm(total=1000, desc=desc, unit="", file=sys.stderr, smoothing=0.0, dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30.0,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
         bar.set_description_str(f"{desc} 0/{total_filters} filters", refresh=False)
+    done_cost = 0.0
     key = jax.random.key(args.seed)
-    engine = shard.ShardedAscent(params, args.batch) if args.recipe == SEED_RECIPE else None
+    every = frames_every(recipe.steps) if args.animate else 0
+    runner = shard.ShardedRender(model, recipe, args.batch, every=every)
     done_filters, n_done = 0, 0
     try:
         for c in todo:
             t0 = time.perf_counter()
-            if engine is not None:
-                # start images at one fixed shape per layer (the chunk's, padded): one compile per layer
-                padded = list(c.filters) + [c.filters[-1]] * (args.chunk - len(c.filters))
-                x0 = start_images(key, c.layer, padded, args.size)[: len(c.filters)]
-                rounds = engine.rounds(c.layer, c.filters, x0, args.steps, args.step_size, args.precision)
-            else:
-                from jaxviz import api
-
-                extra = {k: v for k, v in (("steps", args.steps), ("step_size", args.step_size)) if v is not None}
-                rounds = shard.render_rounds(api.render, c.layer, c.filters, args.size, args.batch * devices,
-                                             params=params, seed=args.seed, precision=args.precision,
-                                             recipe=args.recipe, **extra)
-            images, losses = [], []
-            for r in rounds:
+            images, losses, frames = [], [], []
+            for r in runner.rounds(objectives.channel(c.layer, list(c.filters)), key):
                 images.append(r.images)
                 losses.append(r.losses)
+                frames.append(r.frames)
                 timings.add(c.layer, r.seconds, r.stop - r.start)
                 done_filters += r.stop - r.start
                 if bar is not None:
                     bar.set_description_str(f"{desc} {done_filters}/{total_filters} filters, {c.layer}", refresh=False)
-                    bar.update(100.0 * costs[c.layer] * (r.stop - r.start) / total_cost)
+                    done_cost += costs[c.layer] * (r.stop - r.start)
+                    bar.update(max(0, progress_mark(done_cost, total_cost) - bar.n))
             t_write = time.perf_counter()
-            atlas.write_chunk(c, np.concatenate(images), np.concatenate(losses), t_write - t0, devices, proc.index)
+            images, losses = np.concatenate(images), np.concatenate(losses)
+            frames = np.concatenate(frames) if every else None
+            checks.finite(f"the images of {c.layer} (filters {c.filters[0]}-{c.filters[-1]})", losses)
+            atlas.write_chunk(c, images, losses, t_write - t0, devices, proc.index, gate, frames)
             timings.write_seconds += time.perf_counter() - t_write
-            atlas.log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} run={run_id} process={proc.index}/{proc.count} "
-                      f"devices={devices} rendered {c.layer} chunk={c.k} index={c.index} "
-                      f"filters={c.filters[0]}-{c.filters[-1]} seconds={time.perf_counter() - t0:.3f}")
+            with gate:
+                atlas.log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} run={run_id} process={proc.index}/{proc.count} "
+                          f"devices={devices} rendered {c.layer} chunk={c.k} index={c.index} "
+                          f"filters={c.filters[0]}-{c.filters[-1]} seconds={time.perf_counter() - t0:.3f}")
             n_done += 1
     finally:
         if bar is not None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import tempfile
 
 from jaxviz.errors import JaxvizError
@@ -30,12 +32,16 @@ def _all(spec):
     return [l.name for l in layers(spec)]
 
 
-def parse_filters(text: str) -> list[int] | None:
-    """``all`` (None), a range ``0-63``, a list ``0,5,9``, or a mix ``0-3,9``."""
+def parse_filters(text: str) -> list[tuple[int, int]] | None:
+    """``all`` (None), a range ``0-63``, a list ``0,5,9``, or a mix ``0-3,9``, as inclusive spans.
+
+    Spans, not lists: ``0-9999999999`` must be checked against a layer's channel count
+    (``filters_for``) before anything is expanded.
+    """
     text = text.strip()
     if text == "all":
         return None
-    out: list[int] = []
+    out: list[tuple[int, int]] = []
     try:
         for part in text.split(","):
             part = part.strip()
@@ -44,27 +50,38 @@ def parse_filters(text: str) -> list[int] | None:
                 a, b = int(a), int(b)
                 if b < a:
                     raise ValueError
-                out.extend(range(a, b + 1))
+                out.append((a, b))
             else:
-                out.append(int(part))
+                out.append((int(part), int(part)))
     except ValueError:
         raise JaxvizError(
             f"malformed --filters {text!r}; use a range like 0-63, a list like 0,5,9, or 'all'"
         ) from None
-    if any(f < 0 for f in out):
+    if any(a < 0 for a, _ in out):
         raise JaxvizError(f"malformed --filters {text!r}: filter indices start at 0")
     return out
 
 
-def filters_for(layer: str, filters: list[int] | None, spec: VGGSpec = VGG16) -> list[int]:
-    """The filters to render for one layer, checked against its channel count."""
-    n = layer_info(layer, spec).out_channels
+def filters_for(layer: str, filters: list[tuple[int, int]] | None, spec: VGGSpec = VGG16,
+                channels: int | None = None) -> list[int]:
+    """The filters to render for one layer (spans expanded), checked against its channel count
+    (``channels``, or the VGG ``spec``'s)."""
+    n = layer_info(layer, spec).out_channels if channels is None else channels
     if filters is None:
         return list(range(n))
-    bad = [f for f in filters if f >= n]
+    bad = [b for _, b in filters if b >= n]
     if bad:
-        raise JaxvizError(f"filter {bad[0]} is out of range for {layer}, which has {n} filters (0-{n - 1})")
-    return filters
+        first = next(max(a, n) for a, b in filters if b >= n)
+        raise JaxvizError(f"filter {first} is out of range for {layer}, which has {n} filters (0-{n - 1})")
+    return [f for a, b in filters for f in range(a, b + 1)]
+
+
+def expand_spans(spans: list[tuple[int, int]], limit: int = 1 << 20) -> list[int]:
+    """Spans from :func:`parse_filters` as a list, refusing more than ``limit`` entries before expanding."""
+    count = sum(b - a + 1 for a, b in spans)
+    if count > limit:
+        raise JaxvizError(f"{count} channels asked for; at most {limit} at once")
+    return [f for a, b in spans for f in range(a, b + 1)]
 
 
 def check_out_dir(path: str) -> str:
@@ -97,7 +114,8 @@ def make_out_dir(path: str) -> str:
     return path
 
 
-def positive_int(name: str, minimum: int):
+def positive_int(name: str, minimum: int, maximum: int | None = None):
+    """An argparse type: an integer in [minimum, maximum]."""
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -105,19 +123,67 @@ def positive_int(name: str, minimum: int):
             raise argparse.ArgumentTypeError(f"{name} must be an integer, not {text!r}") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be {minimum} or more, not {v}")
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(f"{name} must be {maximum} or less, not {v}")
         return v
 
     return parse
 
 
-def number(name: str):
+def number(name: str, positive: bool = False):
+    """An argparse type: a finite number (NaN and infinity would give black images)."""
     def parse(text: str) -> float:
         try:
-            return float(text)
+            v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, not {text!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, not {text!r}")
+        if positive and not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, not {v}")
+        return v
 
     return parse
+
+
+def check_budget(layer: str, size: int, n: int, batch: int) -> None:
+    """Refuse up front a layer whose estimated memory exceeds the limit (jaxviz.checks.run_budget)."""
+    from jaxviz import checks
+
+    checks.run_budget(layer, size, n, batch)
+
+
+def remove_if_empty(path: str) -> None:
+    """Remove ``path`` and its empty subfolders when nothing else is in them (after a failure)."""
+    for folder, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+# what jaxviz.image.atomic_write leaves when killed: .NAME.XXXXXXXX.tmp beside NAME
+_OUR_TEMPORARY = re.compile(r"^\..+\.(png|npz|json|html)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(out: str, folders=(), before: float | None = None) -> int:
+    """Remove our temporary files (``.NAME.XXXXXXXX.tmp``, left by a killed writer) in ``out``
+    and ``folders`` that are older than ``before`` (the run's start); returns how many."""
+    n = 0
+    for folder in [out, *folders]:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if _OUR_TEMPORARY.match(e.name) and e.is_file(follow_symlinks=False) and (
+                        before is None or e.stat(follow_symlinks=False).st_mtime < before):
+                    os.unlink(e.path)
+                    n += 1
+            except OSError:
+                pass
+    return n
 
 
 class OneLineParser(argparse.ArgumentParser):

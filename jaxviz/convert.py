@@ -9,7 +9,8 @@ Three layouts are read:
 * a whole model saved by Keras 2 (``model.save("m.h5")``): the same, under ``model_weights``;
 * Keras 3's ``.weights.h5``: ``layers/<name>/vars/0`` (kernel) and ``vars/1`` (bias).
 
-Every shape is checked against the architecture; any problem raises one JaxvizError
+Every shape is checked against the architecture and every value must be finite (a
+NaN kernel would give black images); any problem raises one JaxvizError
 naming the file, the layer and the fix.
 """
 from __future__ import annotations
@@ -86,7 +87,8 @@ def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np
     import h5py
 
     path = os.fspath(path)
-    fix = "pass a Keras VGG16/VGG19 weights file (.h5) with --weights or JAXVIZ_WEIGHTS"
+    fix = ("pass a Keras VGG16/VGG19 weights file (.h5): --weights or JAXVIZ_WEIGHTS on the command line, "
+           "load_params(path) in Python")
     if not os.path.exists(path):
         raise JaxvizError(f"weights file {path} does not exist; {fix}")
     if os.path.isdir(path):
@@ -146,4 +148,11 @@ def _checked(path, name, arrays, kshape, dtype, fix) -> dict:
         )
     if not (np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
         raise JaxvizError(f"{path}: layer {name} has non-float weights ({kernel.dtype}); {fix}")
-    return {"kernel": kernel.astype(dtype), "bias": bias.astype(dtype)}
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, by layer
+        kernel, bias = kernel.astype(dtype), bias.astype(dtype)
+    for what, a in (("kernel", kernel), ("bias", bias)):
+        if not np.isfinite(a).all():
+            bad = int(a.size - np.isfinite(a).sum())
+            raise JaxvizError(f"{path}: layer {name}'s {what} holds {bad} non-finite values (NaN or infinity); "
+                              f"the file is damaged; {fix}")
+    return {"kernel": kernel, "bias": bias}

@@ -15,7 +15,7 @@ A :class:`Recipe` is a choice of parts (all hashable, so a recipe compiles once)
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxviz import optim, transforms
+from jaxviz import checks, optim, transforms
 from jaxviz.errors import JaxvizError
 from jaxviz.models.base import Model
 from jaxviz.objectives import Objective, Probe, Term
@@ -187,6 +187,8 @@ def initial(recipe: Recipe, keys: jax.Array) -> jax.Array:
 
 def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     """Raise a one-line JaxvizError for an objective or recipe that cannot run on ``model``."""
+    checks.settings(recipe.size, recipe.steps)
+    checks.integer("diversity", recipe.diversity, 1, 1024)
     objective.term.check(model, objective.args)
     for name in objective.term.layers():
         if recipe.size < model.min_size(name):
@@ -198,12 +200,14 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
 
 
 def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: jax.Array | None = None,
-           start=None, every: int = 0, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int | None = None) -> Result:
+           start=None, every: int = 0, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int | None = None,
+           progress: Callable[[int], None] | None = None) -> Result:
     """Maximize each item of ``objective`` on ``model`` with ``recipe``; see :class:`Result`.
 
     ``key`` (default ``jax.random.key(0)``) seeds every item's start and transforms;
     ``start`` (N, ...) replaces the start parameters (:func:`initial`) (the raw images for the seed recipe);
-    ``every`` > 0 keeps a snapshot every that many steps (and the start and final images).
+    ``every`` > 0 keeps a snapshot every that many steps (and the start and final images);
+    ``progress(k)`` is called after each chunk with the number of items it finished.
     """
     check(model, objective, recipe)
     n, d, s = len(objective), recipe.diversity, recipe.size
@@ -224,6 +228,9 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     chunks = math.ceil(n / b)
     if batch_size is None:
         b = math.ceil(n / chunks)  # equal chunks: the least padding for this many chunks
+    checks.memory_budget(f"{n} item(s) of {s} px on {model.name} in batches of {b}",
+                         bytes_per_item(model, objective.term.layers(), recipe), s, b, n,
+                         checks.memory_limit(checks.device_memory()))
     pad = chunks * b - n
     padded = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
     args = jax.tree.map(lambda a: padded(jnp.asarray(a)), args)
@@ -234,6 +241,9 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
         sl = slice(c * b, (c + 1) * b)
         outs.append(run_chunk(static, model.params, objective.term, blank, every, hyper,
                               jax.tree.map(lambda a: a[sl], args), keys[sl], start[sl]))
+        if progress is not None:
+            jax.block_until_ready(outs[-1])
+            progress(min(n, (c + 1) * b) - c * b)
     cat = lambda i: None if outs[0][i] is None else jnp.concatenate([o[i] for o in outs])[:n]
     images, values, trace, frames = (cat(i) for i in range(4))
     if d > 1:

@@ -1,8 +1,10 @@
-"""``python -m jaxviz.grid``: the seed's filter grids from one command.
+"""``python -m jaxviz.grid``: grids of what a model's units respond to, from one command.
 
 With no options it reproduces the book: block1_conv1, block2_conv1, block3_conv1 and
 block4_conv1, filters 0-63 as 8x8 grids of 64 px tiles with 5 px black margins, 40
-steps of size 1.0, on the embedded VGG16 ImageNet weights. One PNG per layer.
+steps of size 1.0, on the embedded VGG16 ImageNet weights. One PNG per layer (or per
+``--objective``). ``--model`` picks another network (VGG19, any keras.applications
+model, or a function returning a jaxviz Model); ``--list-layers`` shows its layers.
 """
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import signal
 import sys
 import time
 
+from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers, positive_int,
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers,
+    positive_int, remove_if_empty, remove_stale_temporaries,
 )
+from jaxviz.cli_run import WriteGate, run_interruptible
 from jaxviz.errors import JaxvizError
 from jaxviz.model import min_size
 
@@ -30,13 +35,25 @@ def build_parser() -> OneLineParser:
         epilog="Tiles are in reading order: filter f sits at row f // cols, column f % cols "
         "(the book's loop fills columns first, i.e. its grid is the transpose of ours).",
     )
-    p.add_argument("--layers", default=SEED_LAYERS, help=f"conv layers, comma-separated, or 'all' (default {SEED_LAYERS})")
-    p.add_argument("--filters", default="0-63", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default 0-63)")
+    p.add_argument("--model", default="vgg16",
+                   help="vgg16 (default, embedded weights), vgg19, keras:NAME (a keras.applications model, e.g. "
+                   "keras:ResNet50; --weights FILE, or 'random') or package.module:function returning a jaxviz Model")
+    p.add_argument("--list-layers", action="store_true", help="print the model's layers with their shapes and exit")
+    p.add_argument("--layers", default=None,
+                   help=f"layers, comma-separated, or 'all' (VGG: its conv layers; default {SEED_LAYERS}; "
+                   "other models: every spatial layer)")
+    p.add_argument("--filters", default=None,
+                   help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default 0-63, or fewer if the layer has fewer)")
+    p.add_argument("--objective", action="append", default=None, metavar="TEXT",
+                   help="render this objective instead of --layers/--filters (repeatable; one grid each): "
+                   "LAYER:N (channels, e.g. block4_conv1:0-15), neuron:LAYER:N, deepdream:LAYER, logit:N")
+    p.add_argument("--animate", action="store_true",
+                   help="also write each grid's ascent as OUT/NAME.gif (and .webp where Pillow can), about 40 frames")
     p.add_argument("--cols", type=positive_int("--cols", 1), default=8, help="tiles per grid row (default 8)")
-    p.add_argument("--size", type=positive_int("--size", 1), default=None,
+    p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=None,
                    help="tile size in pixels (default 64; 128 with --recipe lucid)")
     p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help=f"gradient ascent steps (default 40; {LUCID_STEPS} with --recipe lucid)")
     p.add_argument("--step-size", type=number("--step-size"), default=1.0, help="step size of each ascent step (default 1.0)")
     p.add_argument("--recipe", choices=("seed", "lucid"), default="seed",
@@ -44,18 +61,18 @@ def build_parser() -> OneLineParser:
                    "Feature Visualization (Fourier parameterization, decorrelated colours, transformation "
                    "robustness, Adam)")
     q = p.add_argument_group("quality recipe (--recipe lucid only)")
-    q.add_argument("--lr", type=number("--lr"), default=None, help="Adam's learning rate (default 0.05)")
+    q.add_argument("--lr", type=number("--lr", positive=True), default=None, help="Adam's learning rate (default 0.05)")
     q.add_argument("--param", choices=("fourier", "pixel"), default=None,
                    help="image parameterization (default fourier)")
     q.add_argument("--dead-filter", choices=("none", "preact", "redirect"), default=None,
                    help="for filters that never fire: maximize the pre-relu activation, or use a redirected "
                    "relu whose gradient passes while the relu blocks it all (default none)")
-    q.add_argument("--diversity", type=positive_int("--diversity", 1), default=None,
+    q.add_argument("--diversity", type=positive_int("--diversity", 1, 1024), default=None,
                    help="images per filter, pushed apart by Lucid's diversity term; tiles go filter by filter "
                    "(default 1)")
     q.add_argument("--no-transforms", action="store_true", default=None,
                    help="turn off transformation robustness (pad, jitter, scale, rotate)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the start images (default 0)")
+    p.add_argument("--seed", type=positive_int("--seed", 0, MAX_SEED), default=0, help="random seed of the start images (default 0)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
     p.add_argument("--conv", choices=("auto", "winograd", "xla"), default="auto",
@@ -84,7 +101,19 @@ def _lucid_config(args):
     return config._replace(transforms=False) if args.no_transforms else config
 
 
-def _validate(args) -> tuple[list[str], dict[str, list[int]]]:
+VGG_MODELS = ("vgg16", "vgg19")
+
+
+def _is_vgg(args) -> bool:
+    return args.model.strip().lower() in VGG_MODELS
+
+
+def _validate(args) -> list[tuple[str, object]]:
+    """Check everything that needs no model; for VGG also layers, filters and memory.
+
+    Returns the grids to make as (name, layer or objective text) pairs, resolved
+    against the model in :func:`_jobs` once it is loaded.
+    """
     if args.recipe == "seed":
         for name in LUCID_OPTIONS:
             if getattr(args, name) is not None:
@@ -93,29 +122,138 @@ def _validate(args) -> tuple[list[str], dict[str, list[int]]]:
         raise JaxvizError("--conv applies to --recipe seed only")
     if args.conv == "winograd" and args.precision != "float32":
         raise JaxvizError("--conv winograd runs in float32 only; drop --precision bfloat16 or use --conv xla")
+    if not _is_vgg(args) and (args.conv != "auto" or args.precision != "float32"):
+        raise JaxvizError(f"--conv and --precision apply to the VGG models only, not {args.model}")
     if args.size is None:
         args.size = 128 if args.recipe == "lucid" else 64
     if args.steps is None:
         args.steps = LUCID_STEPS if args.recipe == "lucid" else 40
-    if args.recipe == "lucid" and args.lr is not None and not args.lr > 0:
-        raise JaxvizError(f"--lr must be positive, not {args.lr}")
-    layers = parse_layers(args.layers)
-    wanted = parse_filters(args.filters)
+    if args.objective and (args.layers is not None or args.filters is not None):
+        raise JaxvizError("--objective replaces --layers and --filters; give one or the other")
+    if args.list_layers:
+        return []
+    check_out_dir(args.out)
+    if args.objective:
+        return [(_file_name(t), t) for t in args.objective]
+    if not _is_vgg(args):
+        parse_filters(args.filters or "0")  # malformed text fails before the model loads
+        return []  # layers are resolved once the model is loaded
+    layers = parse_layers(args.layers or SEED_LAYERS)
+    wanted = parse_filters(args.filters or "0-63")
     filters = {l: filters_for(l, wanted) for l in layers}
-    if args.steps < 0:
-        raise JaxvizError(f"--steps must be 0 or more, not {args.steps}")
     for l in layers:
         if args.size < min_size(l):
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
-    check_out_dir(args.out)
-    return layers, filters
+    for l in layers:
+        _check_memory(args, l, len(filters[l]))
+    return [(l, (l, filters[l])) for l in layers]
 
 
-def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
+def _file_name(text: str) -> str:
+    """A file name for an objective's grid: its text with anything but letters, digits, '_' and '-' as '-'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-") or "objective"
+
+
+def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
+    """(name, filters, objective) per grid, resolved against the loaded model."""
+    from jaxviz import objectives
+
+    config = _lucid_config(args)
+
+    def for_layer(layer, fs):
+        if config is not None:
+            from jaxviz.lucid import objective
+
+            return objective(layer, fs, config)
+        return objectives.channel(layer, fs)
+
+    if args.objective:
+        jobs = []
+        for name, text in planned:
+            obj = objectives.parse(text)
+            if config is not None and isinstance(obj.term, objectives.Channel):
+                obj = for_layer(obj.term.layer, obj.args)
+            n = len(obj)
+            fs = [int(f) for f in obj.key_ids(model)[:, 1]] if n else []
+            jobs.append((name, fs, obj))
+        return jobs
+    if planned:
+        return [(layer, fs, for_layer(layer, fs)) for layer, (_, fs) in planned]
+    names = [l.name for l in model.layers if l.spatial] if args.layers in (None, "all") else \
+        [t.strip() for t in args.layers.split(",") if t.strip()]
+    wanted = parse_filters(args.filters) if args.filters else None
+    jobs = []
+    for layer in names:
+        info = model.layer(layer)
+        if not info.spatial:
+            raise JaxvizError(f"layer {layer} is not spatial (shape {info.shape}); its units are rendered with "
+                              f"--objective neuron:{layer}:N or logit:N")
+        fs = list(range(min(64, info.channels))) if wanted is None else filters_for(layer, wanted, channels=info.channels)
+        jobs.append((layer, fs, for_layer(layer, fs)))
+    return jobs
+
+
+def _recipe(args):
+    """The engine's recipe of the command line."""
+    from jaxviz.engine import SEED
+    from jaxviz.optim import SeedAscent
+
+    config = _lucid_config(args)
+    if config is not None:
+        from jaxviz.lucid import recipe
+
+        return recipe(config)
+    return SEED._replace(size=args.size, steps=args.steps, optimizer=SeedAscent(args.step_size))
+
+
+def _load_model(args):
+    """The model of --model: VGG from its h5 (the resolution order of jaxviz.weights), or models.load."""
+    from jaxviz import models
+
+    if _is_vgg(args):
+        import jaxviz
+        from jaxviz.model import VGG16, VGG19
+        from jaxviz.weights import resolve_weights
+
+        if args.model.strip().lower() == "vgg19" and args.weights is None:
+            raise JaxvizError("--model vgg19 needs --weights FILE (a Keras VGG19 h5); only VGG16's ship with jaxviz")
+        args.weights_path = resolve_weights(args.weights, progress=not args.quiet)
+        spec = VGG19 if args.model.strip().lower() == "vgg19" else VGG16
+        return models.vgg(jaxviz.load_params(args.weights_path), spec, precision=args.precision, conv=args.conv)
+    args.weights_path = args.weights
+    return models.load(args.model, args.weights)
+
+
+def _print_layers(model) -> None:
+    print(f"{model.name}: {len(model.layers)} layers (shapes at {model.input_size} px input)")
+    for l in model.layers:
+        kind = "spatial" if l.spatial else "vector"
+        print(f"  {l.name:40s} {'x'.join(map(str, l.shape)):>16s}  {kind}, min size {model.min_size(l.name)} px")
+
+
+def _check_memory(args, layer: str, n: int) -> None:
+    """Refuse a layer whose estimated memory exceeds the limit, before any work (jaxviz.checks)."""
+    from jaxviz.ascent import chunk_size
+
+    config = _lucid_config(args)
+    if config is None:
+        check_budget(layer, args.size, n, chunk_size(layer, args.size, n))
+    else:
+        from jaxviz.lucid import filters_per_batch
+
+        d = config.diversity
+        work = config.size + (2 * config.pad if config.transforms else 0)
+        check_budget(layer, work, n * d, filters_per_batch(layer, config, n) * d)
+
+
+def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=None) -> list[str]:
     import numpy as np
 
-    from jaxviz.image import atomic_write, make_grid, save_png
+    from jaxviz.image import atomic_write, make_grid, save_animation, save_png, webp_supported
 
+    gate = gate or WriteGate()
     paths = []
     if args.tiles:
         folder = os.path.join(args.out, layer)
@@ -124,91 +262,113 @@ def _save_layer(args, layer, filters, images, raw, losses) -> list[str]:
         for i, tile in enumerate(images):
             f = filters[i // per]
             name = f"{layer}_f{f:03d}.png" if per == 1 else f"{layer}_f{f:03d}_{i % per}.png"
-            paths.append(save_png(os.path.join(folder, name), tile))
+            with gate:
+                paths.append(save_png(os.path.join(folder, name), tile))
     if args.npz:
         settings = dict(layer=layer, size=args.size, steps=args.steps, step_size=args.step_size, seed=args.seed,
                         precision=args.precision, conv=args.conv, weights=str(args.weights_path),
-                        recipe=args.recipe)
+                        recipe=args.recipe, model=args.model)
         config = _lucid_config(args)
         if config is not None:
             settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
         npz = os.path.join(args.out, f"{layer}.npz")
-        atomic_write(npz, lambda fh: np.savez_compressed(
-            fh, images=raw, uint8=images, losses=losses, filters=np.asarray(filters),
-            **{k: np.asarray(v) for k, v in settings.items()}))
+        with gate:
+            atomic_write(npz, lambda fh: np.savez_compressed(
+                fh, images=raw, uint8=images, losses=losses, filters=np.asarray(filters),
+                **{k: np.asarray(v) for k, v in settings.items()}))
         paths.append(npz)
-    paths.append(save_png(os.path.join(args.out, f"{layer}.png"), make_grid(images, args.cols, args.margin)))
+    if frames is not None:
+        grids = np.stack([make_grid(frames[:, k], args.cols, args.margin) for k in range(frames.shape[1])])
+        for ext in ("gif", "webp") if webp_supported() else ("gif",):
+            with gate:
+                paths.append(save_animation(os.path.join(args.out, f"{layer}.{ext}"), grids))
+    grid = make_grid(images, args.cols, args.margin)
+    with gate:
+        paths.append(save_png(os.path.join(args.out, f"{layer}.png"), grid))
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    done: list[str] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted."""
     try:
-        layers, filters = _validate(args)
-        import jaxviz
-        from jaxviz.weights import resolve_weights
-
-        args.weights_path = resolve_weights(args.weights, progress=not args.quiet)
-        params = jaxviz.load_params(args.weights_path)
-        make_out_dir(args.out)
-        timings = []
-        for layer in layers:
-            t0 = time.perf_counter()
-            images, raw, losses = _render_with_progress(jaxviz, params, layer, filters[layer], args)
-            for path in _save_layer(args, layer, filters[layer], images, raw, losses):
-                say(path)
-            timings.append(f"{layer} {time.perf_counter() - t0:.1f} s")
-            done.append(layer)
-        say("done: " + ", ".join(timings))
-        return 0
-    except JaxvizError as e:
-        print(f"jaxviz.grid: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"jaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
+        return _main(argv)
+    except KeyboardInterrupt:  # before the work started (parsing, setting up handlers): nothing to clean
+        print("jaxviz.grid: interrupted; completed layers: none", file=sys.stderr)
         return 130
 
 
-def _render_with_progress(jaxviz, params, layer, filters, args):
-    """Render one layer in chunks, with a progress bar on a terminal."""
-    import numpy as np
+def _main(argv: list[str] | None) -> int:
+    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        args = build_parser().parse_args(argv)
+    except BaseException:
+        signal.signal(signal.SIGTERM, old)
+        raise
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    done: list[str] = []
+    created = [False]  # whether this run made --out (removed again, when empty, after a failure)
+    gate = WriteGate()
 
-    from jaxviz.ascent import chunk_size
+    def work() -> int:
+        planned = _validate(args)
+        model = _load_model(args)
+        if args.list_layers:
+            _print_layers(model)
+            return 0
+        jobs = _jobs(args, model, planned)
+        recipe = _recipe(args)
+        created[0] = not os.path.isdir(args.out)
+        make_out_dir(args.out)
+        remove_stale_temporaries(args.out, [os.path.join(args.out, name) for name, _, _ in jobs], time.time())
+        timings = []
+        for name, fs, objective in jobs:
+            t0 = time.perf_counter()
+            r = _render_with_progress(model, objective, recipe, name, args)
+            for path in _save_layer(args, name, fs, r.tiles, r.images, r.values, gate, r.frames):
+                say(path)
+            timings.append(f"{name} {time.perf_counter() - t0:.1f} s")
+            done.append(name)
+        say("done: " + ", ".join(timings))
+        return 0
 
-    show = not args.quiet and sys.stderr.isatty()
+    def interrupted() -> None:
+        print(f"\njaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
+        if created[0]:
+            remove_if_empty(args.out)
+
+    try:
+        return run_interruptible(work, gate, interrupted)
+    except JaxvizError as e:
+        print(f"jaxviz.grid: error: {e}", file=sys.stderr)
+        if created[0]:
+            remove_if_empty(args.out)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
+        if created[0]:
+            remove_if_empty(args.out)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _render_with_progress(model, objective, recipe, name, args):
+    """Render one grid (the engine chunks it), with a progress bar on a terminal."""
+    import jaxviz
+    from jaxviz.image import frames_every
+
     bar = None
-    if show:
+    if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=len(filters), desc=layer, unit="filter", file=sys.stderr, leave=True)
-    config = _lucid_config(args)
-    if config is None:
-        chunk = chunk_size(layer, args.size, len(filters))
-        chunk = -(-len(filters) // -(-len(filters) // chunk))  # equal chunks: one compile
-    else:
-        from jaxviz.lucid import filters_per_batch
-
-        chunk = filters_per_batch(layer, config, len(filters))
-    outs = []
+        bar = tqdm(total=len(objective) * recipe.diversity, desc=name, unit="image", file=sys.stderr, leave=True)
+    every = frames_every(recipe.steps) if args.animate else 0
     try:
-        for i in range(0, len(filters), chunk):
-            part = filters[i : i + chunk]
-            if config is None:
-                outs.append(jaxviz.render(params, layer, part, size=args.size, steps=args.steps,
-                                          step_size=args.step_size, seed=args.seed, precision=args.precision,
-                                          conv=args.conv, return_raw=True))
-            else:
-                outs.append(jaxviz.render(params, layer, part, seed=args.seed, return_raw=True, recipe="lucid",
-                                          lucid_config=config))
-            if bar:
-                bar.update(len(part))
+        return jaxviz.render(model, objective, recipe, seed=args.seed, every=every,
+                             progress=(lambda k: bar.update(k * recipe.diversity)) if bar else None)
     finally:
         if bar:
             bar.close()
-    return tuple(np.concatenate([o[k] for o in outs]) for k in range(3))
 
 
 def main_exit() -> None:

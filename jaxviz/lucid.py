@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import engine, objectives, transforms
+from jaxviz import checks, engine, objectives, transforms
 from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, batch_size_for, validate
 from jaxviz.engine import Recipe
 from jaxviz.errors import JaxvizError
@@ -73,6 +73,7 @@ class LucidResult(NamedTuple):
 
 def validate_config(layer: str, filters: Sequence[int], config: LucidConfig, spec: VGGSpec = VGG16) -> None:
     """Raise a one-line JaxvizError for an unknown layer, filter or impossible setting."""
+    checks.lucid_settings(config)
     validate(layer, filters, AscentConfig(config.size, config.steps, 1.0, config.precision), spec)
     if config.param not in ("fourier", "pixel"):
         raise JaxvizError(f"param must be fourier or pixel, not {config.param!r}")
@@ -123,7 +124,7 @@ def lucid(params: dict, layer: str, filters, *, key: jax.Array | None = None, se
     Filters go in chunks of equal size (the last one padded) so that the estimated
     memory stays under ``max_bytes``; a filter's result does not depend on the chunks.
     """
-    filters = [int(f) for f in filters]
+    filters = checks.filter_list(filters)
     validate_config(layer, filters, config, spec)
     d, s = config.diversity, config.size
     if not filters:

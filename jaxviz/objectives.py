@@ -379,7 +379,13 @@ _SPEC = re.compile(r"^(?:(channel|neuron|deepdream|logit):)?([^:]*)(?::(.*))?$")
 def parse(text: str, filters=None) -> Objective:
     """An objective from text: ``LAYER:N`` or ``channel:LAYER:N`` (N: 5, 0-63, 0,5,9), ``neuron:LAYER:N``,
     ``deepdream:LAYER``, ``logit:N``. ``filters`` stands in for a missing N."""
-    from jaxviz.cli_args import parse_filters
+    from jaxviz.cli_args import expand_spans, parse_filters
+
+    def parse_filters_list(t):
+        spans = parse_filters(t)
+        if spans is None:
+            raise JaxvizError(f"'all' is not an objective's channel list in {text!r}; give a range such as 0-63")
+        return expand_spans(spans)
 
     m = _SPEC.match(text.strip())
     kind, layer, ns = (m.group(1) or "channel", m.group(2), m.group(3)) if m else (None, "", None)
@@ -388,8 +394,8 @@ def parse(text: str, filters=None) -> Objective:
     if kind == "deepdream":
         return deepdream(layer)
     if kind == "logit":
-        return class_logit(parse_filters(layer))
-    picked = parse_filters(ns) if ns is not None else filters
+        return class_logit(parse_filters_list(layer))
+    picked = parse_filters_list(ns) if ns is not None else filters
     if picked is None:
         raise JaxvizError(f"objective {text!r} names no channel; add :N, e.g. {layer}:0-15")
     return (neuron if kind == "neuron" else channel)(layer, picked)

@@ -107,6 +107,15 @@ def _activation(a: float) -> str:
     return f"{a:.6g}"
 
 
+def _animation(settings: Mapping, e: FilterEntry, layer: str) -> str:
+    """The ascent's animation beside the image, when the atlas was made with --animate."""
+    if not settings.get("animate") or not e.image.endswith(".png"):
+        return ""
+    gif = e.image[: -len(".png")] + ".gif"
+    return (f"<figure class=\"ascent\"><img class=\"px\" id=\"animation\" src=\"{_esc(gif)}\" "
+            f"alt=\"{_esc(layer)} filter {e.filter}, the ascent\"><figcaption>the ascent</figcaption></figure>")
+
+
 def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], settings: Mapping,
                title: str = "jaxviz atlas: VGG16", examples=None) -> str:
     """Write index.html, one page per layer and one per filter; returns the index's path.
@@ -204,7 +213,7 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
                 f"<strong>filter {e.filter}</strong><span class=\"spacer\"></span>{''.join(links)}</nav>\n"
                 f"<h1>{_esc(name)} filter <span id=\"filter-index\">{e.filter}</span></h1>\n"
                 f"<div class=\"filter\"><img class=\"px\" id=\"image\" src=\"{_esc(e.image)}\" "
-                f"alt=\"{_esc(name)} filter {e.filter}\"><dl>{dl}</dl></div>\n"
+                f"alt=\"{_esc(name)} filter {e.filter}\">{_animation(settings, e, name)}<dl>{dl}</dl></div>\n"
                 f"{ex_section(name, e.filter, folder)}{ex_css}"
                 "<p class=\"hint\"><kbd>&larr;</kbd> <kbd>&rarr;</kbd> previous/next filter, "
                 "<kbd>&uarr;</kbd> or <kbd>Esc</kbd> back to the layer.</p>"

@@ -241,13 +241,15 @@ def resolve_weights(
     progress: bool = True,
     timeout: float = 60,
     embedded: str | os.PathLike | None = None,
+    origin: str = "--weights",
 ) -> Path:
     """The weights file to use, found in the documented order (see the module docstring).
 
     ``env`` defaults to ``os.environ`` (it supplies ``JAXVIZ_WEIGHTS``, ``JAXVIZ_CACHE``,
     ``XDG_CACHE_HOME`` and ``HOME``); ``cache_dir`` overrides the download cache
     folder; ``embedded`` overrides the embedded file's path (for tests);
-    ``download=False`` never touches the network. Raises JaxvizError.
+    ``download=False`` never touches the network; ``origin`` names where ``path`` came
+    from in messages (``--weights`` on the command line). Raises JaxvizError.
     """
     env = _env(env)
     if path is not None and os.fspath(path) != "":
@@ -255,8 +257,8 @@ def resolve_weights(
         why = _why_unusable(p)
         if why:
             raise JaxvizError(
-                f"weights file {p} given with --weights is {why}; pass the path of an existing "
-                f"Keras VGG16 .h5 file, or leave --weights out to use the default weights"
+                f"weights file {p} given with {origin} is {why}; pass the path of an existing "
+                f"Keras VGG16 .h5 file, or leave {origin} out to use the default weights"
             )
         return p
     if env.get(ENV_WEIGHTS):

@@ -7,6 +7,7 @@ or process count, and whether or not the run was interrupted.
 """
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -145,9 +146,22 @@ def test_closing_line_and_estimate(tmp_path, capsys):
     (["--size", "8", "--layers", "block5_conv1"], "too small"),
     (["--recipe", "nope"], "recipe"),
     (["--process-id", "1"], "--num-processes"),
+    # issue 12: limits before any work, huge numbers and NaN refused
+    (["--size", "100000"], "needs about"),
+    (["--steps", "10000000000"], "--steps must be 1000000 or less"),
+    (["--seed", "1180591620717411303424"], "--seed must be 4294967295 or less"),
+    (["--filters", "0-9999999999"], "out of range"),
+    (["--step-size", "nan"], "--step-size must be a finite number"),
+    (["--step-size", "inf"], "--step-size must be a finite number"),
+    (["--step-size=-inf"], "--step-size must be a finite number"),
+    (["--step-size", "1e39"], "--step-size must be"),
+    (["--chunk", "99999999999"], "--chunk must be 4096 or less"),
 ])
 def test_bad_input_is_one_line(argv, message, tmp_path, capsys):
-    code = atlas_mod.main([*argv, "--out", str(tmp_path / "x")])
+    try:
+        code = atlas_mod.main([*argv, "--out", str(tmp_path / "x")])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
 
@@ -269,3 +283,136 @@ def test_other_recipes_pass_through_to_render(tmp_path, monkeypatch):
     assert json.loads((out / "manifest.json").read_text())["settings"]["recipe"] == "lucid"
     assert np.asarray(Image.open(out / "block1_conv1" / "f002.png")).max() == 7
     assert "final activation" in (out / "block1_conv1" / "f002.html").read_text()
+
+
+# --- issue 12: manifest after the weights, malformed files, one job per folder, interrupts ----------
+
+
+def test_bad_weights_leave_no_manifest_and_no_folder(tmp_path, capsys):
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    out = tmp_path / "a"
+    assert atlas_mod.main([*TINY, "--weights", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert "not an HDF5 file" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()  # an existing folder stays as it was, without a manifest
+    assert atlas_mod.main([*TINY, "--weights", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert os.listdir(out) == []
+
+
+def test_malformed_records_are_rendered_again(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "m"
+    shutil.copytree(reference, out)
+    recs = sorted(out.glob("chunks/*/c*.json"))
+    bad = {recs[0]: [], recs[1]: dict(json.loads(recs[1].read_text()), sha256=None),
+           recs[2]: dict(json.loads(recs[2].read_text()), losses=["x", 1, 2])}
+    for path, value in bad.items():
+        path.write_text(json.dumps(value))
+    r = run_cli([*TINY, "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert "1 of 4 chunks already done" in r.stdout
+    assert pngs(out) == pngs(reference)
+    assert len(rendered_chunks(out)) == N_CHUNKS + 3
+
+
+@pytest.mark.parametrize("manifest", ["[]", '{"format": "jaxviz-atlas/1", "settings": null}', "{not json"])
+def test_malformed_manifest_is_one_clear_error(tmp_path, capsys, manifest):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "manifest.json").write_text(manifest)
+    assert atlas_mod.main([*TINY, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json" in err and "--force" in err, err
+    assert not (out / ".jaxviz.lock").exists()
+
+
+def test_a_second_job_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "busy"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **{atlas_mod.TEST_DELAY_ENV: "0.3"})
+    env.pop("XLA_FLAGS", None)
+    first = subprocess.Popen([sys.executable, "-m", "jaxviz.atlas", *TINY, "--out", str(out), "--quiet"],
+                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "manifest.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        second = run_cli([*TINY, "--out", str(out), "--quiet"])
+        assert second.returncode == 2 and first.poll() is None, second.stderr
+        err = second.stderr.strip()
+        assert "\n" not in err and f"in use by another jaxviz.atlas job (PID {first.pid}" in err, err
+        assert time.monotonic() - t0 < 60
+        assert first.wait(timeout=240) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.stderr.close()
+    assert len(rendered_chunks(out)) == N_CHUNKS  # nothing was done twice
+    assert not (out / ".jaxviz.lock").exists()  # released on exit
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(reference, tmp_path):
+    out = tmp_path / "stale"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out.mkdir()
+    (out / ".jaxviz.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    assert atlas_mod.main([*TINY, "--out", str(out), "--quiet"]) == 0
+    assert pngs(out) == pngs(reference) and not (out / ".jaxviz.lock").exists()
+
+
+def test_lock_is_held_while_running_and_refuses_in_process(tmp_path):
+    from jaxviz.folder_lock import FolderLock
+    from jaxviz.errors import JaxvizError
+
+    held = FolderLock(str(tmp_path), "jaxviz.atlas").acquire()
+    try:
+        with pytest.raises(JaxvizError, match=f"PID {os.getpid()}"):
+            FolderLock(str(tmp_path), "jaxviz.atlas").acquire()
+    finally:
+        held.release()
+    FolderLock(str(tmp_path)).acquire().release()
+
+
+def test_progress_bar_has_no_clamping_warning_or_negative_eta(tmp_path):
+    """7 rounds per layer: float updates of 100 x cost / total summed past 100 (issue 12, item 8)."""
+    r = run_cli(["--layers", "block1_conv1,block1_conv2", "--filters", "0-6", "--size", "16", "--steps", "1",
+                 "--chunk", "7", "--batch", "1", "--out", str(tmp_path / "p")])
+    assert r.returncode == 0, r.stderr
+    assert "clamping" not in r.stderr and "<-" not in r.stderr and "100%" in r.stderr, r.stderr
+    assert [atlas_mod.progress_mark(d, 3.0) for d in (0, 1.0, 2.0, 3.0000000001)] == [0, 333, 667, 1000]
+
+
+def test_real_interrupts_exit_130_fast_and_the_rerun_finishes(reference, tmp_path):
+    """Real SIGINTs / SIGTERM at random moments of `python -m jaxviz.atlas`: exit 130 within
+    3 s, no crash, no temporary file, the lock released; the rerun then finishes every image
+    byte for byte (issue 12, items 1 and 7)."""
+    rng = random.Random()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **{atlas_mod.TEST_DELAY_ENV: "0.1"})
+    env.pop("XLA_FLAGS", None)
+    out = tmp_path / "int"
+    for i, (delay, sig) in enumerate([(rng.uniform(0.1, 1.5), signal.SIGINT), (rng.uniform(1.5, 4.0), signal.SIGTERM),
+                                      (rng.uniform(3.0, 7.0), signal.SIGINT)]):
+        p = subprocess.Popen([sys.executable, "-m", "jaxviz.atlas", *TINY, "--out", str(out), "--quiet"], env=env,
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(delay)
+            t0 = time.monotonic()
+            p.send_signal(sig)
+            _, err = p.communicate(timeout=60)
+            seconds = time.monotonic() - t0
+        finally:
+            if p.poll() is None:
+                p.kill()
+        where = f"run {i}, {sig!r} {delay:.2f} s after the start"
+        assert p.returncode in (130, 0), f"{where}: exit {p.returncode}: {err}"
+        if p.returncode == 130:
+            assert seconds < 3.0, f"{where}: {seconds:.1f} s"
+            assert "Traceback" not in err and "jaxviz.atlas: interrupted" in err.strip().splitlines()[-1], err
+        assert not list(out.rglob("*.tmp")) and not (out / ".jaxviz.lock").exists(), where
+    r = run_cli([*TINY, "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert pngs(out) == pngs(reference)

@@ -161,3 +161,32 @@ def test_a_failed_file_leaves_nothing_behind(tmp_path):
     w = random_params(SMALL16)
     write_legacy(p, w)  # fixed in place: the next load reads the new file
     assert_same(load_keras_h5(p, spec=SMALL16), w)
+
+
+@pytest.mark.parametrize("what,value", [("kernel", np.nan), ("bias", np.inf)])
+def test_non_finite_weights_are_refused_naming_the_layer(tmp_path, what, value):
+    w = random_params(SMALL16)
+    k, b = w["block2_conv1"]
+    if what == "kernel":
+        k = k.copy()
+        k[0, 0, 0, 0] = value
+    else:
+        b = b.copy()
+        b[1] = value
+    w["block2_conv1"] = (k, b)
+    path = tmp_path / "nan.h5"
+    write_legacy(path, w)
+    with pytest.raises(JaxvizError) as e:
+        load_keras_h5(path, SMALL16)
+    msg = str(e.value)
+    assert f"layer block2_conv1's {what} holds 1 non-finite values" in msg and "\n" not in msg
+
+
+def test_float64_weights_beyond_float32_are_refused(tmp_path):
+    w = random_params(SMALL16)
+    k, b = w["block1_conv1"]
+    w["block1_conv1"] = (k.astype(np.float64) * 1e300, b)
+    path = tmp_path / "big.h5"
+    write_legacy(path, w)
+    with pytest.raises(JaxvizError, match="block1_conv1's kernel holds .* non-finite"):
+        load_keras_h5(path, SMALL16)

@@ -1,7 +1,10 @@
 """The command line, end to end at a tiny size."""
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -68,6 +71,20 @@ def run_main(argv):
     (["--filters", "5-2"], "malformed --filters"),
     (["--conv", "winograd", "--precision", "bfloat16"], "float32 only"),
     (["--recipe", "lucid", "--conv", "xla"], "--conv applies to --recipe seed only"),
+    # issue 12: limits checked before any work, huge numbers and NaN refused
+    (["--size", "100000"], "needs about"),
+    (["--layers", "block5_conv3", "--size", "8192"], "GiB available"),
+    (["--steps", "10000000000"], "--steps must be 1000000 or less"),
+    (["--seed", "1180591620717411303424"], "--seed must be 4294967295 or less"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--filters", "0-9999999999"], "filter 64 is out of range for block1_conv1"),
+    (["--filters", "99999999999999999999"], "out of range"),
+    (["--step-size", "nan"], "--step-size must be a finite number"),
+    (["--step-size", "inf"], "--step-size must be a finite number"),
+    (["--step-size=-inf"], "--step-size must be a finite number"),
+    (["--step-size", "1e39"], "step_size must be"),
+    (["--recipe", "lucid", "--lr", "inf"], "--lr must be a finite number"),
+    (["--recipe", "lucid", "--lr", "nan"], "--lr must be a finite number"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -123,3 +140,67 @@ def test_missing_or_corrupt_weights_is_one_line_and_nothing_written(tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and str(weights) in err[0]
         assert not out.exists()
+
+
+def test_non_finite_results_write_nothing_and_leave_no_empty_folder(tmp_path, capsys):
+    """A finite but huge step size overflows float32: one line, exit 2, no black image, no empty --out."""
+    out = tmp_path / "out"
+    code = grid.main(["--layers", "block1_conv1", *TINY, "--steps", "5", "--step-size", "1e38", "--tiles",
+                      "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not finite" in err[0] and "nothing was written" in err[0]
+    assert not out.exists()
+
+
+def test_stale_temporaries_of_ours_are_removed_at_start(tmp_path):
+    out = tmp_path / "out"
+    (out / "block1_conv1").mkdir(parents=True)
+    stale = [out / ".block1_conv1.png.ab12cd_e.tmp", out / "block1_conv1" / ".block1_conv1_f000.png.zz99zz99.tmp"]
+    others = [out / ".notes.txt.tmp", out / "keep.tmp", out / ".block1_conv1.png.x.tmp"]
+    for p in stale + others:
+        p.write_bytes(b"partial")
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    assert grid.main(["--layers", "block1_conv1", *TINY, "--tiles", "--out", str(out), "--quiet"]) == 0
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in others)
+
+
+def test_real_interrupts_at_random_moments_exit_130_fast_with_nothing_partial(tmp_path):
+    """Real SIGINTs (and a SIGTERM) at random moments of `python -m jaxviz.grid`: imports, compile,
+    compiled steps, writes. Each must end with exit 130 within 3 s, the one-line message, no crash
+    (-11), no traceback, no temporary file and only whole files (issue 12, item 1)."""
+    rng = random.Random()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    delays = [rng.uniform(0.1, 1.0), rng.uniform(1.0, 3.0), rng.uniform(3.0, 6.0), rng.uniform(6.0, 10.0)]
+    sigs = [signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT]
+    for i, (delay, sig) in enumerate(zip(delays, sigs)):
+        out = tmp_path / f"run{i}"
+        p = subprocess.Popen([sys.executable, "-m", "jaxviz.grid", "--size", "16", "--steps", "300", "--filters", "0-7",
+                              "--layers", "block1_conv1,block2_conv1,block3_conv1", "--tiles", "--npz",
+                              "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(delay)
+            t0 = time.monotonic()
+            p.send_signal(sig)
+            _, err = p.communicate(timeout=60)
+            seconds = time.monotonic() - t0
+        finally:
+            if p.poll() is None:
+                p.kill()
+        where = f"run {i}, signal {sig!r} {delay:.2f} s after the start"
+        assert p.returncode == 130, f"{where}: exit {p.returncode}: {err}"
+        assert seconds < 3.0, f"{where}: took {seconds:.1f} s to exit"
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+            "jaxviz.grid: interrupted; completed layers:"), f"{where}: {err}"
+        files = [os.path.join(r, f) for r, _, fs in os.walk(out) for f in fs] if out.exists() else []
+        assert not [f for f in files if f.endswith(".tmp")], f"{where}: {files}"
+        for f in files:
+            if f.endswith(".png"):
+                with Image.open(f) as im:
+                    im.verify()
+            else:
+                assert f.endswith(".npz") and np.load(f)["images"].shape[1:] == (16, 16, 3)
+        done = err.strip().splitlines()[-1].split("completed layers: ")[1]
+        for layer in ([] if done == "none" else done.split(", ")):
+            assert (out / f"{layer}.png").exists()

@@ -330,3 +330,14 @@ def test_env_defaults_to_os_environ(tmp_path, monkeypatch):
     f = _touch(tmp_path / "from_environ.h5")
     monkeypatch.setenv("JAXVIZ_WEIGHTS", str(f))
     assert W.resolve_weights(download=False) == f
+
+
+def test_load_params_from_python_does_not_speak_of_the_command_line(tmp_path):
+    """load_params("bad.h5") names its own argument, not --weights (issue 12, item 8)."""
+    import jaxviz
+
+    missing = tmp_path / "bad.h5"
+    with pytest.raises(JaxvizError) as e:
+        jaxviz.load_params(missing, download=False)
+    msg = str(e.value)
+    assert str(missing) in msg and "weights argument of load_params" in msg and "--weights" not in msg

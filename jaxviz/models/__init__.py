@@ -59,21 +59,25 @@ def _user_model(spec: str, weights) -> Model:
                       f"(jaxviz.models.from_linen, from_nnx, from_keras, ...) or (fn, params)")
 
 
-def load(spec: Optional[str] = "vgg16", weights: Optional[str | os.PathLike] = None) -> Model:
+def load(spec: Optional[str] = "vgg16", weights: Optional[str | os.PathLike] = None, **vgg_options) -> Model:
     """The model called ``spec`` on the command line.
 
     "vgg16" (default; ``weights`` a Keras h5 file, else the embedded ImageNet weights),
     "vgg19" (``weights`` needed), "keras:NAME" for any ``keras.applications`` model
     (``weights`` a Keras weights file, "imagenet" (the default: Keras downloads them) or
     "random"), "package.module:function" for a function returning a jaxviz Model or
-    ``(fn, params)`` (called with ``weights`` when given).
+    ``(fn, params)`` (called with ``weights`` when given). ``vgg_options`` (``precision``,
+    ``conv``) go to the VGG models and must be left at their defaults for the others.
     """
     spec = (spec or "vgg16").strip()
     low = spec.lower()
     if low == "vgg16":
-        return vgg16(weights)
+        return vgg16(weights, **vgg_options)
     if low == "vgg19":
-        return vgg19(weights)
+        return vgg19(weights, **vgg_options)
+    given = {k: v for k, v in vgg_options.items() if v not in (None, "auto", "float32")}
+    if given:
+        raise JaxvizError(f"{', '.join('--' + k for k in given)} apply to the VGG models only, not {spec}")
     if low.startswith("keras:"):
         from jaxviz.models.keras import keras_application
 

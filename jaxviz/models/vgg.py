@@ -149,14 +149,16 @@ def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str
         from jaxviz.api import load_params
 
         params = load_params(weights)
-    if not isinstance(params, dict) or not any(k.startswith("block") for k in params):
-        raise JaxvizError("VGG params must be the pytree of jaxviz.load_params (keys block1_conv1, ...)")
+    from jaxviz.checks import params_for
     from jaxviz.convert import detect_spec
+    from jaxviz.model import conv_layers
 
+    params_for(params, "block1_conv1", ("block1_conv1",))
     found = detect_spec([k for k in params if k.startswith("block") and "conv" in k])
     if spec is not None and found.blocks != spec.blocks:
         raise JaxvizError(f"these weights are {found.name}'s, not {spec.name}'s; choose the model that matches them")
     spec = spec or found
+    params_for(params, conv_layers(spec)[-1], conv_layers(spec))
     activations, preact, min_size, chunk = _functions(spec, precision, conv)
     table = _layer_table(spec, _has_top(params), spec.top_input)
     return Model(spec.name, params, activations, table, preprocess, min_size, spec.top_input, preact, chunk)

@@ -1,0 +1,225 @@
+"""Input checks shared by the library and the command lines: small pure functions.
+
+Each check returns the clean value or raises one JaxvizError whose message is one
+line naming the setting, the value and the fix. They run before anything is built
+from the value, so a bad number never reaches numpy, JAX or XLA (no OverflowError,
+MemoryError, XLA abort or silent all-black image).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Mapping
+
+import numpy as np
+
+from jaxviz.errors import JaxvizError
+
+MAX_SIZE = 1 << 20  # px; a sanity bound only: memory_budget refuses far smaller sizes with its estimate
+MAX_STEPS = 1_000_000  # steps; at a few ms per step at the smallest size, hours of work
+F32_MAX = float(np.finfo(np.float32).max)  # a larger step size is infinity once in float32
+MAX_SEED = 2**32 - 1  # seeds are 0 to 2**32 - 1 (jax.random.key takes them without overflow)
+ENV_MAX_MEMORY = "JAXVIZ_MAX_MEMORY"  # bytes (suffix K, M, G, T allowed): lowers the memory limit
+
+
+def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int in [lo, hi]; bools, floats, strings and other types are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise JaxvizError(f"{name} must be an integer, not {_show(value)}")
+    v = int(value)
+    if lo is not None and v < lo or hi is not None and v > hi:
+        raise JaxvizError(f"{name} must be {_range(lo, hi)}, not {_show(v)}")
+    return v
+
+
+def real(name: str, value, lo: float | None = None, hi: float | None = None, positive: bool = False) -> float:
+    """``value`` as a finite float in [lo, hi] (and > 0 with ``positive``); NaN and inf are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise JaxvizError(f"{name} must be a number, not {_show(value)}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise JaxvizError(f"{name} must be a finite number, not {v}")
+    if positive and not v > 0:
+        raise JaxvizError(f"{name} must be positive, not {v}")
+    if lo is not None and v < lo or hi is not None and v > hi:
+        raise JaxvizError(f"{name} must be {_range(lo, hi)}, not {v}")
+    return v
+
+
+def filter_list(filters, channels: int | None = None, layer: str = "the layer") -> list[int]:
+    """Filter indices as a list of ints, each in [0, channels).
+
+    Refuses a string (``"10"`` is not [1, 0]), bools or a bool array, floats (1.5 is
+    not filter 1) and anything that is not a flat sequence of integers.
+    """
+    if isinstance(filters, (str, bytes)):
+        raise JaxvizError(f"filters must be a list of integers such as [0, 5, 9], not the string {filters!r}")
+    if isinstance(filters, np.ndarray):
+        if filters.ndim != 1:
+            raise JaxvizError(f"filters must be a flat list of integers, not an array of shape {filters.shape}")
+        if filters.dtype == np.bool_:
+            raise JaxvizError("filters must be integers, not a bool array (use np.flatnonzero(mask) for a mask)")
+        filters = filters.tolist()
+    try:
+        items = list(filters)
+    except TypeError:
+        raise JaxvizError(f"filters must be a list of integers such as [0, 5, 9], not {_show(filters)}") from None
+    out = []
+    for f in items:
+        if isinstance(f, np.ndarray) and f.ndim == 0:
+            f = f[()]
+        out.append(integer("each filter", f))
+    if channels is not None:
+        for f in out:
+            if not 0 <= f < channels:
+                raise JaxvizError(f"filter {f} is out of range for {layer}, which has {channels} filters "
+                                  f"(0-{channels - 1})")
+    return out
+
+
+def finite(name: str, *arrays) -> None:
+    """Refuse results holding NaN or infinity, so nothing is written from them."""
+    for a in arrays:
+        a = np.asarray(a)
+        if a.size and np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise JaxvizError(
+                f"{name} came out not finite (NaN or infinity), so nothing was written; lower the step size "
+                "or learning rate, and check the weights"
+            )
+
+
+def params_for(params, layer: str, conv_names) -> None:
+    """``params`` holds a kernel and a bias for every conv layer up to and including ``layer``."""
+    if not isinstance(params, Mapping):
+        raise JaxvizError(f"params must be the dict of weights from jaxviz.load_params(), not {_show(params)}")
+    for name in conv_names:
+        p = params.get(name)
+        if not isinstance(p, Mapping) or "kernel" not in p or "bias" not in p:
+            raise JaxvizError(f"params has no kernel and bias for layer {name}; load them with jaxviz.load_params()")
+        if name == layer:
+            return
+
+
+# memory ------------------------------------------------------------------------------
+
+
+def parse_bytes(text: str) -> int:
+    """``"8G"``, ``"512M"``, ``"1000000"`` -> bytes."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if t and t[-1] in "KMGT":
+        scale = 1024 ** ("KMGT".index(t[-1]) + 1)
+        t = t[:-1]
+    try:
+        v = float(t)
+    except ValueError:
+        v = float("nan")
+    if not math.isfinite(v) or v <= 0:
+        raise JaxvizError(f"{ENV_MAX_MEMORY}={text!r} is not a size; use bytes, or a number with K, M, G or T")
+    return int(v * scale)
+
+
+def host_memory() -> int:
+    """Memory available to this process now (MemAvailable, else physical memory), in bytes."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def memory_limit(device_bytes: int | None = None, env: Mapping[str, str] | None = None) -> int:
+    """The bytes a run may use: the smallest of available host memory, the device's memory
+    (when known) and ``JAXVIZ_MAX_MEMORY``."""
+    env = os.environ if env is None else env
+    limits = [host_memory()]
+    if device_bytes:
+        limits.append(int(device_bytes))
+    if env.get(ENV_MAX_MEMORY):
+        limits.append(parse_bytes(env[ENV_MAX_MEMORY]))
+    return min(limits)
+
+
+def estimate_bytes(per_image: int, size: int, batch: int, n: int) -> int:
+    """Peak bytes of a run: ``batch`` images in flight (``per_image`` each) plus the
+    results of all ``n`` images kept on the host (float32 raw and uint8)."""
+    return per_image * max(1, batch) + n * size * size * 3 * (4 + 1)
+
+
+def memory_budget(what: str, per_image: int, size: int, batch: int, n: int, limit: int) -> None:
+    """Refuse up front a run whose estimated memory exceeds ``limit``, with both numbers."""
+    need = estimate_bytes(per_image, size, batch, n)
+    if need > limit:
+        raise JaxvizError(
+            f"{what} needs about {_gib(need)} of memory, more than the {_gib(limit)} available "
+            f"(limit: free memory, the device's, or ${ENV_MAX_MEMORY}); use a smaller size or fewer filters"
+        )
+
+
+def device_memory() -> int | None:
+    """The first local device's memory limit in bytes, when its backend reports one (GPUs do; CPUs do not)."""
+    try:
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # no backend or no statistics: the host's limit applies
+        return None
+    return stats.get("bytes_limit")
+
+
+def run_budget(layer: str, size: int, n: int, batch: int, spec=None, env: Mapping[str, str] | None = None,
+               device_bytes: int | None = None) -> None:
+    """Refuse rendering ``n`` images of ``size`` px at ``layer`` in batches of ``batch`` when
+    the estimate (``jaxviz.ascent.bytes_per_image`` per image in flight, plus the results)
+    exceeds ``memory_limit``."""
+    from jaxviz.ascent import bytes_per_image
+    from jaxviz.model import VGG16
+
+    per = bytes_per_image(layer, size, spec or VGG16)
+    memory_budget(f"{n} image(s) of {size} px at {layer} in batches of {batch}", per, size, batch, n,
+                  memory_limit(device_bytes, env))
+
+
+def settings(size, steps, step_size=None) -> tuple[int, int, float | None]:
+    """The seed's numbers: size 1 to MAX_SIZE, steps 0 to MAX_STEPS, a finite step size."""
+    return (integer("size", size, 1, MAX_SIZE), integer("steps", steps, 0, MAX_STEPS),
+            None if step_size is None else real("step_size", step_size, -F32_MAX, F32_MAX))
+
+
+def lucid_settings(config) -> None:
+    """The quality recipe's numbers (a ``jaxviz.lucid.LucidConfig``): integers in range, finite floats."""
+    integer("size", config.size, 1, MAX_SIZE)
+    integer("steps", config.steps, 0, MAX_STEPS)
+    real("lr", config.lr, positive=True)
+    integer("diversity", config.diversity, 1, 1024)
+    for name in ("pad", "jitter", "jitter2"):
+        integer(name, getattr(config, name), 0, MAX_SIZE)
+    for name in ("scale", "rotate", "decay_power", "diversity_weight"):
+        real(name, getattr(config, name))
+    if config.redirect_steps is not None:
+        integer("redirect_steps", config.redirect_steps, 0, MAX_STEPS)
+
+
+# helpers -----------------------------------------------------------------------------
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 / 10 else f"{n / 1024**2:.3g} MiB"
+
+
+def _range(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo} to {hi}"
+    return f"{lo} or more" if lo is not None else f"{hi} or less"
+
+
+def _show(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."

@@ -1,0 +1,132 @@
+"""Running a command line's work so that Ctrl-C and SIGTERM end it at once, without a crash.
+
+A Python signal handler only runs between bytecodes of the main thread, so while the
+main thread waits inside a compiled XLA call an interrupt takes effect only when the
+call returns (seconds, or minutes); and unwinding to interpreter shutdown while XLA
+work is still in flight can crash the process (SIGSEGV). So the work runs in a daemon
+thread; the main thread waits in short slices, and on SIGINT or SIGTERM it closes the
+``WriteGate`` (waiting for a write in progress to finish, so no file is partial and
+no temporary file stays), says what was done, and leaves with ``os._exit(130)``: no
+interpreter teardown while compiled work runs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+EXIT_INTERRUPTED = 130
+
+
+class WriteGate:
+    """Held around each atomic write (``with gate: save(...)``); closing it waits for the
+    write in progress and then blocks every later one for good."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def __enter__(self) -> "WriteGate":
+        self._lock.acquire()
+        if self._closed.is_set():  # the process is about to exit: this write never starts
+            self._lock.release()
+            threading.Event().wait()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Wait (at most ``timeout`` s) for the write in progress; later writes never start."""
+        self._closed.set()
+        return self._lock.acquire(timeout=timeout)
+
+
+COMMANDS = {"jaxviz.grid": "jaxviz.grid: interrupted; completed layers: none",
+            "jaxviz.atlas": "jaxviz.atlas: interrupted"}
+SCRIPTS = {"jaxviz-grid": "jaxviz.grid", "jaxviz-atlas": "jaxviz.atlas"}
+
+
+def launched_command(orig_argv=None, argv0=None) -> str | None:
+    """``jaxviz.grid`` or ``jaxviz.atlas`` when this process was started as that command
+    (``python -m jaxviz.grid ...`` or the ``jaxviz-grid`` script), else None."""
+    o = list(getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv)
+    for a, b in zip(o, o[1:]):
+        if a == "-m":
+            return b if b in COMMANDS else None
+    name = os.path.basename(sys.argv[0] if argv0 is None else argv0)
+    return SCRIPTS.get(name)
+
+
+def install_startup_handlers() -> None:
+    """Called first thing by ``jaxviz/__init__``: in a process started as one of our commands,
+    SIGINT and SIGTERM exit 130 at once (with the command's one line) while Python still
+    imports JAX, before any work or file exists; main() replaces the handlers when the work
+    starts. Elsewhere (the library in someone's program) nothing is installed."""
+    command = launched_command()
+    if command is None or threading.current_thread() is not threading.main_thread():
+        return
+    line = (COMMANDS[command] + "\n").encode()
+
+    def startup_exit(*_):
+        try:
+            os.write(2, line)
+        finally:
+            os._exit(EXIT_INTERRUPTED)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, startup_exit)
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def run_interruptible(work: Callable[[], T], gate: WriteGate, on_interrupt: Callable[[], None]) -> T:
+    """``work()`` in a worker thread; its result or exception comes back here.
+
+    On SIGINT or SIGTERM (main thread only): close ``gate``, call ``on_interrupt()``
+    (print the message, release locks), flush and ``os._exit(130)``. A KeyboardInterrupt
+    raised by ``work`` itself is re-raised like any exception. Outside the main thread
+    ``work`` simply runs in the caller's thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return work()
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = work()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread as is
+            box["error"] = e
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    worker = threading.Thread(target=target, name="jaxviz-work", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)
+    except KeyboardInterrupt:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        gate.close()
+        try:
+            on_interrupt()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(EXIT_INTERRUPTED)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,0 +1,116 @@
+"""One output folder, one job: a lock file that names its holder.
+
+The lock is ``fcntl.flock`` on ``FOLDER/.jaxviz.lock``, which holds the holder's PID,
+host and start time for the message a second job prints. The kernel drops a flock
+when its process ends in any way (even SIGKILL), so a lock file left by a dead
+process is stale and simply taken over; ``release`` removes the file on a clean exit.
+Where the file system has no flock (some network file systems), the PID in the file
+decides: a live process on this host keeps the lock, anything else is taken over.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+
+from jaxviz.errors import JaxvizError
+
+LOCK_NAME = ".jaxviz.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(holder: dict) -> str:
+    """``PID 1234 on host h, since 2026-01-01T10:00:00`` from the lock file's contents."""
+    pid = holder.get("pid", "?")
+    text = f"PID {pid}"
+    if holder.get("host"):
+        text += f" on host {holder['host']}"
+    if holder.get("since"):
+        text += f", since {holder['since']}"
+    return text
+
+
+class FolderLock:
+    """``FolderLock(folder, job).acquire()`` ... ``release()``; ``job`` names the command in messages."""
+
+    def __init__(self, folder: str, job: str = "jaxviz"):
+        self.folder = folder
+        self.job = job
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.fd: int | None = None
+
+    def _read(self, fd: int) -> dict:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            data = json.loads(os.read(fd, 4096).decode() or "{}")
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError, UnicodeDecodeError):
+            return {}
+
+    def _refuse(self, holder: dict):
+        raise JaxvizError(
+            f"{self.folder} is in use by another {self.job} job ({describe(holder)}); wait for it to finish or "
+            f"stop it, or use another --out (its lock file is {self.path})"
+        )
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock or raise JaxvizError naming the job that holds it."""
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise JaxvizError(f"cannot create the lock file {self.path} ({e.strerror}); "
+                                  "choose a writable folder with --out") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._read(fd)
+                os.close(fd)
+                self._refuse(holder)
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                holder = self._read(fd)  # no flock here: the PID decides
+                pid = holder.get("pid")
+                if (isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname()
+                        and _alive(pid)):
+                    os.close(fd)
+                    self._refuse(holder)
+            try:  # the holder may have removed the file between our open and our flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(info).encode())
+            self.fd = fd
+            return self
+        raise JaxvizError(f"could not take the lock file {self.path}; other jobs keep replacing it")
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (safe to call twice)."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None

@@ -1,0 +1,168 @@
+"""jaxviz.checks, alone and where the library calls it: every bad number is one JaxvizError
+before any work (issue 12, items 2, 3, 4 and 8)."""
+import numpy as np
+import pytest
+
+import jaxviz
+from jaxviz import checks
+from jaxviz.errors import JaxvizError
+from jaxviz.lucid import LucidConfig
+
+
+def one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("value,message", [
+    (True, "must be an integer, not True"),
+    (np.bool_(False), "must be an integer"),
+    (2.5, "must be an integer, not 2.5"),
+    (64.0, "must be an integer"),
+    ("10", "must be an integer, not '10'"),
+    (None, "must be an integer"),
+    (10**30, "must be 1 to 100"),
+    (0, "must be 1 to 100"),
+])
+def test_integer_refuses(value, message):
+    with pytest.raises(JaxvizError) as e:
+        checks.integer("size", value, 1, 100)
+    assert message in one_line(e)
+
+
+def test_integer_accepts_python_and_numpy_ints():
+    assert checks.integer("size", 7, 1, 100) == 7
+    v = checks.integer("size", np.int64(7), 1, 100)
+    assert v == 7 and type(v) is int
+
+
+@pytest.mark.parametrize("value,message", [
+    (float("nan"), "finite number, not nan"), (float("inf"), "finite number, not inf"),
+    (-float("inf"), "finite number, not -inf"), (True, "must be a number"), ("1", "must be a number"),
+])
+def test_real_refuses_non_finite_and_non_numbers(value, message):
+    with pytest.raises(JaxvizError) as e:
+        checks.real("step_size", value)
+    assert message in one_line(e)
+
+
+def test_real_positive_and_range():
+    assert checks.real("lr", np.float32(0.5), positive=True) == 0.5
+    with pytest.raises(JaxvizError, match="must be positive"):
+        checks.real("lr", 0.0, positive=True)
+    with pytest.raises(JaxvizError, match="must be -1 to 1"):
+        checks.real("x", 2.0, -1, 1)
+
+
+@pytest.mark.parametrize("filters,message", [
+    ([1.5], "must be an integer, not 1.5"),
+    ("10", "not the string '10'"),
+    (np.array([True, False]), "not a bool array"),
+    ([True], "must be an integer, not True"),
+    (np.zeros((2, 2), int), "flat list"),
+    (5, "list of integers"),
+    ([64], "filter 64 is out of range for block1_conv1, which has 64 filters (0-63)"),
+    ([-1], "filter -1 is out of range"),
+])
+def test_filter_list_refuses(filters, message):
+    with pytest.raises(JaxvizError) as e:
+        checks.filter_list(filters, 64, "block1_conv1")
+    assert message in one_line(e)
+
+
+def test_filter_list_accepts_ranges_and_int_arrays():
+    assert checks.filter_list(range(3), 64) == [0, 1, 2]
+    assert checks.filter_list(np.arange(3, dtype=np.int32), 64) == [0, 1, 2]
+    assert checks.filter_list([np.int64(5)], 64) == [5]
+
+
+def test_finite():
+    checks.finite("x", np.ones(3), np.zeros(0), np.arange(3))
+    with pytest.raises(JaxvizError, match="not finite .* nothing was written"):
+        checks.finite("the images", np.ones(3), np.array([1.0, np.nan]))
+
+
+def test_params_for():
+    with pytest.raises(JaxvizError, match="params has no kernel and bias for layer block1_conv1"):
+        checks.params_for({}, "block1_conv2", ["block1_conv1", "block1_conv2"])
+    with pytest.raises(JaxvizError, match="the dict of weights"):
+        checks.params_for(None, "block1_conv1", ["block1_conv1"])
+    ok = {"kernel": 0, "bias": 0}
+    checks.params_for({"block1_conv1": ok}, "block1_conv1", ["block1_conv1", "block1_conv2"])
+
+
+def test_memory_budget_names_the_estimate_and_the_limit():
+    need = checks.estimate_bytes(10 * 1024**3, 64, 2, 1)
+    assert need == 20 * 1024**3 + 64 * 64 * 3 * 5
+    with pytest.raises(JaxvizError) as e:
+        checks.memory_budget("block1_conv1", 10 * 1024**3, 64, 2, 1, 8 * 1024**3)
+    msg = one_line(e)
+    assert "needs about 20 GiB" in msg and "the 8 GiB available" in msg
+    checks.memory_budget("block1_conv1", 1024, 64, 2, 1, 8 * 1024**3)
+
+
+def test_memory_limit_and_env():
+    assert checks.parse_bytes("8G") == 8 * 1024**3 and checks.parse_bytes("512MiB") == 512 * 1024**2
+    assert checks.parse_bytes("1000") == 1000
+    with pytest.raises(JaxvizError, match="JAXVIZ_MAX_MEMORY"):
+        checks.parse_bytes("lots")
+    assert checks.memory_limit(env={"JAXVIZ_MAX_MEMORY": "1M"}) == 1024**2
+    assert checks.memory_limit(device_bytes=5, env={}) == 5
+    assert 0 < checks.host_memory()
+
+
+def test_run_budget_refuses_a_huge_size_at_once():
+    with pytest.raises(JaxvizError) as e:
+        checks.run_budget("block1_conv1", 100000, 64, 1, env={})
+    assert "100000 px at block1_conv1" in one_line(e) and "GiB available" in str(e.value)
+
+
+# the library: render, ascend, lucid ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(size=2.5), "size must be an integer, not 2.5"),
+    (dict(steps=2.5), "steps must be an integer, not 2.5"),
+    (dict(steps=10**10), "steps must be 0 to 1000000"),
+    (dict(seed=2**70), "seed must be 0 to 4294967295"),
+    (dict(seed=True), "seed must be an integer"),
+    (dict(step_size=float("nan")), "step_size must be a finite number"),
+    (dict(step_size=float("-inf")), "step_size must be a finite number"),
+    (dict(step_size=1e39), "step_size must be"),
+    (dict(size=100000), "needs about"),
+    (dict(filters=[1.5]), "must be an integer, not 1.5"),
+    (dict(filters="10"), "not the string '10'"),
+    (dict(filters=np.ones(3, bool)), "bool array"),
+    (dict(recipe="lucid", lucid_config=LucidConfig(size=16, steps=2, lr=float("inf"))), "lr must be a finite"),
+    (dict(recipe="lucid", lucid_config=LucidConfig(size=16, steps=2, scale=float("nan"))), "scale must be a finite"),
+    (dict(recipe="lucid", filters=[0.5]), "must be an integer"),
+])
+def test_render_refuses_bad_numbers_with_one_line(params, kwargs, message):
+    args = dict(filters=[0, 1], size=16, steps=2)
+    args.update(kwargs)
+    with pytest.raises(JaxvizError) as e:
+        jaxviz.render(params, "block1_conv1", **args)
+    assert message in one_line(e)
+
+
+def test_render_refuses_params_without_the_layers(params):
+    for bad in ({}, {"block1_conv1": params["block1_conv1"]}):
+        with pytest.raises(JaxvizError) as e:
+            jaxviz.render(bad, "block1_conv2", [0], size=16, steps=1)
+        assert "load_params" in one_line(e)
+
+
+def test_non_finite_results_are_refused(params):
+    bad = dict(params)
+    bad["block1_conv1"] = {"kernel": params["block1_conv1"]["kernel"] * np.nan, "bias": params["block1_conv1"]["bias"]}
+    with pytest.raises(JaxvizError) as e:
+        jaxviz.render(bad, "block1_conv1", [0, 1], size=16, steps=2)
+    assert "not finite" in one_line(e)
+
+
+def test_ascend_and_lucid_check_filters_before_converting(params):
+    with pytest.raises(JaxvizError, match="1.5"):
+        jaxviz.ascend(params, "block1_conv1", [1.5], config=jaxviz.AscentConfig(size=16, steps=1))
+    with pytest.raises(JaxvizError, match="string"):
+        jaxviz.lucid(params, "block1_conv1", "10", config=LucidConfig(size=16, steps=1))
