@@ -11,7 +11,7 @@ def linen_example(path="linen.png", size=128, steps=512):
     import jax
     import jax.numpy as jnp
 
-    from jaxviz import engine, make_grid, save_png
+    import jaxviz
     from jaxviz.models import from_linen
     from jaxviz.objectives import channel
 
@@ -27,14 +27,14 @@ def linen_example(path="linen.png", size=128, steps=512):
     variables = cnn.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # your trained variables here
     model = from_linen(cnn, variables, apply_kwargs={"train": False}, input_size=32, logits="output")
     print([(l.name, l.shape) for l in model.layers])  # Conv_0, BatchNorm_0, Conv_1, Dense_0, output, logits
-    result = engine.render(model, channel("Conv_1", range(8)), engine.LUCID._replace(size=size, steps=steps))
-    return save_png(path, make_grid((result.images * 255).astype("uint8"), cols=8))
+    tiles = jaxviz.render(model, channel("Conv_1", range(8)), jaxviz.LUCID._replace(size=size, steps=steps)).tiles
+    return jaxviz.save_png(path, jaxviz.make_grid(tiles, cols=8))
 
 
 def nnx_example(path="nnx.png", size=128, steps=512):
     from flax import nnx
 
-    from jaxviz import engine, make_grid, save_png
+    import jaxviz
     from jaxviz.models import from_nnx
     from jaxviz.objectives import channel, neuron
 
@@ -49,20 +49,20 @@ def nnx_example(path="nnx.png", size=128, steps=512):
 
     model = from_nnx(CNN(nnx.Rngs(0)), input_size=32)  # your trained module here; run in eval mode
     objective = channel("conv2", range(4)) + 0.5 * neuron("conv2", range(4))  # the centre neuron too
-    result = engine.render(model, objective, engine.LUCID._replace(size=size, steps=steps))
-    return save_png(path, make_grid((result.images * 255).astype("uint8"), cols=4))
+    tiles = jaxviz.render(model, objective, jaxviz.LUCID._replace(size=size, steps=steps)).tiles
+    return jaxviz.save_png(path, jaxviz.make_grid(tiles, cols=4))
 
 
 def keras_example(path="keras.png", size=128, steps=512, weights=None):
-    from jaxviz import engine, make_grid, save_png
+    import jaxviz
     from jaxviz.models import keras_application
     from jaxviz.objectives import channel
 
     # weights: "imagenet" (Keras downloads them once) or a weights file; None: random, for a try offline
     model = keras_application("MobileNetV2", weights, input_size=size)
-    result = engine.render(model, channel("block_3_expand_relu", range(8)),
-                           engine.LUCID._replace(size=size, steps=steps))
-    return save_png(path, make_grid((result.images * 255).astype("uint8"), cols=8))
+    tiles = jaxviz.render(model, channel("block_3_expand_relu", range(8)),
+                          jaxviz.LUCID._replace(size=size, steps=steps)).tiles
+    return jaxviz.save_png(path, jaxviz.make_grid(tiles, cols=8))
 
 
 if __name__ == "__main__":

@@ -189,6 +189,12 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     """Raise a one-line JaxvizError for an objective or recipe that cannot run on ``model``."""
     checks.settings(recipe.size, recipe.steps)
     checks.integer("diversity", recipe.diversity, 1, 1024)
+    for part in (recipe.optimizer, recipe.transforms, recipe.param):
+        for name, v in (part._asdict().items() if hasattr(part, "_asdict") else ()):
+            if isinstance(v, float):
+                checks.real(name, v, -checks.F32_MAX, checks.F32_MAX)
+            elif isinstance(v, int) and not isinstance(v, bool):
+                checks.integer(name, v, 0, checks.MAX_SIZE)
     objective.term.check(model, objective.args)
     for name in objective.term.layers():
         if recipe.size < model.min_size(name):

@@ -279,8 +279,9 @@ def build_parser():
     p.add_argument("--thumb", type=positive_int("--thumb", 1), default=48, help="thumbnail side in px (default 48)")
     p.add_argument("--min-side", type=positive_int("--min-side", 1), default=None,
                    help="skip images whose shorter side is below this (default: the layers' minimum input)")
-    p.add_argument("--model", choices=("vgg16", "vgg19"), default="vgg16", help="the network (default vgg16)")
-    p.add_argument("--weights", default=None, help="Keras h5 weights file (default: the embedded VGG16 weights)")
+    p.add_argument("--model", default="vgg16",
+                   help="vgg16 (default), vgg19, keras:NAME or package.module:function (as python -m jaxviz.grid)")
+    p.add_argument("--weights", default=None, help="the model's weights (default: the embedded VGG16 weights)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -291,20 +292,23 @@ def _validate(args):
     from jaxviz.cli_args import check_out_dir
     from jaxviz.model import VGG16, VGG19, layers as spec_layers, min_size
 
-    spec = VGG16 if args.model == "vgg16" else VGG19
-    valid = [l.name for l in spec_layers(spec)]
-    names = valid if args.layers.strip() == "all" else [t.strip() for t in args.layers.split(",") if t.strip()]
-    if not names:
+    names = None if args.layers.strip() == "all" else [t.strip() for t in args.layers.split(",") if t.strip()]
+    if names == []:
         raise JaxvizError("--layers is empty; give layer names such as block3_conv1,block4_conv1 or 'all'")
-    for n in names:
-        if n not in valid:
-            raise JaxvizError(f"unknown layer {n!r} for {args.model}; valid layers: {', '.join(valid)} or 'all'")
-        if args.size < min_size(n, spec):
-            raise JaxvizError(f"--size {args.size} is too small for {n}; the minimum is {min_size(n, spec)} px")
-    if args.weights is not None and not os.path.isfile(args.weights):
+    vgg = args.model.strip().lower() in ("vgg16", "vgg19")
+    if vgg:  # VGG's layers are known without loading it: check them before any work
+        spec = VGG16 if args.model.strip().lower() == "vgg16" else VGG19
+        valid = [l.name for l in spec_layers(spec)]
+        for n in names or valid:
+            if n not in valid:
+                raise JaxvizError(f"unknown layer {n!r} for {args.model}; valid layers: {', '.join(valid)} or 'all'")
+            if args.size < min_size(n, spec):
+                raise JaxvizError(f"--size {args.size} is too small for {n}; the minimum is {min_size(n, spec)} px")
+        names = names or valid
+        if args.model.strip().lower() == "vgg19" and args.weights is None:
+            raise JaxvizError("vgg19 needs its weights: give a Keras VGG19 h5 file with --weights")
+    if vgg and args.weights is not None and not os.path.isfile(args.weights):
         raise JaxvizError(f"weights file {args.weights} does not exist; give a Keras h5 file with --weights")
-    if args.model == "vgg19" and args.weights is None:
-        raise JaxvizError("vgg19 needs its weights: give a Keras VGG19 h5 file with --weights")
     imagefolder.list_images(args.images)
     check_out_dir(args.out)
     return names
@@ -321,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxviz import models
         from jaxviz.cli_args import make_out_dir
 
-        model = (models.vgg16 if args.model == "vgg16" else models.vgg19)(args.weights)
+        model = models.load(args.model, args.weights)
+        if layers is None:  # 'all' of a model loaded here: its spatial layers
+            layers = [l.name for l in model.layers if l.spatial]
+        layers = check_layers(model, layers, args.size)
         make_out_dir(args.out)
         config = Config(k=args.k, size=args.size, batch=args.batch, thumb=args.thumb, min_side=args.min_side)
         progress = None

@@ -317,12 +317,11 @@ class Objective:
 
 
 def _indices(n, what: str) -> np.ndarray:
-    if isinstance(n, (str, bytes, float)) or isinstance(n, bool):
-        raise JaxvizError(f"{what} must be an integer or a sequence of integers, not {n!r}")
-    a = np.asarray(list(n) if isinstance(n, range) else n)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) and a.size:
-        raise JaxvizError(f"{what} must be integers, not {n!r}")
-    return a.reshape(-1).astype(np.int32)
+    from jaxviz.checks import filter_list
+
+    if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
+        n = [n]
+    return np.asarray(filter_list(n), np.int32).reshape(-1)
 
 
 def channel(layer: str, n, dead_filter: str = "none", redirect_steps: Optional[int] = None) -> Objective:

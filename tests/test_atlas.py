@@ -101,7 +101,7 @@ def test_reference_atlas_files_and_site(reference):
 def test_images_match_the_render_api(reference, params):
     import jaxviz
 
-    want = jaxviz.render(params, "block1_conv2", range(6), size=16, steps=2)
+    want = jaxviz.render(params, "block1_conv2:0-5", jaxviz.SEED._replace(size=16, steps=2)).tiles
     for f in range(6):
         got = np.asarray(Image.open(reference / "block1_conv2" / f"f{f:03d}.png"))
         assert np.abs(got.astype(int) - want[f].astype(int)).max() <= 1
@@ -261,28 +261,46 @@ def test_resume_after_sigkill(reference, tmp_path):
     assert (out / "index.html").exists()
 
 
-def test_other_recipes_pass_through_to_render(tmp_path, monkeypatch):
-    """--recipe NAME calls jaxviz.api.render(..., recipe=NAME) with only the options given."""
-    from jaxviz import api
+def test_the_quality_recipe_goes_through_the_sharded_engine(tmp_path, params):
+    import jaxviz
 
-    calls = []
-
-    def fake_render(params, layer, filters, *, size=64, seed=0, precision="float32", return_raw=False,
-                    recipe="seed", **kw):
-        calls.append(dict(layer=layer, filters=list(filters), size=size, recipe=recipe, **kw))
-        u8 = np.full((len(filters), size, size, 3), 7, np.uint8)
-        return u8, u8.astype(np.float32), np.arange(len(filters), dtype=np.float32)
-
-    monkeypatch.setattr(api, "render", fake_render)
     out = tmp_path / "lucid"
-    argv = ["--recipe", "lucid", "--layers", "block1_conv1", "--filters", "0-2", "--size", "16", "--chunk", "2",
-            "--batch", "2", "--out", str(out), "--quiet"]
+    argv = ["--recipe", "lucid", "--layers", "block1_conv1", "--filters", "0-2", "--size", "16", "--steps", "2",
+            "--chunk", "2", "--batch", "2", "--out", str(out), "--quiet"]
     assert atlas_mod.main(argv) == 0
-    assert [c["filters"] for c in calls] == [[0, 1], [2, 2]]  # the last round padded to its shape
-    assert all(c["recipe"] == "lucid" and "steps" not in c and "step_size" not in c for c in calls)
     assert json.loads((out / "manifest.json").read_text())["settings"]["recipe"] == "lucid"
-    assert np.asarray(Image.open(out / "block1_conv1" / "f002.png")).max() == 7
+    want = jaxviz.render(params, "block1_conv1:0-2", jaxviz.LUCID._replace(size=16, steps=2)).tiles
+    for f in range(3):
+        got = np.asarray(Image.open(out / "block1_conv1" / f"f{f:03d}.png"))
+        assert np.abs(got.astype(int) - want[f].astype(int)).max() <= 1
     assert "final activation" in (out / "block1_conv1" / "f002.html").read_text()
+    assert atlas_mod.main([*argv[:-3], "--step-size", "2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_any_model_with_animations_and_examples(tmp_path):
+    """A plain-function model's atlas: every spatial layer, an animation per filter shown on its page,
+    and the dataset examples of python -m jaxviz.examples beside each filter."""
+    from jaxviz import examples
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    ex = tmp_path / "ex"
+    assert examples.main(["--model", "tests.tiny_model:build", "--images", str(photos), "--layers", "conv",
+                          "--size", "16", "--k", "2", "--out", str(ex), "--quiet"]) == 0
+    out = tmp_path / "fn"
+    argv = ["--model", "tests.tiny_model:build", "--size", "16", "--steps", "4", "--chunk", "4", "--batch", "4",
+            "--animate", "--examples", str(ex), "--out", str(out), "--quiet"]
+    assert atlas_mod.main(argv) == 0
+    assert "Dataset examples" in (out / "conv" / "f001.html").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["model"] == "tests.tiny_model:build"
+    gif = Image.open(out / "conv" / "f003.gif")
+    assert gif.n_frames == 5  # start + 4 steps (k = 1)
+    assert 'id="animation"' in (out / "conv" / "f003.html").read_text()
+    assert atlas_mod.main([*argv[:-3], "--layers", "dense", "--out", str(tmp_path / "y")]) == 2
 
 
 # --- issue 12: manifest after the weights, malformed files, one job per folder, interrupts ----------

@@ -139,17 +139,32 @@ def test_run_budget_refuses_a_huge_size_at_once():
     (dict(recipe="lucid", filters=[0.5]), "must be an integer"),
 ])
 def test_render_refuses_bad_numbers_with_one_line(params, kwargs, message):
-    args = dict(filters=[0, 1], size=16, steps=2)
+    args = dict(filters=[0, 1], size=16, steps=2, seed=0, step_size=1.0, recipe="seed")
     args.update(kwargs)
     with pytest.raises(JaxvizError) as e:
-        jaxviz.render(params, "block1_conv1", **args)
+        jaxviz.render(params, _channel("block1_conv1", args["filters"]), _recipe(**args), seed=args["seed"])
     assert message in one_line(e)
+
+
+def _channel(layer, filters):
+    from jaxviz.objectives import channel
+
+    return channel(layer, filters)
+
+
+def _recipe(size, steps, step_size, recipe, lucid_config=None, **_):
+    from jaxviz.lucid import recipe as lucid_recipe
+    from jaxviz.optim import SeedAscent
+
+    if recipe == "lucid":
+        return lucid_recipe(lucid_config or LucidConfig(size=size, steps=steps))
+    return jaxviz.SEED._replace(size=size, steps=steps, optimizer=SeedAscent(step_size))
 
 
 def test_render_refuses_params_without_the_layers(params):
     for bad in ({}, {"block1_conv1": params["block1_conv1"]}):
         with pytest.raises(JaxvizError) as e:
-            jaxviz.render(bad, "block1_conv2", [0], size=16, steps=1)
+            jaxviz.render(bad, "block1_conv2:0", jaxviz.SEED._replace(size=16, steps=1))
         assert "load_params" in one_line(e)
 
 
@@ -157,7 +172,7 @@ def test_non_finite_results_are_refused(params):
     bad = dict(params)
     bad["block1_conv1"] = {"kernel": params["block1_conv1"]["kernel"] * np.nan, "bias": params["block1_conv1"]["bias"]}
     with pytest.raises(JaxvizError) as e:
-        jaxviz.render(bad, "block1_conv1", [0, 1], size=16, steps=2)
+        jaxviz.render(bad, "block1_conv1:0,1", jaxviz.SEED._replace(size=16, steps=2))
     assert "not finite" in one_line(e)
 
 

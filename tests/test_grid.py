@@ -41,7 +41,7 @@ def test_cli_tiles_in_reading_order_and_black_margins(run_tiny, params):
     out, _ = run_tiny
     g = np.asarray(Image.open(out / "block2_conv1.png"))
     assert (g[16:21] == 0).all() and (g[:, 16:21] == 0).all()
-    want = jaxviz.render(params, "block2_conv1", [0, 1, 2, 3], size=16, steps=2)
+    want = jaxviz.render(params, "block2_conv1:0-3", jaxviz.SEED._replace(size=16, steps=2)).tiles
     for f in range(4):
         r, c = divmod(f, 2)
         np.testing.assert_array_equal(g[r * 21 : r * 21 + 16, c * 21 : c * 21 + 16], want[f])

@@ -1,0 +1,18 @@
+"""A tiny plain-function model for the command-line tests: ``--model tests.tiny_model:build``."""
+import jax
+import jax.numpy as jnp
+
+
+def build():
+    from jaxviz.models import from_function
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"conv": jax.random.normal(k1, (3, 3, 3, 4)) * 0.3, "dense": jax.random.normal(k2, (4, 5)) * 0.3}
+
+    def fn(p, x):
+        h = jax.lax.conv_general_dilated(x[None], p["conv"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+        h = jax.nn.relu(h)
+        return {"conv": h, "dense": h.mean(axis=(0, 1)) @ p["dense"]}
+
+    return from_function(fn, params, input_size=16)
