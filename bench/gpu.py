@@ -39,7 +39,10 @@ def main(argv=None) -> int:
 
     import jax
 
+    import numpy as np
+
     import jaxviz
+    from jaxviz.ascent import AscentConfig, ascend
     from jaxviz.model import conv_layers, layer_info
 
     dev = jax.devices()[0]
@@ -53,12 +56,13 @@ def main(argv=None) -> int:
         prec, _, conv = mode.partition(":")
         conv = conv or "auto"
         for layer in SEED_LAYERS:
-            run = lambda: jaxviz.render(params, layer, range(64), size=a.size, steps=a.steps, precision=prec,
-                                        conv=conv, return_raw=True)
+            config = AscentConfig(size=a.size, steps=a.steps, precision=prec, conv=conv)
+            run = lambda: jax.block_until_ready(ascend(params, layer, range(64), config=config))
             first, _ = timed(run)
             times, losses = [], None
             for _ in range(a.rounds):
-                t, (_, _, losses) = timed(run)
+                t, (_, losses) = timed(run)
+                losses = np.asarray(losses)
                 times.append(t)
             totals[mode] = totals.get(mode, 0.0) + min(times)
             lines.append(f"| {layer} | {prec} | {conv} | {first:.2f} | {min(times):.3f} | {statistics.median(times):.3f} | {losses.mean():.1f} |")
@@ -71,8 +75,9 @@ def main(argv=None) -> int:
         per_layer = []
         for layer in conv_layers():
             n = layer_info(layer).out_channels
-            t, _ = timed(lambda: jaxviz.render(params, layer, range(n), size=a.size, steps=a.steps,
-                                               max_bytes=int(a.max_gb * 1024**3)))
+            config = AscentConfig(size=a.size, steps=a.steps)
+            t, _ = timed(lambda: jax.block_until_ready(ascend(params, layer, range(n), config=config,
+                                                              max_bytes=int(a.max_gb * 1024**3))))
             per_layer.append(f"{layer} {t:.1f}s")
             total_filters += n
             print(per_layer[-1], flush=True)

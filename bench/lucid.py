@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     import jax
 
     import jaxviz
+    from jaxviz.ascent import AscentConfig, ascend
     from jaxviz.lucid import LucidConfig, lucid
 
     params = jaxviz.load_params(args.weights, progress=False)
@@ -53,8 +54,8 @@ def main(argv=None) -> int:
     for layer in args.layers.split(","):
         runs = [("lucid", args.steps, lambda: lucid(params, layer, fs, config=cfg).images)]
         if not args.no_seed:
-            runs.append(("seed", args.seed_steps, lambda: jaxviz.render(
-                params, layer, fs, size=args.size, steps=args.seed_steps, precision=args.precision)))
+            seed_cfg = AscentConfig(size=args.size, steps=args.seed_steps, precision=args.precision)
+            runs.append(("seed", args.seed_steps, lambda: ascend(params, layer, fs, config=seed_cfg).images))
         for name, steps, fn in runs:
             first = _timed(fn)
             second = _timed(fn)

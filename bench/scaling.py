@@ -3,7 +3,7 @@
 Seconds per grid for one layer (default block3_conv1):
   * at --sizes px (default 64,128,150,224) with 64 filters, and
   * for --counts filters (default 64,256,512) at 64 px; jaxviz splits large
-    requests into chunks itself (``jaxviz.render(..., max_bytes=...)``),
+    requests into chunks itself (``jaxviz.ascent.ascend(..., max_bytes=...)``),
 plus the time ``jaxviz.load_params()`` takes to load the weights (first call in
 a fresh process, and the best of 3 calls).
 
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=40, help="ascent steps (default 40)")
     p.add_argument("--repeats", type=int, default=1, help="timed calls after the first one (default 1; 0: report the first only)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--max-bytes", type=int, default=None, help="jaxviz.render(max_bytes=...) (default: jaxviz's own)")
+    p.add_argument("--max-bytes", type=int, default=None, help="ascend(max_bytes=...) (default: jaxviz's own)")
     p.add_argument("--load-repeats", type=int, default=3, help="load_params calls in the fresh process (default 3)")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration (default 3600)")
@@ -91,7 +91,9 @@ def child_render(a):
 
     params = jaxviz.load_params(a.weights)
     jax.block_until_ready(params)
-    kwargs = dict(size=a.size, steps=a.steps, precision=a.precision, return_raw=True)
+    from jaxviz.ascent import AscentConfig, ascend
+
+    kwargs = dict(config=AscentConfig(size=a.size, steps=a.steps, precision=a.precision))
     if a.max_bytes:
         kwargs["max_bytes"] = a.max_bytes
     batch = None
@@ -105,8 +107,8 @@ def child_render(a):
     times, loss = [], None
     for _ in range(1 + max(0, a.repeats)):
         t = time.perf_counter()
-        images, raw, losses = jaxviz.render(params, a.layer, filters, **kwargs)
-        jax.block_until_ready((images, raw, losses))
+        raw, losses = ascend(params, a.layer, filters, **kwargs)
+        jax.block_until_ready((raw, losses))
         times.append(time.perf_counter() - t)
         loss = float(np.mean(losses))
     return {"first_s": times[0], "times": times[1:], "batch": batch, "loss_mean": loss, "rss_mb": _peak_rss_mb()}

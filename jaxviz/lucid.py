@@ -126,7 +126,7 @@ def lucid(params: dict, layer: str, filters, *, key: jax.Array | None = None, se
     """
     filters = checks.filter_list(filters)
     validate_config(layer, filters, config, spec)
-    d, s = config.diversity, config.size
+    s = config.size
     if not filters:
         return LucidResult(jnp.zeros((0, s, s, 3)), jnp.zeros((0,)), jnp.zeros((0, config.steps)))
     key = jax.random.key(seed) if key is None else key

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,7 @@ class Probe:
 
 
 def _no_preact(model: Model, layer: str) -> bool:
-    info = model.layer(layer)
+    """Whether ``model`` has no pre-activation path for ``layer`` (asked by tracing, nothing runs)."""
     x = jax.ShapeDtypeStruct((model.min_size(layer),) * 2 + (3,), jnp.float32)
     try:
         return jax.eval_shape(lambda p, x: model.preact(p, x, layer, 0), model.params, x) is None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -16,3 +16,20 @@ def params():
     from jaxviz.convert import load_keras_h5
 
     return jax.tree.map(jnp.asarray, load_keras_h5(EMBEDDED))
+
+
+def interrupt(argv, delay: float, sig, **popen) -> tuple[int, str, float]:
+    """Run ``argv``, send ``sig`` after ``delay`` s; (exit status, stderr, seconds from the signal to the exit)."""
+    import subprocess
+    import time
+
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    try:
+        time.sleep(delay)
+        t0 = time.monotonic()
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+        return p.returncode, err, time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()

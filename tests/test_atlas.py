@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import interrupt
+
 from jaxviz import atlas as atlas_mod
 from jaxviz.atlas import Chunk, plan, share
 
@@ -414,20 +416,11 @@ def test_real_interrupts_exit_130_fast_and_the_rerun_finishes(reference, tmp_pat
     out = tmp_path / "int"
     for i, (delay, sig) in enumerate([(rng.uniform(0.1, 1.5), signal.SIGINT), (rng.uniform(1.5, 4.0), signal.SIGTERM),
                                       (rng.uniform(3.0, 7.0), signal.SIGINT)]):
-        p = subprocess.Popen([sys.executable, "-m", "jaxviz.atlas", *TINY, "--out", str(out), "--quiet"], env=env,
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(delay)
-            t0 = time.monotonic()
-            p.send_signal(sig)
-            _, err = p.communicate(timeout=60)
-            seconds = time.monotonic() - t0
-        finally:
-            if p.poll() is None:
-                p.kill()
+        code, err, seconds = interrupt([sys.executable, "-m", "jaxviz.atlas", *TINY, "--out", str(out), "--quiet"],
+                                       delay, sig, env=env, cwd=ROOT)
         where = f"run {i}, {sig!r} {delay:.2f} s after the start"
-        assert p.returncode in (130, 0), f"{where}: exit {p.returncode}: {err}"
-        if p.returncode == 130:
+        assert code in (130, 0), f"{where}: exit {code}: {err}"
+        if code == 130:
             assert seconds < 3.0, f"{where}: {seconds:.1f} s"
             assert "Traceback" not in err and "jaxviz.atlas: interrupted" in err.strip().splitlines()[-1], err
         assert not list(out.rglob("*.tmp")) and not (out / ".jaxviz.lock").exists(), where

@@ -177,7 +177,10 @@ def test_non_finite_results_are_refused(params):
 
 
 def test_ascend_and_lucid_check_filters_before_converting(params):
+    from jaxviz.ascent import AscentConfig, ascend
+    from jaxviz.lucid import lucid
+
     with pytest.raises(JaxvizError, match="1.5"):
-        jaxviz.ascend(params, "block1_conv1", [1.5], config=jaxviz.AscentConfig(size=16, steps=1))
+        ascend(params, "block1_conv1", [1.5], config=AscentConfig(size=16, steps=1))
     with pytest.raises(JaxvizError, match="string"):
-        jaxviz.lucid(params, "block1_conv1", "10", config=LucidConfig(size=16, steps=1))
+        lucid(params, "block1_conv1", "10", config=LucidConfig(size=16, steps=1))

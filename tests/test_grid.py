@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import interrupt
+
 import jaxviz
 from jaxviz import grid
 
@@ -71,6 +73,13 @@ def run_main(argv):
     (["--filters", "5-2"], "malformed --filters"),
     (["--conv", "winograd", "--precision", "bfloat16"], "float32 only"),
     (["--recipe", "lucid", "--conv", "xla"], "--conv applies to --recipe seed only"),
+    # issue 11: any model, objectives
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--model", "tests.tiny_model:build", "--precision", "bfloat16"], "apply to the VGG models only"),
+    (["--model", "tests.tiny_model:build", "--layers", "dense"], "not spatial"),
+    (["--objective", "block1_conv1:0", "--layers", "block1_conv1"], "--objective replaces --layers"),
+    (["--objective", "neuron:block1_conv1:64"], "out of range for block1_conv1"),
+    (["--objective", ":3"], "malformed objective"),
     # issue 12: limits checked before any work, huge numbers and NaN refused
     (["--size", "100000"], "needs about"),
     (["--layers", "block5_conv3", "--size", "8192"], "GiB available"),
@@ -176,20 +185,11 @@ def test_real_interrupts_at_random_moments_exit_130_fast_with_nothing_partial(tm
     sigs = [signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT]
     for i, (delay, sig) in enumerate(zip(delays, sigs)):
         out = tmp_path / f"run{i}"
-        p = subprocess.Popen([sys.executable, "-m", "jaxviz.grid", "--size", "16", "--steps", "300", "--filters", "0-7",
-                              "--layers", "block1_conv1,block2_conv1,block3_conv1", "--tiles", "--npz",
-                              "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(delay)
-            t0 = time.monotonic()
-            p.send_signal(sig)
-            _, err = p.communicate(timeout=60)
-            seconds = time.monotonic() - t0
-        finally:
-            if p.poll() is None:
-                p.kill()
+        code, err, seconds = interrupt([sys.executable, "-m", "jaxviz.grid", "--size", "16", "--steps", "300",
+                                        "--filters", "0-7", "--layers", "block1_conv1,block2_conv1,block3_conv1",
+                                        "--tiles", "--npz", "--out", str(out)], delay, sig, env=env)
         where = f"run {i}, signal {sig!r} {delay:.2f} s after the start"
-        assert p.returncode == 130, f"{where}: exit {p.returncode}: {err}"
+        assert code == 130, f"{where}: exit {code}: {err}"
         assert seconds < 3.0, f"{where}: took {seconds:.1f} s to exit"
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
             "jaxviz.grid: interrupted; completed layers:"), f"{where}: {err}"
@@ -204,3 +204,27 @@ def test_real_interrupts_at_random_moments_exit_130_fast_with_nothing_partial(tm
         done = err.strip().splitlines()[-1].split("completed layers: ")[1]
         for layer in ([] if done == "none" else done.split(", ")):
             assert (out / f"{layer}.png").exists()
+
+
+def test_objectives_and_animations_from_the_command_line(tmp_path):
+    """--objective renders one grid per objective; --animate writes the ascent, ending on the final grid."""
+    from jaxviz.image import webp_supported
+
+    out = tmp_path / "o"
+    argv = ["--objective", "neuron:block2_conv1:0-3", "--objective", "deepdream:block1_conv2", "--size", "16",
+            "--steps", "3", "--animate", "--cols", "2", "--out", str(out), "--quiet"]
+    assert grid.main(argv) == 0
+    grid_png = np.asarray(Image.open(out / "neuron-block2_conv1-0-3.png"))
+    assert grid_png.shape == (37, 37, 3) and (out / "deepdream-block1_conv2.png").exists()
+    gif = Image.open(out / "neuron-block2_conv1-0-3.gif")
+    assert gif.n_frames == 4  # the start, then every step (3 steps / 40 frames: k = 1)
+    if webp_supported():  # lossless: the last frame is the final grid exactly
+        webp = Image.open(out / "neuron-block2_conv1-0-3.webp")
+        webp.seek(webp.n_frames - 1)
+        np.testing.assert_array_equal(np.asarray(webp.convert("RGB")), grid_png)
+
+
+def test_list_layers_of_a_plain_function_model(capsys):
+    assert grid.main(["--model", "tests.tiny_model:build", "--list-layers"]) == 0
+    out = capsys.readouterr().out
+    assert "conv" in out and "16x16x4" in out and "dense" in out and "vector" in out

@@ -133,3 +133,22 @@ def test_keras_is_imported_only_when_used_and_other_backends_are_refused():
                          capture_output=True, text=True)
     assert out.stdout.strip() == ("JaxvizError keras runs on the numpy backend; jaxviz needs KERAS_BACKEND=jax "
                                   "set before keras is first imported"), out.stderr
+
+
+def test_a_keras_application_with_random_weights_renders_through_the_cli(tmp_path, capsys):
+    from PIL import Image
+
+    from jaxviz import grid
+
+    out = tmp_path / "mobilenet"
+    argv = ["--model", "keras:MobileNetV2", "--weights", "random", "--layers", "block_2_add", "--filters", "0-2",
+            "--size", "32", "--steps", "3", "--npz", "--out", str(out), "--quiet"]
+    assert grid.main(argv) == 0
+    tiles = np.load(out / "block_2_add.npz")["uint8"]
+    assert tiles.shape == (3, 32, 32, 3) and tiles.std() > 0  # not a blank image
+    assert np.asarray(Image.open(out / "block_2_add.png")).shape == (32, 32 * 3 + 2 * 5, 3)
+    assert grid.main([*argv[:4], "--layers", "block_99_add", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown layer 'block_99_add' for model MobileNetV2; valid layers: Conv1" in err
+    assert grid.main([*argv[:4], "--list-layers"]) == 0
+    assert "block_2_add" in capsys.readouterr().out

@@ -1,6 +1,5 @@
 """A tiny plain-function model for the command-line tests: ``--model tests.tiny_model:build``."""
 import jax
-import jax.numpy as jnp
 
 
 def build():
