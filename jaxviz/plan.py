@@ -174,14 +174,14 @@ def best_chunk(timings: dict, shapes, chunks=CHUNKS) -> int | None:
     return min(costs, key=costs.get) if costs else None
 
 
-def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS) -> dict:
+def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs=CONVS) -> dict:
     """This machine's timings, measuring (and caching) the shapes not yet in them."""
     timings = load(path)
     missing = [s for s in shapes if not any(k.startswith(s.key() + "/") for k in timings)]
     if missing:
         print(f"jaxviz: timing {len(missing)} conv shape(s) on this CPU once "
               f"(cached in {path or cache_path()}; {ENV}=off to skip)", file=sys.stderr, flush=True)
-        timings = {**timings, **measure(missing, chunks, reps=reps)}
+        timings = {**timings, **measure(missing, chunks, convs, reps=reps)}
         save(timings, path)
     return timings
 

@@ -49,14 +49,14 @@ def test_decisions_from_timings():
 
 def test_ensure_measures_once_and_caches(plan_file, monkeypatch):
     shapes = [plan.Shape(4, 16, 8)]
-    t = plan.ensure(shapes, reps=1, chunks=(1, 2))
-    assert set(t) == {"4x16x8/1/wino4", "4x16x8/1/xla", "4x16x8/2/wino4", "4x16x8/2/xla"}
+    t = plan.ensure(shapes, reps=1, chunks=(1, 2), convs=("xla",))  # XLA's conv: the quickest compile
+    assert set(t) == {"4x16x8/1/xla", "4x16x8/2/xla"}
     assert all(v > 0 for v in t.values())
     data = json.loads(plan_file.read_text())
     assert data == {plan.machine(): t}
     monkeypatch.setattr(plan, "measure", lambda *a, **k: pytest.fail("measured again"))
     assert plan.ensure(shapes) == t  # cached
-    assert plan.conv_choice(4, 16, 8) in plan.CONVS
+    assert plan.conv_choice(4, 16, 8) == "xla"
 
 
 def test_damaged_cache_is_rebuilt(plan_file):
