@@ -246,9 +246,9 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     CPU, Winograd F(4x4, 3x3) with XLA's conv for block1_conv1 ran the grids of
     block2..4_conv1 1.5-1.7x faster than XLA's conv alone (in chunks of 16 filters,
     ascent.CPU_BATCH); XLA's conv in turn beat every im2col-style
-    matmul formulation. On CPU "auto" uses ``planned``: Winograd unless this machine's
-    plan (jaxviz.plan) timed XLA's conv faster for the layer's shape (plain Winograd when
-    the plan is off). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
+    matmul formulation. On CPU "auto" is Winograd; with a plan (jaxviz.plan,
+    opt-in through JAXVIZ_PLAN) it is ``planned``: Winograd unless the plan timed XLA's
+    conv faster for the layer's shape (only when built with ``--convs wino4,xla``). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
     algorithm). In bfloat16 the row-shifted bf16 GEMMs pay only where the CPU has
     native bf16 (AMX); elsewhere XLA's conv on bf16 inputs is the fastest bf16 form.
     """

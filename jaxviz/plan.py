@@ -1,20 +1,22 @@
-"""A per-machine plan for the float32 ascent on CPU: conv formulation per layer shape and
-filters per chunk per target layer, timed on this machine and cached (like FFTW's wisdom).
+"""A per-machine plan for the float32 ascent on CPU: filters per chunk per target layer
+(and optionally the conv formulation per layer shape), timed on this machine and cached
+like FFTW's wisdom. Opt-in: set ``JAXVIZ_PLAN``.
 
-The fastest conv (Winograd F(4x4, 3x3) or XLA's) and chunk size differ between CPUs
-(bench/README.md): a constant tuned on one is a guess on the next. On first use for a
-target layer, ``chunk_for`` times each conv below it (forward + input gradient, jit
-compiled alone) for every candidate formulation and chunk size, interleaved, and keeps
-the medians. Decisions derived from them:
+The fastest chunk size differs between CPUs (bench/README.md): a constant tuned on one is
+a guess on the next. On first use for a target layer, ``chunk_for`` times each conv below
+it (forward + input gradient, jit-compiled alone) at every candidate chunk size,
+interleaved, and keeps the medians. Decisions derived from them:
 
-* conv per layer shape (size, in, out channels): the lowest time per image over chunks;
-* chunk per target layer: the lowest summed time per image of the layers below it.
+* chunk per target layer: the lowest summed time per image of the layers below it;
+* conv per layer shape (size, in, out channels): the lowest time per image over chunks,
+  among the formulations timed. Only Winograd is timed by default: XLA's conv timed
+  alone beat Winograd at 64 channels on a Sapphire Rapids, yet the ascent ran 2x slower
+  with it (bench/README.md), so ``--convs wino4,xla`` is for experiments.
 
-Timings are cached in a JSON file keyed by CPU model + jaxlib version, under
-``$XDG_CACHE_HOME/jaxviz/plan.json`` (``~/.cache``); the environment variable
-``JAXVIZ_PLAN`` names another file, or ``off`` turns the plan off (the built-in
-constants are used: ``ascent.CPU_BATCH`` and ``ops.choice``). ``python -m jaxviz.plan``
-rebuilds this machine's entry.
+``JAXVIZ_PLAN``: unset or ``off``: no plan, the built-in constants (``ascent.CPU_BATCH``,
+``ops.choice``); ``auto``: the cache file ``$XDG_CACHE_HOME/jaxviz/plan.json``
+(``~/.cache``); any other value: that file. Timings are keyed by CPU model + jaxlib
+version. ``JAXVIZ_PLAN=auto python -m jaxviz.plan`` rebuilds this machine's entry.
 """
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ import jax.numpy as jnp
 
 ENV = "JAXVIZ_PLAN"
 CHUNKS = (8, 16, 32, 64)
-CONVS = ("wino4", "xla")
-OFF = ("off", "0", "none", "false")
+CONVS = ("wino4",)  # timed by default; ALL_CONVS with --convs
+ALL_CONVS = ("wino4", "xla")
+OFF = ("", "off", "0", "none", "false")
+AUTO = ("auto", "on", "1")
 
 
 class Shape(NamedTuple):
@@ -49,11 +53,11 @@ class Shape(NamedTuple):
 
 
 def cache_path() -> Path | None:
-    """The plan file, or None when ``JAXVIZ_PLAN`` turns the plan off."""
-    env = os.environ.get(ENV, "")
-    if env.strip().lower() in OFF:
+    """The plan file, or None when ``JAXVIZ_PLAN`` is unset or off."""
+    env = os.environ.get(ENV, "").strip()
+    if env.lower() in OFF:
         return None
-    if env:
+    if env.lower() not in AUTO:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "jaxviz" / "plan.json"
@@ -210,13 +214,19 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default="block2_conv1,block3_conv1,block4_conv1,block5_conv1")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--convs", default=",".join(CONVS), help=f"formulations to time, of {','.join(ALL_CONVS)}")
     ap.add_argument("--show", action="store_true", help="print the cached plan, measure nothing")
     args = ap.parse_args(argv)
     from jaxviz.errors import JaxvizError
 
     path = cache_path()
     if path is None:
-        print(f"the plan is off ({ENV}={os.environ.get(ENV)}); unset it to use the cache", file=sys.stderr)
+        print(f"the plan is off ({ENV}={os.environ.get(ENV, '')!r}); set {ENV}=auto (or a file) to use one",
+              file=sys.stderr)
+        return 2
+    convs = tuple(args.convs.split(","))
+    if not set(convs) <= set(ALL_CONVS):
+        print(f"error: --convs must be among {','.join(ALL_CONVS)}, not {args.convs}", file=sys.stderr)
         return 2
     try:
         layer_shapes = {l: shapes_below(l, args.size) for l in args.layers.split(",")}
@@ -226,7 +236,7 @@ def main(argv=None) -> int:
     if not args.show:
         shapes = sorted({s for v in layer_shapes.values() for s in v})
         save({k: v for k, v in load(path).items() if not any(k.startswith(s.key() + "/") for s in shapes)}, path)
-        timings = ensure(shapes, path, reps=args.reps)
+        timings = ensure(shapes, path, reps=args.reps, convs=convs)
     else:
         timings = load(path)
     print(f"{machine()}\n{path}")

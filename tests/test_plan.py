@@ -22,6 +22,8 @@ def test_cache_path_env(monkeypatch, tmp_path):
     monkeypatch.setenv(plan.ENV, str(tmp_path / "p.json"))
     assert plan.cache_path() == tmp_path / "p.json"
     monkeypatch.delenv(plan.ENV)
+    assert plan.cache_path() is None  # opt-in: unset means off
+    monkeypatch.setenv(plan.ENV, "auto")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert plan.cache_path() == tmp_path / "jaxviz" / "plan.json"
 
@@ -69,7 +71,7 @@ def test_damaged_cache_is_rebuilt(plan_file):
 def test_plan_drives_chunk_and_conv(plan_file):
     shapes = plan.shapes_below("block2_conv1", 16)
     fake = {f"{s.key()}/{b}/{c}": (0.1 if (b, c) == (32, "xla") else 1.0) for s in shapes
-            for b in plan.CHUNKS for c in plan.CONVS}
+            for b in plan.CHUNKS for c in plan.ALL_CONVS}
     plan.save(fake)
     assert plan.chunk_for("block2_conv1", 16) == 32
     assert ascent.chunk_size("block2_conv1", 16, 64, platform="cpu") == 32
@@ -91,5 +93,7 @@ def test_cli(plan_file, capsys, monkeypatch):
     assert "block2_conv1 @ 16px: chunk 16; convs 16x64x64:xla" in out
     assert plan.main(["--layers", "nope", "--show"]) == 2
     assert "valid layers" in capsys.readouterr().err
+    assert plan.main(["--convs", "fft", "--show"]) == 2
+    assert "--convs" in capsys.readouterr().err
     monkeypatch.setenv(plan.ENV, "off")
     assert plan.main(["--show"]) == 2
