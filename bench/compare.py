@@ -8,6 +8,7 @@ line protocol in bench/peers/_protocol.py) in its own virtual environment:
     torch_f32    eager PyTorch, batched, channels_last, float32            (bench/.venvs/torch)
     torch_bf16   the same under torch.autocast(bfloat16)                    (bench/.venvs/torch)
     jaxviz_f32   jaxviz.render(precision="float32")                         (this interpreter)
+    jaxviz_f32_const  the same with JAXVIZ_PLAN=off: built-in constants, no per-machine plan
     jaxviz_bf16  jaxviz.render(precision="bfloat16")                        (this interpreter)
 
 All of them start from the same numpy start images (seed 0), so their final
@@ -57,7 +58,7 @@ from _common import (  # noqa: E402
 
 PEERS_DIR = os.path.join(BENCH, "peers")
 VENVS = os.path.join(BENCH, ".venvs")
-ALL_PEERS = ("keras_seed", "tf_batched", "torch_f32", "torch_bf16", "jaxviz_f32", "jaxviz_bf16")
+ALL_PEERS = ("keras_seed", "tf_batched", "torch_f32", "torch_bf16", "jaxviz_f32", "jaxviz_f32_const", "jaxviz_bf16")
 DEFAULT_LAYERS = "block1_conv1,block2_conv1,block3_conv1,block4_conv1"
 # (first, second): the mean |difference| of second's images from first's is reported.
 DRIFT_PAIRS = (
@@ -88,8 +89,10 @@ def peer_command(name: str) -> tuple[list[str] | None, str | None]:
             return None, f"missing {os.path.relpath(os.path.join(VENVS, 'torch'), REPO)} (run bash bench/setup_peers.sh)"
         return [py, os.path.join(PEERS_DIR, "torch_batched.py"), "--mode", name.split("_", 1)[1]], None
     if name.startswith("jaxviz_"):
-        prec = {"f32": "float32", "bf16": "bfloat16"}[name.split("_", 1)[1]]
-        return [sys.executable, os.path.join(PEERS_DIR, "jaxviz_worker.py"), "--precision", prec], None
+        mode = name.split("_")[1]
+        prec = {"f32": "float32", "bf16": "bfloat16"}[mode]
+        plan = ["--plan", "off"] if name.endswith("_const") else []
+        return [sys.executable, os.path.join(PEERS_DIR, "jaxviz_worker.py"), "--precision", prec, *plan], None
     return None, f"unknown peer {name!r}; known: {', '.join(ALL_PEERS)}"
 
 

@@ -141,10 +141,13 @@ CPU_BATCH = 16
 
 def chunk_size(layer: str, size: int, n: int, max_bytes: int = DEFAULT_MAX_BYTES, spec: VGGSpec = VGG16,
                platform: str | None = None) -> int:
-    """Filters per compiled call: the memory bound, capped at CPU_BATCH on CPU."""
+    """Filters per compiled call: the memory bound, capped on CPU at this machine's planned
+    chunk (jaxviz.plan, opt-in through JAXVIZ_PLAN) or CPU_BATCH when there is none."""
     b = batch_size_for(layer, size, n, max_bytes, spec)
     if (platform or jax.default_backend()) == "cpu":
-        b = min(b, CPU_BATCH)
+        from jaxviz import plan
+
+        b = min(b, plan.chunk_for(layer, size, spec) or CPU_BATCH)
     return b
 
 

@@ -119,15 +119,26 @@ def _combine(coeffs, terms):
     return out
 
 
-def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
-    """The transformed kernel G g G^T, shape ((m+2)^2, C, O), float32."""
+def winograd_kernel_einsum(kernel: jax.Array, m: int = 2) -> jax.Array:
+    """G g G^T by one einsum (the previous form; kept for bench/engine comparisons)."""
     _, g, _ = WINOGRAD[m]
     g = jnp.asarray(g, jnp.float32)
     u = jnp.einsum("pi,ijco,qj->pqco", g, kernel.astype(jnp.float32), g, precision=lax.Precision.HIGHEST)
     return u.reshape(-1, *kernel.shape[2:])
 
 
-def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
+def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
+    """The transformed kernel G g G^T, shape ((m+2)^2, C, O), float32."""
+    _, g, _ = WINOGRAD[m]
+    k = kernel.astype(jnp.float32)
+    # Unrolled sums of the 9 taps: one elementwise fusion (an einsum lowered to a slow
+    # dot on XLA:CPU, up to a third of a layer's conv time when recomputed each step).
+    t = [_combine(g[p], [k[i] for i in range(3)]) for p in range(m + 2)]  # (3, C, O) each
+    u = jnp.stack([_combine(g[q], [tp[j] for j in range(3)]) for tp in t for q in range(m + 2)])
+    return u
+
+
+def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2, transform=winograd_kernel) -> jax.Array:
     """3x3 SAME conv by Winograd F(m x m, 3 x 3): (m+2)^2 batched matmuls, float32."""
     bt, _, at = WINOGRAD[m]
     a = m + 2
@@ -143,7 +154,7 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
     cols = [r[:, :, :, j // m : j // m + tw, j % m] for j in range(a)]  # (a, n, th, tw, c)
     v = jnp.stack([_combine(bt[q], cols) for q in range(a)], axis=1)  # (a, a, n, th, tw, c)
     v = v.reshape(a * a, n * th * tw, c)
-    mm = lax.dot_general(v, winograd_kernel(kernel, m), (((2,), (1,)), ((0,), (0,))))
+    mm = lax.dot_general(v, transform(kernel, m), (((2,), (1,)), ((0,), (0,))))
     mm = mm.reshape(a, a, n, th, tw, o)
     # the output transform, written straight into (n, th, m, tw, m, o): no transpose
     s_ = [_combine(at[u], [mm[p] for p in range(a)]) for u in range(m)]  # (a, n, th, tw, o) each
@@ -186,6 +197,24 @@ for _taps in ("full", "rows", "taps"):
 
 for _m in WINOGRAD:
     VARIANTS[f"wino{_m}"] = with_input_vjp(partial(conv3x3_winograd, m=_m))
+VARIANTS["wino4_einsum"] = with_input_vjp(partial(conv3x3_winograd, m=4, transform=winograd_kernel_einsum))
+
+
+
+def planned(default: str) -> Conv:
+    """``default``'s conv, or the one this machine's plan (jaxviz.plan) measured faster
+    for the layer's shape (read at trace time from the static shapes)."""
+
+    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        from jaxviz import plan
+
+        name = plan.conv_choice(x.shape[1], kernel.shape[2], kernel.shape[3]) or default
+        return VARIANTS[name](x, kernel)
+
+    return conv
+
+
+VARIANTS["planned"] = planned("wino4")
 
 conv_f32 = VARIANTS["xla"]
 conv_bf16_rows = VARIANTS["rows_bf16"]
@@ -217,7 +246,9 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     CPU, Winograd F(4x4, 3x3) with XLA's conv for block1_conv1 ran the grids of
     block2..4_conv1 1.5-1.7x faster than XLA's conv alone (in chunks of 16 filters,
     ascent.CPU_BATCH); XLA's conv in turn beat every im2col-style
-    matmul formulation. Off CPU ("auto") XLA's conv stays (cuDNN picks its own
+    matmul formulation. On CPU "auto" is Winograd; with a plan (jaxviz.plan,
+    opt-in through JAXVIZ_PLAN) it is ``planned``: Winograd unless the plan timed XLA's
+    conv faster for the layer's shape (only when built with ``--convs wino4,xla``). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
     algorithm). In bfloat16 the row-shifted bf16 GEMMs pay only where the CPU has
     native bf16 (AMX); elsewhere XLA's conv on bf16 inputs is the fastest bf16 form.
     """
@@ -230,7 +261,11 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
             raise ValueError("the winograd conv runs in float32 only")
         return ("xla", "rows_bf16" if native_bf16() else "xla_bf16", BF16_MIN_IN_CHANNELS)
     if algorithm == "auto":
-        algorithm = "winograd" if (platform or jax.default_backend()) == "cpu" else "xla"
+        if (platform or jax.default_backend()) == "cpu":
+            from jaxviz import plan
+
+            return ("xla", "planned" if plan.cache_path() else "wino4", WINOGRAD_MIN_IN_CHANNELS)
+        algorithm = "xla"
     if algorithm == "winograd":
         return ("xla", "wino4", WINOGRAD_MIN_IN_CHANNELS)
     return ("xla", "xla", 0)

@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+# Tests never read or write the user's plan cache (jaxviz.plan): built-in constants only.
+os.environ["JAXVIZ_PLAN"] = "off"
+
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "weights" / "vgg16_imagenet_notop.h5"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -117,7 +117,9 @@ def main():
             gf = grid_flops(layer) / t / 1e9
             extra = f"  {100 * gf / best_mm:5.1f}% of matmul" if best_mm else ""
             ratio = min(times[v]) / min(times[base])
-            line = (f"{layer} {v:24s} {t:8.2f} s/grid(40) [min of {args.reps}; all "
+            med = float(np.median(times[v])) * 40 / args.steps
+            mratio = np.median(times[v]) / np.median(times[base])
+            line = (f"{layer} {v:24s} {t:8.2f} s/grid(40) [min of {args.reps}; median {med:.2f}, x{mratio:5.2f}; all "
                     f"{' '.join(f'{x * 40 / args.steps:.1f}' for x in times[v])}]  x{ratio:5.2f} vs {base}  {gf:6.1f} GFLOP/s{extra}")
             if args.check and v != base:
                 li, lb = results[v][1], results[base][1]

@@ -93,10 +93,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="Keras VGG16 notop h5 file")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--plan", choices=("on", "off"), default="on",
+                   help="off: the built-in constants instead of this machine's plan (jaxviz.plan)")
     p.add_argument("--max-bytes", type=int, default=None, help="passed to jaxviz.engine.render(max_bytes=...)")
     p.add_argument("--start", choices=("shared", "jaxviz"), default="shared",
                    help="start images: the peers' shared numpy ones (default) or jaxviz's own from its seed")
     a = p.parse_args()
+    if a.plan == "off":
+        os.environ["JAXVIZ_PLAN"] = "off"  # read by jaxviz.plan when render runs
     JaxvizWorker(a.weights, a.precision, a.max_bytes, a.start).serve()
 
 

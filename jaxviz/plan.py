@@ -1,0 +1,250 @@
+"""A per-machine plan for the float32 ascent on CPU: filters per chunk per target layer
+(and optionally the conv formulation per layer shape), timed on this machine and cached
+like FFTW's wisdom. Opt-in: set ``JAXVIZ_PLAN``.
+
+The fastest chunk size differs between CPUs (bench/README.md): a constant tuned on one is
+a guess on the next. On first use for a target layer, ``chunk_for`` times each conv below
+it (forward + input gradient, jit-compiled alone) at every candidate chunk size,
+interleaved, and keeps the medians. Decisions derived from them:
+
+* chunk per target layer: the lowest summed time per image of the layers below it;
+* conv per layer shape (size, in, out channels): the lowest time per image over chunks,
+  among the formulations timed. Only Winograd is timed by default: XLA's conv timed
+  alone beat Winograd at 64 channels on a Sapphire Rapids, yet the ascent ran 2x slower
+  with it (bench/README.md), so ``--convs wino4,xla`` is for experiments.
+
+``JAXVIZ_PLAN``: unset or ``off``: no plan, the built-in constants (``ascent.CPU_BATCH``,
+``ops.choice``); ``auto``: the cache file ``$XDG_CACHE_HOME/jaxviz/plan.json``
+(``~/.cache``); any other value: that file. Timings are keyed by CPU model + jaxlib
+version. ``JAXVIZ_PLAN=auto python -m jaxviz.plan`` rebuilds this machine's entry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as _platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+ENV = "JAXVIZ_PLAN"
+CHUNKS = (8, 16, 32, 64)
+CONVS = ("wino4",)  # timed by default; ALL_CONVS with --convs
+ALL_CONVS = ("wino4", "xla")
+OFF = ("", "off", "0", "none", "false")
+AUTO = ("auto", "on", "1")
+
+
+class Shape(NamedTuple):
+    """A 3x3 conv layer's input: square size, input and output channels."""
+
+    size: int
+    cin: int
+    cout: int
+
+    def key(self) -> str:
+        return f"{self.size}x{self.cin}x{self.cout}"
+
+
+def cache_path() -> Path | None:
+    """The plan file, or None when ``JAXVIZ_PLAN`` is unset or off."""
+    env = os.environ.get(ENV, "").strip()
+    if env.lower() in OFF:
+        return None
+    if env.lower() not in AUTO:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxviz" / "plan.json"
+
+
+def machine() -> str:
+    """CPU model + jaxlib version: a plan is valid only where both match."""
+    model = _platform.processor() or _platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("cpu family") or line.startswith("model\t"):
+                    model += " " + line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    model += " " + "+".join(sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+                    break
+    except OSError:
+        pass
+    import jaxlib
+
+    return f"{model} | jaxlib {jaxlib.__version__} | {os.cpu_count()} cpus"
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a missing or damaged file is rebuilt, never an error
+
+
+def load(path: Path | None = None) -> dict:
+    """This machine's timings ``{"shape/b/conv": seconds per image}`` (empty if none)."""
+    path = cache_path() if path is None else path
+    if path is None:
+        return {}
+    return _read(path).get(machine(), {})
+
+
+def save(timings: dict, path: Path | None = None) -> None:
+    """Store this machine's timings (other machines' entries are kept), atomically."""
+    from jaxviz.image import atomic_write
+
+    path = cache_path() if path is None else path
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _read(path)
+    data[machine()] = timings
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()))
+
+
+def time_conv(conv: str, shape: Shape, batch: int) -> callable:
+    """A zero-argument callable running one conv's forward + input gradient (jit, blocking)."""
+    from jaxviz import ops
+
+    f = ops.VARIANTS[conv]
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (batch, shape.size, shape.size, shape.cin), jnp.float32)
+    k = jax.random.normal(k2, (3, 3, shape.cin, shape.cout), jnp.float32) * 0.05
+    step = jax.jit(jax.grad(lambda a, w: jnp.sum(f(a, w) ** 2)))
+    return lambda: jax.block_until_ready(step(x, k))
+
+
+def measure(shapes, chunks=CHUNKS, convs=CONVS, reps: int = 3) -> dict:
+    """Seconds per image of each (shape, chunk, conv), median of ``reps`` interleaved runs."""
+    runs = {f"{s.key()}/{b}/{c}": time_conv(c, s, b) for s in shapes for b in chunks for c in convs}
+    for r in runs.values():
+        r()  # compile + warm up
+    ts = {k: [] for k in runs}
+    for _ in range(reps):
+        for k, r in runs.items():
+            t0 = time.perf_counter()
+            r()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) / int(k.split("/")[1]) for k, v in ts.items()}
+
+
+def shapes_below(layer: str, size: int, spec=None) -> list[Shape]:
+    """The conv shapes (Winograd-eligible ones) that run below ``layer`` at ``size`` px."""
+    from jaxviz import ops
+    from jaxviz.model import VGG16, layer_info, layers
+
+    layer_info(layer, spec or VGG16)  # a JaxvizError naming the valid layers
+    out, s = [], size
+    for l in layers(spec or VGG16):
+        if l.name == layer:
+            break
+        if l.kind == "pool":
+            s //= 2
+        elif l.in_channels >= ops.WINOGRAD_MIN_IN_CHANNELS:
+            out.append(Shape(s, l.in_channels, l.out_channels))
+    return out
+
+
+def best_conv(timings: dict, shape: Shape) -> str | None:
+    """The conv with the lowest time per image at any chunk, or None if not measured."""
+    best = min(((t, k.split("/")[2]) for k, t in timings.items() if k.startswith(shape.key() + "/")), default=None)
+    return best[1] if best else None
+
+
+def best_chunk(timings: dict, shapes, chunks=CHUNKS) -> int | None:
+    """The chunk with the lowest summed time per image (each shape with its best conv)."""
+    costs = {}
+    for b in chunks:
+        total = 0.0
+        for s in shapes:
+            c = best_conv(timings, s)
+            t = timings.get(f"{s.key()}/{b}/{c}")
+            if t is None:
+                break
+            total += t
+        else:
+            costs[b] = total
+    return min(costs, key=costs.get) if costs else None
+
+
+def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs=CONVS) -> dict:
+    """This machine's timings, measuring (and caching) the shapes not yet in them."""
+    timings = load(path)
+    missing = [s for s in shapes if not any(k.startswith(s.key() + "/") for k in timings)]
+    if missing:
+        print(f"jaxviz: timing {len(missing)} conv shape(s) on this CPU once "
+              f"(cached in {path or cache_path()}; {ENV}=off to skip)", file=sys.stderr, flush=True)
+        timings = {**timings, **measure(missing, chunks, convs, reps=reps)}
+        save(timings, path)
+    return timings
+
+
+def chunk_for(layer: str, size: int, spec=None) -> int | None:
+    """The planned filters per chunk for ``layer`` at ``size`` px; None when the plan is off
+    (or the layer has no Winograd-eligible conv below it)."""
+    if cache_path() is None:
+        return None
+    shapes = shapes_below(layer, size, spec)
+    if not shapes:
+        return None
+    return best_chunk(ensure(shapes), shapes)
+
+
+def conv_choice(size: int, cin: int, cout: int) -> str | None:
+    """The planned conv for a layer shape, if this machine's plan has measured it."""
+    if cache_path() is None:
+        return None
+    return best_conv(load(), Shape(size, cin, cout))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jaxviz.plan",
+                                 description="Rebuild this machine's conv/chunk plan (see jaxviz/plan.py).")
+    ap.add_argument("--layers", default="block2_conv1,block3_conv1,block4_conv1,block5_conv1")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--convs", default=",".join(CONVS), help=f"formulations to time, of {','.join(ALL_CONVS)}")
+    ap.add_argument("--show", action="store_true", help="print the cached plan, measure nothing")
+    args = ap.parse_args(argv)
+    from jaxviz.errors import JaxvizError
+
+    path = cache_path()
+    if path is None:
+        print(f"the plan is off ({ENV}={os.environ.get(ENV, '')!r}); set {ENV}=auto (or a file) to use one",
+              file=sys.stderr)
+        return 2
+    convs = tuple(args.convs.split(","))
+    if not set(convs) <= set(ALL_CONVS):
+        print(f"error: --convs must be among {','.join(ALL_CONVS)}, not {args.convs}", file=sys.stderr)
+        return 2
+    try:
+        layer_shapes = {l: shapes_below(l, args.size) for l in args.layers.split(",")}
+    except JaxvizError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.show:
+        shapes = sorted({s for v in layer_shapes.values() for s in v})
+        save({k: v for k, v in load(path).items() if not any(k.startswith(s.key() + "/") for s in shapes)}, path)
+        timings = ensure(shapes, path, reps=args.reps, convs=convs)
+    else:
+        timings = load(path)
+    print(f"{machine()}\n{path}")
+    for l, shapes in layer_shapes.items():
+        convs = " ".join(f"{s.key()}:{best_conv(timings, s)}" for s in shapes)
+        print(f"{l} @ {args.size}px: chunk {best_chunk(timings, shapes)}; convs {convs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

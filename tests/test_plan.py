@@ -1,0 +1,99 @@
+import json
+
+import jax
+import pytest
+
+from jaxviz import ascent, ops, plan
+from jaxviz.errors import JaxvizError
+
+
+@pytest.fixture
+def plan_file(tmp_path, monkeypatch):
+    path = tmp_path / "plan.json"
+    monkeypatch.setenv(plan.ENV, str(path))
+    return path
+
+
+def test_cache_path_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(plan.ENV, "off")
+    assert plan.cache_path() is None
+    assert plan.chunk_for("block3_conv1", 16) is None
+    assert plan.conv_choice(8, 64, 64) is None
+    monkeypatch.setenv(plan.ENV, str(tmp_path / "p.json"))
+    assert plan.cache_path() == tmp_path / "p.json"
+    monkeypatch.delenv(plan.ENV)
+    assert plan.cache_path() is None  # opt-in: unset means off
+    monkeypatch.setenv(plan.ENV, "auto")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert plan.cache_path() == tmp_path / "jaxviz" / "plan.json"
+
+
+def test_shapes_below():
+    assert plan.shapes_below("block2_conv1", 16) == [plan.Shape(16, 64, 64)]  # block1_conv1 (3 ch) stays XLA's
+    assert plan.shapes_below("block3_conv1", 16) == [
+        plan.Shape(16, 64, 64), plan.Shape(8, 64, 128), plan.Shape(8, 128, 128)]
+    with pytest.raises(JaxvizError, match="valid layers"):
+        plan.shapes_below("block9_conv1", 16)
+
+
+def test_decisions_from_timings():
+    a, b = plan.Shape(8, 64, 64), plan.Shape(4, 64, 128)
+    t = {"8x64x64/8/wino4": 3.0, "8x64x64/8/xla": 2.0, "8x64x64/16/wino4": 1.5, "8x64x64/16/xla": 2.5,
+         "4x64x128/8/wino4": 1.0, "4x64x128/8/xla": 0.5, "4x64x128/16/wino4": 2.0, "4x64x128/16/xla": 0.9}
+    assert plan.best_conv(t, a) == "wino4"  # 1.5 at 16 is the lowest
+    assert plan.best_conv(t, b) == "xla"
+    assert plan.best_conv(t, plan.Shape(2, 1, 1)) is None
+    # chunk 8: 3.0 + 0.5; chunk 16: 1.5 + 0.9 -> 16
+    assert plan.best_chunk(t, [a, b], chunks=(8, 16)) == 16
+    assert plan.best_chunk(t, [a], chunks=(8, 32)) == 8  # 32 unmeasured: skipped
+    assert plan.best_chunk({}, [a]) is None
+
+
+def test_ensure_measures_once_and_caches(plan_file, monkeypatch):
+    shapes = [plan.Shape(4, 16, 8)]
+    t = plan.ensure(shapes, reps=1, chunks=(1, 2), convs=("xla",))  # XLA's conv: the quickest compile
+    assert set(t) == {"4x16x8/1/xla", "4x16x8/2/xla"}
+    assert all(v > 0 for v in t.values())
+    data = json.loads(plan_file.read_text())
+    assert data == {plan.machine(): t}
+    monkeypatch.setattr(plan, "measure", lambda *a, **k: pytest.fail("measured again"))
+    assert plan.ensure(shapes) == t  # cached
+    assert plan.conv_choice(4, 16, 8) == "xla"
+
+
+def test_damaged_cache_is_rebuilt(plan_file):
+    plan_file.write_text("{not json")
+    assert plan.load() == {}
+    plan.save({"x/1/xla": 1.0})
+    assert plan.load() == {"x/1/xla": 1.0}
+
+
+def test_plan_drives_chunk_and_conv(plan_file):
+    shapes = plan.shapes_below("block2_conv1", 16)
+    fake = {f"{s.key()}/{b}/{c}": (0.1 if (b, c) == (32, "xla") else 1.0) for s in shapes
+            for b in plan.CHUNKS for c in plan.ALL_CONVS}
+    plan.save(fake)
+    assert plan.chunk_for("block2_conv1", 16) == 32
+    assert ascent.chunk_size("block2_conv1", 16, 64, platform="cpu") == 32
+    assert ascent.chunk_size("block2_conv1", 16, 64, platform="gpu") == 64
+    assert ops.choice("float32", "auto", "cpu")[1] == "planned"
+    assert ops.choice("float32", "winograd", "cpu")[1] == "wino4"  # explicit choice wins
+    assert plan.conv_choice(16, 64, 64) == "xla"
+    # the planned conv computes the same convolution as the default one
+    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 64))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 64, 64)) * 0.05
+    y = ops.VARIANTS["planned"](x, k)
+    assert jax.numpy.allclose(y, ops.VARIANTS["wino4"](x, k), atol=1e-3, rtol=1e-3)
+
+
+def test_cli(plan_file, capsys, monkeypatch):
+    plan.save({"16x64x64/16/xla": 1.0, "16x64x64/16/wino4": 2.0})
+    assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
+    out = capsys.readouterr().out
+    assert "block2_conv1 @ 16px: chunk 16; convs 16x64x64:xla" in out
+    assert plan.main(["--layers", "nope", "--show"]) == 2
+    assert "valid layers" in capsys.readouterr().err
+    assert plan.main(["--convs", "fft", "--show"]) == 2
+    assert "--convs" in capsys.readouterr().err
+    monkeypatch.setenv(plan.ENV, "off")
+    assert plan.main(["--show"]) == 2
