@@ -7,9 +7,9 @@ line protocol in bench/peers/_protocol.py) in its own virtual environment:
     tf_batched   eager TF2, one batch of all filters, loop in one tf.function (bench/.venvs/tf)
     torch_f32    eager PyTorch, batched, channels_last, float32            (bench/.venvs/torch)
     torch_bf16   the same under torch.autocast(bfloat16)                    (bench/.venvs/torch)
-    jaxviz_f32   jaxviz.render(precision="float32")                         (this interpreter)
+    jaxviz_f32   jaxviz's engine, the seed recipe on VGG16, float32           (this interpreter)
     jaxviz_f32_const  the same with JAXVIZ_PLAN=off: built-in constants, no per-machine plan
-    jaxviz_bf16  jaxviz.render(precision="bfloat16")                        (this interpreter)
+    jaxviz_bf16  the same in bfloat16 (models.vgg(precision="bfloat16"))      (this interpreter)
 
 All of them start from the same numpy start images (seed 0), so their final
 losses and images can be compared image by image.

@@ -14,7 +14,8 @@ retina (CC0 1.0); coins (Brooklyn Museum, no known copyright restrictions).
 Each is cut into its four quadrants (no overlap, so no patch repeats), so the pass
 sees 44 images. The filters shown are, among filters 0-63 of each layer, the
 two whose 6th example is strongest relative to the layer (selective and often excited);
-``--filters`` picks others.
+``--filters`` picks others. Each row starts with the filter's seed-recipe image (40 steps)
+and its quality-recipe image (128 steps), both 64 px, then its top examples.
 """
 from __future__ import annotations
 
@@ -58,15 +59,37 @@ def pick(summary, layer: str, count: int = 2) -> list[int]:
     return [int(f) for f in np.argsort(-score, kind="stable")[:count]]
 
 
-def figure(summary, chosen: list[tuple[str, int]]) -> np.ndarray:
-    label_w, gap = 96, 4
+def visualizations(model, chosen: list[tuple[str, int]]) -> dict:
+    """(layer, filter) -> (seed tile, quality tile), 64 px each, one render per layer and recipe."""
+    import jaxviz
+    from jaxviz.objectives import channel
+
+    out = {}
+    for layer in dict.fromkeys(l for l, _ in chosen):
+        fs = [f for l, f in chosen if l == layer]
+        seed = jaxviz.render(model, channel(layer, fs), jaxviz.SEED._replace(size=THUMB)).tiles
+        quality = jaxviz.render(model, channel(layer, fs), jaxviz.LUCID._replace(size=THUMB, steps=128)).tiles
+        out.update({(layer, f): (seed[i], quality[i]) for i, f in enumerate(fs)})
+    return out
+
+
+def figure(summary, chosen: list[tuple[str, int]], tiles: dict) -> np.ndarray:
+    label_w, gap, sep = 96, 4, 12
+    x0 = label_w + 2 * (THUMB + gap) + sep
     rows = []
+    head = Image.new("RGB", (x0 + K * (THUMB + gap), 14), (255, 255, 255))
+    d = ImageDraw.Draw(head)
+    for x, text in ((label_w, "seed"), (label_w + THUMB + gap, "quality"), (x0, "top dataset examples")):
+        d.text((x, 1), text, fill=(0, 0, 0))
+    rows.append(np.asarray(head))
     for layer, f in chosen:
-        row = Image.new("RGB", (label_w + K * (THUMB + gap), THUMB + gap), (255, 255, 255))
+        row = Image.new("RGB", (x0 + K * (THUMB + gap), THUMB + gap), (255, 255, 255))
         d = ImageDraw.Draw(row)
         d.text((4, THUMB // 2 - 12), f"{layer}\nfilter {f}", fill=(0, 0, 0))
+        for i, tile in enumerate(tiles[layer, f]):
+            row.paste(Image.fromarray(tile), (label_w + i * (THUMB + gap), 0))
         for j in range(K):
-            row.paste(Image.fromarray(summary.thumbs[layer][f, j]), (label_w + j * (THUMB + gap), 0))
+            row.paste(Image.fromarray(summary.thumbs[layer][f, j]), (x0 + j * (THUMB + gap), 0))
         rows.append(np.asarray(row))
     return np.concatenate(rows)
 
@@ -81,9 +104,10 @@ def main():
 
     from jaxviz import examples, models
 
+    model = models.vgg16()
     with tempfile.TemporaryDirectory() as folder:
         n = build_folder(wheel, folder)
-        s = examples.collect(models.vgg16(), folder, LAYERS, examples.Config(k=K, size=224, batch=8, thumb=THUMB))
+        s = examples.collect(model, folder, LAYERS, examples.Config(k=K, size=224, batch=8, thumb=THUMB))
         if a.filters:
             chosen = [(t.split(":")[0], int(t.split(":")[1])) for t in a.filters.split(",")]
         else:
@@ -91,7 +115,7 @@ def main():
         for layer, f in chosen:
             names = [s.names[i] for i in s.layers[layer].index[f]]
             print(f"{layer} filter {f}: " + ", ".join(f"{nm} {v:.0f}" for nm, v in zip(names, s.layers[layer].values[f])))
-        Image.fromarray(figure(s, chosen)).save(a.out, optimize=True)
+        Image.fromarray(figure(s, chosen, visualizations(model, chosen))).save(a.out, optimize=True)
     print(f"{a.out}: {n} images, {os.path.getsize(a.out) // 1024} KB")
 
 
