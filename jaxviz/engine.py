@@ -89,9 +89,11 @@ def _item(model: Model, params, term: Term, recipe: Recipe, every: int, args, ke
     squeeze = d == 1 and not single
     p0 = start[None] if squeeze else start
     step_key = jax.random.fold_in(key, 1)
+    to_image = P.to_image if single else jax.vmap(P.to_image)
 
-    def probe(p, t, k, final=False):
-        image = P.to_image(p) if single else jax.vmap(P.to_image)(p)
+    def seen(p, k, final=False):
+        """The images of parameters ``p`` (after this step's transforms) and the model's inputs."""
+        image = to_image(p)
         if recipe.transforms is not None and not final:
             robust = transforms.robust(recipe.transforms)
             image = robust(k, image) if single else jax.vmap(robust)(jax.random.split(k, d), image)
@@ -99,7 +101,7 @@ def _item(model: Model, params, term: Term, recipe: Recipe, every: int, args, ke
         return image, x
 
     def value(p, t, k, final=False):
-        image, x = probe(p, t, k, final)
+        image, x = seen(p, k, final)
         if single:
             v = term.value(Probe(model, params, image, x, t, final), args)
             return v, v
@@ -120,7 +122,6 @@ def _item(model: Model, params, term: Term, recipe: Recipe, every: int, args, ke
         return (optax.apply_updates(p, updates), state), v
 
     carry = (p0, opt.init(p0))
-    to_image = P.to_image if single else jax.vmap(P.to_image)
     if every:
         def block(carry, ts):
             carry, v = lax.scan(step, carry, ts)
