@@ -12,7 +12,7 @@ from jaxviz import checks, engine, objectives
 from jaxviz.convert import load_keras_h5
 from jaxviz.engine import LUCID, SEED, Recipe
 from jaxviz.errors import JaxvizError
-from jaxviz.image import deprocess_batch
+from jaxviz.image import deprocess_batch, rgb_to_uint8
 from jaxviz.models.base import Model
 from jaxviz.models.vgg import vgg
 
@@ -74,7 +74,7 @@ def to_uint8(recipe: Recipe, images) -> np.ndarray:
         flat = images.reshape((-1,) + images.shape[-3:])
         out = np.asarray(deprocess_batch(flat)) if len(flat) else np.zeros(flat.shape, np.uint8)
         return out.reshape(images.shape)
-    return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+    return rgb_to_uint8(images)
 
 
 def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every: int = 0, progress=None) -> Rendered:

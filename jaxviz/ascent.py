@@ -65,7 +65,7 @@ def validate(layer: str, filters: Sequence[int], config: AscentConfig, spec: VGG
 def filter_key(key: jax.Array, layer: str, f, spec: VGGSpec = VGG16) -> jax.Array:
     """The key of one filter's start image: fold_in of the run's key with layer and filter."""
     index = [l.name for l in layers(spec)].index(layer)
-    return jax.random.fold_in(jax.random.fold_in(key, index), f)
+    return engine.item_key(key, index, f)
 
 
 def start_image(key: jax.Array, size: int) -> jax.Array:

@@ -174,6 +174,16 @@ def chunk_for(model: Model, objective: Objective, recipe: Recipe, n: int, max_by
     return max(1, min(n, max_bytes // max(1, bytes_per_item(model, layers, recipe))))
 
 
+def item_key(key: jax.Array, layer_index, channel) -> jax.Array:
+    """An item's own key: ``fold_in`` of the run's key with the layer's index, then the channel."""
+    return jax.random.fold_in(jax.random.fold_in(key, layer_index), channel)
+
+
+def item_keys(key: jax.Array, ids) -> jax.Array:
+    """One key per row (layer index, channel) of ``ids`` (``Objective.key_ids``)."""
+    return jax.vmap(lambda i: item_key(key, i[0], i[1]))(jnp.asarray(ids))
+
+
 def initial(recipe: Recipe, keys: jax.Array) -> jax.Array:
     """Every item's start parameters (N, [diversity,] ...) from its key.
 
@@ -223,7 +233,7 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
         return Result(z, jnp.zeros((0,)), jnp.zeros((0, recipe.steps)), None)
     key = jax.random.key(0) if key is None else key
     ids = objective.key_ids(model)
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i[0]), i[1]))(jnp.asarray(ids))
+    keys = item_keys(key, ids)
     args = objective.batched_args()
     if start is None:
         start = initial(recipe, keys)

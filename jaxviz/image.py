@@ -25,6 +25,11 @@ def deprocess(x: jax.Array) -> jax.Array:
 deprocess_batch = jax.jit(jax.vmap(deprocess))
 
 
+def rgb_to_uint8(images) -> np.ndarray:
+    """RGB images in [0, 1] -> uint8, round(x * 255) (the quality recipe's images)."""
+    return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
 def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     """Tiles (N, h, w, 3) uint8 in reading order: filter i at row i // cols, column i % cols.
 

@@ -21,7 +21,6 @@ from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxviz import checks, engine, objectives, transforms
 from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, batch_size_for, validate
@@ -102,11 +101,6 @@ def objective(layer: str, filters, config: LucidConfig) -> Objective:
     if config.diversity > 1 and config.diversity_weight:
         obj = obj + config.diversity_weight * diversity_term(layer)
     return obj
-
-
-def to_uint8(images) -> np.ndarray:
-    """Images in [0, 1] -> uint8, round(x * 255)."""
-    return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def filters_per_batch(layer: str, config: LucidConfig, n: int, max_bytes: int = DEFAULT_MAX_BYTES,

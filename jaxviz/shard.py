@@ -144,8 +144,7 @@ class ShardedRender:
 
         engine.check(self.model._replace(params=self.params), objective, self.recipe)
         n = len(objective)
-        ids = jnp.asarray(objective.key_ids(self.model))
-        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, i[0]), i[1]))(ids)
+        keys = engine.item_keys(key, objective.key_ids(self.model))
         args = objective.batched_args()
         for start in range(0, n, self.round_size):
             t0 = time.perf_counter()

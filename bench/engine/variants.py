@@ -67,15 +67,16 @@ def make_runner(params, layer, variant, steps, size=64, n=64):
     saved = ops.conv_for
     ops.conv_for = lambda p, c=0, **_: conv
     try:
-        fn = jax.jit(lambda p, x, f, s: ascent._ascend_batch(p, x, f, s, 1.0, layer, ascent.VGG16, precision))
+        one = lambda p, x, f: ascent.ascend_one(p, x, f, steps, 1.0, layer, precision=precision)
+        fn = jax.jit(lambda p, x, f: jax.vmap(lambda xi, fi: one(p, xi, fi))(x, f))
         t0 = time.perf_counter()
-        exe = fn.lower(params, x0[:b], fs[:b], steps).compile()
+        exe = fn.lower(params, x0[:b], fs[:b]).compile()
         compile_s = time.perf_counter() - t0
     finally:
         ops.conv_for = saved
 
     def run():
-        outs = [exe(params, x0[i : i + b], fs[i : i + b], steps) for i in range(0, n, b)]
+        outs = [exe(params, x0[i : i + b], fs[i : i + b]) for i in range(0, n, b)]
         jax.block_until_ready(outs)
         return np.concatenate([np.asarray(o[0]) for o in outs]), np.concatenate([np.asarray(o[1]) for o in outs])
 
