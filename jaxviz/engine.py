@@ -79,6 +79,8 @@ def _split_optimizer(recipe: Recipe):
 
 def _item(model: Model, params, term: Term, recipe: Recipe, every: int, args, key, start, hyper=None):
     """One objective item: its D images from start to finish (the per-item function that is vmapped)."""
+    if model.prepare is not None:
+        params = model.prepare(params)
     d = recipe.diversity
     P = recipe.param.build(recipe.size)
     opt = optim.build(recipe.optimizer if hyper is None else type(recipe.optimizer)(*hyper))

@@ -97,3 +97,11 @@ def test_bad_requests_are_one_line_errors(model):
         jaxviz.render(model, "block1_conv1:0", "dream")
     with pytest.raises(JaxvizError, match="malformed objective"):
         jaxviz.render(model, ":3", TINY)
+
+
+def test_prepared_weights_change_no_bit(model):
+    assert model.prepare is not None
+    ahead = jaxviz.render(model, "block3_conv1:0,5", TINY, seed=2)
+    plain = jaxviz.render(model._replace(prepare=None), "block3_conv1:0,5", TINY, seed=2)
+    np.testing.assert_array_equal(ahead.images, plain.images)
+    np.testing.assert_array_equal(ahead.values, plain.values)

@@ -80,3 +80,25 @@ def test_classifier_top_flattens_in_keras_nhwc_order():
     logits = h @ p["predictions"]["kernel"] + p["predictions"]["bias"]
     want = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(probs, want / want.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 4)])
+def test_max_pool_gradient_is_jax_own_bit_for_bit(shape):
+    from jaxviz.model import max_pool2
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(-3, 4, shape).astype(np.float32)  # small integers: many tied maxima
+    w = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])), jnp.float32)
+
+    def reduce_max(x):
+        n, h, w_, c = x.shape
+        return x[:, : h // 2 * 2, : w_ // 2 * 2].reshape(n, h // 2, 2, w_ // 2, 2, c).max(axis=(2, 4))
+
+    for f in (max_pool2, jax.jit(max_pool2)):
+        np.testing.assert_array_equal(f(x), reduce_max(x))
+    got = jax.grad(lambda x: jnp.sum(max_pool2(x) * w))(x)
+    want = jax.grad(lambda x: jnp.sum(reduce_max(x) * w))(x)
+    n, h, w_, c = shape
+    hits = (np.asarray(got)[:, : h // 2 * 2, : w_ // 2 * 2] != 0).reshape(n, h // 2, 2, w_ // 2, 2, c).sum(axis=(2, 4))
+    assert (hits > 1).any()  # ties really split the cotangent
+    np.testing.assert_array_equal(got, want)

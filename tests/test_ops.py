@@ -125,3 +125,22 @@ def test_winograd_dispatch_keeps_xla_for_colour_inputs():
     np.testing.assert_array_equal(conv(x, k), ops.conv3x3_xla(x, k))
     x, k, _ = data((1, 8, 8, ops.WINOGRAD_MIN_IN_CHANNELS, 8))
     np.testing.assert_array_equal(conv(x, k), ops.conv3x3_winograd(x, k, 4))
+
+
+@pytest.mark.parametrize("name", ["wino4", "xla", "planned"])
+def test_prepared_kernel_gives_the_same_bits_as_the_plain_one(name):
+    x, k, g = data((2, 8, 8, 16, 32), seed=3)
+    conv = ops.VARIANTS[name]
+    plain = jax.jit(lambda x, k: forward_and_input_grad(conv, x, k, g))(x, k)
+    ahead = jax.jit(lambda x, k: forward_and_input_grad(conv, x, ops.prepare(k), g))(x, k)
+    for a, b in zip(plain, ahead):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_prepared_kernel_is_winograd_f4_only():
+    x, k, _ = data((1, 8, 8, 16, 4))
+    p = ops.prepare(k)
+    assert p.shape == k.shape and p.u.shape == (36, 16, 4)
+    np.testing.assert_array_equal(ops.raw(p), k)
+    with pytest.raises(ValueError, match="F\\(4x4"):
+        ops.conv3x3_winograd(x, p, m=2)

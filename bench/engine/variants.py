@@ -6,7 +6,8 @@
 A variant is SMALL:LARGE (ops.VARIANTS names): SMALL for layers with fewer than
 ops.BF16_MIN_IN_CHANNELS input channels, LARGE for the others; ``@B`` appended sets
 the batch per chunk (e.g. xla:xla@16) and ``/T`` before it moves the threshold to T
-input channels (e.g. xla:wino4/16). Each variant is compiled first (compile time
+input channels (e.g. xla:wino4/16); ``+noynn`` at the end compiles with
+XLA:CPU's YNNPACK fusions off (OPTIONS). Each variant is compiled first (compile time
 reported apart), then the reps run A B C A B C ... so that a shared, noisy CPU
 affects all variants alike. Seconds per 64-filter grid are reported as measured at
 --steps and scaled to 40 steps (x 40/steps), with GFLOP/s of the full-grid FLOPs
@@ -54,7 +55,12 @@ def deprocess(x):
     return (np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
+# Compiler options a variant can name after "+" (e.g. xla:xla@16+noynn).
+OPTIONS = {"": None, "noynn": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+
+
 def make_runner(params, layer, variant, steps, size=64, n=64):
+    variant, _, opts = variant.partition("+")
     spec, _, b = variant.partition("@")
     b = int(b) if b else n
     spec, _, thr = spec.partition("/")
@@ -68,7 +74,7 @@ def make_runner(params, layer, variant, steps, size=64, n=64):
     ops.conv_for = lambda p, c=0, **_: conv
     try:
         one = lambda p, x, f: ascent.ascend_one(p, x, f, steps, 1.0, layer, precision=precision)
-        fn = jax.jit(lambda p, x, f: jax.vmap(lambda xi, fi: one(p, xi, fi))(x, f))
+        fn = jax.jit(lambda p, x, f: jax.vmap(lambda xi, fi: one(p, xi, fi))(x, f), compiler_options=OPTIONS[opts])
         t0 = time.perf_counter()
         exe = fn.lower(params, x0[:b], fs[:b]).compile()
         compile_s = time.perf_counter() - t0

@@ -53,6 +53,9 @@ class Model(NamedTuple):
       ``dead_filter`` modes need it.
     * ``chunk(name, size, n, max_bytes) -> int`` (optional): how many images one compiled
       call takes; by default the engine bounds it by an estimate from ``layers``.
+    * ``prepare(params) -> params`` (optional): work on the weights that every step of an
+      ascent would repeat (the VGG model's Winograd kernel transforms); the engine calls
+      it once per compiled call, before the step loop, and passes its result on.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Model(NamedTuple):
     input_size: int = 224
     preact: Optional[Callable[[Any, jax.Array, str, Any], jax.Array]] = None
     chunk: Optional[Callable[[str, int, int, int], int]] = None
+    prepare: Optional[Callable[[Any], Any]] = None
 
     def layer(self, name: str) -> LayerInfo:
         """The layer called ``name``; a one-line JaxvizError listing the valid names otherwise."""

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxviz import ops
 from jaxviz.errors import JaxvizError
-from jaxviz.model import TOP_LAYERS, VGG, VGG16, VGG19, VGGSpec, layers, max_pool2
+from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, layers, max_pool2
 from jaxviz.models.base import LOGITS, LayerInfo, Model
 
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -51,9 +51,10 @@ def single_channel_conv(h: jax.Array, kernel: jax.Array) -> jax.Array:
 def channel_preact(params: dict, x: jax.Array, layer: str, f, spec: VGGSpec = VGG16, precision: str = "float32",
                    conv: str = "auto") -> jax.Array:
     """Channel ``f`` of conv ``layer`` before its relu, for one unbatched image ``x`` -> (h, w)."""
-    below = VGG(spec=spec, stop_at=layer, output="input", conv=ops.conv_for(precision, algorithm=conv))
-    h = below.apply({"params": params}, x[None])[0]
-    kernel = params[layer]["kernel"][..., f]
+    names = [l.name for l in layers(spec)]
+    i = names.index(layer)
+    h = x if i == 0 else _forward(params, x, (names[i - 1],), spec, ops.conv_for(precision, algorithm=conv))[names[i - 1]]
+    kernel = ops.raw(params[layer]["kernel"])[..., f]
     if precision == "bfloat16" and kernel.shape[-1] >= ops.BF16_MIN_IN_CHANNELS:
         h, kernel = h.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
     return single_channel_conv(h, kernel) + params[layer]["bias"][f]
@@ -125,7 +126,16 @@ def _functions(spec: VGGSpec, precision: str, conv: str):
 
         return chunk_size(layer if layer in kinds else layers(spec)[-1].name, size, n, max_bytes, spec)
 
-    return activations, preact, min_size, chunk
+    _, large, min_in = ops.choice(precision, conv)
+    winograd = {l.name for l in layers(spec) if l.kind == "conv" and l.in_channels >= min_in} \
+        if large in ("wino4", "planned") else set()
+
+    def prepare(p):
+        """The Winograd transforms of the layers that run Winograd, made once (ops.Prepared);
+        under jit, those of layers an objective never reaches are dropped as dead code."""
+        return {k: ({**v, "kernel": ops.prepare(v["kernel"])} if k in winograd else v) for k, v in p.items()}
+
+    return activations, preact, min_size, chunk, (prepare if winograd else None)
 
 
 def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str | os.PathLike | None = None,
@@ -159,9 +169,9 @@ def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str
         raise JaxvizError(f"these weights are {found.name}'s, not {spec.name}'s; choose the model that matches them")
     spec = spec or found
     params_for(params, conv_layers(spec)[-1], conv_layers(spec))
-    activations, preact, min_size, chunk = _functions(spec, precision, conv)
+    activations, preact, min_size, chunk, prepare = _functions(spec, precision, conv)
     table = _layer_table(spec, _has_top(params), spec.top_input)
-    return Model(spec.name, params, activations, table, preprocess, min_size, spec.top_input, preact, chunk)
+    return Model(spec.name, params, activations, table, preprocess, min_size, spec.top_input, preact, chunk, prepare)
 
 
 def vgg16(weights: str | os.PathLike | None = None, **kw) -> Model:
