@@ -297,19 +297,31 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     matmul formulation. On CPU "auto" is Winograd; with a plan (jaxviz.plan,
     opt-in through JAXVIZ_PLAN) it is ``planned``: Winograd unless the plan timed XLA's
     conv faster for the layer's shape (only when built with ``--convs wino4,xla``). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
-    algorithm). In bfloat16 the row-shifted bf16 GEMMs pay only where the CPU has
-    native bf16 (AMX); elsewhere XLA's conv on bf16 inputs is the fastest bf16 form.
+    algorithm).
+
+    In bfloat16, layers with fewer than BF16_MIN_IN_CHANNELS inputs stay float32 and
+    get the float32 choice (``winograd``: Winograd, XLA's conv for colour inputs); the
+    others run bf16 matmuls. Where the CPU has native bf16 (AMX, AVX512-bf16) the
+    nine-tap bf16 GEMMs (``taps_bf16``) ran block3/4_conv1 grids 0.91x the time of the
+    row-shifted ones on an AMX Xeon (bench/engine/variants.py); elsewhere XLA's conv
+    on bf16 inputs is the fastest bf16 form. Neither beats float32 Winograd there: XLA
+    upcasts bf16 im2col copies to float32 and its batched bf16 dots do not reach AMX
+    speeds (bench/README.md).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    on_cpu = (platform or jax.default_backend()) == "cpu"
     if precision == "bfloat16":
         if algorithm == "winograd":
             raise ValueError("the winograd conv runs in float32 only")
-        return ("xla", "rows_bf16" if native_bf16() else "xla_bf16", BF16_MIN_IN_CHANNELS)
+        if not on_cpu:
+            return ("xla", "xla_bf16", BF16_MIN_IN_CHANNELS)
+        small = "winograd" if algorithm == "auto" else "xla"
+        return (small, "taps_bf16" if native_bf16() else "xla_bf16", BF16_MIN_IN_CHANNELS)
     if algorithm == "auto":
-        if (platform or jax.default_backend()) == "cpu":
+        if on_cpu:
             from jaxviz import plan
 
             return ("xla", "planned" if plan.cache_path() else "wino4", WINOGRAD_MIN_IN_CHANNELS)
@@ -333,6 +345,20 @@ def dispatch(small: str, large: str, min_in_channels: int | None = None) -> Conv
         return (b if kernel.shape[2] >= m else a)(x, kernel)
 
     return conv
+
+
+# Float32 Winograd with XLA's conv for colour inputs: the float32 layers of "bfloat16".
+VARIANTS["winograd"] = dispatch("xla", "wino4", WINOGRAD_MIN_IN_CHANNELS)
+
+
+def uses_winograd(precision: str, algorithm: str, in_channels: int) -> bool:
+    """Whether ``conv_for(precision, algorithm=algorithm)`` may run Winograd F(4x4, 3x3) on a
+    layer with ``in_channels`` inputs (then a ``Prepared`` kernel saves it work)."""
+    small, large, min_in = choice(precision, algorithm)
+    name = large if in_channels >= min_in else small
+    if name == "winograd":
+        name = "wino4" if in_channels >= WINOGRAD_MIN_IN_CHANNELS else "xla"
+    return name in ("wino4", "planned")
 
 
 _CONVS: dict[tuple, Conv] = {}

@@ -144,3 +144,17 @@ def test_prepared_kernel_is_winograd_f4_only():
     np.testing.assert_array_equal(ops.raw(p), k)
     with pytest.raises(ValueError, match="F\\(4x4"):
         ops.conv3x3_winograd(x, p, m=2)
+
+
+def test_bfloat16_keeps_float32_winograd_below_the_bf16_layers():
+    small, large, m = ops.choice("bfloat16", "auto", "cpu")
+    assert (small, m) == ("winograd", ops.BF16_MIN_IN_CHANNELS)
+    assert large == ("taps_bf16" if ops.native_bf16() else "xla_bf16")
+    assert ops.choice("bfloat16", "auto", "gpu") == ("xla", "xla_bf16", ops.BF16_MIN_IN_CHANNELS)
+    assert ops.choice("bfloat16", "xla", "cpu")[0] == "xla"
+    assert [ops.uses_winograd("bfloat16", "auto", c) for c in (3, 64, 256)] == [False, True, False]
+    assert [ops.uses_winograd("float32", "auto", c) for c in (3, 64, 256)] == [False, True, True]
+    assert not ops.uses_winograd("float32", "xla", 64)
+    conv = ops.conv_for("bfloat16")
+    x, k, _ = data((1, 8, 8, 64, 8))
+    np.testing.assert_array_equal(conv(x, k), ops.conv3x3_winograd(x, k, 4))

@@ -126,9 +126,7 @@ def _functions(spec: VGGSpec, precision: str, conv: str):
 
         return chunk_size(layer if layer in kinds else layers(spec)[-1].name, size, n, max_bytes, spec)
 
-    _, large, min_in = ops.choice(precision, conv)
-    winograd = {l.name for l in layers(spec) if l.kind == "conv" and l.in_channels >= min_in} \
-        if large in ("wino4", "planned") else set()
+    winograd = {l.name for l in layers(spec) if l.kind == "conv" and ops.uses_winograd(precision, conv, l.in_channels)}
 
     def prepare(p):
         """The Winograd transforms of the layers that run Winograd, made once (ops.Prepared);
