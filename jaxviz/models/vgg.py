@@ -14,6 +14,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxviz import ops
 from jaxviz.errors import JaxvizError
@@ -41,8 +42,10 @@ def single_channel_conv(h: jax.Array, kernel: jax.Array) -> jax.Array:
     instead of the layer's full conv (under vmap they become batched dots). The
     gradient is written by hand: JAX's own makes nine outer-product dots of the
     image's size and sums them in a separate pass; this one is one elementwise pass
-    with the same products added in the same order (same bits in float32;
-    block2_conv1 grid 0.91x the time on an AMX Xeon, bench/README.md).
+    over shifted views of the padded cotangent, with the same products added in the
+    same order (XLA may fuse a product and its sum into one FMA, a last-bit change;
+    the seed's cotangent 1/(H W) is a power of two and its grids stayed
+    bit-identical). block2_conv1 grid 0.70x the time on an AMX Xeon (bench/README.md).
     """
     hh, ww, _ = h.shape
     hp = jnp.pad(h, ((1, 1), (1, 1), (0, 0)))
@@ -61,14 +64,16 @@ def _single_channel_conv_bwd(res, g):
     h, kernel = res
     hh, ww, _ = h.shape
     k = kernel.astype(jnp.float32)
-    hp = jnp.pad(h, ((1, 1), (1, 1), (0, 0))).astype(jnp.float32)
-    dhp = None
+    # g padded once and kept (small: no channels), so the pass below reads shifted views of it
+    gp = lax.optimization_barrier(jnp.pad(g, 1))
+    dh = None
     for i in reversed(range(9)):  # JAX's backward pass adds the taps' cotangents last tap first
         dy, dx = divmod(i, 3)
-        c = jnp.pad(g[..., None] * k[dy, dx], ((dy, 2 - dy), (dx, 2 - dx), (0, 0)))
-        dhp = c if dhp is None else dhp + c
+        c = gp[2 - dy : 2 - dy + hh, 2 - dx : 2 - dx + ww, None] * k[dy, dx]
+        dh = c if dh is None else dh + c
+    hp = jnp.pad(h, ((1, 1), (1, 1), (0, 0))).astype(jnp.float32)
     dk = jnp.stack([jnp.einsum("yx,yxc->c", g, hp[dy : dy + hh, dx : dx + ww]) for dy in range(3) for dx in range(3)])
-    return dhp[1:-1, 1:-1].astype(h.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+    return dh.astype(h.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
 single_channel_conv.defvjp(_single_channel_conv_fwd, _single_channel_conv_bwd)
