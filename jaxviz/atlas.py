@@ -36,7 +36,7 @@ from jaxviz.cli_args import (
     OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers,
     positive_int, remove_if_empty, remove_stale_temporaries,
 )
-from jaxviz.cli_run import WriteGate, run_interruptible
+from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, conv_layers, layer_info, layers as all_layers, min_size
@@ -741,7 +741,7 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, proc, devices:
 
 def main_exit() -> None:
     """Entry point of the ``jaxviz-atlas`` console script."""
-    sys.exit(main())
+    exit_command(main())
 
 
 if __name__ == "__main__":

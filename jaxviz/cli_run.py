@@ -81,6 +81,16 @@ def install_startup_handlers() -> None:
         signal.signal(s, startup_exit)
 
 
+def exit_command(code: int) -> None:
+    """Leave the process with ``code`` once a command's work is over. Python's teardown resets
+    every handler it installed to the default, and a SIGINT in those last tenths of a second
+    would kill the process (status -2, after the work was done and said so); ignored signals
+    stay ignored through teardown, so they are ignored from here on."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def _raise_interrupt(*_):
     raise KeyboardInterrupt
 

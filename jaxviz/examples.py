@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
+from jaxviz.cli_run import exit_command
 from jaxviz.errors import JaxvizError
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_exit() -> None:
     """Entry point of the ``jaxviz-examples`` console script."""
-    sys.exit(main())
+    exit_command(main())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from jaxviz.cli_args import (
     OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers,
     positive_int, remove_if_empty, remove_stale_temporaries,
 )
-from jaxviz.cli_run import WriteGate, run_interruptible
+from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.errors import JaxvizError
 from jaxviz.model import min_size
 
@@ -373,7 +373,7 @@ def _render_with_progress(model, objective, recipe, name, args):
 
 def main_exit() -> None:
     """Entry point of the ``jaxviz-grid`` console script."""
-    sys.exit(main())
+    exit_command(main())
 
 
 if __name__ == "__main__":

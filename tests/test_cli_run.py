@@ -1,10 +1,13 @@
 """jaxviz.cli_run: the worker-thread runner, the write gate, the start-up handlers' trigger."""
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from jaxviz.cli_run import WriteGate, launched_command, run_interruptible
+from conftest import ROOT
 
 
 def test_launched_command_only_for_our_commands():
@@ -42,3 +45,28 @@ def test_closing_the_gate_waits_for_the_write_in_progress_and_blocks_later_ones(
     assert events == ["start", "end"]
     time.sleep(0.1)
     assert events == ["start", "end"]
+
+
+LATE_SIGINT = """
+import os, signal, sys
+from jaxviz.cli_run import exit_command
+
+class SignalsWhenCollected:  # a module global: collected late in teardown, after Python reset its handlers
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+
+holder = type(sys)("holder")
+holder.x = SignalsWhenCollected()
+sys.modules["holder"] = holder
+exit_command(3) if sys.argv[1] == "exit_command" else sys.exit(3)
+"""
+
+
+def test_a_sigint_during_teardown_keeps_the_commands_exit_status():
+    """A Ctrl-C in the last tenths of a second after a command finished killed the process
+    (status -2, a CI failure) instead of leaving with the command's status."""
+    def status(how):
+        return subprocess.run([sys.executable, "-c", LATE_SIGINT, how], cwd=ROOT, capture_output=True).returncode
+
+    assert status("sys.exit") == -2  # the hazard is real: plain sys.exit dies of the late signal
+    assert status("exit_command") == 3
