@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import checks, engine, ops
+from jaxviz import checks, engine, onednn, ops
 from jaxviz.engine import DEFAULT_MAX_BYTES, SEED, Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, VGGSpec, layer_info, layers, min_size
@@ -60,6 +60,8 @@ def validate(layer: str, filters: Sequence[int], config: AscentConfig, spec: VGG
         raise JaxvizError(f"conv must be one of {', '.join(ops.ALGORITHMS)}, not {config.conv!r}")
     if config.conv == "winograd" and config.precision != "float32":
         raise JaxvizError("the winograd conv runs in float32 only; use --conv auto or xla with bfloat16")
+    if config.conv == "onednn" and not onednn.available():
+        raise JaxvizError(onednn.MISSING)
 
 
 def filter_key(key: jax.Array, layer: str, f, spec: VGGSpec = VGG16) -> jax.Array:

@@ -75,9 +75,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--seed", type=positive_int("--seed", 0, MAX_SEED), default=0, help="random seed of the start images (default 0)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
-    p.add_argument("--conv", choices=("auto", "winograd", "xla"), default="auto",
+    p.add_argument("--conv", choices=("auto", "winograd", "xla", "onednn"), default="auto",
                    help="convolution algorithm of the seed recipe: winograd (Winograd F(4x4,3x3), the default "
-                   "in float32 on CPU), xla (XLA's own conv, the default elsewhere) (default auto)")
+                   "in float32 on CPU), xla (XLA's own conv, the default elsewhere), onednn (oneDNN's, the default "
+                   "in bfloat16 on CPUs with AMX or AVX512-bf16) (default auto)")
     p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
     p.add_argument("--out", default="jaxviz-out", help="output folder (default jaxviz-out/)")
     p.add_argument("--tiles", action="store_true", help="also save each tile as its own PNG in OUT/LAYER/")
@@ -124,6 +125,11 @@ def _validate(args) -> list[tuple[str, object]]:
         raise JaxvizError("--conv winograd runs in float32 only; drop --precision bfloat16 or use --conv xla")
     if not _is_vgg(args) and (args.conv != "auto" or args.precision != "float32"):
         raise JaxvizError(f"--conv and --precision apply to the VGG models only, not {args.model}")
+    if args.conv == "onednn":
+        from jaxviz import onednn
+
+        if not onednn.available():
+            raise JaxvizError("--conv onednn: " + onednn.MISSING)
     if args.size is None:
         args.size = 128 if args.recipe == "lucid" else 64
     if args.steps is None:

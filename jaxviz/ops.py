@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxviz import onednn
+
 Conv = Callable[[jax.Array, jax.Array], jax.Array]
 
 PRECISIONS = ("float32", "bfloat16")
@@ -250,6 +252,8 @@ for _taps in ("full", "rows", "taps"):
 VARIANTS["wino2"] = _plain(with_input_vjp(partial(conv3x3_winograd, m=2)))
 VARIANTS["wino4"] = with_input_vjp(partial(conv3x3_winograd, m=4))
 VARIANTS["wino4_unrolled"] = _plain(with_input_vjp(partial(conv3x3_winograd, m=4, transform=winograd_kernel_unrolled)))
+VARIANTS["onednn"] = _plain(with_input_vjp(lambda x, k: onednn.conv3x3(x.astype(jnp.float32), k)))
+VARIANTS["onednn_bf16"] = _plain(with_input_vjp(lambda x, k: onednn.conv3x3(x.astype(jnp.bfloat16), k)))
 
 
 
@@ -271,7 +275,7 @@ VARIANTS["planned"] = planned("wino4")
 conv_f32 = VARIANTS["xla"]
 conv_bf16_rows = VARIANTS["rows_bf16"]
 
-ALGORITHMS = ("auto", "winograd", "xla")
+ALGORITHMS = ("auto", "winograd", "xla", "onednn")
 
 # Layers with fewer input channels than this keep XLA's conv under "winograd":
 # block1_conv1's three colour channels make Winograd's matmuls (K = 3) all overhead.
@@ -303,25 +307,38 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     conv faster for the layer's shape (only when built with ``--convs wino4,xla``). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
     algorithm).
 
-    In bfloat16, layers with fewer than BF16_MIN_IN_CHANNELS inputs stay float32 and
-    get the float32 choice (``winograd``: Winograd, XLA's conv for colour inputs); the
-    others run bf16 matmuls. Where the CPU has native bf16 (AMX, AVX512-bf16) the
-    nine-tap bf16 GEMMs (``taps_bf16``) ran block3/4_conv1 grids 0.91x the time of the
-    row-shifted ones on an AMX Xeon (bench/engine/variants.py); elsewhere XLA's conv
-    on bf16 inputs is the fastest bf16 form. Neither beats float32 Winograd there: XLA
-    upcasts bf16 im2col copies to float32 and its batched bf16 dots do not reach AMX
-    speeds (bench/README.md).
+    In bfloat16 on a CPU with native bf16 (AMX, AVX512-bf16), where oneDNN runs
+    (``jaxviz.onednn``), every layer but the colour one runs oneDNN's bf16 conv and
+    block1_conv1 oneDNN's float32 one: on an AMX Xeon 0.59 / 0.39 / 0.32x the time of
+    float32 Winograd at block2/3/4_conv1, and half the image drift of running
+    block1_conv1 in bf16 too (bench/README.md, "oneDNN"). ``onednn`` asks for the same
+    in bfloat16 and oneDNN's float32 conv everywhere in float32 (slower than Winograd
+    at block3/4 there). Otherwise, in bfloat16 layers with fewer than
+    BF16_MIN_IN_CHANNELS inputs stay float32 and get the float32 choice (``winograd``:
+    Winograd, XLA's conv for colour inputs); the others run bf16 matmuls: the nine-tap
+    bf16 GEMMs (``taps_bf16``) where the CPU has native bf16, else XLA's conv on bf16
+    inputs. Neither beats float32 Winograd: XLA upcasts bf16 im2col copies to float32
+    and its batched bf16 dots do not reach AMX speeds (bench/README.md).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
     on_cpu = (platform or jax.default_backend()) == "cpu"
+    onednn_bf16 = ("onednn", "onednn_bf16", WINOGRAD_MIN_IN_CHANNELS)
+    if algorithm == "onednn":
+        if not on_cpu:
+            raise ValueError("the onednn conv runs on CPU only; use conv auto or xla")
+        if not onednn.available():
+            raise ValueError(onednn.MISSING)
+        return onednn_bf16 if precision == "bfloat16" else ("onednn", "onednn", 0)
     if precision == "bfloat16":
         if algorithm == "winograd":
             raise ValueError("the winograd conv runs in float32 only")
         if not on_cpu:
             return ("xla", "xla_bf16", BF16_MIN_IN_CHANNELS)
+        if algorithm == "auto" and native_bf16() and onednn.available():
+            return onednn_bf16
         small = "winograd" if algorithm == "auto" else "xla"
         return (small, "taps_bf16" if native_bf16() else "xla_bf16", BF16_MIN_IN_CHANNELS)
     if algorithm == "auto":

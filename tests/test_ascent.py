@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from jaxviz import ascent
+from jaxviz import ascent, onednn, ops
 from jaxviz.ascent import AscentConfig, ascend
 from jaxviz.errors import JaxvizError
 from jaxviz.image import deprocess
@@ -146,12 +146,21 @@ def test_40_steps_match_keras(params, seed_fixture):
                 assert (np.abs(img - d["img40"][i]) <= 1).mean() >= 0.99
 
 
-def test_bfloat16_keeps_small_layers_in_float32(params):
-    # every conv up to block2_conv1 has < 128 input channels: bf16 mode is exactly the
-    # float32 default (Winograd, XLA's conv for block1_conv1) there
+def test_bfloat16_keeps_small_layers_in_float32_without_onednn(params, monkeypatch):
+    # every conv up to block2_conv1 has < 128 input channels: with XLA's convs bf16 mode is
+    # exactly the float32 default (Winograd, XLA's conv for block1_conv1) there
+    monkeypatch.setattr(onednn, "available", lambda: False)
     f32 = ascend(params, "block2_conv1", [0, 9], config=TINY)
     bf16 = ascend(params, "block2_conv1", [0, 9], config=TINY._replace(precision="bfloat16"))
     np.testing.assert_array_equal(bf16.images, f32.images)
+
+
+@pytest.mark.skipif(not (onednn.available() and ops.native_bf16()), reason="needs oneDNN and a CPU with native bf16")
+def test_bfloat16_with_onednn_rounds_block1_conv2_but_stays_close(params):
+    f32 = ascend(params, "block2_conv1", [0, 9], config=TINY)
+    bf16 = ascend(params, "block2_conv1", [0, 9], config=TINY._replace(precision="bfloat16"))
+    assert not np.array_equal(bf16.images, f32.images)
+    np.testing.assert_allclose(bf16.losses, f32.losses, rtol=2e-2)
 
 
 def test_bfloat16_final_loss_within_2_percent(params):

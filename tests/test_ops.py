@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxviz import ops
+from jaxviz import onednn, ops
 
-F32 = [n for n in ops.VARIANTS if not n.endswith("bf16")]
-BF16 = [n for n in ops.VARIANTS if n.endswith("bf16")]
+HERE = [n for n in ops.VARIANTS if onednn.available() or not n.startswith("onednn")]  # oneDNN's where it runs
+F32 = [n for n in HERE if not n.endswith("bf16")]
+BF16 = [n for n in HERE if n.endswith("bf16")]
 SHAPES = [(2, 7, 9, 3, 5), (1, 8, 8, 16, 32), (2, 4, 4, 32, 3)]  # N, H, W, Cin, Cout
 
 
@@ -112,7 +113,6 @@ def test_auto_is_winograd_on_cpu_and_xla_elsewhere():
     assert ops.choice("float32", "auto", "gpu") == ("xla", "xla", 0)
     assert ops.choice("float32", "xla", "cpu") == ("xla", "xla", 0)
     assert ops.choice("float32", "winograd", "gpu")[1] == "wino4"
-    assert ops.choice("bfloat16", "auto", "cpu")[2] == ops.BF16_MIN_IN_CHANNELS
     with pytest.raises(ValueError, match="float32 only"):
         ops.choice("bfloat16", "winograd")
     with pytest.raises(ValueError, match="conv algorithm"):
@@ -146,7 +146,22 @@ def test_prepared_kernel_is_winograd_f4_only():
         ops.conv3x3_winograd(x, p, m=2)
 
 
-def test_bfloat16_keeps_float32_winograd_below_the_bf16_layers():
+def test_bfloat16_is_onednn_where_the_cpu_has_bf16_and_onednn_runs():
+    want = ("onednn", "onednn_bf16", ops.WINOGRAD_MIN_IN_CHANNELS)  # colour inputs stay float32
+    assert (ops.choice("bfloat16", "auto", "cpu") == want) == (ops.native_bf16() and onednn.available())
+    if onednn.available():
+        assert ops.choice("bfloat16", "onednn", "cpu") == want
+        assert ops.choice("float32", "onednn", "cpu") == ("onednn", "onednn", 0)
+        with pytest.raises(ValueError, match="CPU only"):
+            ops.choice("float32", "onednn", "gpu")
+        assert not ops.uses_winograd("bfloat16", "onednn", 64) and not ops.uses_winograd("float32", "onednn", 64)
+    else:
+        with pytest.raises(ValueError, match="onednn conv is not available"):
+            ops.choice("float32", "onednn")
+
+
+def test_bfloat16_keeps_float32_winograd_below_the_bf16_layers(monkeypatch):
+    monkeypatch.setattr(onednn, "available", lambda: False)  # the pure-XLA choice
     small, large, m = ops.choice("bfloat16", "auto", "cpu")
     assert (small, m) == ("winograd", ops.BF16_MIN_IN_CHANNELS)
     assert large == ("taps_bf16" if ops.native_bf16() else "xla_bf16")

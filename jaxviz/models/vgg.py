@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxviz import ops
+from jaxviz import onednn, ops
 from jaxviz.errors import JaxvizError
 from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, layers, max_pool2
 from jaxviz.models.base import LOGITS, LayerInfo, Model
@@ -133,8 +133,9 @@ def _forward(params: dict, x: jax.Array, names: tuple[str, ...], spec: VGGSpec, 
 
 
 @functools.lru_cache(maxsize=None)
-def _functions(spec: VGGSpec, precision: str, conv: str):
-    """The model's functions for one setting, made once, so that equal settings share compiles."""
+def _functions(spec: VGGSpec, precision: str, conv: str, convs: tuple):
+    """The model's functions for one setting, made once, so that equal settings share compiles
+    (``convs``: ``ops.choice`` for the setting, which can change with the environment)."""
     kinds = {l.name: l for l in layers(spec)}
     conv_fn = ops.conv_for(precision, algorithm=conv)
 
@@ -184,6 +185,8 @@ def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str
         raise JaxvizError(f"conv must be one of {', '.join(ops.ALGORITHMS)}, not {conv!r}")
     if conv == "winograd" and precision != "float32":
         raise JaxvizError("the winograd conv runs in float32 only; use conv auto or xla with bfloat16")
+    if conv == "onednn" and not onednn.available():
+        raise JaxvizError(onednn.MISSING)
     if params is None:
         from jaxviz.api import load_params
 
@@ -198,7 +201,7 @@ def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str
         raise JaxvizError(f"these weights are {found.name}'s, not {spec.name}'s; choose the model that matches them")
     spec = spec or found
     params_for(params, conv_layers(spec)[-1], conv_layers(spec))
-    activations, preact, min_size, chunk, prepare = _functions(spec, precision, conv)
+    activations, preact, min_size, chunk, prepare = _functions(spec, precision, conv, ops.choice(precision, conv))
     table = _layer_table(spec, _has_top(params), spec.top_input)
     return Model(spec.name, params, activations, table, preprocess, min_size, spec.top_input, preact, chunk, prepare)
 

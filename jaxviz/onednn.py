@@ -1,0 +1,138 @@
+"""oneDNN's convolution as an XLA custom call: the CPU's own best conv kernels, from JAX.
+
+XLA:CPU's convs and batched dots run far below a CPU's matmul rate, and its bf16
+convs do not reach AMX (bench/README.md). oneDNN (the library TensorFlow and PyTorch
+use on CPUs) picks a kernel for the CPU it runs on: AMX or AVX512-bf16 tiles for
+bfloat16, AVX-512 or AVX2 brgemm for float32. ``conv3x3`` calls it through ``jax.ffi``.
+
+The handlers (``native/onednn_conv.cc``) are compiled on first use with the C++
+compiler (``$CXX`` or ``g++``) against jaxlib's FFI headers and the oneDNN of the
+PyPI wheels ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` (dependencies of jaxviz on
+x86-64 Linux), and cached per source, jaxlib and oneDNN under ``~/.cache/jaxviz``.
+Where any of these is missing, or ``JAXVIZ_ONEDNN=0`` is set, ``available()`` is False
+and the pure-XLA convs of ``jaxviz.ops`` run instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+ENV = "JAXVIZ_ONEDNN"  # "0": never use oneDNN (the pure-XLA convs run)
+SOURCE = Path(__file__).parent / "native" / "onednn_conv.cc"
+TARGETS = {jnp.dtype(jnp.float32): "jaxviz_onednn_conv_f32", jnp.dtype(jnp.bfloat16): "jaxviz_onednn_conv_bf16"}
+MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip install onednn-cpu-gomp onednn-devel-cpu-gomp; "
+           "jaxviz installs them on x86-64 Linux) and a C++ compiler (g++); or use conv auto")
+SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16"}
+
+
+def _prefix() -> Path | None:
+    """The environment whose ``include/`` and ``lib/`` hold oneDNN 3 (the PyPI wheels install there)."""
+    for root in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        p = Path(root)
+        if (p / "include" / "oneapi" / "dnnl" / "dnnl.hpp").is_file() and (p / "lib" / "libdnnl.so.3").exists():
+            return p
+    return None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxviz" / "onednn"
+
+
+def _build(prefix: Path) -> Path:
+    """The compiled handlers for this source, jaxlib and oneDNN (compiled now if not cached)."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise OSError("no C++ compiler (g++ or $CXX)")
+    lib = (prefix / "lib" / "libdnnl.so.3").resolve()
+    tag = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), jax.ffi.include_dir().encode(),
+                                     jax.__version__.encode(), str(lib).encode(), cxx.encode()])).hexdigest()[:16]
+    out = _cache_dir() / f"onednn_conv-{tag}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
+           str(SOURCE), "-o", tmp, f"-L{lib.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib.parent}"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise OSError(f"compiling {SOURCE.name} failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL | None:
+    """The loaded handlers, registered with XLA (once per process), or None where oneDNN cannot run."""
+    if os.environ.get(ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return None
+    prefix = _prefix()
+    if prefix is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(prefix)))
+    except OSError as e:
+        print(f"jaxviz: oneDNN conv unavailable ({e}); using XLA's convs", file=sys.stderr)
+        return None
+    for target, symbol in SYMBOLS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return lib
+
+
+def available() -> bool:
+    """Whether ``conv3x3`` can run here (oneDNN 3 and a compiler found, ``JAXVIZ_ONEDNN`` not 0)."""
+    return _library() is not None
+
+
+def implementation(shape: tuple[int, int, int, int], out_channels: int, dtype=jnp.float32) -> str:
+    """The kernel oneDNN picks on this CPU for an (N, H, W, C) input, e.g. "brgconv:avx512_core_amx"."""
+    lib = _library()
+    if lib is None:
+        return "unavailable"
+    buf = ctypes.create_string_buffer(256)
+    n, h, w, c = shape
+    bad = lib.jaxviz_onednn_impl(int(jnp.dtype(dtype) == jnp.bfloat16), *(ctypes.c_long(v) for v in (n, h, w, c, out_channels)),
+                                 buf, ctypes.c_int(256))
+    return "unavailable" if bad else buf.value.decode()
+
+
+@jax.custom_batching.custom_vmap
+def _conv4(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    out = jax.ShapeDtypeStruct(x.shape[:-1] + kernel.shape[-1:], jnp.float32)
+    return jax.ffi.ffi_call(TARGETS[jnp.dtype(x.dtype)], out)(x, kernel)
+
+
+@_conv4.def_vmap
+def _conv4_vmap(axis_size, in_batched, x, kernel):
+    x_batched, k_batched = in_batched
+    if k_batched:  # one kernel per item: one call per item
+        return jax.lax.map(lambda a: conv3x3(*a), (x if x_batched else jnp.broadcast_to(x, (axis_size, *x.shape)), kernel)), True
+    return conv3x3(x, kernel), x_batched
+
+
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """3x3 SAME conv, (..., H, W, C) x HWIO -> float32, by oneDNN; in bfloat16 when ``x`` is
+    bfloat16 (the kernel is cast to ``x``'s type). Forward only: ``jaxviz.ops`` gives it its
+    input gradient (``with_input_vjp``). Needs ``available()``."""
+    if _library() is None:
+        raise RuntimeError(MISSING)
+    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+    if x.dtype not in TARGETS:
+        x = x.astype(jnp.float32)
+    y = _conv4(x.reshape((-1, h, w, c)), kernel.astype(x.dtype))
+    return y.reshape((*lead, h, w, kernel.shape[-1]))

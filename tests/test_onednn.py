@@ -1,0 +1,89 @@
+"""jaxviz.onednn: oneDNN's conv through jax.ffi against XLA's, and its fallbacks."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from conftest import ROOT
+from jaxviz import onednn
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="oneDNN or a C++ compiler is missing here")
+
+
+def reference(x, k):
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+def data(n, h, w, c, o, seed=0):
+    kx, kk = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, (n, h, w, c)) * 5.0, jax.random.normal(kk, (3, 3, c, o)) / (3.0 * c**0.5)
+
+
+def rel(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3, 5), (1, 8, 8, 16, 32), (3, 5, 4, 64, 8)])
+def test_float32_conv_matches_xla(shape):
+    x, k = data(*shape)
+    y = jax.jit(onednn.conv3x3)(x, k)
+    assert y.dtype == jnp.float32 and y.shape == shape[:3] + (shape[4],)
+    assert rel(y, reference(x, k)) <= 1e-5
+
+
+@needs_onednn
+def test_bfloat16_conv_rounds_its_inputs_and_accumulates_in_float32():
+    x, k = data(2, 8, 8, 64, 16, seed=1)
+    y = onednn.conv3x3(x.astype(jnp.bfloat16), k)
+    assert y.dtype == jnp.float32
+    want = reference(x.astype(jnp.bfloat16).astype(jnp.float32), k.astype(jnp.bfloat16).astype(jnp.float32))
+    assert rel(y, want) <= 1e-5  # the same rounded inputs: only the sum order differs
+    assert 1e-4 < rel(y, reference(x, k)) <= 2e-2
+
+
+@needs_onednn
+def test_leading_dimensions_and_vmap_give_the_unbatched_results():
+    x, k = data(6, 6, 6, 8, 4, seed=2)
+    flat = onednn.conv3x3(x, k)
+    np.testing.assert_allclose(onednn.conv3x3(x.reshape(2, 3, 6, 6, 8), k).reshape(flat.shape), flat, rtol=1e-6, atol=1e-6)
+    per_image = jax.jit(jax.vmap(lambda xi: onednn.conv3x3(xi[None], k)[0]))(x)
+    np.testing.assert_allclose(per_image, flat, rtol=1e-6, atol=1e-6)
+    kernels = jnp.stack([k, 2 * k])  # one kernel per item: still right
+    both = jax.vmap(onednn.conv3x3)(jnp.stack([x, x]), kernels)
+    np.testing.assert_allclose(both[1], 2 * flat, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_the_implementation_is_named():
+    name = onednn.implementation((2, 8, 8, 16), 16)
+    assert name != "unavailable" and ":" in name, name
+
+
+def test_zero_in_the_environment_turns_it_off():
+    code = "from jaxviz import onednn, ops; print(onednn.available(), ops.choice('float32', 'auto', 'cpu')[1])"
+    env = dict(os.environ, JAXVIZ_ONEDNN="0", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "wino4"]
+
+
+def test_a_failed_compile_falls_back_with_one_line(tmp_path):
+    """No working compiler: one line on stderr, available() False, and the XLA convs run."""
+    code = ("import jax.numpy as jnp; from jaxviz import onednn, ops; print(onednn.available()); "
+            "print(float(ops.conv_for('float32')(jnp.ones((1, 4, 4, 16)), jnp.ones((3, 3, 16, 2))).sum()))")
+    env = dict(os.environ, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+    env.pop(onednn.ENV, None)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "False"
+    assert float(r.stdout.split()[1]) > 0
+    if onednn._prefix() is not None:  # the compiler was tried: it said why it gave up, in one line
+        assert len(r.stderr.strip().splitlines()) == 1 and "oneDNN conv unavailable" in r.stderr, r.stderr
+    assert not list(tmp_path.rglob("*.tmp"))
