@@ -51,6 +51,8 @@ LATE_SIGINT = """
 import os, signal, sys
 from jaxviz.cli_run import exit_command
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as started from a terminal (a background job ignores it)
+
 class SignalsWhenCollected:  # a module global: collected late in teardown, after Python reset its handlers
     def __del__(self):
         os.kill(os.getpid(), signal.SIGINT)
