@@ -31,7 +31,7 @@ ENV = "JAXVIZ_ONEDNN"  # "0": never use oneDNN (the pure-XLA convs run)
 SOURCE = Path(__file__).parent / "native" / "onednn_conv.cc"
 TARGETS = {jnp.dtype(jnp.float32): "jaxviz_onednn_conv_f32", jnp.dtype(jnp.bfloat16): "jaxviz_onednn_conv_bf16"}
 MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip install onednn-cpu-gomp onednn-devel-cpu-gomp; "
-           "jaxviz installs them on x86-64 Linux) and a C++ compiler (g++); or use conv auto")
+           "jaxviz installs them on x86-64 Linux), a C++ compiler (g++) and JAXVIZ_ONEDNN not 0; or use conv auto")
 SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16"}
 
 

@@ -21,6 +21,9 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
   (m+2)^2 batched matmuls on transformed tiles: 2.25x (m=2) or 4x (m=4) fewer
   multiplies than the direct conv, in float32, with rounding of the same order as
   the direct conv's (tests/test_ops.py). The default in float32 on CPU.
+* ``onednn``, ``onednn_bf16``: oneDNN's conv (``jaxviz.onednn``, a custom call; on
+  float32 or bf16 inputs, float32 output), where it runs: the default of the
+  bfloat16 mode on CPUs with native bf16.
 
 A ``Prepared`` kernel carries its F(4x4, 3x3) transforms (forward and input gradient)
 made once ahead (``prepare``; the VGG model's ``Model.prepare``): the ascent's step
