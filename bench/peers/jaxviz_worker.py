@@ -59,6 +59,13 @@ class JaxvizWorker(Worker):
             versions["flax"] = flax.__version__
         except ImportError:
             pass
+        from jaxviz import ops
+
+        versions["convs"] = "/".join(ops.choice(self.precision)[:2])  # small/large layers' convs
+        if "onednn" in versions["convs"]:
+            from jaxviz import onednn
+
+            versions["onednn"] = onednn.implementation((16, 32, 32, 128), 128, self.precision)
         return versions
 
     def threads(self):
