@@ -3,7 +3,9 @@
 XLA:CPU's convs and batched dots run far below a CPU's matmul rate, and its bf16
 convs do not reach AMX (bench/README.md). oneDNN (the library TensorFlow and PyTorch
 use on CPUs) picks a kernel for the CPU it runs on: AMX or AVX512-bf16 tiles for
-bfloat16, AVX-512 or AVX2 brgemm for float32. ``conv3x3`` calls it through ``jax.ffi``.
+bfloat16, AVX-512 or AVX2 brgemm for float32. ``conv3x3`` calls its conv through
+``jax.ffi``, ``batched_matmul`` its matmul (the batched matmuls of ``ops``' Winograd conv,
+faster than XLA's on the Winograd shapes; the seed's grids stayed bit-identical on an AMX Xeon).
 
 The handlers (``native/onednn_conv.cc``) are compiled on first use with the C++
 compiler (``$CXX`` or ``g++``) against jaxlib's FFI headers and the oneDNN of the
@@ -32,7 +34,9 @@ SOURCE = Path(__file__).parent / "native" / "onednn_conv.cc"
 TARGETS = {jnp.dtype(jnp.float32): "jaxviz_onednn_conv_f32", jnp.dtype(jnp.bfloat16): "jaxviz_onednn_conv_bf16"}
 MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip install onednn-cpu-gomp onednn-devel-cpu-gomp; "
            "jaxviz installs them on x86-64 Linux), a C++ compiler (g++) and JAXVIZ_ONEDNN not 0; or use conv auto")
-SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16"}
+MATMUL = "jaxviz_onednn_batched_matmul_f32"
+SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16",
+           MATMUL: "JaxvizOnednnBatchedMatmulF32"}
 
 
 def _prefix() -> Path | None:
@@ -136,3 +140,33 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
         x = x.astype(jnp.float32)
     y = _conv4(x.reshape((-1, h, w, c)), kernel.astype(x.dtype))
     return y.reshape((*lead, h, w, kernel.shape[-1]))
+
+
+@jax.custom_batching.custom_vmap
+def batched_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """(..., B, M, K) x (B, K, N) -> (..., B, M, N) in float32 by oneDNN's matmul: Winograd's
+    batched matmuls (``ops.conv3x3_winograd``), the leading dimensions of ``a`` broadcast over
+    ``b``. Forward only (the Winograd conv's input gradient is itself a Winograd conv). Needs
+    ``available()``."""
+    if _library() is None:
+        raise RuntimeError(MISSING)
+    out = jax.ShapeDtypeStruct(a.shape[:-1] + b.shape[-1:], jnp.float32)
+    return jax.ffi.ffi_call(MATMUL, out)(a.astype(jnp.float32), b.astype(jnp.float32))
+
+
+@batched_matmul.def_vmap
+def _batched_matmul_vmap(axis_size, in_batched, a, b):
+    if in_batched[1]:  # per-item b: one call per item
+        a = a if in_batched[0] else jnp.broadcast_to(a, (axis_size, *a.shape))
+        return jax.lax.map(lambda ab: batched_matmul(*ab), (a, b)), True
+    if not in_batched[0]:
+        return batched_matmul(a, b), False
+    # the items folded into M: one (B, V M, K) x (B, K, N) product, larger matmuls than V of them
+    v, nb, m, k = a.shape[0], a.shape[-3], a.shape[-2], a.shape[-1]
+    lead = a.shape[1:-3]
+    a2 = jnp.moveaxis(a.reshape((v, -1, nb, m, k)), 0, 2).reshape((-1, nb, v * m, k)) if lead else \
+        jnp.moveaxis(a, 0, 1).reshape((nb, v * m, k))
+    c = batched_matmul(a2, b)
+    c = c.reshape((*c.shape[:-2], v, m, b.shape[-1]))
+    c = jnp.moveaxis(c, -3, 0)
+    return c.reshape((v, *lead, nb, m, b.shape[-1])), True

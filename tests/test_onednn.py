@@ -87,3 +87,27 @@ def test_a_failed_compile_falls_back_with_one_line(tmp_path):
     if onednn._prefix() is not None:  # the compiler was tried: it said why it gave up, in one line
         assert len(r.stderr.strip().splitlines()) == 1 and "oneDNN conv unavailable" in r.stderr, r.stderr
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@needs_onednn
+def test_batched_matmul_is_xlas_product_with_items_folded_into_rows():
+    kx, kb = jax.random.split(jax.random.key(4))
+    a = jax.random.normal(kx, (3, 36, 20, 16))
+    b = jax.random.normal(kb, (36, 16, 8))
+    want = jnp.stack([lax.dot_general(ai, b, (((2,), (1,)), ((0,), (0,)))) for ai in a])
+    np.testing.assert_allclose(onednn.batched_matmul(a, b), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.vmap(onednn.batched_matmul, (0, None)))(a, b), want, rtol=1e-5, atol=1e-5)
+    nested = jax.vmap(onednn.batched_matmul, (0, None))(a[:, None], b)  # items with a leading axis of their own
+    np.testing.assert_allclose(nested[:, 0], want, rtol=1e-5, atol=1e-5)
+    per_item_b = jax.vmap(onednn.batched_matmul)(a, jnp.stack([b, 2 * b, 3 * b]))
+    np.testing.assert_allclose(per_item_b[2], 3 * want[2], rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_winograd_runs_its_matmuls_in_onednn_and_stays_a_winograd_conv():
+    from jaxviz import ops
+
+    x, k = data(2, 12, 12, 32, 16, seed=5)
+    jaxpr = str(jax.make_jaxpr(lambda x: ops.conv3x3_winograd(x, k, 4))(x))
+    assert "ffi_call" in jaxpr
+    assert rel(ops.conv3x3_winograd(x, k, 4), reference(x, k)) <= 1e-5

@@ -58,7 +58,44 @@ ffi::Error Conv3x3(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<ffi::F3
   return ffi::Error::Success();
 }
 
+// c[..., i] = a[..., i, :, :] @ b[i] for a (..., B, M, K), b (B, K, N): Winograd's batched matmuls,
+// the leading dimensions of a broadcast over b (oneDNN's matmul with a batch of 1 in b).
+ffi::Error BatchedMatmul(ffi::Buffer<ffi::DataType::F32> a, ffi::Buffer<ffi::DataType::F32> b,
+                         ffi::ResultBuffer<ffi::DataType::F32> c) {
+  auto ad = a.dimensions();
+  auto bd = b.dimensions();
+  const size_t r = ad.size();
+  if (r < 3 || bd.size() != 3 || ad[r - 3] != bd[0] || ad[r - 1] != bd[1]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxviz onednn matmul: a must be (..., B, M, K) and b (B, K, N)");
+  }
+  memory::dim v = 1;
+  for (size_t i = 0; i + 3 < r; ++i) v *= ad[i];
+  const memory::dim nb = bd[0], m = ad[r - 2], k = ad[r - 1], n = bd[2];
+  const auto f32 = memory::data_type::f32;
+  try {
+    dnnl::engine& engine = cpu_engine();
+    dnnl::stream stream(engine);
+    memory::desc a_md({v, nb, m, k}, f32, memory::format_tag::abcd);
+    memory::desc b_md({1, nb, k, n}, f32, memory::format_tag::abcd);
+    memory::desc c_md({v, nb, m, n}, f32, memory::format_tag::abcd);
+    dnnl::matmul::primitive_desc pd(engine, a_md, b_md, c_md);
+    memory am(a_md, engine, a.untyped_data()), bm(b_md, engine, b.untyped_data()), cm(c_md, engine, c->untyped_data());
+    dnnl::matmul(pd).execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    stream.wait();
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxviz onednn matmul: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Arg<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Ret<ffi::Buffer<ffi::DataType::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnConvF32, Conv3x3<ffi::DataType::F32>,
                               ffi::Ffi::Bind()
