@@ -142,31 +142,49 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return y.reshape((*lead, h, w, kernel.shape[-1]))
 
 
-@jax.custom_batching.custom_vmap
+@jax.custom_vjp
 def batched_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     """(..., B, M, K) x (B, K, N) -> (..., B, M, N) in float32 by oneDNN's matmul: Winograd's
     batched matmuls (``ops.conv3x3_winograd``), the leading dimensions of ``a`` broadcast over
-    ``b``. Forward only (the Winograd conv's input gradient is itself a Winograd conv). Needs
-    ``available()``."""
+    ``b``. Differentiable (its gradients are matmuls too). Needs ``available()``."""
     if _library() is None:
         raise RuntimeError(MISSING)
+    return _matmul(a.astype(jnp.float32), b.astype(jnp.float32))
+
+
+def _matmul_fwd(a, b):
+    return batched_matmul(a, b), (a, b)
+
+
+def _matmul_bwd(res, g):
+    a, b = res
+    da = batched_matmul(g, jnp.swapaxes(b, -1, -2))
+    db = jnp.einsum("...bmk,...bmn->bkn", a.astype(jnp.float32), g)
+    return da.astype(a.dtype), db.astype(b.dtype)
+
+
+batched_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_batching.custom_vmap
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     out = jax.ShapeDtypeStruct(a.shape[:-1] + b.shape[-1:], jnp.float32)
-    return jax.ffi.ffi_call(MATMUL, out)(a.astype(jnp.float32), b.astype(jnp.float32))
+    return jax.ffi.ffi_call(MATMUL, out)(a, b)
 
 
-@batched_matmul.def_vmap
+@_matmul.def_vmap
 def _batched_matmul_vmap(axis_size, in_batched, a, b):
     if in_batched[1]:  # per-item b: one call per item
         a = a if in_batched[0] else jnp.broadcast_to(a, (axis_size, *a.shape))
-        return jax.lax.map(lambda ab: batched_matmul(*ab), (a, b)), True
+        return jax.lax.map(lambda ab: _matmul(*ab), (a, b)), True
     if not in_batched[0]:
-        return batched_matmul(a, b), False
+        return _matmul(a, b), False
     # the items folded into M: one (B, V M, K) x (B, K, N) product, larger matmuls than V of them
     v, nb, m, k = a.shape[0], a.shape[-3], a.shape[-2], a.shape[-1]
     lead = a.shape[1:-3]
     a2 = jnp.moveaxis(a.reshape((v, -1, nb, m, k)), 0, 2).reshape((-1, nb, v * m, k)) if lead else \
         jnp.moveaxis(a, 0, 1).reshape((nb, v * m, k))
-    c = batched_matmul(a2, b)
+    c = _matmul(a2, b)
     c = c.reshape((*c.shape[:-2], v, m, b.shape[-1]))
     c = jnp.moveaxis(c, -3, 0)
     return c.reshape((v, *lead, nb, m, b.shape[-1])), True

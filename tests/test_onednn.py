@@ -111,3 +111,18 @@ def test_winograd_runs_its_matmuls_in_onednn_and_stays_a_winograd_conv():
     jaxpr = str(jax.make_jaxpr(lambda x: ops.conv3x3_winograd(x, k, 4))(x))
     assert "ffi_call" in jaxpr
     assert rel(ops.conv3x3_winograd(x, k, 4), reference(x, k)) <= 1e-5
+
+
+@needs_onednn
+def test_batched_matmul_and_the_winograd_conv_have_gradients():
+    from jaxviz import ops
+
+    kx, kb = jax.random.split(jax.random.key(6))
+    a, b = jax.random.normal(kx, (2, 4, 6, 5)), jax.random.normal(kb, (4, 5, 3))
+    xla = lambda a, b: jnp.einsum("...bmk,bkn->...bmn", a, b, precision=lax.Precision.HIGHEST)
+    for got, want in zip(jax.grad(lambda a, b: jnp.sum(onednn.batched_matmul(a, b) ** 2), (0, 1))(a, b),
+                         jax.grad(lambda a, b: jnp.sum(xla(a, b) ** 2), (0, 1))(a, b)):
+        assert rel(got, want) <= 1e-5
+    x, k = data(1, 8, 8, 16, 4, seed=7)
+    dx = jax.grad(lambda x: jnp.sum(ops.conv3x3_winograd(x, k, 4) ** 2))(x)
+    assert rel(dx, jax.grad(lambda x: jnp.sum(reference(x, k) ** 2))(x)) <= 1e-4
