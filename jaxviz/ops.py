@@ -179,10 +179,9 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2, transform=wino
     cols = [r[:, :, :, j // m : j // m + tw, j % m] for j in range(a)]  # (a, n, th, tw, c)
     v = jnp.stack([_combine(bt[q], cols) for q in range(a)], axis=1)  # (a, a, n, th, tw, c)
     v = v.reshape(a * a, n * th * tw, c)
-    if onednn.available():
-        mm = onednn.batched_matmul(v, u)
-    else:
-        mm = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
+    xla_mm = lambda v, u: lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
+    # oneDNN's matmul on CPU where it runs (a CPU custom call), XLA's elsewhere
+    mm = lax.platform_dependent(v, u, cpu=onednn.batched_matmul, default=xla_mm) if onednn.available() else xla_mm(v, u)
     mm = mm.reshape(a, a, n, th, tw, o)
     # the output transform, written straight into (n, th, m, tw, m, o): no transpose
     s_ = [_combine(at[u], [mm[p] for p in range(a)]) for u in range(m)]  # (a, n, th, tw, o) each

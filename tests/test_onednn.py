@@ -126,3 +126,13 @@ def test_batched_matmul_and_the_winograd_conv_have_gradients():
     x, k = data(1, 8, 8, 16, 4, seed=7)
     dx = jax.grad(lambda x: jnp.sum(ops.conv3x3_winograd(x, k, 4) ** 2))(x)
     assert rel(dx, jax.grad(lambda x: jnp.sum(reference(x, k) ** 2))(x)) <= 1e-4
+
+
+def test_the_winograd_conv_still_lowers_for_gpus():
+    """oneDNN is a CPU custom call: a Winograd conv exported for CUDA must not contain it."""
+    from jaxviz import ops
+
+    x, k = data(1, 8, 8, 16, 4, seed=8)
+    exported = jax.export.export(jax.jit(lambda x: ops.VARIANTS["wino4"](x, k)), platforms=["cuda"])(x)
+    text = exported.mlir_module()
+    assert "jaxviz_onednn" not in text and "dot_general" in text
