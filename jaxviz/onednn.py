@@ -121,11 +121,17 @@ def _conv4(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(TARGETS[jnp.dtype(x.dtype)], out)(x, kernel)
 
 
+def _per_item(fn, axis_size, x_batched, x, w):
+    """``fn`` item by item, for the rare vmap where every item brings its own weights."""
+    x = x if x_batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+    return jax.lax.map(lambda xw: fn(*xw), (x, w)), True
+
+
 @_conv4.def_vmap
 def _conv4_vmap(axis_size, in_batched, x, kernel):
     x_batched, k_batched = in_batched
-    if k_batched:  # one kernel per item: one call per item
-        return jax.lax.map(lambda a: conv3x3(*a), (x if x_batched else jnp.broadcast_to(x, (axis_size, *x.shape)), kernel)), True
+    if k_batched:
+        return _per_item(conv3x3, axis_size, x_batched, x, kernel)
     return conv3x3(x, kernel), x_batched
 
 
@@ -173,10 +179,9 @@ def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 @_matmul.def_vmap
-def _batched_matmul_vmap(axis_size, in_batched, a, b):
-    if in_batched[1]:  # per-item b: one call per item
-        a = a if in_batched[0] else jnp.broadcast_to(a, (axis_size, *a.shape))
-        return jax.lax.map(lambda ab: _matmul(*ab), (a, b)), True
+def _matmul_vmap(axis_size, in_batched, a, b):
+    if in_batched[1]:
+        return _per_item(_matmul, axis_size, in_batched[0], a, b)
     if not in_batched[0]:
         return _matmul(a, b), False
     # the items folded into M: one (B, V M, K) x (B, K, N) product, larger matmuls than V of them

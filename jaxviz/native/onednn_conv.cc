@@ -1,5 +1,6 @@
-// 3x3 SAME stride-1 convolution through oneDNN, as XLA FFI handlers for jaxviz.onednn.
+// oneDNN's 3x3 SAME stride-1 convolution and batched matmul, as XLA FFI handlers for jaxviz.onednn.
 //
+// Convolution:
 // x: (N, H, W, C) float32 or bfloat16 (NHWC), w: (3, 3, C, O) of the same type (HWIO),
 // y: (N, H, W, O) float32. oneDNN picks its implementation for the CPU it runs on
 // (AMX or AVX512-bf16 for bfloat16 where the CPU has them); its primitive cache keeps
