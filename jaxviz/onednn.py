@@ -35,8 +35,9 @@ TARGETS = {jnp.dtype(jnp.float32): "jaxviz_onednn_conv_f32", jnp.dtype(jnp.bfloa
 MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip install onednn-cpu-gomp onednn-devel-cpu-gomp; "
            "jaxviz installs them on x86-64 Linux), a C++ compiler (g++) and JAXVIZ_ONEDNN not 0; or use conv auto")
 MATMUL = "jaxviz_onednn_batched_matmul_f32"
+WINOGRAD = "jaxviz_winograd4_f32"
 SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16",
-           MATMUL: "JaxvizOnednnBatchedMatmulF32"}
+           MATMUL: "JaxvizOnednnBatchedMatmulF32", WINOGRAD: "JaxvizWinograd4F32"}
 
 
 def _prefix() -> Path | None:
@@ -53,6 +54,15 @@ def _cache_dir() -> Path:
     return Path(base) / "jaxviz" / "onednn"
 
 
+def _cpu() -> bytes:
+    """This CPU's model and flags: the library is compiled for the CPU it runs on (-march=native)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return b"".join(sorted({l for l in f if l.startswith((b"model name", b"flags"))}))
+    except OSError:
+        return b""
+
+
 def _build(prefix: Path) -> Path:
     """The compiled handlers for this source, jaxlib and oneDNN (compiled now if not cached)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -60,14 +70,15 @@ def _build(prefix: Path) -> Path:
         raise OSError("no C++ compiler (g++ or $CXX)")
     lib = (prefix / "lib" / "libdnnl.so.3").resolve()
     tag = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), jax.ffi.include_dir().encode(),
-                                     jax.__version__.encode(), str(lib).encode(), cxx.encode()])).hexdigest()[:16]
+                                     jax.__version__.encode(), str(lib).encode(), cxx.encode(), _cpu()])).hexdigest()[:16]
     out = _cache_dir() / f"onednn_conv-{tag}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
+    # no FMA contraction: the Winograd transforms round as XLA's do (native/onednn_conv.cc)
+    cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
            str(SOURCE), "-o", tmp, f"-L{lib.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib.parent}"]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -193,3 +204,46 @@ def _matmul_vmap(axis_size, in_batched, a, b):
     c = c.reshape((*c.shape[:-2], v, m, b.shape[-1]))
     c = jnp.moveaxis(c, -3, 0)
     return c.reshape((v, *lead, nb, m, b.shape[-1])), True
+
+
+def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
+    """3x3 SAME conv of (..., H, W, C) float32 by Winograd F(4x4, 3x3) with the transformed
+    kernel ``u`` = ``ops.winograd_kernel(kernel, 4)``, (36, C, O): the tile transforms in C++
+    on every core, the 36 matmuls in oneDNN's. The same sums in the same order as
+    ``ops.conv3x3_winograd``'s XLA form with oneDNN's matmul. Forward only; needs ``available()``."""
+    if _library() is None:
+        raise RuntimeError(MISSING)
+    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+    y = _winograd4(x.astype(jnp.float32).reshape((-1, h, w, c)), u.astype(jnp.float32))
+    return y.reshape((*lead, h, w, u.shape[-1]))
+
+
+# About this many bytes of transformed tiles per block of winograd4: 1 / 2 / 4 / 8 / 16 MB and
+# one block timed alike within noise on an AMX Xeon at 64-256 channels, except one block at 64 and
+# 128 channels (1.3-1.8x the transforms' time: they fall out of cache) and small blocks at 512
+# channels (each block reads all the weights again, 38 MB there).
+BLOCK_BYTES = 4 << 20
+
+
+def _block(tiles: int, c: int) -> int:
+    """Tiles per block: the tiles split evenly into about tiles * 36 * 4 * c / BLOCK_BYTES blocks."""
+    blocks = max(1, round(tiles * 36 * 4 * c / BLOCK_BYTES))
+    return -(-tiles // blocks)
+
+
+@jax.custom_batching.custom_vmap
+def _winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    o = u.shape[-1]
+    tiles = n * (-(-h // 4)) * (-(-w // 4))
+    block = _block(tiles, max(c, o))
+    out = (jax.ShapeDtypeStruct((n, h, w, o), jnp.float32),  # the conv, then two scratch buffers
+           jax.ShapeDtypeStruct((36, block, c), jnp.float32), jax.ShapeDtypeStruct((36, block, o), jnp.float32))
+    return jax.ffi.ffi_call(WINOGRAD, out)(x, u, block=block)[0]
+
+
+@_winograd4.def_vmap
+def _winograd4_vmap(axis_size, in_batched, x, u):
+    if in_batched[1]:
+        return _per_item(winograd4, axis_size, in_batched[0], x, u)
+    return winograd4(x, u), in_batched[0]

@@ -154,10 +154,12 @@ def winograd_kernel_unrolled(kernel: jax.Array, m: int = 2) -> jax.Array:
 
 
 def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2, transform=winograd_kernel) -> jax.Array:
-    """3x3 SAME conv by Winograd F(m x m, 3 x 3): (m+2)^2 batched matmuls, float32
-    (oneDNN's where it runs, XLA's otherwise).
+    """3x3 SAME conv by Winograd F(m x m, 3 x 3): (m+2)^2 batched matmuls, float32.
 
-    ``kernel`` may be ``Prepared`` (its transform made ahead, m = 4 only).
+    ``kernel`` may be ``Prepared`` (its transform made ahead, m = 4 only). Where oneDNN
+    runs, F(4x4, 3x3) on CPU is one custom call (``onednn.winograd4``: the tile transforms
+    in C++, the matmuls in oneDNN) with the same sums in the same order as the XLA form
+    here, so the same bits; elsewhere (and for m = 2) the XLA form runs.
     """
     if isinstance(kernel, Prepared):
         if m != 4 or transform is not winograd_kernel:
@@ -165,10 +167,36 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2, transform=wino
         u = kernel.u
     else:
         u = transform(kernel, m)
+    if m == 4 and onednn.available():
+        return lax.platform_dependent(x, u, cpu=_winograd4_onednn, default=partial(_winograd_xla, m=m))
+    return _winograd_xla(x, u, m)
+
+
+@jax.custom_vjp
+def _winograd4_onednn(x: jax.Array, u: jax.Array) -> jax.Array:
+    return onednn.winograd4(x, u)
+
+
+def _winograd4_onednn_fwd(x, u):
+    return onednn.winograd4(x, u), (x, u)
+
+
+def _winograd4_onednn_bwd(res, g):
+    # the XLA form's gradients (the same function): only for direct use, the ascent's convs
+    # take their input gradient from with_input_vjp
+    return jax.vjp(partial(_winograd_xla, m=4), *res)[1](g)
+
+
+_winograd4_onednn.defvjp(_winograd4_onednn_fwd, _winograd4_onednn_bwd)
+
+
+def _winograd_xla(x: jax.Array, u: jax.Array, m: int) -> jax.Array:
+    """Winograd F(m x m, 3 x 3) with the transformed kernel ``u`` in XLA's ops (oneDNN's
+    matmul on CPU where it runs)."""
     bt, _, at = WINOGRAD[m]
     a = m + 2
     n, h, w, c = x.shape
-    o = kernel.shape[-1]
+    o = u.shape[-1]
     th, tw = -(-h // m), -(-w // m)
     # Tiles start every m pixels: with rows and columns folded as (tile, m), the i-th
     # row of every tile is a plain slice (strided slices ran slower on XLA:CPU).
@@ -184,7 +212,7 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2, transform=wino
     mm = lax.platform_dependent(v, u, cpu=onednn.batched_matmul, default=xla_mm) if onednn.available() else xla_mm(v, u)
     mm = mm.reshape(a, a, n, th, tw, o)
     # the output transform, written straight into (n, th, m, tw, m, o): no transpose
-    s_ = [_combine(at[u], [mm[p] for p in range(a)]) for u in range(m)]  # (a, n, th, tw, o) each
+    s_ = [_combine(at[i], [mm[p] for p in range(a)]) for i in range(m)]  # (a, n, th, tw, o) each
     y = jnp.stack([jnp.stack([_combine(at[v_], [su[q] for q in range(a)]) for v_ in range(m)], axis=3)
                    for su in s_], axis=2)
     y = y.reshape(n, th * m, tw * m, o)

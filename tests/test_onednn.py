@@ -135,4 +135,37 @@ def test_the_winograd_conv_still_lowers_for_gpus():
     x, k = data(1, 8, 8, 16, 4, seed=8)
     exported = jax.export.export(jax.jit(lambda x: ops.VARIANTS["wino4"](x, k)), platforms=["cuda"])(x)
     text = exported.mlir_module()
-    assert "jaxviz_onednn" not in text and "dot_general" in text
+    assert "jaxviz_onednn" not in text and "jaxviz_winograd" not in text and "dot_general" in text
+    on_cpu = jax.jit(lambda x: ops.VARIANTS["wino4"](x, k)).lower(x).as_text()
+    assert "jaxviz_winograd4_f32" in on_cpu  # on CPU the whole conv is the C++ one
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(5, 13, 11, 40, 24), (4, 32, 32, 64, 16)])
+def test_winograd4_gives_the_xla_forms_bits(shape, monkeypatch):
+    """The C++ transforms add the same terms in the same order as ops' XLA form, in blocks
+    of tiles (the last one shorter here): the same floats, not merely close ones."""
+    from jaxviz import ops
+
+    monkeypatch.setattr(onednn, "BLOCK_BYTES", 50_000)
+    x, k = data(*shape, seed=9)
+    u = ops.winograd_kernel(k, 4)
+    tiles = shape[0] * -(-shape[1] // 4) * -(-shape[2] // 4)
+    assert tiles % onednn._block(tiles, shape[3]) != 0  # several blocks, the last one shorter
+    got = jax.jit(onednn.winograd4)(x, u)
+    want = jax.jit(lambda x, u: ops._winograd_xla(x, u, 4))(x, u)
+    np.testing.assert_array_equal(got, want)
+    assert rel(got, reference(x, k)) <= 1e-4
+
+
+@needs_onednn
+def test_winograd4_under_vmap_folds_the_items_into_its_batch():
+    from jaxviz import ops
+
+    x, k = data(4, 8, 8, 16, 8, seed=10)
+    u = ops.winograd_kernel(k, 4)
+    flat = onednn.winograd4(x, u)
+    per_image = jax.jit(jax.vmap(lambda xi: onednn.winograd4(xi[None], u)[0]))(x)
+    np.testing.assert_array_equal(per_image, flat)
+    both = jax.vmap(onednn.winograd4)(jnp.stack([x, x]), jnp.stack([u, 2 * u]))  # per-item kernels
+    np.testing.assert_allclose(both[1], 2 * flat, rtol=1e-5, atol=1e-5)

@@ -6,6 +6,9 @@
 // (AMX or AVX512-bf16 for bfloat16 where the CPU has them); its primitive cache keeps
 // the compiled kernels between calls, keyed by shape.
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <utility>
 #include <exception>
 #include <string>
 
@@ -90,7 +93,176 @@ ffi::Error BatchedMatmul(ffi::Buffer<ffi::DataType::F32> a, ffi::Buffer<ffi::Dat
   return ffi::Error::Success();
 }
 
+// Winograd F(4x4, 3x3) conv, 3x3 SAME stride 1, float32: x (N, H, W, C), u (36, C, O) = G g G^T
+// -> y (N, H, W, O), with v (36, M, C) and m (36, M, O) as scratch (M = N ceil(H/4) ceil(W/4)
+// tiles). The tile transforms run here on both cores, the 36 matmuls in oneDNN's matmul. Every
+// transform adds its terms in the order ops.conv3x3_winograd writes them (coefficient 1: the term,
+// -1: its negation, else coefficient times term; zeros skipped), without FMA contraction, and the
+// matmul is the call ops makes: the results are XLA's, bit for bit.
+constexpr int kTile = 6;
+constexpr float kBt[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                             {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+constexpr float kAt[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+constexpr int kLanes = 16;  // channels per vector (one AVX-512 register, two AVX2 ones)
+using Vec = float __attribute__((vector_size(4 * kLanes)));
+
+template <typename F, int... I>
+inline void ForImpl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+// f(0) .. f(N - 1), each index a compile-time constant.
+template <int N, typename F>
+inline void For(F&& f) {
+  ForImpl(f, std::make_integer_sequence<int, N>{});
+}
+
+constexpr float Coef(bool out, int row, int i) { return out ? kAt[row][i] : kBt[row][i]; }
+constexpr int FirstTerm(bool out, int row) {
+  int i = 0;
+  while (Coef(out, row, i) == 0) ++i;
+  return i;
+}
+
+// sum_i Coef(Out, Row, i) * t[i * stride] in ops._combine's order: coefficient 1 the term, -1 its
+// negation, else coefficient times term, zeros skipped (all known at compile time).
+template <bool Out, int Row>
+inline Vec Combine(const Vec* t, long stride) {
+  Vec acc{};
+  For<6>([&](auto i) {
+    constexpr float c = Coef(Out, Row, decltype(i)::value);
+    if constexpr (c != 0) {
+      const Vec x = t[decltype(i)::value * stride];
+      Vec term;
+      if constexpr (c == 1) term = x;
+      else if constexpr (c == -1) term = -x;
+      else term = c * x;
+      if constexpr (decltype(i)::value == FirstTerm(Out, Row)) acc = term;
+      else acc = acc + term;
+    }
+  });
+  return acc;
+}
+
+// Unaligned loads and stores of len <= kLanes channels (a constant-size copy when whole: one instruction).
+inline Vec Load(const float* p, int len) {
+  Vec v{};
+  if (len == kLanes) std::memcpy(&v, p, sizeof(Vec));
+  else std::memcpy(&v, p, sizeof(float) * len);
+  return v;
+}
+
+inline void Store(float* p, const Vec& v, int len) {
+  if (len == kLanes) std::memcpy(p, &v, sizeof(Vec));
+  else std::memcpy(p, &v, sizeof(float) * len);
+}
+
+// Input transform of tiles t0 .. t0 + nt into v (36, nt, C): tile (b, ty, tx) reads rows
+// 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 .. 4 tx + 4 (zeros outside the image);
+// r[p][j] = sum_i Bt[p][i] d[i][j], then v[p][q] = sum_j Bt[q][j] r[p][j].
+void InputTransform(const float* xs, long h, long w, long c, long th, long tw, long t0, long nt, float* v) {
+#pragma omp parallel for schedule(static)
+  for (long k = 0; k < nt; ++k) {
+    Vec d[kTile][kTile], r[kTile][kTile];
+    const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
+    for (long c0 = 0; c0 < c; c0 += kLanes) {
+      const int len = static_cast<int>(std::min<long>(kLanes, c - c0));
+      for (int i = 0; i < kTile; ++i) {
+        const long row = 4 * ty + i - 1;
+        for (int j = 0; j < kTile; ++j) {
+          const long cl = 4 * tx + j - 1;
+          d[i][j] = (row < 0 || row >= h || cl < 0 || cl >= w) ? Vec{} : Load(xs + ((b * h + row) * w + cl) * c + c0, len);
+        }
+      }
+      For<kTile>([&](auto p) {
+        for (int j = 0; j < kTile; ++j) r[p][j] = Combine<false, decltype(p)::value>(&d[0][j], kTile);
+      });
+      for (int p = 0; p < kTile; ++p) {
+        For<kTile>([&](auto q) {
+          Store(v + ((p * kTile + q) * nt + k) * c + c0, Combine<false, decltype(q)::value>(r[p], 1), len);
+        });
+      }
+    }
+  }
+}
+
+// Output transform of mm (36, nt, O), tiles t0 .. t0 + nt, into y:
+// s[a][q] = sum_p At[a][p] m[p][q], y[a][e] = sum_q At[e][q] s[a][q].
+void OutputTransform(const float* mm, long h, long w, long o, long th, long tw, long t0, long nt, float* ys) {
+#pragma omp parallel for schedule(static)
+  for (long k = 0; k < nt; ++k) {
+    Vec m[kTile][kTile], s[4][kTile];
+    const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
+    for (long o0 = 0; o0 < o; o0 += kLanes) {
+      const int len = static_cast<int>(std::min<long>(kLanes, o - o0));
+      for (int p = 0; p < kTile; ++p)
+        for (int q = 0; q < kTile; ++q) m[p][q] = Load(mm + ((p * kTile + q) * nt + k) * o + o0, len);
+      For<4>([&](auto a) {
+        for (int q = 0; q < kTile; ++q) s[a][q] = Combine<true, decltype(a)::value>(&m[0][q], kTile);
+      });
+      for (int a = 0; a < 4; ++a) {
+        const long row = 4 * ty + a;
+        if (row >= h) break;
+        For<4>([&](auto e) {
+          const long cl = 4 * tx + e;
+          if (cl < w) Store(ys + ((b * h + row) * w + cl) * o + o0, Combine<true, decltype(e)::value>(s[a], 1), len);
+        });
+      }
+    }
+  }
+}
+
+// The conv in blocks of `block` tiles (the last one shorter): each block's transformed tiles
+// and products stay in cache between the transforms and the matmul.
+ffi::Error Winograd4(ffi::Buffer<ffi::DataType::F32> x, ffi::Buffer<ffi::DataType::F32> u,
+                     ffi::ResultBuffer<ffi::DataType::F32> y, ffi::ResultBuffer<ffi::DataType::F32> vbuf,
+                     ffi::ResultBuffer<ffi::DataType::F32> mbuf, int64_t block) {
+  auto xd = x.dimensions();
+  auto ud = u.dimensions();
+  if (xd.size() != 4 || ud.size() != 3 || ud[0] != 36 || ud[1] != xd[3] || block < 1) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxviz winograd: x must be (N, H, W, C), u (36, C, O) and block positive");
+  }
+  const long n = xd[0], h = xd[1], w = xd[2], c = xd[3], o = ud[2];
+  const long th = (h + 3) / 4, tw = (w + 3) / 4, tiles = n * th * tw;
+  float* v = vbuf->typed_data();
+  float* mm = mbuf->typed_data();
+  try {
+    dnnl::engine& engine = cpu_engine();
+    dnnl::stream stream(engine);
+    const auto f32 = memory::data_type::f32;
+    memory bm(memory::desc({1, 36, c, o}, f32, memory::format_tag::abcd), engine, const_cast<float*>(u.typed_data()));
+    dnnl::matmul full, last;
+    for (long t0 = 0; t0 < tiles; t0 += block) {
+      const long nt = std::min(block, tiles - t0);
+      dnnl::matmul& mmul = nt == block ? full : last;
+      if (!mmul) {
+        memory::desc a_md({1, 36, nt, c}, f32, memory::format_tag::abcd);
+        memory::desc c_md({1, 36, nt, o}, f32, memory::format_tag::abcd);
+        mmul = dnnl::matmul(dnnl::matmul::primitive_desc(engine, a_md, bm.get_desc(), c_md));
+      }
+      InputTransform(x.typed_data(), h, w, c, th, tw, t0, nt, v);
+      memory am(memory::desc({1, 36, nt, c}, f32, memory::format_tag::abcd), engine, v);
+      memory cm(memory::desc({1, 36, nt, o}, f32, memory::format_tag::abcd), engine, mm);
+      mmul.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      stream.wait();
+      OutputTransform(mm, h, w, o, th, tw, t0, nt, y->typed_data());
+    }
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxviz winograd: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Arg<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Ret<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Ret<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Ret<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Attr<int64_t>("block"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
                               ffi::Ffi::Bind()
