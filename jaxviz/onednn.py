@@ -4,13 +4,14 @@ XLA:CPU's convs and batched dots run far below a CPU's matmul rate, and its bf16
 convs do not reach AMX (bench/README.md). oneDNN (the library TensorFlow and PyTorch
 use on CPUs) picks a kernel for the CPU it runs on: AMX or AVX512-bf16 tiles for
 bfloat16, AVX-512 or AVX2 brgemm for float32. ``conv3x3`` calls its conv through
-``jax.ffi``, ``batched_matmul`` its matmul (the batched matmuls of ``ops``' Winograd conv,
-faster than XLA's on the Winograd shapes; the seed's grids stayed bit-identical on an AMX Xeon).
+``jax.ffi``, ``batched_matmul`` its matmul, and ``winograd4`` is ``ops``' float32
+Winograd conv in one call: its tile transforms in C++ (vectorized, on every core, a
+cache-sized block of tiles at a time) around oneDNN's matmul, with XLA's sums.
 
 The handlers (``native/onednn_conv.cc``) are compiled on first use with the C++
-compiler (``$CXX`` or ``g++``) against jaxlib's FFI headers and the oneDNN of the
+compiler (``$CXX`` or ``g++``, for this CPU: ``-march=native``) against jaxlib's FFI headers and the oneDNN of the
 PyPI wheels ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` (dependencies of jaxviz on
-x86-64 Linux), and cached per source, jaxlib and oneDNN under ``~/.cache/jaxviz``.
+x86-64 Linux), and cached per source, jaxlib, oneDNN and CPU under ``~/.cache/jaxviz``.
 Where any of these is missing, or ``JAXVIZ_ONEDNN=0`` is set, ``available()`` is False
 and the pure-XLA convs of ``jaxviz.ops`` run instead.
 """

@@ -21,8 +21,10 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
   (m+2)^2 batched matmuls on transformed tiles: 2.25x (m=2) or 4x (m=4) fewer
   multiplies than the direct conv, in float32, with rounding of the same order as
   the direct conv's (tests/test_ops.py). The default in float32 on CPU. Where oneDNN
-  runs, its matmul does the batched matmuls (``onednn.batched_matmul``): 0.84-0.92x
-  the grids' time at block2..4_conv1 on an AMX Xeon, images and losses bit-identical.
+  runs, F(4x4, 3x3) on CPU is one custom call (``onednn.winograd4``: the tile transforms
+  in C++, in cache-sized blocks of tiles, the matmuls in oneDNN's matmul) that adds the
+  same terms in the same order, so the seed's images and losses stay bit-identical
+  (bench/README.md, "Winograd in one custom call").
 * ``onednn``, ``onednn_bf16``: oneDNN's conv (``jaxviz.onednn``, a custom call; on
   float32 or bf16 inputs, float32 output), where it runs: the default of the
   bfloat16 mode on CPUs with native bf16.
@@ -338,7 +340,9 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     CPU, Winograd F(4x4, 3x3) with XLA's conv for block1_conv1 ran the grids of
     block2..4_conv1 1.5-1.7x faster than XLA's conv alone (in chunks of 16 filters,
     ascent.CPU_BATCH); XLA's conv in turn beat every im2col-style
-    matmul formulation. On CPU "auto" is Winograd; with a plan (jaxviz.plan,
+    matmul formulation. Where oneDNN runs, its float32 conv takes block1_conv1 (colour
+    inputs, too few channels for Winograd): 0.75-0.94x the time of XLA's there, in the
+    grids of block2/3_conv1 on an AMX Xeon. On CPU "auto" is Winograd; with a plan (jaxviz.plan,
     opt-in through JAXVIZ_PLAN) it is ``planned``: Winograd unless the plan timed XLA's
     conv faster for the layer's shape (only when built with ``--convs wino4,xla``). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
     algorithm).
@@ -381,7 +385,8 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
         if on_cpu:
             from jaxviz import plan
 
-            return ("xla", "planned" if plan.cache_path() else "wino4", WINOGRAD_MIN_IN_CHANNELS)
+            small = "onednn" if onednn.available() else "xla"
+            return (small, "planned" if plan.cache_path() else "wino4", WINOGRAD_MIN_IN_CHANNELS)
         algorithm = "xla"
     if algorithm == "winograd":
         return ("xla", "wino4", WINOGRAD_MIN_IN_CHANNELS)

@@ -185,7 +185,8 @@ def test_real_interrupts_at_random_moments_exit_130_fast_with_nothing_partial(tm
     sigs = [signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGINT]
     for i, (delay, sig) in enumerate(zip(delays, sigs)):
         out = tmp_path / f"run{i}"
-        code, err, seconds = interrupt([sys.executable, "-m", "jaxviz.grid", "--size", "16", "--steps", "300",
+        # 3000 steps: the job must outlast the last signal (10 s); 300 steps ended sooner on an AMX Xeon
+        code, err, seconds = interrupt([sys.executable, "-m", "jaxviz.grid", "--size", "16", "--steps", "3000",
                                         "--filters", "0-7", "--layers", "block1_conv1,block2_conv1,block3_conv1",
                                         "--tiles", "--npz", "--out", str(out)], delay, sig, env=env)
         where = f"run {i}, signal {sig!r} {delay:.2f} s after the start"

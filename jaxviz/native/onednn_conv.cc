@@ -1,4 +1,5 @@
-// oneDNN's 3x3 SAME stride-1 convolution and batched matmul, as XLA FFI handlers for jaxviz.onednn.
+// oneDNN's 3x3 SAME stride-1 convolution, its batched matmul, and a Winograd F(4x4, 3x3)
+// convolution around that matmul, as XLA FFI handlers for jaxviz.onednn.
 //
 // Convolution:
 // x: (N, H, W, C) float32 or bfloat16 (NHWC), w: (3, 3, C, O) of the same type (HWIO),
@@ -94,11 +95,13 @@ ffi::Error BatchedMatmul(ffi::Buffer<ffi::DataType::F32> a, ffi::Buffer<ffi::Dat
 }
 
 // Winograd F(4x4, 3x3) conv, 3x3 SAME stride 1, float32: x (N, H, W, C), u (36, C, O) = G g G^T
-// -> y (N, H, W, O), with v (36, M, C) and m (36, M, O) as scratch (M = N ceil(H/4) ceil(W/4)
-// tiles). The tile transforms run here on both cores, the 36 matmuls in oneDNN's matmul. Every
-// transform adds its terms in the order ops.conv3x3_winograd writes them (coefficient 1: the term,
-// -1: its negation, else coefficient times term; zeros skipped), without FMA contraction, and the
-// matmul is the call ops makes: the results are XLA's, bit for bit.
+// -> y (N, H, W, O), with v (36, B, C) and m (36, B, O) as scratch for a block of B of its
+// N ceil(H/4) ceil(W/4) tiles. The tile transforms run here on every core (OpenMP), the 36
+// matmuls of a block in oneDNN's matmul. Every transform adds its terms in the order
+// ops._winograd_xla writes them (coefficient 1: the term, -1: its negation, else coefficient
+// times term; zeros skipped), without FMA contraction, and each product is oneDNN's, which sums
+// over K alike for any number of rows: the results are that XLA form's (with
+// onednn.batched_matmul), bit for bit (tests/test_onednn.py).
 constexpr int kTile = 6;
 constexpr float kBt[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
                              {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
