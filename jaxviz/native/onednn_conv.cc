@@ -8,10 +8,10 @@
 // the compiled kernels between calls, keyed by shape.
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
-#include <utility>
 #include <exception>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -232,20 +232,18 @@ ffi::Error Winograd4(ffi::Buffer<ffi::DataType::F32> x, ffi::Buffer<ffi::DataTyp
   try {
     dnnl::engine& engine = cpu_engine();
     dnnl::stream stream(engine);
-    const auto f32 = memory::data_type::f32;
-    memory bm(memory::desc({1, 36, c, o}, f32, memory::format_tag::abcd), engine, const_cast<float*>(u.typed_data()));
+    // (1, 36, rows, cols) float32, row-major: the layout BatchedMatmul gives oneDNN
+    auto md = [](long rows, long cols) {
+      return memory::desc({1, 36, rows, cols}, memory::data_type::f32, memory::format_tag::abcd);
+    };
+    memory bm(md(c, o), engine, const_cast<float*>(u.typed_data()));
     dnnl::matmul full, last;
     for (long t0 = 0; t0 < tiles; t0 += block) {
       const long nt = std::min(block, tiles - t0);
       dnnl::matmul& mmul = nt == block ? full : last;
-      if (!mmul) {
-        memory::desc a_md({1, 36, nt, c}, f32, memory::format_tag::abcd);
-        memory::desc c_md({1, 36, nt, o}, f32, memory::format_tag::abcd);
-        mmul = dnnl::matmul(dnnl::matmul::primitive_desc(engine, a_md, bm.get_desc(), c_md));
-      }
+      if (!mmul) mmul = dnnl::matmul(dnnl::matmul::primitive_desc(engine, md(nt, c), md(c, o), md(nt, o)));
       InputTransform(x.typed_data(), h, w, c, th, tw, t0, nt, v);
-      memory am(memory::desc({1, 36, nt, c}, f32, memory::format_tag::abcd), engine, v);
-      memory cm(memory::desc({1, 36, nt, o}, f32, memory::format_tag::abcd), engine, mm);
+      memory am(md(nt, c), engine, v), cm(md(nt, o), engine, mm);
       mmul.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
       stream.wait();
       OutputTransform(mm, h, w, o, th, tw, t0, nt, y->typed_data());
