@@ -139,12 +139,19 @@ def _per_item(fn, axis_size, x_batched, x, w):
     return jax.lax.map(lambda xw: fn(*xw), (x, w)), True
 
 
-@_conv4.def_vmap
-def _conv4_vmap(axis_size, in_batched, x, kernel):
-    x_batched, k_batched = in_batched
-    if k_batched:
-        return _per_item(conv3x3, axis_size, x_batched, x, kernel)
-    return conv3x3(x, kernel), x_batched
+def _images_vmap(conv):
+    """The vmap rule of a conv whose public form takes any leading dimensions: the vmapped
+    images join its batch (one call), or, with a kernel per item, one call per item."""
+
+    def rule(axis_size, in_batched, x, kernel):
+        if in_batched[1]:
+            return _per_item(conv, axis_size, in_batched[0], x, kernel)
+        return conv(x, kernel), in_batched[0]
+
+    return rule
+
+
+_conv4.def_vmap(_images_vmap(lambda x, kernel: conv3x3(x, kernel)))
 
 
 def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -243,8 +250,4 @@ def _winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(WINOGRAD, out)(x, u, block=block)[0]
 
 
-@_winograd4.def_vmap
-def _winograd4_vmap(axis_size, in_batched, x, u):
-    if in_batched[1]:
-        return _per_item(winograd4, axis_size, in_batched[0], x, u)
-    return winograd4(x, u), in_batched[0]
+_winograd4.def_vmap(_images_vmap(winograd4))
