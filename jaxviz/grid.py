@@ -128,8 +128,9 @@ def _validate(args) -> list[tuple[str, object]]:
     if args.conv == "onednn":
         from jaxviz import onednn
 
-        if not onednn.available():
-            raise JaxvizError("--conv onednn: " + onednn.MISSING)
+        why = onednn.why_not(args.precision)
+        if why:
+            raise JaxvizError("--conv onednn: " + why)
     if args.size is None:
         args.size = 128 if args.recipe == "lucid" else 64
     if args.steps is None:

@@ -35,6 +35,8 @@ SOURCE = Path(__file__).parent / "native" / "onednn_conv.cc"
 TARGETS = {jnp.dtype(jnp.float32): "jaxviz_onednn_conv_f32", jnp.dtype(jnp.bfloat16): "jaxviz_onednn_conv_bf16"}
 MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip install onednn-cpu-gomp onednn-devel-cpu-gomp; "
            "jaxviz installs them on x86-64 Linux), a C++ compiler (g++) and JAXVIZ_ONEDNN not 0; or use conv auto")
+NO_BF16 = ("oneDNN has no bfloat16 conv on this CPU (it needs AVX-512 or AMX); use float32, or conv auto "
+           "(bfloat16 then runs XLA's convs)")
 MATMUL = "jaxviz_onednn_batched_matmul_f32"
 WINOGRAD = "jaxviz_winograd4_f32"
 SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16",
@@ -115,8 +117,20 @@ def available() -> bool:
     return _library() is not None
 
 
+def why_not(precision: str = "float32") -> str | None:
+    """None where ``conv3x3`` runs here in ``precision``, else why not, in one line: oneDNN
+    3.2 has no bfloat16 conv on a CPU with AVX2 only (its primitive cannot be created)."""
+    if _library() is None:
+        return MISSING
+    if precision == "bfloat16" and implementation((1, 8, 8, 16), 16, jnp.bfloat16) == "unavailable":
+        return NO_BF16
+    return None
+
+
+@functools.lru_cache(maxsize=None)
 def implementation(shape: tuple[int, int, int, int], out_channels: int, dtype=jnp.float32) -> str:
-    """The kernel oneDNN picks on this CPU for an (N, H, W, C) input, e.g. "brgconv:avx512_core_amx"."""
+    """The kernel oneDNN picks on this CPU for an (N, H, W, C) input, e.g. "brgconv:avx512_core_amx"
+    ("unavailable" where it has none)."""
     lib = _library()
     if lib is None:
         return "unavailable"
@@ -158,8 +172,9 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 SAME conv, (..., H, W, C) x HWIO -> float32, by oneDNN; in bfloat16 when ``x`` is
     bfloat16 (the kernel is cast to ``x``'s type). Forward only: ``jaxviz.ops`` gives it its
     input gradient (``with_input_vjp``). Needs ``available()``."""
-    if _library() is None:
-        raise RuntimeError(MISSING)
+    why = why_not("bfloat16" if x.dtype == jnp.bfloat16 else "float32")
+    if why:
+        raise RuntimeError(why)
     lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
     if x.dtype not in TARGETS:
         x = x.astype(jnp.float32)

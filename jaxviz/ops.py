@@ -369,8 +369,9 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     if algorithm == "onednn":
         if not on_cpu:
             raise ValueError("the onednn conv runs on CPU only; use conv auto or xla")
-        if not onednn.available():
-            raise ValueError(onednn.MISSING)
+        why = onednn.why_not(precision)
+        if why:
+            raise ValueError(why)
         return onednn_bf16 if precision == "bfloat16" else ("onednn", "onednn", 0)
     if precision == "bfloat16":
         if algorithm == "winograd":

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import interrupt
 
 import jaxviz
-from jaxviz import grid
+from jaxviz import grid, onednn
 
 TINY = ["--size", "16", "--steps", "2", "--filters", "0-3", "--cols", "2"]
 
@@ -100,6 +100,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, me
     assert run_main([*args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not onednn.available() or not onednn.why_not("bfloat16"), reason="oneDNN's bf16 conv runs here")
+def test_onednn_bfloat16_without_its_kernels_is_one_line_exit_2(tmp_path, capsys):
+    """An AVX2-only CPU: oneDNN cannot make a bf16 conv; say so before any work."""
+    out = tmp_path / "out"
+    assert run_main(["--conv", "onednn", "--precision", "bfloat16", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no bfloat16 conv on this CPU" in err[0]
     assert not out.exists()
 
 
