@@ -151,7 +151,7 @@ def test_the_winograd_conv_still_lowers_for_gpus():
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape", [(5, 13, 11, 40, 24), (4, 32, 32, 64, 16)])
+@pytest.mark.parametrize("shape", [(5, 13, 11, 40, 24), (4, 32, 32, 64, 16), (7, 13, 9, 20, 12)])  # channel tails of 8 and 16 lanes
 def test_winograd4_gives_the_xla_forms_bits(shape, monkeypatch):
     """The C++ transforms add the same terms in the same order as ops' XLA form: in one block
     of tiles (the matmul then sees the same rows), the same floats, not merely close ones. In
