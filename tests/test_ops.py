@@ -180,3 +180,12 @@ def test_bfloat16_keeps_float32_winograd_below_the_bf16_layers(monkeypatch):
     conv = ops.conv_for("bfloat16")
     x, k, _ = data((1, 8, 8, 64, 8))
     np.testing.assert_array_equal(conv(x, k), ops.conv3x3_winograd(x, k, 4))
+
+
+def test_few_output_channels_as_one_matmul_and_a_shifted_sum():
+    x, k, _ = data((2, 6, 5, 16, 3), seed=4)  # the colour layer's input gradient has 3 outputs
+    assert rel(ops.conv3x3_few_out(x, k), reference(x, k)) <= 1e-5
+    if onednn.available():  # the colour layer's variant takes this form for its input gradient
+        kf = jax.random.normal(jax.random.key(6), (3, 3, 3, 16))
+        dx = jax.vjp(lambda x: ops.VARIANTS["onednn"](x, kf), jnp.ones((2, 6, 5, 3)))[1](jnp.ones((2, 6, 5, 16)))[0]
+        np.testing.assert_allclose(dx, ops.conv3x3_few_out(jnp.ones((2, 6, 5, 16)), ops._flip(kf)), rtol=1e-6)
