@@ -60,8 +60,8 @@ def validate(layer: str, filters: Sequence[int], config: AscentConfig, spec: VGG
         raise JaxvizError(f"conv must be one of {', '.join(ops.ALGORITHMS)}, not {config.conv!r}")
     if config.conv == "winograd" and config.precision != "float32":
         raise JaxvizError("the winograd conv runs in float32 only; use --conv auto or xla with bfloat16")
-    if config.conv == "onednn" and onednn.why_not(config.precision):
-        raise JaxvizError(onednn.why_not(config.precision))
+    if config.conv == "onednn" and (why := onednn.why_not(config.precision)):
+        raise JaxvizError(why)
 
 
 def filter_key(key: jax.Array, layer: str, f, spec: VGGSpec = VGG16) -> jax.Array:

@@ -128,8 +128,7 @@ def _validate(args) -> list[tuple[str, object]]:
     if args.conv == "onednn":
         from jaxviz import onednn
 
-        why = onednn.why_not(args.precision)
-        if why:
+        if why := onednn.why_not(args.precision):
             raise JaxvizError("--conv onednn: " + why)
     if args.size is None:
         args.size = 128 if args.recipe == "lucid" else 64

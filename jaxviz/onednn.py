@@ -172,8 +172,7 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 SAME conv, (..., H, W, C) x HWIO -> float32, by oneDNN; in bfloat16 when ``x`` is
     bfloat16 (the kernel is cast to ``x``'s type). Forward only: ``jaxviz.ops`` gives it its
     input gradient (``with_input_vjp``). Needs ``available()``."""
-    why = why_not("bfloat16" if x.dtype == jnp.bfloat16 else "float32")
-    if why:
+    if why := why_not("bfloat16" if x.dtype == jnp.bfloat16 else "float32"):
         raise RuntimeError(why)
     lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
     if x.dtype not in TARGETS:

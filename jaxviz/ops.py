@@ -391,8 +391,7 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     if algorithm == "onednn":
         if not on_cpu:
             raise ValueError("the onednn conv runs on CPU only; use conv auto or xla")
-        why = onednn.why_not(precision)
-        if why:
+        if why := onednn.why_not(precision):
             raise ValueError(why)
         return onednn_bf16 if precision == "bfloat16" else ("onednn", "onednn", 0)
     if precision == "bfloat16":

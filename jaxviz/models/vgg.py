@@ -185,8 +185,8 @@ def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str
         raise JaxvizError(f"conv must be one of {', '.join(ops.ALGORITHMS)}, not {conv!r}")
     if conv == "winograd" and precision != "float32":
         raise JaxvizError("the winograd conv runs in float32 only; use conv auto or xla with bfloat16")
-    if conv == "onednn" and onednn.why_not(precision):
-        raise JaxvizError(onednn.why_not(precision))
+    if conv == "onednn" and (why := onednn.why_not(precision)):
+        raise JaxvizError(why)
     if params is None:
         from jaxviz.api import load_params
 
