@@ -27,7 +27,9 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
   (bench/README.md, "Winograd in one custom call").
 * ``onednn``, ``onednn_bf16``: oneDNN's conv (``jaxviz.onednn``, a custom call; on
   float32 or bf16 inputs, float32 output), where it runs: the default of the
-  bfloat16 mode on CPUs with native bf16.
+  bfloat16 mode on CPUs with native bf16. ``onednn`` runs convs with at most
+  ``FEW_OUT_CHANNELS`` outputs (the colour layer's input gradient) as
+  ``conv3x3_few_out``: one matmul to the nine taps' outputs and their shifted sum.
 
 A ``Prepared`` kernel carries its F(4x4, 3x3) transforms (forward and input gradient)
 made once ahead (``prepare``; the VGG model's ``Model.prepare``): the ascent's step
@@ -364,7 +366,8 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     ascent.CPU_BATCH); XLA's conv in turn beat every im2col-style
     matmul formulation. Where oneDNN runs, its float32 conv takes block1_conv1 (colour
     inputs, too few channels for Winograd): 0.75-0.94x the time of XLA's there, in the
-    grids of block2/3_conv1 on an AMX Xeon. On CPU "auto" is Winograd; with a plan (jaxviz.plan,
+    grids of block2/3_conv1 on an AMX Xeon; and its input gradient (3 outputs) is one
+    matmul and a shifted sum (``conv3x3_few_out``; 0.94x the block2_conv1 grid on an AVX2 Zen 3). On CPU "auto" is Winograd; with a plan (jaxviz.plan,
     opt-in through JAXVIZ_PLAN) it is ``planned``: Winograd unless the plan timed XLA's
     conv faster for the layer's shape (only when built with ``--convs wino4,xla``). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
     algorithm).
