@@ -367,7 +367,8 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     matmul formulation. Where oneDNN runs, its float32 conv takes block1_conv1 (colour
     inputs, too few channels for Winograd): 0.75-0.94x the time of XLA's there, in the
     grids of block2/3_conv1 on an AMX Xeon; and its input gradient (3 outputs) is one
-    matmul and a shifted sum (``conv3x3_few_out``; 0.94x the block2_conv1 grid on an AVX2 Zen 3). On CPU "auto" is Winograd; with a plan (jaxviz.plan,
+    matmul and a shifted sum (``conv3x3_few_out``; 0.94x the block2_conv1 grid on an AVX2
+    Zen 3). On CPU "auto" is Winograd; with a plan (jaxviz.plan,
     opt-in through JAXVIZ_PLAN) it is ``planned``: Winograd unless the plan timed XLA's
     conv faster for the layer's shape (only when built with ``--convs wino4,xla``). Off CPU ("auto") XLA's conv stays (cuDNN picks its own
     algorithm).
