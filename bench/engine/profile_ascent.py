@@ -65,13 +65,14 @@ def main():
     cfg = AscentConfig(size=args.size, steps=args.steps)
     run = lambda: jax.block_until_ready(ascend(params, args.layer, range(args.filters), config=cfg, batch_size=args.filters))
     run()
-    d = tempfile.mkdtemp()
-    t0 = time.perf_counter()
-    with jax.profiler.trace(d, create_perfetto_trace=True):
-        run()
-    wall = time.perf_counter() - t0
-    (path,) = glob.glob(os.path.join(d, "**", "perfetto_trace.json.gz"), recursive=True)
-    trace = json.load(gzip.open(path))
+    with tempfile.TemporaryDirectory() as d:  # the trace is read here and not kept
+        t0 = time.perf_counter()
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            run()
+        wall = time.perf_counter() - t0
+        (path,) = glob.glob(os.path.join(d, "**", "perfetto_trace.json.gz"), recursive=True)
+        with gzip.open(path) as f:
+            trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     by_op, by_kind = collections.Counter(), collections.Counter()
     for e in events:

@@ -107,7 +107,8 @@ constexpr float kBt[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -
                              {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
 constexpr float kAt[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 // Channels per vector: one register. With two AVX2 registers per 16-lane vector the transforms
-// spilled (16 ymm registers); 8 lanes ran them 1.3-1.6x faster on an AVX2 Zen 3 (bench/README.md).
+// spilled (16 ymm registers); 8 lanes ran them 1.45-1.6x faster at 64 channels on an AVX2 Zen 3
+// (bench/README.md).
 #ifdef __AVX512F__
 constexpr int kLanes = 16;
 #else
