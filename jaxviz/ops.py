@@ -22,8 +22,8 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
   multiplies than the direct conv, in float32, with rounding of the same order as
   the direct conv's (tests/test_ops.py). The default in float32 on CPU. Where oneDNN
   runs, F(4x4, 3x3) on CPU is one custom call (``onednn.winograd4``: the tile transforms
-  in C++, in cache-sized blocks of tiles, the matmuls in oneDNN's matmul) that adds the
-  same terms in the same order, so the seed's images and losses stay bit-identical
+  in C++, in cache-sized blocks of tiles, the matmuls in oneDNN's matmul) that runs the
+  XLA form's operations in the same order (``_bt4``, ``_at4``), so the same bits
   (bench/README.md, "Winograd in one custom call").
 * ``onednn``, ``onednn_bf16``: oneDNN's conv (``jaxviz.onednn``, a custom call; on
   float32 or bf16 inputs, float32 output), where it runs: the default of the
@@ -155,6 +155,32 @@ def _combine(coeffs, terms):
     return out
 
 
+def _bt4(d):
+    """B^T d for F(4x4, 3x3): the six rows of ``WINOGRAD[4][0]`` with shared terms.
+
+    17 adds and multiplies instead of 27 (products by 2 and 4 are exact);
+    native/onednn_conv.cc runs the same operations in the same order, for the same bits.
+    """
+    e, t3 = d[3] - d[1], d[4] - d[2]
+    t1, t2, t4 = d[4] - 4 * d[2], d[3] - 4 * d[1], 2 * e
+    return [4 * (d[0] - d[2]) + t3, t1 + t2, t1 - t2, t3 + t4, t3 - t4, (d[5] - d[3]) - 4 * e]
+
+
+def _at4(m):
+    """A^T m for F(4x4, 3x3): the four rows of ``WINOGRAD[4][2]`` with shared terms (13 operations, not 20)."""
+    a, b, c, d = m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]
+    return [(m[0] + a) + c, b + 2 * d, a + 4 * c, (b + 8 * d) + m[5]]
+
+
+def _transform(coeffs, terms):
+    """The rows of ``coeffs`` applied to ``terms``: F(4x4, 3x3)'s B^T and A^T with shared terms."""
+    if coeffs is WINOGRAD[4][0]:
+        return _bt4(terms)
+    if coeffs is WINOGRAD[4][2]:
+        return _at4(terms)
+    return [_combine(row, terms) for row in coeffs]
+
+
 def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
     """The transformed kernel G g G^T, shape ((m+2)^2, C, O), float32 (one einsum, HIGHEST precision)."""
     _, g, _ = WINOGRAD[m]
@@ -228,18 +254,17 @@ def _winograd_xla(x: jax.Array, u: jax.Array, m: int) -> jax.Array:
     xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, (th + 1) * m - h - 1), (1, (tw + 1) * m - w - 1), (0, 0)))
     xr = xp.reshape(n, th + 1, m, (tw + 1) * m, c)
     rows = [xr[:, i // m : i // m + th, i % m] for i in range(a)]  # (n, th, W, c)
-    r = jnp.stack([_combine(bt[p], rows) for p in range(a)]).reshape(a, n, th, tw + 1, m, c)
+    r = jnp.stack(_transform(bt, rows)).reshape(a, n, th, tw + 1, m, c)
     cols = [r[:, :, :, j // m : j // m + tw, j % m] for j in range(a)]  # (a, n, th, tw, c)
-    v = jnp.stack([_combine(bt[q], cols) for q in range(a)], axis=1)  # (a, a, n, th, tw, c)
+    v = jnp.stack(_transform(bt, cols), axis=1)  # (a, a, n, th, tw, c)
     v = v.reshape(a * a, n * th * tw, c)
     xla_mm = lambda v, u: lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
     # oneDNN's matmul on CPU where it runs (a CPU custom call), XLA's elsewhere
     mm = lax.platform_dependent(v, u, cpu=onednn.batched_matmul, default=xla_mm) if onednn.available() else xla_mm(v, u)
     mm = mm.reshape(a, a, n, th, tw, o)
     # the output transform, written straight into (n, th, m, tw, m, o): no transpose
-    s_ = [_combine(at[i], [mm[p] for p in range(a)]) for i in range(m)]  # (a, n, th, tw, o) each
-    y = jnp.stack([jnp.stack([_combine(at[v_], [su[q] for q in range(a)]) for v_ in range(m)], axis=3)
-                   for su in s_], axis=2)
+    s_ = _transform(at, [mm[p] for p in range(a)])  # (a, n, th, tw, o) each
+    y = jnp.stack([jnp.stack(_transform(at, [su[q] for q in range(a)]), axis=3) for su in s_], axis=2)
     y = y.reshape(n, th * m, tw * m, o)
     return y[:, :h, :w]
 

@@ -10,8 +10,6 @@
 #include <cstring>
 #include <exception>
 #include <string>
-#include <type_traits>
-#include <utility>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -97,15 +95,11 @@ ffi::Error BatchedMatmul(ffi::Buffer<ffi::DataType::F32> a, ffi::Buffer<ffi::Dat
 // Winograd F(4x4, 3x3) conv, 3x3 SAME stride 1, float32: x (N, H, W, C), u (36, C, O) = G g G^T
 // -> y (N, H, W, O), with v (36, B, C) and m (36, B, O) as scratch for a block of B of its
 // N ceil(H/4) ceil(W/4) tiles. The tile transforms run here on every core (OpenMP), the 36
-// matmuls of a block in oneDNN's matmul. Every transform adds its terms in the order
-// ops._winograd_xla writes them (coefficient 1: the term, -1: its negation, else coefficient
-// times term; zeros skipped), without FMA contraction, and each product is oneDNN's, which sums
-// over K alike for any number of rows: the results are that XLA form's (with
-// onednn.batched_matmul), bit for bit (tests/test_onednn.py).
+// matmuls of a block in oneDNN's matmul. Every transform runs the operations of ops._bt4 and
+// ops._at4 in their order, without FMA contraction, and each product is oneDNN's, which sums
+// over K alike for any number of rows on AVX-512 (on AVX2 within one block only): the results
+// are that XLA form's (with onednn.batched_matmul), bit for bit (tests/test_onednn.py).
 constexpr int kTile = 6;
-constexpr float kBt[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
-                             {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-constexpr float kAt[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 // Channels per vector: one register. With two AVX2 registers per 16-lane vector the transforms
 // spilled (16 ymm registers); 8 lanes ran them 1.45-1.6x faster at 64 channels on an AVX2 Zen 3
 // (bench/README.md).
@@ -116,41 +110,27 @@ constexpr int kLanes = 8;
 #endif
 using Vec = float __attribute__((vector_size(4 * kLanes)));
 
-template <typename F, int... I>
-inline void ForImpl(F&& f, std::integer_sequence<int, I...>) {
-  (f(std::integral_constant<int, I>{}), ...);
-}
-// f(0) .. f(N - 1), each index a compile-time constant.
-template <int N, typename F>
-inline void For(F&& f) {
-  ForImpl(f, std::make_integer_sequence<int, N>{});
-}
-
-constexpr float Coef(bool out, int row, int i) { return out ? kAt[row][i] : kBt[row][i]; }
-constexpr int FirstTerm(bool out, int row) {
-  int i = 0;
-  while (Coef(out, row, i) == 0) ++i;
-  return i;
+// r[0..5] (stride rs) = B^T d[0..5] (stride ds): ops._bt4.
+inline void Bt(const Vec* d, long ds, Vec* r, long rs) {
+  const Vec d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds], d5 = d[5 * ds];
+  const Vec e = d3 - d1, t3 = d4 - d2;
+  const Vec t1 = d4 - 4.0f * d2, t2 = d3 - 4.0f * d1, t4 = 2.0f * e;
+  r[0] = 4.0f * (d0 - d2) + t3;
+  r[rs] = t1 + t2;
+  r[2 * rs] = t1 - t2;
+  r[3 * rs] = t3 + t4;
+  r[4 * rs] = t3 - t4;
+  r[5 * rs] = (d5 - d3) - 4.0f * e;
 }
 
-// sum_i Coef(Out, Row, i) * t[i * stride] in ops._combine's order: coefficient 1 the term, -1 its
-// negation, else coefficient times term, zeros skipped (all known at compile time).
-template <bool Out, int Row>
-inline Vec Combine(const Vec* t, long stride) {
-  Vec acc{};
-  For<6>([&](auto i) {
-    constexpr float c = Coef(Out, Row, decltype(i)::value);
-    if constexpr (c != 0) {
-      const Vec x = t[decltype(i)::value * stride];
-      Vec term;
-      if constexpr (c == 1) term = x;
-      else if constexpr (c == -1) term = -x;
-      else term = c * x;
-      if constexpr (decltype(i)::value == FirstTerm(Out, Row)) acc = term;
-      else acc = acc + term;
-    }
-  });
-  return acc;
+// r[0..3] (stride rs) = A^T m[0..5] (stride ms): ops._at4.
+inline void At(const Vec* m, long ms, Vec* r, long rs) {
+  const Vec m0 = m[0], m1 = m[ms], m2 = m[2 * ms], m3 = m[3 * ms], m4 = m[4 * ms], m5 = m[5 * ms];
+  const Vec a = m1 + m2, b = m1 - m2, c = m3 + m4, d = m3 - m4;
+  r[0] = (m0 + a) + c;
+  r[rs] = b + 2.0f * d;
+  r[2 * rs] = a + 4.0f * c;
+  r[3 * rs] = (b + 8.0f * d) + m5;
 }
 
 // Unaligned loads and stores of len <= kLanes channels (a constant-size copy when whole: one instruction).
@@ -186,11 +166,13 @@ void InputTransform(const float* xs, long h, long w, long c, long th, long tw, l
           const bool in = inside || (row >= 0 && row < h && cl >= 0 && cl < w);
           d[i] = in ? Load(xs + ((b * h + row) * w + cl) * c + c0, len) : Vec{};
         }
-        For<kTile>([&](auto p) { r[decltype(p)::value][j] = Combine<false, decltype(p)::value>(d, 1); });
+        Bt(d, 1, &r[0][j], kTile);
       }
       for (int p = 0; p < kTile; ++p) {
         float* out = v + (p * kTile * nt + k) * c + c0;
-        For<kTile>([&](auto q) { Store(out + decltype(q)::value * nt * c, Combine<false, decltype(q)::value>(r[p], 1), len); });
+        Vec q[kTile];
+        Bt(r[p], 1, q, 1);
+        for (int i = 0; i < kTile; ++i) Store(out + i * nt * c, q[i], len);
       }
     }
   }
@@ -208,15 +190,14 @@ void OutputTransform(const float* mm, long h, long w, long o, long th, long tw, 
       for (int q = 0; q < kTile; ++q) {  // column q: s[.][q] = At m[.][q]
         Vec m[kTile];
         for (int p = 0; p < kTile; ++p) m[p] = Load(mm + ((p * kTile + q) * nt + k) * o + o0, len);
-        For<4>([&](auto a) { s[decltype(a)::value][q] = Combine<true, decltype(a)::value>(m, 1); });
+        At(m, 1, &s[0][q], kTile);
       }
       for (int a = 0; a < 4; ++a) {
         const long row = 4 * ty + a;
         if (row >= h) break;
-        For<4>([&](auto e) {
-          const long cl = 4 * tx + e;
-          if (cl < w) Store(ys + ((b * h + row) * w + cl) * o + o0, Combine<true, decltype(e)::value>(s[a], 1), len);
-        });
+        Vec e[4];
+        At(s[a], 1, e, 1);
+        for (int i = 0; i < 4 && 4 * tx + i < w; ++i) Store(ys + ((b * h + row) * w + 4 * tx + i) * o + o0, e[i], len);
       }
     }
   }
