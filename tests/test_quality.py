@@ -152,11 +152,13 @@ def test_run_is_deterministic_per_seed_and_batched_equals_per_filter(params):
     np.testing.assert_array_equal(a.images, b.images)
     c = lucid(params, "block2_conv1", [3, 5, 9], seed=2, config=TINY)
     assert not np.allclose(a.images, c.images)
-    # each filter alone, and in chunks of one: the same images as in the batch
+    # each filter alone, and in chunks of one: the same images as in the batch, up to rounding
+    # (oneDNN's AVX2 matmul sums a block's last rows in another order, and a batch of one has
+    # other blocks than a batch of three: 1.03e-5 apart at most on a Zen 3, 0.003 grey levels)
     alone = lucid(params, "block2_conv1", [5], seed=1, config=TINY)
-    np.testing.assert_allclose(alone.images[0], a.images[1], atol=1e-5)
+    np.testing.assert_allclose(alone.images[0], a.images[1], atol=1e-4)
     chunks = lucid(params, "block2_conv1", [3, 5, 9], seed=1, config=TINY, batch_size=1)
-    np.testing.assert_allclose(chunks.images, a.images, atol=1e-5)
+    np.testing.assert_allclose(chunks.images, a.images, atol=1e-4)
 
 
 def test_dead_filter_starts_with_the_option(params):
