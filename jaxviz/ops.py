@@ -172,13 +172,12 @@ def _at4(m):
     return [(m[0] + a) + c, b + 2 * d, a + 4 * c, (b + 8 * d) + m[5]]
 
 
-def _transform(coeffs, terms):
-    """The rows of ``coeffs`` applied to ``terms``: F(4x4, 3x3)'s B^T and A^T with shared terms."""
-    if coeffs is WINOGRAD[4][0]:
-        return _bt4(terms)
-    if coeffs is WINOGRAD[4][2]:
-        return _at4(terms)
-    return [_combine(row, terms) for row in coeffs]
+def _tile_transforms(m: int):
+    """B^T and A^T of F(m x m, 3 x 3) as functions of a list of terms: F(4x4, 3x3)'s with shared terms."""
+    if m == 4:
+        return _bt4, _at4
+    bt, _, at = WINOGRAD[m]
+    return (lambda t: [_combine(row, t) for row in bt]), (lambda t: [_combine(row, t) for row in at])
 
 
 def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
@@ -244,7 +243,7 @@ _winograd4_onednn.defvjp(_winograd4_onednn_fwd, _winograd4_onednn_bwd)
 def _winograd_xla(x: jax.Array, u: jax.Array, m: int) -> jax.Array:
     """Winograd F(m x m, 3 x 3) with the transformed kernel ``u`` in XLA's ops (oneDNN's
     matmul on CPU where it runs)."""
-    bt, _, at = WINOGRAD[m]
+    bt, at = _tile_transforms(m)
     a = m + 2
     n, h, w, c = x.shape
     o = u.shape[-1]
@@ -254,17 +253,17 @@ def _winograd_xla(x: jax.Array, u: jax.Array, m: int) -> jax.Array:
     xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, (th + 1) * m - h - 1), (1, (tw + 1) * m - w - 1), (0, 0)))
     xr = xp.reshape(n, th + 1, m, (tw + 1) * m, c)
     rows = [xr[:, i // m : i // m + th, i % m] for i in range(a)]  # (n, th, W, c)
-    r = jnp.stack(_transform(bt, rows)).reshape(a, n, th, tw + 1, m, c)
+    r = jnp.stack(bt(rows)).reshape(a, n, th, tw + 1, m, c)
     cols = [r[:, :, :, j // m : j // m + tw, j % m] for j in range(a)]  # (a, n, th, tw, c)
-    v = jnp.stack(_transform(bt, cols), axis=1)  # (a, a, n, th, tw, c)
+    v = jnp.stack(bt(cols), axis=1)  # (a, a, n, th, tw, c)
     v = v.reshape(a * a, n * th * tw, c)
     xla_mm = lambda v, u: lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
     # oneDNN's matmul on CPU where it runs (a CPU custom call), XLA's elsewhere
     mm = lax.platform_dependent(v, u, cpu=onednn.batched_matmul, default=xla_mm) if onednn.available() else xla_mm(v, u)
     mm = mm.reshape(a, a, n, th, tw, o)
     # the output transform, written straight into (n, th, m, tw, m, o): no transpose
-    s_ = _transform(at, [mm[p] for p in range(a)])  # (a, n, th, tw, o) each
-    y = jnp.stack([jnp.stack(_transform(at, [su[q] for q in range(a)]), axis=3) for su in s_], axis=2)
+    s_ = at([mm[p] for p in range(a)])  # (a, n, th, tw, o) each
+    y = jnp.stack([jnp.stack(at([su[q] for q in range(a)]), axis=3) for su in s_], axis=2)
     y = y.reshape(n, th * m, tw * m, o)
     return y[:, :h, :w]
 

@@ -41,7 +41,7 @@ from jaxviz.model import layers, max_pool2  # noqa: E402
 
 def wino_pieces(m=4):
     """The Winograd conv split in its three stages (the same code as ops.conv3x3_winograd)."""
-    bt, _, at = ops.WINOGRAD[m]
+    bt, at = ops._tile_transforms(m)
     a = m + 2
 
     def inp(x):
@@ -50,9 +50,9 @@ def wino_pieces(m=4):
         xp = jnp.pad(x, ((0, 0), (1, (th + 1) * m - h - 1), (1, (tw + 1) * m - w - 1), (0, 0)))
         xr = xp.reshape(n, th + 1, m, (tw + 1) * m, c)
         rows = [xr[:, i // m: i // m + th, i % m] for i in range(a)]
-        r = jnp.stack([ops._combine(bt[p], rows) for p in range(a)]).reshape(a, n, th, tw + 1, m, c)
+        r = jnp.stack(bt(rows)).reshape(a, n, th, tw + 1, m, c)
         cols = [r[:, :, :, j // m: j // m + tw, j % m] for j in range(a)]
-        v = jnp.stack([ops._combine(bt[q], cols) for q in range(a)], axis=1)
+        v = jnp.stack(bt(cols), axis=1)
         return v.reshape(a * a, n * th * tw, c)
 
     def mm(v, u):
@@ -62,9 +62,8 @@ def wino_pieces(m=4):
         n, h, w, o = shape
         th, tw = -(-h // m), -(-w // m)
         mmv = mmv.reshape(a, a, n, th, tw, o)
-        s_ = [ops._combine(at[u], [mmv[p] for p in range(a)]) for u in range(m)]
-        y = jnp.stack([jnp.stack([ops._combine(at[v_], [su[q] for q in range(a)]) for v_ in range(m)], axis=3)
-                       for su in s_], axis=2)
+        s_ = at([mmv[p] for p in range(a)])
+        y = jnp.stack([jnp.stack(at([su[q] for q in range(a)]), axis=3) for su in s_], axis=2)
         return y.reshape(n, th * m, tw * m, o)[:, :h, :w]
 
     return inp, mm, out
