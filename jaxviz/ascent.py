@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import checks, engine, onednn, ops
+from jaxviz import checks, engine, ops
 from jaxviz.engine import DEFAULT_MAX_BYTES, SEED, Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, VGGSpec, layer_info, layers, min_size
@@ -54,13 +54,7 @@ def validate(layer: str, filters: Sequence[int], config: AscentConfig, spec: VGG
         raise JaxvizError(f"size {config.size} is too small for {layer}; the minimum is {min_size(layer, spec)} px")
     if config.steps < 0:
         raise JaxvizError(f"steps must be 0 or more, not {config.steps}")
-    if config.precision not in ("float32", "bfloat16"):
-        raise JaxvizError(f"precision must be float32 or bfloat16, not {config.precision!r}")
-    if config.conv not in ops.ALGORITHMS:
-        raise JaxvizError(f"conv must be one of {', '.join(ops.ALGORITHMS)}, not {config.conv!r}")
-    if config.conv == "winograd" and config.precision != "float32":
-        raise JaxvizError("the winograd conv runs in float32 only; use --conv auto or xla with bfloat16")
-    if config.conv == "onednn" and (why := onednn.why_not(config.precision)):
+    if why := ops.why_not(config.precision, config.conv):
         raise JaxvizError(why)
 
 

@@ -121,15 +121,13 @@ def _validate(args) -> list[tuple[str, object]]:
                 raise JaxvizError(f"--{name.replace('_', '-')} applies to --recipe lucid only")
     if args.recipe == "lucid" and args.conv != "auto":
         raise JaxvizError("--conv applies to --recipe seed only")
-    if args.conv == "winograd" and args.precision != "float32":
-        raise JaxvizError("--conv winograd runs in float32 only; drop --precision bfloat16 or use --conv xla")
-    if not _is_vgg(args) and (args.conv != "auto" or args.precision != "float32"):
-        raise JaxvizError(f"--conv and --precision apply to the VGG models only, not {args.model}")
-    if args.conv == "onednn":
-        from jaxviz import onednn
+    if args.conv != "auto" or args.precision != "float32":
+        if not _is_vgg(args):
+            raise JaxvizError(f"--conv and --precision apply to the VGG models only, not {args.model}")
+        from jaxviz import ops  # loads jax: only for a non-default conv or precision
 
-        if why := onednn.why_not(args.precision):
-            raise JaxvizError("--conv onednn: " + why)
+        if why := ops.why_not(args.precision, args.conv):
+            raise JaxvizError(f"--conv {args.conv} --precision {args.precision}: {why}")
     if args.size is None:
         args.size = 128 if args.recipe == "lucid" else 64
     if args.steps is None:

@@ -381,6 +381,21 @@ def native_bf16() -> bool:
     return False
 
 
+def why_not(precision: str, conv: str) -> str | None:
+    """Why ``precision`` with ``conv`` cannot run here, in one line, or None when it can.
+
+    The one check behind ``ops.choice``, ``models.vgg``, ``ascent.validate`` and the CLI."""
+    if precision not in PRECISIONS:
+        return f"precision must be float32 or bfloat16, not {precision!r}"
+    if conv not in ALGORITHMS:
+        return f"conv must be one of {', '.join(ALGORITHMS)}, not {conv!r}"
+    if conv == "winograd" and precision != "float32":
+        return "the winograd conv runs in float32 only; use precision float32, or conv auto or xla with bfloat16"
+    if conv == "onednn":
+        return onednn.why_not(precision)
+    return None
+
+
 def choice(precision: str, algorithm: str = "auto", platform: str | None = None) -> tuple[str, str, int]:
     """(variant for small layers, variant for large ones, input channels where "large" starts).
 
@@ -410,17 +425,13 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     inputs. Neither beats float32 Winograd: XLA upcasts bf16 im2col copies to float32
     and its batched bf16 dots do not reach AMX speeds (bench/README.md).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"conv algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
     on_cpu = (platform or jax.default_backend()) == "cpu"
+    if algorithm == "onednn" and not on_cpu:
+        raise ValueError("the onednn conv runs on CPU only; use conv auto or xla")
+    if why := why_not(precision, algorithm):
+        raise ValueError(why)
     onednn_bf16 = ("onednn", "onednn_bf16", WINOGRAD_MIN_IN_CHANNELS)
     if algorithm == "onednn":
-        if not on_cpu:
-            raise ValueError("the onednn conv runs on CPU only; use conv auto or xla")
-        if why := onednn.why_not(precision):
-            raise ValueError(why)
         return onednn_bf16 if precision == "bfloat16" else ("onednn", "onednn", 0)
     if precision == "bfloat16":
         if algorithm == "winograd":

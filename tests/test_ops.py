@@ -117,8 +117,16 @@ def test_auto_is_winograd_on_cpu_and_xla_elsewhere():
     assert ops.choice("float32", "winograd", "gpu")[1] == "wino4"
     with pytest.raises(ValueError, match="float32 only"):
         ops.choice("bfloat16", "winograd")
-    with pytest.raises(ValueError, match="conv algorithm"):
+    with pytest.raises(ValueError, match="conv must be one of"):
         ops.choice("float32", "fft")
+
+
+def test_why_not_names_the_bad_setting_and_passes_good_ones():
+    assert ops.why_not("float32", "auto") is None and ops.why_not("bfloat16", "xla") is None
+    assert "precision must be" in ops.why_not("float16", "auto")
+    assert "conv must be one of" in ops.why_not("float32", "fft")
+    assert "float32 only" in ops.why_not("bfloat16", "winograd")
+    assert ops.why_not("bfloat16", "onednn") == onednn.why_not("bfloat16")
 
 
 def test_winograd_dispatch_keeps_xla_for_colour_inputs():

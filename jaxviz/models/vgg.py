@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxviz import onednn, ops
+from jaxviz import ops
 from jaxviz.errors import JaxvizError
 from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, layers, max_pool2
 from jaxviz.models.base import LOGITS, LayerInfo, Model
@@ -179,13 +179,7 @@ def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str
     >>> m.layer("block3_conv1").shape
     (56, 56, 256)
     """
-    if precision not in ops.PRECISIONS:
-        raise JaxvizError(f"precision must be float32 or bfloat16, not {precision!r}")
-    if conv not in ops.ALGORITHMS:
-        raise JaxvizError(f"conv must be one of {', '.join(ops.ALGORITHMS)}, not {conv!r}")
-    if conv == "winograd" and precision != "float32":
-        raise JaxvizError("the winograd conv runs in float32 only; use conv auto or xla with bfloat16")
-    if conv == "onednn" and (why := onednn.why_not(precision)):
+    if why := ops.why_not(precision, conv):
         raise JaxvizError(why)
     if params is None:
         from jaxviz.api import load_params
