@@ -253,6 +253,14 @@ def _block(tiles: int, c: int) -> int:
     return -(-tiles // blocks)
 
 
+def _plane(floats: int) -> int:
+    """Floats between the 36 planes of a block's scratch: ``floats`` padded to an odd number of
+    64-byte lines, so that one tile's 36 values (a line or more each) spread over L1's sets
+    instead of a few (a plane of a power-of-two number of lines maps every plane to the same sets)."""
+    lines = -(-floats // 16)
+    return 16 * (lines + 1 - lines % 2)
+
+
 @jax.custom_batching.custom_vmap
 def _winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
@@ -260,7 +268,7 @@ def _winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
     tiles = n * (-(-h // 4)) * (-(-w // 4))
     block = _block(tiles, max(c, o))
     out = (jax.ShapeDtypeStruct((n, h, w, o), jnp.float32),  # the conv, then two scratch buffers
-           jax.ShapeDtypeStruct((36, block, c), jnp.float32), jax.ShapeDtypeStruct((36, block, o), jnp.float32))
+           jax.ShapeDtypeStruct((36, _plane(block * c)), jnp.float32), jax.ShapeDtypeStruct((36, _plane(block * o)), jnp.float32))
     return jax.ffi.ffi_call(WINOGRAD, out)(x, u, block=block)[0]
 
 

@@ -150,7 +150,7 @@ inline void Store(float* p, const Vec& v, int len) {
 // 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 .. 4 tx + 4 (zeros outside the image);
 // r[p][j] = sum_i Bt[p][i] d[i][j], a column at a time (its six values in registers), then
 // v[p][q] = sum_j Bt[q][j] r[p][j].
-void InputTransform(const float* xs, long h, long w, long c, long th, long tw, long t0, long nt, float* v) {
+void InputTransform(const float* xs, long h, long w, long c, long th, long tw, long t0, long nt, long ps, float* v) {
 #pragma omp parallel for schedule(static)
   for (long k = 0; k < nt; ++k) {
     const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
@@ -169,10 +169,10 @@ void InputTransform(const float* xs, long h, long w, long c, long th, long tw, l
         Bt(d, 1, &r[0][j], kTile);
       }
       for (int p = 0; p < kTile; ++p) {
-        float* out = v + (p * kTile * nt + k) * c + c0;
+        float* out = v + p * kTile * ps + k * c + c0;
         Vec q[kTile];
         Bt(r[p], 1, q, 1);
-        for (int i = 0; i < kTile; ++i) Store(out + i * nt * c, q[i], len);
+        for (int i = 0; i < kTile; ++i) Store(out + i * ps, q[i], len);
       }
     }
   }
@@ -180,7 +180,7 @@ void InputTransform(const float* xs, long h, long w, long c, long th, long tw, l
 
 // Output transform of mm (36, nt, O), tiles t0 .. t0 + nt, into y:
 // s[a][q] = sum_p At[a][p] m[p][q], y[a][e] = sum_q At[e][q] s[a][q].
-void OutputTransform(const float* mm, long h, long w, long o, long th, long tw, long t0, long nt, float* ys) {
+void OutputTransform(const float* mm, long h, long w, long o, long th, long tw, long t0, long nt, long ps, float* ys) {
 #pragma omp parallel for schedule(static)
   for (long k = 0; k < nt; ++k) {
     const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
@@ -189,7 +189,7 @@ void OutputTransform(const float* mm, long h, long w, long o, long th, long tw, 
       Vec s[4][kTile];
       for (int q = 0; q < kTile; ++q) {  // column q: s[.][q] = At m[.][q]
         Vec m[kTile];
-        for (int p = 0; p < kTile; ++p) m[p] = Load(mm + ((p * kTile + q) * nt + k) * o + o0, len);
+        for (int p = 0; p < kTile; ++p) m[p] = Load(mm + (p * kTile + q) * ps + k * o + o0, len);
         At(m, 1, &s[0][q], kTile);
       }
       for (int a = 0; a < 4; ++a) {
@@ -210,32 +210,39 @@ ffi::Error Winograd4(ffi::Buffer<ffi::DataType::F32> x, ffi::Buffer<ffi::DataTyp
                      ffi::ResultBuffer<ffi::DataType::F32> mbuf, int64_t block) {
   auto xd = x.dimensions();
   auto ud = u.dimensions();
-  if (xd.size() != 4 || ud.size() != 3 || ud[0] != 36 || ud[1] != xd[3] || block < 1) {
+  auto vd = vbuf->dimensions();
+  auto md_ = mbuf->dimensions();
+  if (xd.size() != 4 || ud.size() != 3 || ud[0] != 36 || ud[1] != xd[3] || block < 1 || vd.size() != 2 ||
+      md_.size() != 2 || vd[0] != 36 || md_[0] != 36 || vd[1] < block * xd[3] || md_[1] < block * ud[2]) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "jaxviz winograd: x must be (N, H, W, C), u (36, C, O) and block positive");
+                      "jaxviz winograd: x must be (N, H, W, C), u (36, C, O), block positive and the scratch "
+                      "(36, >= block C) and (36, >= block O)");
   }
   const long n = xd[0], h = xd[1], w = xd[2], c = xd[3], o = ud[2];
   const long th = (h + 3) / 4, tw = (w + 3) / 4, tiles = n * th * tw;
+  // The 36 planes of a block lie vd[1] and md_[1] floats apart: onednn.py pads them so that
+  // the planes of one tile do not all fall into a few of L1's sets.
+  const long vs = vd[1], ms = md_[1];
   float* v = vbuf->typed_data();
   float* mm = mbuf->typed_data();
   try {
     dnnl::engine& engine = cpu_engine();
     dnnl::stream stream(engine);
-    // (1, 36, rows, cols) float32, row-major: the layout BatchedMatmul gives oneDNN
-    auto md = [](long rows, long cols) {
-      return memory::desc({1, 36, rows, cols}, memory::data_type::f32, memory::format_tag::abcd);
+    // (1, 36, rows, cols) float32, rows of each plane dense, planes `plane` floats apart
+    auto md = [](long rows, long cols, long plane) {
+      return memory::desc({1, 36, rows, cols}, memory::data_type::f32, {36 * plane, plane, cols, 1});
     };
-    memory bm(md(c, o), engine, const_cast<float*>(u.typed_data()));
+    memory bm(md(c, o, c * o), engine, const_cast<float*>(u.typed_data()));
     dnnl::matmul full, last;
     for (long t0 = 0; t0 < tiles; t0 += block) {
       const long nt = std::min(block, tiles - t0);
       dnnl::matmul& mmul = nt == block ? full : last;
-      if (!mmul) mmul = dnnl::matmul(dnnl::matmul::primitive_desc(engine, md(nt, c), md(c, o), md(nt, o)));
-      InputTransform(x.typed_data(), h, w, c, th, tw, t0, nt, v);
-      memory am(md(nt, c), engine, v), cm(md(nt, o), engine, mm);
+      if (!mmul) mmul = dnnl::matmul(dnnl::matmul::primitive_desc(engine, md(nt, c, vs), md(c, o, c * o), md(nt, o, ms)));
+      InputTransform(x.typed_data(), h, w, c, th, tw, t0, nt, vs, v);
+      memory am(md(nt, c, vs), engine, v), cm(md(nt, o, ms), engine, mm);
       mmul.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
       stream.wait();
-      OutputTransform(mm, h, w, o, th, tw, t0, nt, y->typed_data());
+      OutputTransform(mm, h, w, o, th, tw, t0, nt, ms, y->typed_data());
     }
   } catch (const std::exception& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxviz winograd: ") + e.what());
