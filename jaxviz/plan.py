@@ -3,15 +3,17 @@
 like FFTW's wisdom. Opt-in: set ``JAXVIZ_PLAN``.
 
 The fastest chunk size differs between CPUs (bench/README.md): a constant tuned on one is
-a guess on the next. On first use for a target layer, ``chunk_for`` times each conv below
-it (forward + input gradient, jit-compiled alone) at every candidate chunk size,
-interleaved, and keeps the medians. Decisions derived from them:
+a guess on the next. Decisions, each from medians of interleaved timings:
 
-* chunk per target layer: the lowest summed time per image of the layers below it;
-* conv per layer shape (size, in, out channels): the lowest time per image over chunks,
-  among the formulations timed. Only Winograd is timed by default: XLA's conv timed
-  alone beat Winograd at 64 channels on a Sapphire Rapids, yet the ascent ran 2x slower
-  with it (bench/README.md), so ``--convs wino4,xla`` is for experiments.
+* chunk per target layer (VGG16): on first use for a layer and size, ``chunk_for`` runs a
+  few steps of the seed ascent itself in one chunk of each candidate size and keeps the
+  lowest time per image. Convs timed alone ranked chunks the other way round from the
+  ascent on a Sapphire Rapids and a Zen 5 (bench/README.md): the ascent's relu, pool and
+  memory traffic move with the chunk too.
+* conv per layer shape (size, in, out channels), only when built with ``--convs
+  wino4,xla``: each conv alone (forward + input gradient, kernels transformed once) at
+  every chunk, the lowest time per image. XLA's conv timed alone beat Winograd at 64
+  channels on a Sapphire Rapids, yet the ascent ran 2x slower with it: for experiments.
 
 ``JAXVIZ_PLAN``: unset or ``off``: no plan, the built-in constants (``ascent.CPU_BATCH``,
 ``ops.choice``); ``auto``: the cache file ``$XDG_CACHE_HOME/jaxviz/plan.json``
@@ -38,6 +40,9 @@ CHUNKS = (8, 16, 32, 64)
 CONVS = ("wino4",)  # timed by default; ALL_CONVS with --convs
 ALL_CONVS = ("wino4", "xla")
 OFF = ("", "off", "0", "none", "false")
+TIMING = "ascent chunks"  # how chunks are timed: part of the key, so older timings are redone
+STEPS = 40  # ascent steps per timed chunk: the seed's; with fewer, the per-call work (kernel transforms, start
+# images) dominated and made small chunks look slow (4 steps ranked chunk 8 last on a Zen 5; 40 first)
 AUTO = ("auto", "on", "1")
 
 
@@ -81,7 +86,7 @@ def machine() -> str:
         pass
     import jaxlib
 
-    return f"{model} | jaxlib {jaxlib.__version__} | {os.cpu_count()} cpus"
+    return f"{model} | jaxlib {jaxlib.__version__} | {os.cpu_count()} cpus | {TIMING}"
 
 
 def _read(path: Path) -> dict:
@@ -120,14 +125,20 @@ def time_conv(conv: str, shape: Shape, batch: int) -> callable:
     f = ops.VARIANTS[conv]
     k1, k2 = jax.random.split(jax.random.key(0))
     x = jax.random.normal(k1, (batch, shape.size, shape.size, shape.cin), jnp.float32)
-    k = jax.random.normal(k2, (3, 3, shape.cin, shape.cout), jnp.float32) * 0.05
+    # transformed once, as the ascent does for all its steps: timing the kernel transform in
+    # every call made large chunks look cheap (it does not grow with the chunk)
+    k = ops.prepare(jax.random.normal(k2, (3, 3, shape.cin, shape.cout), jnp.float32) * 0.05)
     step = jax.jit(jax.grad(lambda a, w: jnp.sum(f(a, w) ** 2)))
     return lambda: jax.block_until_ready(step(x, k))
 
 
 def measure(shapes, chunks=CHUNKS, convs=CONVS, reps: int = 3) -> dict:
     """Seconds per image of each (shape, chunk, conv), median of ``reps`` interleaved runs."""
-    runs = {f"{s.key()}/{b}/{c}": time_conv(c, s, b) for s in shapes for b in chunks for c in convs}
+    return _medians({f"{s.key()}/{b}/{c}": time_conv(c, s, b) for s in shapes for b in chunks for c in convs}, reps)
+
+
+def _medians(runs: dict, reps: int) -> dict:
+    """{key: seconds per image}: each run (keys ".../chunk/...") warmed up once, then ``reps`` rounds interleaved."""
     for r in runs.values():
         r()  # compile + warm up
     ts = {k: [] for k in runs}
@@ -162,24 +173,34 @@ def best_conv(timings: dict, shape: Shape) -> str | None:
     return best[1] if best else None
 
 
-def best_chunk(timings: dict, shapes, chunks=CHUNKS) -> int | None:
-    """The chunk with the lowest summed time per image (each shape with its best conv)."""
-    costs = {}
-    for b in chunks:
-        total = 0.0
-        for s in shapes:
-            c = best_conv(timings, s)
-            t = timings.get(f"{s.key()}/{b}/{c}")
-            if t is None:
-                break
-            total += t
-        else:
-            costs[b] = total
-    return min(costs, key=costs.get) if costs else None
+def time_ascent(layer: str, size: int, chunk: int, steps: int = STEPS) -> callable:
+    """A zero-argument callable running ``chunk`` filters of the seed ascent at ``layer`` (VGG16,
+    the embedded weights) in one compiled call of ``steps`` steps, blocking."""
+    from jaxviz.api import load_params
+    from jaxviz.ascent import AscentConfig, ascend
+
+    params, config = load_params(), AscentConfig(size=size, steps=steps)
+    return lambda: jax.block_until_ready(ascend(params, layer, range(chunk), config=config, batch_size=chunk).images)
+
+
+def ascent_key(layer: str, size: int, chunk: int) -> str:
+    return f"{layer}@{size}/{chunk}/ascent"
+
+
+def measure_chunks(layer: str, size: int, chunks=CHUNKS, reps: int = 3) -> dict:
+    """Seconds per image of a chunk of the ascent at each size, median of ``reps`` interleaved runs."""
+    return _medians({ascent_key(layer, size, b): time_ascent(layer, size, b) for b in chunks}, reps)
+
+
+def best_chunk(timings: dict, layer: str, size: int) -> int | None:
+    """The measured chunk with the lowest time per image for ``layer`` at ``size``, or None."""
+    prefix = f"{layer}@{size}/"
+    best = min(((t, int(k.split("/")[1])) for k, t in timings.items() if k.startswith(prefix)), default=None)
+    return best[1] if best else None
 
 
 def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs=CONVS) -> dict:
-    """This machine's timings, measuring (and caching) the shapes not yet in them."""
+    """This machine's timings, measuring (and caching) the conv shapes not yet in them."""
     timings = load(path)
     missing = [s for s in shapes if not any(k.startswith(s.key() + "/") for k in timings)]
     if missing:
@@ -190,15 +211,29 @@ def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs
     return timings
 
 
+def ensure_chunks(layer: str, size: int, path: Path | None = None, reps: int = 3, chunks=CHUNKS) -> dict:
+    """This machine's timings, with ``layer``'s ascent chunks at ``size`` measured (and cached) once."""
+    timings = load(path)
+    if best_chunk(timings, layer, size) is None:
+        print(f"jaxviz: timing the ascent at {layer} ({size} px) in chunks of {', '.join(map(str, chunks))} "
+              f"on this CPU once (cached in {path or cache_path()}; {ENV}=off to skip)", file=sys.stderr, flush=True)
+        timings = {**timings, **measure_chunks(layer, size, chunks, reps)}
+        save(timings, path)
+    return timings
+
+
 def chunk_for(layer: str, size: int, spec=None) -> int | None:
-    """The planned filters per chunk for ``layer`` at ``size`` px; None when the plan is off
-    (or the layer has no Winograd-eligible conv below it)."""
-    if cache_path() is None:
+    """The planned filters per chunk for ``layer`` at ``size`` px; None when the plan is off,
+    for other models than VGG16 (their weights may not be here to time), or for a layer
+    with no Winograd-eligible conv below it."""
+    from jaxviz.ascent import batch_size_for
+    from jaxviz.model import VGG16
+
+    if cache_path() is None or (spec is not None and spec != VGG16) or not shapes_below(layer, size):
         return None
-    shapes = shapes_below(layer, size, spec)
-    if not shapes:
-        return None
-    return best_chunk(ensure(shapes), shapes)
+    fits = batch_size_for(layer, size, max(CHUNKS))  # the memory bound: no candidate above it
+    chunks = tuple(b for b in CHUNKS if b <= fits) or (fits,)
+    return best_chunk(ensure_chunks(layer, size, chunks=chunks), layer, size)
 
 
 def conv_choice(size: int, cin: int, cout: int) -> str | None:
@@ -234,15 +269,22 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.show:
-        shapes = sorted({s for v in layer_shapes.values() for s in v})
-        save({k: v for k, v in load(path).items() if not any(k.startswith(s.key() + "/") for s in shapes)}, path)
-        timings = ensure(shapes, path, reps=args.reps, convs=convs)
-    else:
-        timings = load(path)
+        shapes = sorted({s for v in layer_shapes.values() for s in v}) if convs != CONVS else []
+        stale = [f"{l}@{args.size}/" for l in layer_shapes] + [s.key() + "/" for s in shapes]
+        save({k: v for k, v in load(path).items() if not k.startswith(tuple(stale))}, path)
+        if shapes:
+            ensure(shapes, path, reps=args.reps, convs=convs)
+        for l, below in layer_shapes.items():
+            if below:
+                ensure_chunks(l, args.size, path, reps=args.reps)
+    timings = load(path)
     print(f"{machine()}\n{path}")
     for l, shapes in layer_shapes.items():
-        convs = " ".join(f"{s.key()}:{best_conv(timings, s)}" for s in shapes)
-        print(f"{l} @ {args.size}px: chunk {best_chunk(timings, shapes)}; convs {convs}")
+        per_image = ", ".join(f"{b}: {1e3 * timings[ascent_key(l, args.size, b)]:.1f}" for b in CHUNKS
+                              if ascent_key(l, args.size, b) in timings)
+        convs_line = " ".join(f"{s.key()}:{best_conv(timings, s) or 'wino4'}" for s in shapes)
+        print(f"{l} @ {args.size}px: chunk {best_chunk(timings, l, args.size)} (ms per image: {per_image}); "
+              f"convs {convs_line}")
     return 0
 
 

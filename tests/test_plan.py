@@ -39,14 +39,23 @@ def test_shapes_below():
 def test_decisions_from_timings():
     a, b = plan.Shape(8, 64, 64), plan.Shape(4, 64, 128)
     t = {"8x64x64/8/wino4": 3.0, "8x64x64/8/xla": 2.0, "8x64x64/16/wino4": 1.5, "8x64x64/16/xla": 2.5,
-         "4x64x128/8/wino4": 1.0, "4x64x128/8/xla": 0.5, "4x64x128/16/wino4": 2.0, "4x64x128/16/xla": 0.9}
+         "4x64x128/8/wino4": 1.0, "4x64x128/8/xla": 0.5, "4x64x128/16/wino4": 2.0, "4x64x128/16/xla": 0.9,
+         "block2_conv1@64/8/ascent": 2.0, "block2_conv1@64/16/ascent": 2.5, "block3_conv1@64/16/ascent": 1.0}
     assert plan.best_conv(t, a) == "wino4"  # 1.5 at 16 is the lowest
     assert plan.best_conv(t, b) == "xla"
     assert plan.best_conv(t, plan.Shape(2, 1, 1)) is None
-    # chunk 8: 3.0 + 0.5; chunk 16: 1.5 + 0.9 -> 16
-    assert plan.best_chunk(t, [a, b], chunks=(8, 16)) == 16
-    assert plan.best_chunk(t, [a], chunks=(8, 32)) == 8  # 32 unmeasured: skipped
-    assert plan.best_chunk({}, [a]) is None
+    assert plan.best_chunk(t, "block2_conv1", 64) == 8  # the ascent's own timings, not the convs'
+    assert plan.best_chunk(t, "block3_conv1", 64) == 16
+    assert plan.best_chunk(t, "block2_conv1", 32) is None  # another size: not measured
+
+
+def test_ensure_chunks_times_the_ascent_once(plan_file, monkeypatch):
+    t = plan.ensure_chunks("block2_conv1", 16, reps=1, chunks=(1, 2))
+    assert set(t) == {"block2_conv1@16/1/ascent", "block2_conv1@16/2/ascent"} and all(v > 0 for v in t.values())
+    assert json.loads(plan_file.read_text()) == {plan.machine(): t}
+    monkeypatch.setattr(plan, "measure_chunks", lambda *a, **k: pytest.fail("measured again"))
+    assert plan.ensure_chunks("block2_conv1", 16) == t  # cached
+    assert plan.chunk_for("block2_conv1", 16) == int(min(t, key=t.get).split("/")[1])
 
 
 def test_ensure_measures_once_and_caches(plan_file, monkeypatch):
@@ -70,30 +79,12 @@ def test_damaged_cache_is_rebuilt(plan_file):
 
 def test_plan_drives_chunk_and_conv(plan_file):
     shapes = plan.shapes_below("block2_conv1", 16)
-    fake = {f"{s.key()}/{b}/{c}": (0.1 if (b, c) == (32, "xla") else 1.0) for s in shapes
-            for b in plan.CHUNKS for c in plan.ALL_CONVS}
+    fake = {f"{s.key()}/{b}/{c}": (0.1 if c == "xla" else 1.0) for s in shapes for b in plan.CHUNKS for c in plan.ALL_CONVS}
+    fake.update({plan.ascent_key("block2_conv1", 16, b): (0.1 if b == 32 else 1.0) for b in plan.CHUNKS})
     plan.save(fake)
     assert plan.chunk_for("block2_conv1", 16) == 32
     assert ascent.chunk_size("block2_conv1", 16, 64, platform="cpu") == 32
     assert ascent.chunk_size("block2_conv1", 16, 64, platform="gpu") == 64
+    assert plan.conv_choice(16, 64, 64) == "xla"
     assert ops.choice("float32", "auto", "cpu")[1] == "planned"
     assert ops.choice("float32", "winograd", "cpu")[1] == "wino4"  # explicit choice wins
-    assert plan.conv_choice(16, 64, 64) == "xla"
-    # the planned conv computes the same convolution as the default one
-    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 64))
-    k = jax.random.normal(jax.random.key(1), (3, 3, 64, 64)) * 0.05
-    y = ops.VARIANTS["planned"](x, k)
-    assert jax.numpy.allclose(y, ops.VARIANTS["wino4"](x, k), atol=1e-3, rtol=1e-3)
-
-
-def test_cli(plan_file, capsys, monkeypatch):
-    plan.save({"16x64x64/16/xla": 1.0, "16x64x64/16/wino4": 2.0})
-    assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
-    out = capsys.readouterr().out
-    assert "block2_conv1 @ 16px: chunk 16; convs 16x64x64:xla" in out
-    assert plan.main(["--layers", "nope", "--show"]) == 2
-    assert "valid layers" in capsys.readouterr().err
-    assert plan.main(["--convs", "fft", "--show"]) == 2
-    assert "--convs" in capsys.readouterr().err
-    monkeypatch.setenv(plan.ENV, "off")
-    assert plan.main(["--show"]) == 2
