@@ -5,9 +5,9 @@ like FFTW's wisdom. Opt-in: set ``JAXVIZ_PLAN``.
 The fastest chunk size differs between CPUs (bench/README.md): a constant tuned on one is
 a guess on the next. Decisions, each from medians of interleaved timings:
 
-* chunk per target layer (VGG16): on first use for a layer and size, ``chunk_for`` runs a
-  few steps of the seed ascent itself in one chunk of each candidate size and keeps the
-  lowest time per image. Convs timed alone ranked chunks the other way round from the
+* chunk per target layer (VGG16): on first use for a layer and size, ``chunk_for`` runs the
+  seed ascent itself (its 40 steps) in one chunk of each candidate size and keeps the lowest
+  time per image (about a minute per layer on a 2-core CPU). Convs timed alone ranked chunks the other way round from the
   ascent on a Sapphire Rapids and a Zen 5 (bench/README.md): the ascent's relu, pool and
   memory traffic move with the chunk too.
 * conv per layer shape (size, in, out channels), only when built with ``--convs
@@ -40,10 +40,10 @@ CHUNKS = (8, 16, 32, 64)
 CONVS = ("wino4",)  # timed by default; ALL_CONVS with --convs
 ALL_CONVS = ("wino4", "xla")
 OFF = ("", "off", "0", "none", "false")
+AUTO = ("auto", "on", "1")
 TIMING = "ascent chunks"  # how chunks are timed: part of the key, so older timings are redone
 STEPS = 40  # ascent steps per timed chunk: the seed's; with fewer, the per-call work (kernel transforms, start
 # images) dominated and made small chunks look slow (4 steps ranked chunk 8 last on a Zen 5; 40 first)
-AUTO = ("auto", "on", "1")
 
 
 class Shape(NamedTuple):

@@ -88,3 +88,22 @@ def test_plan_drives_chunk_and_conv(plan_file):
     assert plan.conv_choice(16, 64, 64) == "xla"
     assert ops.choice("float32", "auto", "cpu")[1] == "planned"
     assert ops.choice("float32", "winograd", "cpu")[1] == "wino4"  # explicit choice wins
+    # the planned conv computes the same convolution as the default one
+    x = jax.random.normal(jax.random.key(0), (1, 16, 16, 64))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 64, 64)) * 0.05
+    y = ops.VARIANTS["planned"](x, k)
+    assert jax.numpy.allclose(y, ops.VARIANTS["wino4"](x, k), atol=1e-3, rtol=1e-3)
+
+
+def test_cli(plan_file, capsys, monkeypatch):
+    plan.save({"16x64x64/16/xla": 1.0, "16x64x64/16/wino4": 2.0,
+               "block2_conv1@16/8/ascent": 0.003, "block2_conv1@16/16/ascent": 0.002})
+    assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
+    out = capsys.readouterr().out
+    assert "block2_conv1 @ 16px: chunk 16 (ms per image: 8: 3.0, 16: 2.0); convs 16x64x64:xla" in out
+    assert plan.main(["--layers", "nope", "--show"]) == 2
+    assert "valid layers" in capsys.readouterr().err
+    assert plan.main(["--convs", "fft", "--show"]) == 2
+    assert "--convs" in capsys.readouterr().err
+    monkeypatch.setenv(plan.ENV, "off")
+    assert plan.main(["--show"]) == 2
