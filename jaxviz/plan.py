@@ -105,6 +105,22 @@ def load(path: Path | None = None) -> dict:
     return _read(path).get(machine(), {})
 
 
+def writable(path: Path) -> Path:
+    """``path``, once its folder exists and the file can be written; else one JaxvizError, before
+    any timing (minutes) is spent on a plan that could not be kept."""
+    from jaxviz.errors import JaxvizError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+        why = "not writable"
+    except OSError as e:
+        ok, why = False, e.strerror or str(e)
+    if not ok:
+        raise JaxvizError(f"{ENV}: cannot write the plan to {path} ({why}); set {ENV} to a writable file, auto or off")
+    return path
+
+
 def save(timings: dict, path: Path | None = None) -> None:
     """Store this machine's timings (other machines' entries are kept), atomically."""
     from jaxviz.image import atomic_write
@@ -204,6 +220,7 @@ def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs
     timings = load(path)
     missing = [s for s in shapes if not any(k.startswith(s.key() + "/") for k in timings)]
     if missing:
+        writable(path or cache_path())
         print(f"jaxviz: timing {len(missing)} conv shape(s) on this CPU once "
               f"(cached in {path or cache_path()}; {ENV}=off to skip)", file=sys.stderr, flush=True)
         timings = {**timings, **measure(missing, chunks, convs, reps=reps)}
@@ -215,6 +232,7 @@ def ensure_chunks(layer: str, size: int, path: Path | None = None, reps: int = 3
     """This machine's timings, with ``layer``'s ascent chunks at ``size`` measured (and cached) once."""
     timings = load(path)
     if best_chunk(timings, layer, size) is None:
+        writable(path or cache_path())
         print(f"jaxviz: timing the ascent at {layer} ({size} px) in chunks of {', '.join(map(str, chunks))} "
               f"on this CPU once (cached in {path or cache_path()}; {ENV}=off to skip)", file=sys.stderr, flush=True)
         timings = {**timings, **measure_chunks(layer, size, chunks, reps)}
@@ -265,6 +283,8 @@ def main(argv=None) -> int:
         return 2
     try:
         layer_shapes = {l: shapes_below(l, args.size) for l in args.layers.split(",")}
+        if not args.show:
+            writable(path)
     except JaxvizError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

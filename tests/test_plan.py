@@ -70,6 +70,16 @@ def test_ensure_measures_once_and_caches(plan_file, monkeypatch):
     assert plan.conv_choice(4, 16, 8) == "xla"
 
 
+def test_unwritable_plan_is_one_error_before_any_timing(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(plan.ENV, str(blocker / "plan.json"))  # its folder would be a file
+    monkeypatch.setattr(plan, "measure_chunks", lambda *a, **k: pytest.fail("timed a plan it cannot keep"))
+    with pytest.raises(JaxvizError, match="cannot write the plan"):
+        plan.chunk_for("block2_conv1", 16)
+    assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
+
+
 def test_damaged_cache_is_rebuilt(plan_file):
     plan_file.write_text("{not json")
     assert plan.load() == {}
