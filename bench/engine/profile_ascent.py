@@ -60,9 +60,10 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     args = ap.parse_args()
     params = load_params()
-    cfg = AscentConfig(size=args.size, steps=args.steps)
+    cfg = AscentConfig(size=args.size, steps=args.steps, precision=args.precision)
     run = lambda: jax.block_until_ready(ascend(params, args.layer, range(args.filters), config=cfg, batch_size=args.filters))
     run()
     with tempfile.TemporaryDirectory() as d:  # the trace is read here and not kept
