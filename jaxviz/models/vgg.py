@@ -34,12 +34,19 @@ def deprocess(x: jax.Array) -> jax.Array:
     return (x + jnp.asarray(IMAGENET_BGR_MEANS, x.dtype))[..., ::-1] / 255.0
 
 
+# From this many input channels the target conv reads the image once, for all nine taps: XLA
+# copied each of the nine shifted views out (4 MB each at block2_conv1, 16 images). With the
+# colour layer's 3 channels the 27-column matmul was slower (bench/README.md, Zen 5).
+TAPS_MIN_CHANNELS = 16
+
+
 @jax.custom_vjp
 def single_channel_conv(h: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 SAME conv of one (H, W, C) image with one (3, 3, C) filter -> (H, W).
 
-    The target layer only needs each image's own filter: nine shifted mat-vecs
-    instead of the layer's full conv (under vmap they become batched dots). The
+    The target layer only needs each image's own filter: one matmul of the padded image
+    with the nine taps (C -> 9 columns) and a shifted sum of the taps, instead of the
+    layer's full conv (under vmap, batched dots); nine shifted mat-vecs for colour inputs. The
     gradient is written by hand: JAX's own makes nine outer-product dots of the
     image's size and sums them in a separate pass; this one is one elementwise pass
     over shifted views of the padded cotangent, with the same products added in the
@@ -47,12 +54,18 @@ def single_channel_conv(h: jax.Array, kernel: jax.Array) -> jax.Array:
     the seed's cotangent 1/(H W) is a power of two and its grids stayed
     bit-identical). block2_conv1 grid 0.70x the time on an AMX Xeon (bench/README.md).
     """
-    hh, ww, _ = h.shape
+    hh, ww, c = h.shape
     hp = jnp.pad(h, ((1, 1), (1, 1), (0, 0)))
     out = 0.0
+    if c < TAPS_MIN_CHANNELS:
+        for dy in range(3):
+            for dx in range(3):
+                out = out + jnp.dot(hp[dy : dy + hh, dx : dx + ww], kernel[dy, dx], preferred_element_type=jnp.float32)
+        return out
+    z = jnp.dot(hp, kernel.reshape(9, c).T, preferred_element_type=jnp.float32)  # every tap at every pixel
     for dy in range(3):
         for dx in range(3):
-            out = out + jnp.dot(hp[dy : dy + hh, dx : dx + ww], kernel[dy, dx], preferred_element_type=jnp.float32)
+            out = out + z[dy : dy + hh, dx : dx + ww, 3 * dy + dx]
     return out
 
 
