@@ -1,5 +1,7 @@
 """Microbenchmark: one 3x3 conv per VGG16 layer shape (batch 64, 64 px input) under the
-current XLA_FLAGS; prints GFLOP/s per shape. Run it under alternating envs via a loop."""
+current XLA_FLAGS; prints GFLOP/s per shape. Run it under alternating envs via a loop.
+Kernels are transformed ahead (ops.prepare), as the ascent does once per chunk: timing the
+Winograd kernel transform in every call made Winograd look slow at 8 and 16 px."""
 import os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import jax, jax.numpy as jnp
@@ -10,7 +12,7 @@ names = sys.argv[1].split(",") if len(sys.argv) > 1 else ["xla"]
 b = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 tag = os.environ.get("XLA_FLAGS", "") or "default"
 for s, ci, co in SHAPES:
-    x = jax.random.normal(jax.random.key(0), (b, s, s, ci)); k = jax.random.normal(jax.random.key(1), (3, 3, ci, co))
+    x = jax.random.normal(jax.random.key(0), (b, s, s, ci)); k = ops.prepare(jax.random.normal(jax.random.key(1), (3, 3, ci, co)))
     fl = 2 * b * s * s * 9 * ci * co
     row = []
     for n in names:
