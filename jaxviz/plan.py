@@ -7,9 +7,9 @@ a guess on the next. Decisions, each from medians of interleaved timings:
 
 * chunk per target layer (VGG16): on first use for a layer and size, ``chunk_for`` runs the
   seed ascent itself (its 40 steps) in one chunk of each candidate size and keeps the lowest
-  time per image (about a minute per layer on a 2-core CPU). Convs timed alone ranked chunks the other way round from the
-  ascent on a Sapphire Rapids and a Zen 5 (bench/README.md): the ascent's relu, pool and
-  memory traffic move with the chunk too.
+  time per image (about a minute per layer on a 2-core CPU). Convs timed alone ranked chunks
+  the other way round from the ascent on a Sapphire Rapids and a Zen 5 (bench/README.md):
+  the ascent's relu, pool and memory traffic move with the chunk too.
 * conv per layer shape (size, in, out channels), only when built with ``--convs
   wino4,xla``: each conv alone (forward + input gradient, kernels transformed once) at
   every chunk, the lowest time per image. XLA's conv timed alone beat Winograd at 64
@@ -189,13 +189,12 @@ def best_conv(timings: dict, shape: Shape) -> str | None:
     return best[1] if best else None
 
 
-def time_ascent(layer: str, size: int, chunk: int, steps: int = STEPS) -> callable:
-    """A zero-argument callable running ``chunk`` filters of the seed ascent at ``layer`` (VGG16,
-    the embedded weights) in one compiled call of ``steps`` steps, blocking."""
-    from jaxviz.api import load_params
+def time_ascent(params: dict, layer: str, size: int, chunk: int, steps: int = STEPS) -> callable:
+    """A zero-argument callable running ``chunk`` filters of the seed ascent at ``layer`` (VGG16
+    ``params``) in one compiled call of ``steps`` steps, blocking."""
     from jaxviz.ascent import AscentConfig, ascend
 
-    params, config = load_params(), AscentConfig(size=size, steps=steps)
+    config = AscentConfig(size=size, steps=steps)
     return lambda: jax.block_until_ready(ascend(params, layer, range(chunk), config=config, batch_size=chunk).images)
 
 
@@ -204,8 +203,20 @@ def ascent_key(layer: str, size: int, chunk: int) -> str:
 
 
 def measure_chunks(layer: str, size: int, chunks=CHUNKS, reps: int = 3) -> dict:
-    """Seconds per image of a chunk of the ascent at each size, median of ``reps`` interleaved runs."""
-    return _medians({ascent_key(layer, size, b): time_ascent(layer, size, b) for b in chunks}, reps)
+    """Seconds per image of a chunk of the ascent at each size (the embedded VGG16 weights),
+    median of ``reps`` interleaved runs."""
+    from jaxviz.api import load_params
+
+    params = load_params()
+    return _medians({ascent_key(layer, size, b): time_ascent(params, layer, size, b) for b in chunks}, reps)
+
+
+def candidates(layer: str, size: int) -> tuple[int, ...]:
+    """The chunk sizes to time for ``layer`` at ``size``: CHUNKS up to the memory bound."""
+    from jaxviz.ascent import batch_size_for
+
+    fits = batch_size_for(layer, size, max(CHUNKS))
+    return tuple(b for b in CHUNKS if b <= fits) or (fits,)
 
 
 def best_chunk(timings: dict, layer: str, size: int) -> int | None:
@@ -244,14 +255,11 @@ def chunk_for(layer: str, size: int, spec=None) -> int | None:
     """The planned filters per chunk for ``layer`` at ``size`` px; None when the plan is off,
     for other models than VGG16 (their weights may not be here to time), or for a layer
     with no Winograd-eligible conv below it."""
-    from jaxviz.ascent import batch_size_for
     from jaxviz.model import VGG16
 
     if cache_path() is None or (spec is not None and spec != VGG16) or not shapes_below(layer, size):
         return None
-    fits = batch_size_for(layer, size, max(CHUNKS))  # the memory bound: no candidate above it
-    chunks = tuple(b for b in CHUNKS if b <= fits) or (fits,)
-    return best_chunk(ensure_chunks(layer, size, chunks=chunks), layer, size)
+    return best_chunk(ensure_chunks(layer, size, chunks=candidates(layer, size)), layer, size)
 
 
 def conv_choice(size: int, cin: int, cout: int) -> str | None:
@@ -296,7 +304,7 @@ def main(argv=None) -> int:
             ensure(shapes, path, reps=args.reps, convs=convs)
         for l, below in layer_shapes.items():
             if below:
-                ensure_chunks(l, args.size, path, reps=args.reps)
+                ensure_chunks(l, args.size, path, reps=args.reps, chunks=candidates(l, args.size))
     timings = load(path)
     print(f"{machine()}\n{path}")
     for l, shapes in layer_shapes.items():
