@@ -6,7 +6,8 @@ For every conv layer up to block4_conv1 at the seed's shapes (64 px input, ``--b
 images), each piece is jit-compiled alone and timed (median of ``--reps``, after
 one warm-up), interleaved piece by piece so a shared CPU affects all alike:
 
-* ``xla``: XLA's conv, forward; ``wino4``: the Winograd F(4x4, 3x3) conv, forward;
+* ``xla``: XLA's conv, forward; ``wino4``: the Winograd F(4x4, 3x3) conv, forward, its kernel
+  transformed ahead (``ops.prepare``), as in the ascent;
 * Winograd's pieces: ``in``: pad + input transform (x -> V); ``mm``: the 36 batched
   matmuls (V, U -> M); ``out``: the output transform (M -> y); ``ker``: the kernel
   transform (g -> U);
@@ -109,19 +110,20 @@ def main():
         cin, cout = l.in_channels, l.out_channels
         x = jax.random.normal(key, (b, s, s, cin), jnp.float32)
         k = jax.random.normal(key, (3, 3, cin, cout), jnp.float32) * 0.05
-        u = ops.winograd_kernel(k, 4)
+        kp = ops.prepare(k)  # as the ascent runs it: the kernel transformed once, ahead ("ker" times that)
+        u = kp.u
         v = jax.jit(inp)(x)
         mmv = jax.jit(mm)(v, u)
         y = jax.random.normal(key, (b, s, s, cout), jnp.float32)
         jitted = {
-            "xla": jax.jit(ops.conv3x3_xla), "wino4": jax.jit(lambda a, c: ops.conv3x3_winograd(a, c, 4)),
+            "xla": jax.jit(ops.conv3x3_xla), "wino4": jax.jit(lambda a, c: ops.conv3x3_winograd(a, c, 4)),  # c prepared
             "in": jax.jit(inp), "mm": jax.jit(mm), "out": jax.jit(out, static_argnums=1),
             "ker": jax.jit(lambda c: ops.winograd_kernel(c, 4)),
             "relu": jax.jit(jax.grad(lambda t: jax.nn.relu(t).sum())),
             "pool": jax.jit(jax.grad(lambda t: max_pool2(t).sum())),
         }
         fx = {
-            "xla": lambda: jitted["xla"](x, k), "wino4": lambda: jitted["wino4"](x, k),
+            "xla": lambda: jitted["xla"](x, k), "wino4": lambda: jitted["wino4"](x, kp),
             "in": lambda: jitted["in"](x), "mm": lambda: jitted["mm"](v, u),
             "out": lambda: jitted["out"](mmv, (b, s, s, cout)), "ker": lambda: jitted["ker"](k),
             "relu": lambda: jitted["relu"](y), "pool": lambda: jitted["pool"](y),
