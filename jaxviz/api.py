@@ -71,6 +71,7 @@ def to_uint8(recipe: Recipe, images) -> np.ndarray:
     """Final images -> uint8: the seed's deprocess for raw pixels, round(x * 255) for RGB in [0, 1]."""
     images = np.asarray(images, np.float32)
     if recipe.param.build(1).raw:
+        checks.showable("the images", images)
         flat = images.reshape((-1,) + images.shape[-3:])
         out = np.asarray(deprocess_batch(flat)) if len(flat) else np.zeros(flat.shape, np.uint8)
         return out.reshape(images.shape)
@@ -95,10 +96,13 @@ def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every:
     model, recipe = as_model(model), as_recipe(recipe)
     checks.integer("seed", seed, 0, checks.MAX_SEED)
     checks.integer("every", every, 0, checks.MAX_STEPS)
+    if progress is not None and not callable(progress):
+        raise JaxvizError(f"progress must be a function of the number of items finished, or None, not {type(progress).__name__}")
     if isinstance(objective, str):
         objective = objectives.parse(objective)
     r = engine.render(model, objective, recipe, key=jax.random.key(seed), start=start, every=every,
                       progress=progress)
     checks.finite(f"the images of {model.name}", r.images, r.values)
     frames = None if r.frames is None else to_uint8(recipe, r.frames)
-    return Rendered(to_uint8(recipe, r.images), np.asarray(r.images), np.asarray(r.values), np.asarray(r.trace), frames)
+    return Rendered(to_uint8(recipe, r.images), np.asarray(r.images), np.asarray(r.values, np.float32),
+                    np.asarray(r.trace, np.float32), frames)

@@ -79,14 +79,30 @@ def filter_list(filters, channels: int | None = None, layer: str = "the layer") 
 
 
 def finite(name: str, *arrays) -> None:
-    """Refuse results holding NaN or infinity, so nothing is written from them."""
+    """Refuse results holding NaN or infinity, so nothing is written from them (bfloat16 too)."""
+    import jax.numpy as jnp
+
     for a in arrays:
         a = np.asarray(a)
-        if a.size and np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        if a.size and jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
             raise JaxvizError(
                 f"{name} came out not finite (NaN or infinity), so nothing was written; lower the step size "
                 "or learning rate, and check the weights"
             )
+
+
+def showable(name: str, images) -> None:
+    """Refuse raw images (..., H, W, 3) too large for the seed's deprocess: it sums squared
+    distances from each image's mean in float32, which past about 1e19 per pixel is infinite,
+    and every pixel would come out the same grey."""
+    a = np.asarray(images, np.float64)
+    if not a.size:
+        return
+    flat = a.reshape((-1,) + a.shape[-3:])
+    dev = flat - flat.mean(axis=(1, 2, 3), keepdims=True)
+    if not (np.sum(dev * dev, axis=(1, 2, 3)) < F32_MAX / 2).all():
+        raise JaxvizError(f"{name} grew too large to show (pixel values up to {np.abs(a).max():.3g}, past what the "
+                          "seed's contrast normalization can take in float32), so nothing was written; lower the step size")
 
 
 def params_for(params, layer: str, conv_names) -> None:

@@ -14,6 +14,7 @@ A :class:`Recipe` is a choice of parts (all hashable, so a recipe compiles once)
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -25,7 +26,7 @@ from jax import lax
 
 from jaxviz import checks, optim, transforms
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import Model
+from jaxviz.models.base import LayerInfo, Model, eval_shapes
 from jaxviz.objectives import Objective, Probe, Term
 from jaxviz.param import Fourier, SeedStart
 from jaxviz.transforms import Robustness
@@ -155,10 +156,15 @@ run_chunk = jax.jit(_run, static_argnames=("model", "term", "recipe", "every"))
 """One chunk of items in one compiled call (one compile per model, term, recipe and chunk size)."""
 
 
+def work_size(recipe: Recipe) -> int:
+    """The side of the images the model sees: the recipe's size and its transforms' padding."""
+    return recipe.size + (2 * recipe.transforms.pad if recipe.transforms is not None else 0)
+
+
 def bytes_per_item(model: Model, layers: tuple[str, ...], recipe: Recipe) -> int:
     """A rough upper bound of one item's memory: the activations of every layer up to the deepest
     one named (kept for the backward pass) and their gradients, float32, x3 for XLA's temporaries."""
-    work = recipe.size + (2 * recipe.transforms.pad if recipe.transforms is not None else 0)
+    work = work_size(recipe)
     scale = (work / model.input_size) ** 2
     names = [l.name for l in model.layers]
     last = max((names.index(n) for n in layers), default=len(names) - 1)
@@ -169,7 +175,7 @@ def bytes_per_item(model: Model, layers: tuple[str, ...], recipe: Recipe) -> int
 def chunk_for(model: Model, objective: Objective, recipe: Recipe, n: int, max_bytes: int) -> int:
     """Items per compiled call: the model's own choice where it has one, else the memory bound."""
     layers = objective.term.layers()
-    work = recipe.size + (2 * recipe.transforms.pad if recipe.transforms is not None else 0)
+    work = work_size(recipe)
     if model.chunk is not None and layers:
         deepest = max(layers, key=model.layer_index)
         return max(1, min(n, model.chunk(deepest, work, n * recipe.diversity, max_bytes) // recipe.diversity))
@@ -200,6 +206,9 @@ def initial(recipe: Recipe, keys: jax.Array) -> jax.Array:
 
 def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     """Raise a one-line JaxvizError for an objective or recipe that cannot run on ``model``."""
+    if not isinstance(objective, Objective):
+        raise JaxvizError(f"objective must be a jaxviz.objectives objective or its text (e.g. 'block3_conv1:0-63'), "
+                          f"not {type(objective).__name__}")
     checks.settings(recipe.size, recipe.steps)
     checks.integer("diversity", recipe.diversity, 1, 1024)
     for part in (recipe.optimizer, recipe.transforms, recipe.param):
@@ -208,14 +217,38 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
                 checks.real(name, v, -checks.F32_MAX, checks.F32_MAX)
             elif isinstance(v, int) and not isinstance(v, bool):
                 checks.integer(name, v, 0, checks.MAX_SIZE)
-    objective.term.check(model, objective.args)
-    for name in objective.term.layers():
+    known = {l.name for l in model.layers}
+    names = tuple(n for n in objective.term.layers() if n in known)
+    for name in names:
         if recipe.size < model.min_size(name):
             raise JaxvizError(f"size {recipe.size} is too small for {name}; the minimum is {model.min_size(name)} px")
+    # the terms check their layers' shapes at the size the model sees (a neuron's position, say)
+    objective.term.check(at_size(model, names, work_size(recipe), recipe.param.build(1).raw), objective.args)
     if recipe.steps < 0:
         raise JaxvizError(f"steps must be 0 or more, not {recipe.steps}")
     if recipe.diversity < 1:
         raise JaxvizError(f"diversity must be 1 or more images per objective, not {recipe.diversity}")
+
+
+def at_size(model: Model, names: tuple[str, ...], size: int, raw: bool) -> Model:
+    """``model`` with the named layers' shapes taken at ``size`` px, the size a recipe feeds it
+    (``raw``: without ``preprocess``); one line where the model cannot take that size."""
+    if size == model.input_size or not names:
+        return model
+    leaves, tree = jax.tree.flatten(model.params)
+    shapes = _shapes(model.static(), names, size, raw, tree, tuple((np.shape(a), jnp.result_type(a)) for a in leaves))
+    return model._replace(layers=tuple(LayerInfo(l.name, shapes.get(l.name, l.shape)) for l in model.layers),
+                          input_size=size)
+
+
+@functools.lru_cache(maxsize=256)
+def _shapes(static: Model, names, size, raw, tree, leaves) -> dict:
+    """{name: shape} at ``size`` px, by ``jax.eval_shape`` (nothing runs), once per model and size."""
+    params = jax.tree.unflatten(tree, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+    out = eval_shapes(lambda p, x: static.activations(p, x if raw else static.preprocess(x), names), params, size,
+                      f"model {static.name}", f"the recipe feeds it {size} px images (its size and its transforms' "
+                      f"padding), and its layers were taken at {static.input_size} px; render at a size it accepts")
+    return {n: tuple(out[n].shape) for n in names}
 
 
 def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: jax.Array | None = None,
@@ -240,9 +273,14 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     if start is None:
         start = initial(recipe, keys)
     else:
-        start = jnp.asarray(start, jnp.float32)
-        if d != 1 or start.shape[0] != n:
-            raise JaxvizError(f"start has {start.shape[0]} entries for {n} objective items (and needs diversity 1)")
+        want = jax.eval_shape(lambda k: initial(recipe, k), keys).shape
+        try:
+            start = jnp.asarray(start, jnp.float32)
+        except (TypeError, ValueError):
+            raise JaxvizError(f"start must be an array of shape {want}, not {type(start).__name__}") from None
+        if d != 1 or start.shape != want:
+            raise JaxvizError(f"start has shape {start.shape}; this objective and recipe start from shape {want} "
+                              f"({n} items, each the recipe's parameters at {s} px; diversity 1)")
     b = batch_size or chunk_for(model, objective, recipe, n, max_bytes)
     chunks = math.ceil(n / b)
     if batch_size is None:

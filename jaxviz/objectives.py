@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from typing import Any, Optional
 
 import jax
@@ -103,8 +104,17 @@ class Term:
             model.layer(name)
 
 
-def _channels(model: Model, layer: str, ns, what: str) -> None:
+def _per_image(model: Model, layer: str):
+    """The layer's LayerInfo, if its shape is one image's (C,) or (H, W, C); else one line."""
     info = model.layer(layer)
+    if len(info.shape) not in (1, 3):
+        raise JaxvizError(f"layer {layer} has shape {info.shape} for one image; objectives need (C,) or (H, W, C): "
+                          "make the model return one image's activations (no batch axis)")
+    return info
+
+
+def _channels(model: Model, layer: str, ns, what: str) -> None:
+    info = _per_image(model, layer)
     ns = np.asarray(ns).reshape(-1)
     bad = ns[(ns < 0) | (ns >= info.channels)]
     if bad.size:
@@ -128,7 +138,7 @@ class Channel(Term):
         return (self.layer,)
 
     def check(self, model, n):
-        info = model.layer(self.layer)
+        info = _per_image(model, self.layer)
         if not info.spatial:
             raise JaxvizError(f"layer {self.layer} is not spatial (shape {info.shape}): use neuron({self.layer!r}, n)"
                               f" or class_logit(n) instead of channel")
@@ -157,7 +167,7 @@ class Neuron(Term):
         return (self.layer,)
 
     def check(self, model, n):
-        info = model.layer(self.layer)
+        info = _per_image(model, self.layer)
         _channels(model, self.layer, n, "channel")
         if info.spatial:
             h, w = info.shape[:2]
@@ -178,7 +188,7 @@ class Direction(Term):
         return (self.layer,)
 
     def check(self, model, v):
-        c = model.layer(self.layer).channels
+        c = _per_image(model, self.layer).channels
         if np.shape(v)[-1] != c:
             raise JaxvizError(f"direction vectors have {np.shape(v)[-1]} entries but {self.layer} has {c} channels")
 
@@ -254,6 +264,13 @@ class Sum(Term):
             t.check(model, a)
 
 
+def _leaf_terms(term: Term, args) -> list:
+    """(term, args) of every term that is not a Sum, in order (depth first)."""
+    if isinstance(term, Sum):
+        return [p for t, a in zip(term.terms, args) for p in _leaf_terms(t, a)]
+    return [(term, args)]
+
+
 # ---------------------------------------------------------------- objectives
 
 @dataclasses.dataclass(frozen=True)
@@ -273,17 +290,20 @@ class Objective:
         return jax.tree.map(lambda a: np.broadcast_to(a, (n,) + np.shape(a)[1:]), self.args)
 
     def key_ids(self, model: Model) -> np.ndarray:
-        """(N, 2) ints from which each item's key is folded: (layer index, channel) for a channel, else the item."""
-        term, args = self.term, self.args
-        while isinstance(term, Sum):
-            term, args = term.terms[0], args[0]
+        """(N, 2) ints from which each item's key is folded: (layer index, channel) of its first
+        channel, neuron or class term; without one, (the first term's layer index, a digest of
+        the item's own args). Either way an item's randomness does not depend on the batch."""
         n = len(self)
+        parts = _leaf_terms(self.term, self.args)
+        named = [(t, a) for t, a in parts if isinstance(t, (Channel, Neuron, ClassLogit))]
+        term, args = (named or parts)[0]
         layers = term.layers()
         index = model.layer_index(layers[0]) if layers else len(model.layers)
-        if isinstance(term, (Channel, Neuron, ClassLogit)):
+        if named:
             ch = np.broadcast_to(np.asarray(args).reshape(-1), (n,))
         else:
-            ch = np.arange(n)
+            leaves = [np.asarray(a) for a in jax.tree.leaves(self.batched_args())]
+            ch = [zlib.crc32(b"".join(np.ascontiguousarray(a[i]).tobytes() for a in leaves)) & 0x7FFFFFFF for i in range(n)]
         return np.stack([np.full(n, index), ch], axis=1).astype(np.int32)
 
     def _parts(self):
@@ -301,7 +321,8 @@ class Objective:
         return Objective(Sum(tuple(p[0] for p in parts), tuple(p[1] for p in parts)), tuple(p[2] for p in parts))
 
     def __mul__(self, w: float) -> "Objective":
-        if not isinstance(w, (int, float)) or isinstance(w, bool):
+        kind = np.asarray(w).dtype if np.ndim(w) == 0 and not isinstance(w, (bool, np.bool_, str, bytes)) else None
+        if kind is None or not (jnp.issubdtype(kind, jnp.integer) or jnp.issubdtype(kind, jnp.floating)):
             return NotImplemented
         parts = self._parts()
         return Objective(Sum(tuple(p[0] for p in parts), tuple(float(w) * p[1] for p in parts)),
@@ -380,8 +401,13 @@ def parse(text: str, filters=None) -> Objective:
     ``deepdream:LAYER``, ``logit:N``. ``filters`` stands in for a missing N."""
     from jaxviz.cli_args import expand_spans, parse_filters
 
+    usage = "use LAYER:N, neuron:LAYER:N, deepdream:LAYER or logit:N (N: 5, 0-63 or 0,5,9)"
+
     def parse_filters_list(t):
-        spans = parse_filters(t)
+        try:
+            spans = parse_filters(t)
+        except JaxvizError:
+            raise JaxvizError(f"malformed channel list {t!r} in objective {text!r}; {usage}") from None
         if spans is None:
             raise JaxvizError(f"'all' is not an objective's channel list in {text!r}; give a range such as 0-63")
         return expand_spans(spans)
@@ -389,7 +415,10 @@ def parse(text: str, filters=None) -> Objective:
     m = _SPEC.match(text.strip())
     kind, layer, ns = (m.group(1) or "channel", m.group(2), m.group(3)) if m else (None, "", None)
     if not layer:
-        raise JaxvizError(f"malformed objective {text!r}; use LAYER:N, neuron:LAYER:N, deepdream:LAYER or logit:N")
+        raise JaxvizError(f"malformed objective {text!r}; {usage}")
+    if kind in ("deepdream", "logit") and ns is not None:
+        raise JaxvizError(f"{kind} takes {'a layer' if kind == 'deepdream' else 'class numbers'} only, not "
+                          f"{ns!r}, in objective {text!r}; {usage}")
     if kind == "deepdream":
         return deepdream(layer)
     if kind == "logit":

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 
 AXIS = "batch"
@@ -108,6 +109,7 @@ def to_uint8(recipe, images: np.ndarray) -> np.ndarray:
 
     if not recipe.param.build(1).raw:
         return plain(recipe, images)
+    checks.showable("the images", images)
     if _deprocess_one is None:
         from jaxviz.image import deprocess
 

@@ -1,10 +1,11 @@
 """jaxviz.checks, alone and where the library calls it: every bad number is one JaxvizError
 before any work (issue 12, items 2, 3, 4 and 8)."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxviz
-from jaxviz import checks
+from jaxviz import checks, optim
 from jaxviz.errors import JaxvizError
 from jaxviz.lucid import LucidConfig
 
@@ -184,3 +185,19 @@ def test_ascend_and_lucid_check_filters_before_converting(params):
         ascend(params, "block1_conv1", [1.5], config=AscentConfig(size=16, steps=1))
     with pytest.raises(JaxvizError, match="string"):
         lucid(params, "block1_conv1", "10", config=LucidConfig(size=16, steps=1))
+
+
+def test_finite_refuses_bfloat16_too():
+    with pytest.raises(JaxvizError, match="not finite"):
+        checks.finite("the values", np.array([1.0, np.inf], jnp.bfloat16))
+
+
+def test_showable_refuses_images_the_seed_deprocess_would_flatten(params):
+    """A huge but finite step size: the images are finite, but the deprocess's float32 variance
+    is infinite and every pixel would come out the same grey (checked: all 127 before)."""
+    checks.showable("x", np.full((2, 8, 8, 3), 1e15, np.float32) * np.arange(3))
+    with pytest.raises(JaxvizError, match="too large to show .* lower the step size"):
+        checks.showable("the images", np.arange(192, dtype=np.float32).reshape(1, 8, 8, 3) * 1e18)
+    recipe = jaxviz.SEED._replace(size=16, steps=2, optimizer=optim.SeedAscent(1e20))
+    with pytest.raises(JaxvizError, match="too large to show"):
+        jaxviz.render(params, "block1_conv1:0", recipe)

@@ -11,7 +11,7 @@ from jaxviz.ascent import AscentConfig, ascend
 from jaxviz.engine import SEED, Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.models import vgg
-from jaxviz.objectives import channel, deepdream
+from jaxviz.objectives import channel, deepdream, neuron
 from jaxviz.param import Pixel
 
 TINY = SEED._replace(size=16, steps=3)
@@ -105,3 +105,33 @@ def test_prepared_weights_change_no_bit(model):
     plain = jaxviz.render(model._replace(prepare=None), "block3_conv1:0,5", TINY, seed=2)
     np.testing.assert_array_equal(ahead.images, plain.images)
     np.testing.assert_array_equal(ahead.values, plain.values)
+
+
+def test_neuron_positions_are_checked_at_the_size_rendered(model):
+    """At 16 px block2_conv1 is 8x8: y=7 runs, y=12 is refused (XLA would clamp it to 7)."""
+    engine.render(model, neuron("block2_conv1", [0], y=7, x=7), TINY._replace(steps=1))
+    with pytest.raises(JaxvizError, match=r"neuron y=12 is outside block2_conv1 \(8x8 at 16 px\)"):
+        engine.render(model, neuron("block2_conv1", [0], y=12, x=0), TINY)
+
+
+def test_a_fixed_size_model_at_another_size_is_one_line():
+    from jaxviz.models import from_function
+
+    w = jax.random.normal(jax.random.key(1), (8 * 8 * 3, 4))
+    m = from_function(lambda p, x: {"img": x, "fc": x.reshape(-1) @ p}, w, input_size=8)
+    engine.render(m, deepdream("fc"), TINY._replace(size=8, steps=1))
+    with pytest.raises(JaxvizError, match="failed on a 12x12x3 input .* render at a size it accepts") as e:
+        engine.render(m, deepdream("fc"), TINY._replace(size=12, steps=1))
+    assert "\n" not in str(e.value)
+
+
+def test_start_and_objective_types_are_checked(model):
+    obj = channel("block1_conv1", [0, 3])
+    with pytest.raises(JaxvizError, match=r"start has shape \(2, 24, 24, 3\); .* \(2, 16, 16, 3\)"):
+        engine.render(model, obj, TINY, start=np.full((2, 24, 24, 3), 128.0))
+    with pytest.raises(JaxvizError, match="start must be an array"):
+        engine.render(model, obj, TINY, start="abc")
+    with pytest.raises(JaxvizError, match="objective must be a jaxviz.objectives objective"):
+        engine.render(model, 5, TINY)
+    with pytest.raises(JaxvizError, match="progress must be a function"):
+        jaxviz.render(model, obj, TINY, progress=5)

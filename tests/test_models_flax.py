@@ -189,3 +189,23 @@ def test_linen_module_left_in_training_mode_gets_one_line():
     with pytest.raises(JaxvizError) as e:
         from_linen(LinenNet(), variables, input_size=SIZE, apply_kwargs={"train": True})
     assert "\n" not in str(e.value) and "apply_kwargs" in str(e.value) and "LinenNet failed" in str(e.value)
+
+
+def test_adapters_refuse_bad_input_sizes_and_outputs_in_one_line():
+    w = jax.random.normal(jax.random.key(4), (3, 5))
+    for size in (0, -3, 8.0):
+        with pytest.raises(JaxvizError, match="input_size must be"):
+            from_function(lambda p, x: x @ p, w, input_size=size)
+    with pytest.raises(JaxvizError, match="returns a tuple; return a dict"):
+        from_function(lambda p, x: (x @ p, x), w, input_size=8)
+
+    class Flat(nnx.Module):
+        def __init__(self):
+            self.fc = nnx.Linear(8 * 8 * 3, 2, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.fc(x.reshape(x.shape[0], -1))
+
+    with pytest.raises(JaxvizError, match="Flat failed on a 16x16x3 input") as e:
+        from_nnx(Flat(), input_size=16)
+    assert "\n" not in str(e.value)

@@ -98,3 +98,45 @@ def test_model_specific_errors(topped):
         o.Direction("block2_conv1").check(topped, np.ones((1, 3)))
     with pytest.raises(JaxvizError, match="out of range"):
         o.ClassLogit().check(topped, np.asarray([5]))
+
+
+def test_key_ids_come_from_the_first_channel_term_or_the_items_own_args(topped):
+    """An item's key never depends on the rest of the batch: a penalty first still keys by the
+    channel; without a channel, by a digest of the item's own args, not its position."""
+    tv = -0.05 * o.total_variation()
+    np.testing.assert_array_equal((tv + o.channel("block2_conv1", [4, 9])).key_ids(topped), [[3, 4], [3, 9]])
+    v = np.random.RandomState(0).randn(3, 16).astype(np.float32)
+    alone = o.direction("block2_conv1", v[2:]).key_ids(topped)
+    together = o.direction("block2_conv1", v).key_ids(topped)
+    np.testing.assert_array_equal(together[2], alone[0])
+    assert len({int(i) for i in together[:, 1]}) == 3
+
+
+def test_text_errors_name_the_objective_not_the_filters_option():
+    for text, message in [("dream:conv2", "malformed channel list 'conv2' in objective 'dream:conv2'"),
+                          ("conv2:5-2", "malformed channel list '5-2'"),
+                          ("deepdream:conv2:3", "deepdream takes a layer only"),
+                          ("logit:3:4", "logit takes class numbers only")]:
+        with pytest.raises(JaxvizError, match=message) as e:
+            o.parse(text)
+        assert "--filters" not in str(e.value)
+
+
+def test_weights_may_be_numpy_or_jax_scalars():
+    for w in (np.float32(0.5), jnp.float32(0.5), np.int64(2)):
+        assert (o.channel("block1_conv1", [0]) * w).term.weights == (float(w),)
+    with pytest.raises(TypeError):
+        o.channel("block1_conv1", [0]) * jnp.ones(2)
+
+
+def test_layers_must_hold_one_images_activations():
+    """A scalar, an (H, W) map or a 4-D layer with a batch axis: one line naming the shape."""
+    from jaxviz.models import from_function
+
+    fn = lambda p, x: {"score": (x * p).sum(), "map": (x * p).sum(-1), "batched": (x * p)[None]}
+    m = from_function(fn, jnp.float32(2.0), input_size=8)
+    for layer in ("score", "map", "batched"):
+        with pytest.raises(JaxvizError, match=f"layer {layer} has shape .* objectives need"):
+            o.Neuron(layer).check(m, np.asarray([0]))
+        with pytest.raises(JaxvizError, match=f"layer {layer} has shape"):
+            o.Channel(layer).check(m, np.asarray([0]))

@@ -97,10 +97,25 @@ def unit_min_size(name: str) -> int:
     return 1
 
 
-def layer_shapes(activations, params, names: tuple[str, ...], size: int, preprocess=identity) -> tuple[LayerInfo, ...]:
-    """Each named layer's output shape for one image of ``size`` px, by ``jax.eval_shape`` (nothing runs)."""
+def eval_shapes(fn, params, size: int, what: str, hint: str):
+    """``jax.eval_shape`` of ``fn(params, x)`` for one (size, size, 3) float32 image (nothing
+    runs); where the model's own code fails on it, one JaxvizError naming ``what``, the
+    error's first line and ``hint``, instead of a traceback from inside JAX or Flax."""
     import jax.numpy as jnp
 
     x = jax.ShapeDtypeStruct((size, size, 3), jnp.float32)
-    out = jax.eval_shape(lambda p, x: activations(p, preprocess(x), tuple(names)), params, x)
+    try:
+        return jax.eval_shape(fn, params, x)
+    except JaxvizError:
+        raise
+    except Exception as e:
+        text = str(e).strip()
+        raise JaxvizError(f"{what} failed on a {size}x{size}x3 input ({type(e).__name__}"
+                          f"{': ' + text.splitlines()[0] if text else ''}); {hint}") from None
+
+
+def layer_shapes(activations, params, names: tuple[str, ...], size: int, preprocess=identity) -> tuple[LayerInfo, ...]:
+    """Each named layer's output shape for one image of ``size`` px, by ``jax.eval_shape`` (nothing runs)."""
+    out = eval_shapes(lambda p, x: activations(p, preprocess(x), tuple(names)), params, size, "the model",
+                      "check input_size and preprocess")
     return tuple(LayerInfo(n, tuple(out[n].shape)) for n in names)

@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LayerInfo, Model, identity, layer_shapes
+from jaxviz import checks
+from jaxviz.models.base import LayerInfo, Model, eval_shapes, identity, layer_shapes
 
 OUTPUT = "output"
 
@@ -62,6 +63,9 @@ def searched_min_size(activations: Callable, params: Any, table: Sequence[LayerI
 
 
 def _as_dict(out) -> dict:
+    if isinstance(out, (tuple, list)):
+        raise JaxvizError(f"the model function returns a {type(out).__name__}; return a dict of named activations "
+                          "({name: array}) or one array")
     return out if isinstance(out, dict) else {OUTPUT: out}
 
 
@@ -78,7 +82,7 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
     >>> m.layers
     (LayerInfo(name='output', shape=(8, 8, 3)),)
     """
-    x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
+    checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
     order: list = []  # fn's own order (eval_shape's dicts come back sorted)
 
     def every(p, x):
@@ -86,14 +90,7 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
         order.extend(out)
         return out
 
-    try:
-        shapes = jax.eval_shape(every, params, x)
-    except JaxvizError:
-        raise
-    except Exception as e:  # the user's function failed on a model input: say so in one line
-        raise JaxvizError(f"the model function failed on a {input_size}x{input_size}x3 input "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          f"check input_size and preprocess") from None
+    shapes = eval_shapes(every, params, input_size, "the model function", "check input_size and preprocess")
     names = [k for k in order if isinstance(shapes[k], jax.ShapeDtypeStruct)]
     if layers is not None:
         missing = [n for n in layers if n not in names]

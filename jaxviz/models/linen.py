@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 
-from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LOGITS, LayerInfo, Model, identity
+from jaxviz import checks
+from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity
 from jaxviz.models.function import OUTPUT, searched_min_size
 
 
@@ -98,14 +98,10 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
         order.extend(out)
         return out
 
-    x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
-    try:
-        shapes = jax.eval_shape(every, variables, x)
-    except Exception as e:  # e.g. batch norm left in training mode tries to update its statistics
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JaxvizError(f"{type(module).__name__} failed on a {input_size}x{input_size}x3 image in eval mode "
-                          f"({first}); pass apply_kwargs that put it in eval mode (e.g. {{'train': False}}) "
-                          f"and check input_size") from None
+    checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
+    # it fails e.g. where batch norm, left in training mode, tries to update its statistics
+    shapes = eval_shapes(every, variables, input_size, type(module).__name__, "pass apply_kwargs that put it in "
+                         "eval mode (e.g. {'train': False}) and check input_size")
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
                  min_size or searched_min_size(activations, variables, table, input_size, preprocess), input_size)

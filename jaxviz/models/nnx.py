@@ -19,7 +19,8 @@ from typing import Callable, Optional
 import flax.nnx as nnx
 import jax
 
-from jaxviz.models.base import LOGITS, LayerInfo, Model, identity
+from jaxviz import checks
+from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity
 from jaxviz.models.function import searched_min_size
 from jaxviz.models.linen import Recorder, unbatch
 
@@ -78,7 +79,7 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
         out = unbatch(forward(p, x, Recorder(wanted)), logits)
         return {n: out[n] for n in names}
 
-    x = jax.ShapeDtypeStruct((input_size, input_size, 3), jax.numpy.float32)
+    checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
     order: list = []  # the order layers are computed in (eval_shape's dicts come back sorted)
 
     def every(p, x):
@@ -86,7 +87,7 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
         order.extend(out)
         return out
 
-    shapes = jax.eval_shape(every, state, x)
+    shapes = eval_shapes(every, state, input_size, type(module).__name__, "check input_size and preprocess")
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
                  min_size or searched_min_size(activations, state, table, input_size, preprocess), input_size)
