@@ -33,8 +33,8 @@ from typing import NamedTuple, Sequence
 from jaxviz import checks
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers,
-    positive_int, remove_if_empty, remove_stale_temporaries,
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, number, parse_filters,
+    parse_layers, positive_int, remove_if_empty, remove_stale_temporaries,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
@@ -307,7 +307,7 @@ def build_parser() -> OneLineParser:
         epilog="Multi-host: run one process per host with the same --out on a shared file system, "
         "--coordinator HOST:PORT (process 0's address), --num-processes N and --process-id I.",
     )
-    p.add_argument("--model", default="vgg16",
+    p.add_argument("--model", default="vgg16", type=model_name,
                    help="vgg16 (default), vgg19, keras:NAME or package.module:function (see python -m jaxviz.grid)")
     p.add_argument("--layers", default="all",
                    help="layers, comma-separated, or 'all' (VGG: every conv layer; other models: every spatial layer)")

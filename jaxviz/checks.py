@@ -105,6 +105,22 @@ def showable(name: str, images) -> None:
                           "seed's contrast normalization can take in float32), so nothing was written; lower the step size")
 
 
+def grid_shape(n: int, h: int, w: int, cols: int, margin: int, channels: int = 3) -> tuple[int, int, int]:
+    """The shape of ``jaxviz.make_grid``'s image for ``n`` tiles of h x w."""
+    rows = max(1, -(-n // cols))
+    used = min(cols, n) if rows == 1 else cols
+    return rows * h + (rows - 1) * margin, used * w + (used - 1) * margin, channels
+
+
+def grid_memory(height: int, width: int, channels: int = 3) -> None:
+    """Refuse a grid image (and the PNG encoder's copy of it) larger than the memory available:
+    a huge margin or column count, before anything is rendered."""
+    need, limit = 2 * height * width * channels, memory_limit()
+    if need > limit:
+        raise JaxvizError(f"a grid of {width}x{height} px needs about {gib(need)} of memory, more than the "
+                          f"{gib(limit)} available; use a smaller --margin or --cols")
+
+
 def params_for(params, layer: str, conv_names) -> None:
     """``params`` holds a kernel and a bias for every conv layer up to and including ``layer``."""
     if not isinstance(params, Mapping):
@@ -174,7 +190,7 @@ def memory_budget(what: str, per_image: int, size: int, batch: int, n: int, limi
     need = estimate_bytes(per_image, size, batch, n)
     if need > limit:
         raise JaxvizError(
-            f"{what} needs about {_gib(need)} of memory, more than the {_gib(limit)} available "
+            f"{what} needs about {gib(need)} of memory, more than the {gib(limit)} available "
             f"(limit: free memory, the device's, or ${ENV_MAX_MEMORY}); use a smaller size or fewer filters"
         )
 
@@ -226,7 +242,7 @@ def lucid_settings(config) -> None:
 # helpers -----------------------------------------------------------------------------
 
 
-def _gib(n: int) -> str:
+def gib(n: int) -> str:
     return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 / 10 else f"{n / 1024**2:.3g} MiB"
 
 

@@ -15,7 +15,7 @@ def parse_layers(text: str, spec: VGGSpec = VGG16) -> list[str]:
     """``all`` or a comma-separated list of conv layer names."""
     if text.strip() == "all":
         return list(conv_layers(spec))
-    names = [t.strip() for t in text.split(",") if t.strip()]
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     if not names:
         raise JaxvizError("--layers is empty; give conv layer names such as block1_conv1,block2_conv1 or 'all'")
     valid = conv_layers(spec)
@@ -112,6 +112,13 @@ def make_out_dir(path: str) -> str:
     except OSError as e:
         raise JaxvizError(f"cannot create output folder {path} ({e.strerror}); choose a writable folder with --out") from None
     return path
+
+
+def model_name(text: str) -> str:
+    """An argparse type: a --model name, not blank (blank would silently load VGG16 as a non-VGG model)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--model is empty; use vgg16, vgg19, keras:NAME or package.module:function")
+    return text
 
 
 def positive_int(name: str, minimum: int, maximum: int | None = None):

@@ -96,7 +96,7 @@ def _load_state(path: str, settings: dict):
             if meta["settings"] != settings:
                 return None
             tops = {l: TopK(*(z[f"{l}/{f}"] for f in TopK._fields)) for l in settings["layers"]}
-    except (OSError, KeyError, ValueError, json.JSONDecodeError):
+    except Exception:  # absent, cut short (EOFError, BadZipFile), or another run's: start afresh
         return None
     from jaxviz.topk import Field
 
@@ -263,7 +263,7 @@ def write_summary(summary: Summary, out: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    from jaxviz.cli_args import OneLineParser, positive_int
+    from jaxviz.cli_args import OneLineParser, model_name, positive_int
 
     p = OneLineParser(prog="python -m jaxviz.examples",
                       description="Find the images of a folder that excite each channel of some layers most "
@@ -280,7 +280,7 @@ def build_parser():
     p.add_argument("--thumb", type=positive_int("--thumb", 1), default=48, help="thumbnail side in px (default 48)")
     p.add_argument("--min-side", type=positive_int("--min-side", 1), default=None,
                    help="skip images whose shorter side is below this (default: the layers' minimum input)")
-    p.add_argument("--model", default="vgg16",
+    p.add_argument("--model", default="vgg16", type=model_name,
                    help="vgg16 (default), vgg19, keras:NAME or package.module:function (as python -m jaxviz.grid)")
     p.add_argument("--weights", default=None, help="the model's weights (default: the embedded VGG16 weights)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -315,6 +315,23 @@ def _validate(args):
     return names
 
 
+def check_memory(model, layers: Sequence[str], config: Config) -> None:
+    """Refuse, before any work, settings whose memory exceeds the limit (``jaxviz.checks``):
+    the examples kept (k per channel, a thumb x thumb thumbnail each) and one batch's
+    activations up to the deepest layer (float32, x2 for XLA's temporaries)."""
+    from jaxviz import checks
+
+    kept = sum(model.layer(l).channels for l in layers) * config.k * (config.thumb ** 2 * 3 + 64)
+    deepest = max(model.layer_index(l) for l in layers)
+    scale = (config.size / model.input_size) ** 2
+    per_image = config.size ** 2 * 3 + sum(float(np.prod(l.shape)) * scale for l in model.layers[: deepest + 1])
+    need = int(kept + config.batch * per_image * 4 * 2)
+    limit = checks.memory_limit(checks.device_memory())
+    if need > limit:
+        raise JaxvizError(f"--k {config.k}, --thumb {config.thumb}, --batch {config.batch} and --size {config.size} need "
+                          f"about {checks.gib(need)} of memory, more than the {checks.gib(limit)} available; lower them")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -330,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         if layers is None:  # 'all' of a model loaded here: its spatial layers
             layers = [l.name for l in model.layers if l.spatial]
         layers = check_layers(model, layers, args.size)
-        make_out_dir(args.out)
         config = Config(k=args.k, size=args.size, batch=args.batch, thumb=args.thumb, min_side=args.min_side)
+        check_memory(model, layers, config)
+        make_out_dir(args.out)
         progress = None
         if not args.quiet and sys.stderr.isatty():
             from tqdm import tqdm

@@ -15,10 +15,11 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, number, parse_filters, parse_layers,
-    positive_int, remove_if_empty, remove_stale_temporaries,
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, number, parse_filters,
+    parse_layers, positive_int, remove_if_empty, remove_stale_temporaries,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 from jaxviz.model import min_size
 
@@ -35,7 +36,7 @@ def build_parser() -> OneLineParser:
         epilog="Tiles are in reading order: filter f sits at row f // cols, column f % cols "
         "(the book's loop fills columns first, i.e. its grid is the transpose of ours).",
     )
-    p.add_argument("--model", default="vgg16",
+    p.add_argument("--model", default="vgg16", type=model_name,
                    help="vgg16 (default, embedded weights), vgg19, keras:NAME (a keras.applications model, e.g. "
                    "keras:ResNet50; --weights FILE, or 'random') or package.module:function returning a jaxviz Model")
     p.add_argument("--list-layers", action="store_true", help="print the model's layers with their shapes and exit")
@@ -138,18 +139,20 @@ def _validate(args) -> list[tuple[str, object]]:
         return []
     check_out_dir(args.out)
     if args.objective:
-        return [(_file_name(t), t) for t in args.objective]
+        return _objective_files(args.objective)
     if not _is_vgg(args):
-        parse_filters(args.filters or "0")  # malformed text fails before the model loads
+        if args.filters is not None:
+            parse_filters(args.filters)  # malformed text fails before the model loads
         return []  # layers are resolved once the model is loaded
-    layers = parse_layers(args.layers or SEED_LAYERS)
-    wanted = parse_filters(args.filters or "0-63")
+    layers = parse_layers(SEED_LAYERS if args.layers is None else args.layers)
+    wanted = parse_filters("0-63" if args.filters is None else args.filters)
     filters = {l: filters_for(l, wanted) for l in layers}
     for l in layers:
         if args.size < min_size(l):
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
     for l in layers:
         _check_memory(args, l, len(filters[l]))
+        checks.grid_memory(*checks.grid_shape(len(filters[l]), args.size, args.size, args.cols, args.margin))
     return [(l, (l, filters[l])) for l in layers]
 
 
@@ -158,6 +161,19 @@ def _file_name(text: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-") or "objective"
+
+
+def _objective_files(texts) -> list[tuple[str, str]]:
+    """(file name, text) per distinct objective; two texts that spell the same name (0-2 and
+    0,2) get -2, -3, ... rather than one grid overwriting the other."""
+    out, taken = [], set()
+    for text in dict.fromkeys(t.strip() for t in texts):
+        name, k = _file_name(text), 2
+        while name in taken:
+            name, k = f"{_file_name(text)}-{k}", k + 1
+        taken.add(name)
+        out.append((name, text))
+    return out
 
 
 def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
@@ -186,8 +202,10 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
     if planned:
         return [(layer, fs, for_layer(layer, fs)) for layer, (_, fs) in planned]
     names = [l.name for l in model.layers if l.spatial] if args.layers in (None, "all") else \
-        [t.strip() for t in args.layers.split(",") if t.strip()]
-    wanted = parse_filters(args.filters) if args.filters else None
+        list(dict.fromkeys(t.strip() for t in args.layers.split(",") if t.strip()))
+    if not names:
+        raise JaxvizError("--layers is empty; give layer names (see --list-layers) or 'all'")
+    wanted = parse_filters(args.filters) if args.filters is not None else None
     jobs = []
     for layer in names:
         info = model.layer(layer)
@@ -231,10 +249,14 @@ def _load_model(args):
 
 
 def _print_layers(model) -> None:
-    print(f"{model.name}: {len(model.layers)} layers (shapes at {model.input_size} px input)")
+    lines = [f"{model.name}: {len(model.layers)} layers (shapes at {model.input_size} px input)"]
     for l in model.layers:
         kind = "spatial" if l.spatial else "vector"
-        print(f"  {l.name:40s} {'x'.join(map(str, l.shape)):>16s}  {kind}, min size {model.min_size(l.name)} px")
+        lines.append(f"  {l.name:40s} {'x'.join(map(str, l.shape)):>16s}  {kind}, min size {model.min_size(l.name)} px")
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # piped into head, say: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _check_memory(args, layer: str, n: int) -> None:
@@ -320,6 +342,8 @@ def _main(argv: list[str] | None) -> int:
             _print_layers(model)
             return 0
         jobs = _jobs(args, model, planned)
+        for _, fs, _ in jobs:  # before any work: the grid image itself must fit (--margin, --cols)
+            checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
         recipe = _recipe(args)
         created[0] = not os.path.isdir(args.out)
         make_out_dir(args.out)

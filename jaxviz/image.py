@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 
 
@@ -37,14 +38,16 @@ def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     seed: width = cols * w + (cols - 1) * margin.
     """
     images = np.asarray(images)
+    if images.ndim != 4 or not len(images):
+        raise JaxvizError(f"make_grid takes tiles (N, h, w, 3) with N 1 or more, not an array of shape {images.shape}")
     n, h, w, c = images.shape
     if cols < 1:
         raise JaxvizError(f"cols must be 1 or more, not {cols}")
     if margin < 0:
         raise JaxvizError(f"margin must be 0 or more, not {margin}")
-    rows = max(1, -(-n // cols))
-    cols_used = min(cols, n) if rows == 1 else cols
-    grid = np.zeros((rows * h + (rows - 1) * margin, cols_used * w + (cols_used - 1) * margin, c), np.uint8)
+    shape = checks.grid_shape(n, h, w, cols, margin, c)
+    checks.grid_memory(*shape)
+    grid = np.zeros(shape, np.uint8)
     for i, tile in enumerate(images):
         r, col = divmod(i, cols)
         y, x = r * (h + margin), col * (w + margin)
@@ -84,7 +87,10 @@ def save_png(path: str | os.PathLike, image) -> str:
     """Save a uint8 (H, W, 3) image as PNG, atomically; returns the path."""
     from PIL import Image
 
-    img = Image.fromarray(np.asarray(image, np.uint8))
+    image = np.asarray(image, np.uint8)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise JaxvizError(f"save_png takes one RGB image (H, W, 3), not an array of shape {image.shape}")
+    img = Image.fromarray(image)
     return atomic_write(path, lambda f: img.save(f, format="PNG", optimize=False))
 
 

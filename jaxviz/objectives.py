@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 from jaxviz.models.base import LOGITS, Model
 from jaxviz.models.vgg import IMAGENET_BGR_MEANS, deprocess, preprocess  # noqa: F401  (VGG16's input transform)
@@ -144,6 +145,8 @@ class Channel(Term):
                               f" or class_logit(n) instead of channel")
         if self.dead_filter not in DEAD_FILTER:
             raise JaxvizError(f"dead_filter must be one of {', '.join(DEAD_FILTER)}, not {self.dead_filter!r}")
+        if self.redirect_steps is not None:
+            checks.integer("redirect_steps", self.redirect_steps, 0, checks.MAX_STEPS)
         if self.dead_filter != "none" and (model.preact is None or _no_preact(model, self.layer)):
             raise JaxvizError(f"dead_filter={self.dead_filter!r} needs a model with a pre-activation path "
                               f"(model {model.name} has none); use dead_filter='none'")

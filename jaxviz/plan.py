@@ -22,7 +22,6 @@ version. ``JAXVIZ_PLAN=auto python -m jaxviz.plan`` rebuilds this machine's entr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform as _platform
@@ -98,11 +97,19 @@ def _read(path: Path) -> dict:
 
 
 def load(path: Path | None = None) -> dict:
-    """This machine's timings ``{"shape/b/conv": seconds per image}`` (empty if none)."""
+    """This machine's timings ``{"shape/b/conv": seconds per image}`` (empty if none); entries
+    of another shape (a file edited by hand, another version's) are dropped and measured again."""
     path = cache_path() if path is None else path
     if path is None:
         return {}
-    return _read(path).get(machine(), {})
+    entry = _read(path).get(machine(), {})
+    return {k: v for k, v in entry.items() if _well_formed(k, v)} if isinstance(entry, dict) else {}
+
+
+def _well_formed(key, value) -> bool:
+    parts = key.split("/") if isinstance(key, str) else []
+    return (len(parts) == 3 and parts[1].isdigit() and not isinstance(value, bool) and isinstance(value, (int, float))
+            and 0 < value < float("inf"))
 
 
 def writable(path: Path) -> Path:
@@ -112,8 +119,8 @@ def writable(path: Path) -> Path:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
-        why = "not writable"
+        ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK)) and not path.is_dir()
+        why = "a folder" if path.is_dir() else "not writable"
     except OSError as e:
         ok, why = False, e.strerror or str(e)
     if not ok:
@@ -270,11 +277,14 @@ def conv_choice(size: int, cin: int, cout: int) -> str | None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxviz.plan",
-                                 description="Rebuild this machine's conv/chunk plan (see jaxviz/plan.py).")
+    from jaxviz.checks import MAX_SIZE
+    from jaxviz.cli_args import OneLineParser, positive_int
+
+    ap = OneLineParser(prog="python -m jaxviz.plan",
+                       description="Rebuild this machine's conv/chunk plan (see jaxviz/plan.py).")
     ap.add_argument("--layers", default="block2_conv1,block3_conv1,block4_conv1,block5_conv1")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=64)
+    ap.add_argument("--reps", type=positive_int("--reps", 1, 1000), default=3)
     ap.add_argument("--convs", default=",".join(CONVS), help=f"formulations to time, of {','.join(ALL_CONVS)}")
     ap.add_argument("--show", action="store_true", help="print the cached plan, measure nothing")
     args = ap.parse_args(argv)
@@ -296,6 +306,20 @@ def main(argv=None) -> int:
     except JaxvizError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from jaxviz.cli_run import WriteGate, run_interruptible
+
+    def interrupted():
+        print("jaxviz.plan: interrupted; what was measured is kept, rerun to measure the rest", file=sys.stderr)
+
+    try:
+        return run_interruptible(lambda: _build(args, path, layer_shapes, convs), WriteGate(), interrupted)
+    except JaxvizError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
+    """``main``'s work: measure what ``args`` asks (unless --show), then print the plan."""
     if not args.show:
         shapes = sorted({s for v in layer_shapes.values() for s in v}) if convs != CONVS else []
         stale = [f"{l}@{args.size}/" for l in layer_shapes] + [s.key() + "/" for s in shapes]

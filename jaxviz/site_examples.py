@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
@@ -114,6 +115,6 @@ def load(path: str) -> SiteExamples:
             meta = json.load(fh)
         with np.load(npz, allow_pickle=False) as z:
             thumbs = {l: z[f"{l}/thumbs"] for l in meta["layers"]}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         raise JaxvizError(f"the dataset examples summary at {folder} is unreadable ({type(e).__name__}); {fix}") from None
     return SiteExamples(meta, thumbs)

@@ -186,6 +186,7 @@ def _cli(capsys, *argv):
     ("out", "is a file, not a folder"),
     ("weights", "weights file"),
     ("k", "--k must be 1 or more"),
+    ("huge", "need about"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
     imgs = tmp_path / "imgs"
@@ -207,6 +208,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
         extra = ["--weights", str(tmp_path / "none.h5")]
     elif case == "k":
         args["k"] = "0"
+    elif case == "huge":  # refused from an estimate before any work (it ran out of memory after 22 s)
+        args["k"] = "1000000"
     argv = [x for k, v in args.items() for x in (f"--{k}", v)] + extra
     rc, err = _cli(capsys, *argv)
     assert rc == 2
@@ -231,3 +234,17 @@ def test_cli_writes_the_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "done: 3 images" in out
     assert (tmp_path / "out" / examples.SUMMARY_NPZ).exists() and (tmp_path / "out" / examples.SUMMARY_JSON).exists()
+
+
+def test_a_cut_short_state_or_summary_is_handled(tmp_path, capsys):
+    """An empty state file (a run killed while writing it) starts afresh; a summary cut short is one line."""
+    folder = _noise_folder(tmp_path / "imgs", 2, seed=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / examples.STATE).write_bytes(b"")
+    argv = ["--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2", "--out", str(out), "--quiet"]
+    assert examples.main(argv) == 0
+    npz = out / examples.SUMMARY_NPZ
+    npz.write_bytes(npz.read_bytes()[:300])
+    with pytest.raises(JaxvizError, match="unreadable"):
+        site_examples.load(out)

@@ -94,6 +94,13 @@ def run_main(argv):
     (["--step-size", "1e39"], "step_size must be"),
     (["--recipe", "lucid", "--lr", "inf"], "--lr must be a finite number"),
     (["--recipe", "lucid", "--lr", "nan"], "--lr must be a finite number"),
+    # found by probing the command line with absurd input
+    (["--model", "tests.tiny_model:broken"], "failed (RuntimeError: no weights here)"),
+    (["--model", ""], "--model is empty"),
+    (["--layers", ""], "--layers is empty"),
+    (["--filters", ""], "malformed --filters ''"),
+    (["--layers", "block1_conv1", "--filters", "0-1", "--margin", "1000000000"], "use a smaller --margin"),
+    (["--objective", "dream:block1_conv1"], "malformed channel list 'block1_conv1'"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -239,3 +246,11 @@ def test_list_layers_of_a_plain_function_model(capsys):
     assert grid.main(["--model", "tests.tiny_model:build", "--list-layers"]) == 0
     out = capsys.readouterr().out
     assert "conv" in out and "16x16x4" in out and "dense" in out and "vector" in out
+
+
+def test_objectives_spelling_the_same_file_name_get_distinct_files(tmp_path):
+    out = tmp_path / "out"
+    assert run_main(["--objective", "block1_conv1:0-2", "--objective", "block1_conv1:0,2", "--objective",
+                     "block1_conv1:0-2", "--size", "16", "--steps", "1", "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["block1_conv1-0-2-2.png", "block1_conv1-0-2.png"]
+    assert Image.open(out / "block1_conv1-0-2.png").size != Image.open(out / "block1_conv1-0-2-2.png").size

@@ -73,3 +73,14 @@ def test_existing_file_replaced_only_when_complete(tmp_path):
 def test_unwritable_folder_is_one_error(tmp_path):
     with pytest.raises(JaxvizError, match="cannot write"):
         save_png(tmp_path / "missing" / "x.png", np.zeros((2, 2, 3), np.uint8))
+
+
+def test_grid_and_png_refuse_other_shapes_and_grids_too_large_for_memory(tmp_path):
+    for bad in (np.zeros((0, 8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)):
+        with pytest.raises(JaxvizError, match="make_grid takes tiles"):
+            make_grid(bad)
+    with pytest.raises(JaxvizError, match="use a smaller --margin"):
+        make_grid(np.zeros((2, 8, 8, 3), np.uint8), margin=10**9)
+    with pytest.raises(JaxvizError, match="one RGB image"):
+        save_png(tmp_path / "x.png", np.zeros((2, 8, 8, 3), np.uint8))
+    assert not (tmp_path / "x.png").exists()

@@ -117,3 +117,19 @@ def test_cli(plan_file, capsys, monkeypatch):
     assert "--convs" in capsys.readouterr().err
     monkeypatch.setenv(plan.ENV, "off")
     assert plan.main(["--show"]) == 2
+
+
+def test_cli_numbers_a_folder_and_malformed_entries(plan_file, tmp_path, monkeypatch, capsys):
+    for argv in (["--size", "0"], ["--reps", "0"]):
+        with pytest.raises(SystemExit) as e:
+            plan.main(argv)
+        assert e.value.code == 2
+    monkeypatch.setenv(plan.ENV, str(tmp_path))  # a folder
+    assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
+    assert "(a folder)" in capsys.readouterr().err
+    monkeypatch.setenv(plan.ENV, str(plan_file))
+    plan_file.write_text(json.dumps({plan.machine(): {"block2_conv1@16/x/ascent": 0.1, "block2_conv1@16/8/ascent": "s",
+                                                      "block2_conv1@16/16/ascent": 0.2}}))
+    assert plan.load() == {"block2_conv1@16/16/ascent": 0.2}
+    plan_file.write_text(json.dumps({plan.machine(): [1, 2]}))
+    assert plan.load() == {}

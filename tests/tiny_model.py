@@ -15,3 +15,8 @@ def build():
         return {"conv": h, "dense": h.mean(axis=(0, 1)) @ p["dense"]}
 
     return from_function(fn, params, input_size=16)
+
+
+def broken():
+    """A --model function whose own code fails: the command lines say so in one line."""
+    raise RuntimeError("no weights here")

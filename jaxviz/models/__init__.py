@@ -45,10 +45,19 @@ def _user_model(spec: str, weights) -> Model:
     except ImportError as e:
         raise JaxvizError(f"cannot import {module_name!r} for model {spec!r} ({e}); "
                           f"is the package on the path?") from None
+    except Exception as e:  # the module's own code failed (a SyntaxError, an error at import time)
+        raise JaxvizError(f"importing {module_name!r} for model {spec!r} failed ({_first_line(e)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise JaxvizError(f"module {module_name} has no function {attr!r} for model {spec!r}")
-    made = fn() if weights is None else fn(weights)
+    try:
+        made = fn() if weights is None else fn(weights)
+    except JaxvizError:
+        raise
+    except Exception as e:
+        how = "with no argument" if weights is None else f"with the weights {str(weights)!r}"
+        raise JaxvizError(f"{spec}, called {how}, failed ({_first_line(e)}); it must build and return a jaxviz "
+                          f"Model or (fn, params)") from None
     if isinstance(made, Model):
         return made
     if isinstance(made, tuple) and len(made) == 2 and callable(made[0]):
@@ -57,6 +66,11 @@ def _user_model(spec: str, weights) -> Model:
         return from_function(made[0], made[1], name=attr)
     raise JaxvizError(f"{spec} returned a {type(made).__name__}; it must return a jaxviz Model "
                       f"(jaxviz.models.from_linen, from_nnx, from_keras, ...) or (fn, params)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return type(e).__name__ + (": " + text.splitlines()[0] if text else "")
 
 
 def load(spec: Optional[str] = "vgg16", weights: Optional[str | os.PathLike] = None, **vgg_options) -> Model:
@@ -69,6 +83,8 @@ def load(spec: Optional[str] = "vgg16", weights: Optional[str | os.PathLike] = N
     ``(fn, params)`` (called with ``weights`` when given). ``vgg_options`` (``precision``,
     ``conv``) go to the VGG models and must be left at their defaults for the others.
     """
+    if spec is not None and not str(spec).strip():
+        raise JaxvizError("the model name is empty; use vgg16, vgg19, keras:NAME or package.module:function")
     spec = (spec or "vgg16").strip()
     low = spec.lower()
     if low == "vgg16":
