@@ -300,7 +300,7 @@ class Objective:
         parts = _leaf_terms(self.term, self.args)
         named = [(t, a) for t, a in parts if isinstance(t, (Channel, Neuron, ClassLogit))]
         term, args = (named or parts)[0]
-        layers = term.layers()
+        layers = [l for l in term.layers() if l in {i.name for i in model.layers}]  # an unknown one: engine.check says so
         index = model.layer_index(layers[0]) if layers else len(model.layers)
         if named:
             ch = np.broadcast_to(np.asarray(args).reshape(-1), (n,))

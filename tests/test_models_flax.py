@@ -209,3 +209,9 @@ def test_adapters_refuse_bad_input_sizes_and_outputs_in_one_line():
     with pytest.raises(JaxvizError, match="Flat failed on a 16x16x3 input") as e:
         from_nnx(Flat(), input_size=16)
     assert "\n" not in str(e.value)
+
+
+def test_a_logits_name_that_is_no_layer_is_refused_at_once():
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    with pytest.raises(JaxvizError, match="logits='hed' names no layer of LinenNet; its layers: stem"):
+        from_linen(LinenNet(), variables, input_size=SIZE, logits="hed")

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 
 from jaxviz import checks
+from jaxviz.errors import JaxvizError
 from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity
 from jaxviz.models.function import OUTPUT, searched_min_size
 
@@ -57,6 +58,14 @@ def unbatch(out: dict, alias: Optional[str]) -> dict:
     if alias is not None and alias in out:
         out[LOGITS] = out[alias]
     return out
+
+
+def layer_table(shapes: dict, order: list, logits: Optional[str], name: str) -> tuple[LayerInfo, ...]:
+    """The layers in the order they are computed, once ``logits`` is checked to name one of them."""
+    if logits is not None and logits not in order:
+        raise JaxvizError(f"logits={logits!r} names no layer of {name}; its layers: "
+                          f"{', '.join(n for n in order if n != LOGITS)}")
+    return tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
 
 
 def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = identity, input_size: int = 224,
@@ -102,6 +111,6 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
     # it fails e.g. where batch norm, left in training mode, tries to update its statistics
     shapes = eval_shapes(every, variables, input_size, type(module).__name__, "pass apply_kwargs that put it in "
                          "eval mode (e.g. {'train': False}) and check input_size")
-    table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
+    table = layer_table(shapes, order, logits, type(module).__name__)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
                  min_size or searched_min_size(activations, variables, table, input_size, preprocess), input_size)

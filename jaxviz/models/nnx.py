@@ -20,9 +20,9 @@ import flax.nnx as nnx
 import jax
 
 from jaxviz import checks
-from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity
+from jaxviz.models.base import LOGITS, Model, eval_shapes, identity
 from jaxviz.models.function import searched_min_size
-from jaxviz.models.linen import Recorder, unbatch
+from jaxviz.models.linen import Recorder, layer_table, unbatch
 
 
 @contextlib.contextmanager
@@ -88,6 +88,6 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
         return out
 
     shapes = eval_shapes(every, state, input_size, type(module).__name__, "check input_size and preprocess")
-    table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in order)
+    table = layer_table(shapes, order, logits, type(module).__name__)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
                  min_size or searched_min_size(activations, state, table, input_size, preprocess), input_size)
