@@ -3,8 +3,8 @@
 ``render(model, objective, recipe)`` maximizes each item of a batched objective from its
 own start, as one ``jax.jit`` of ``jax.vmap`` over the items of a ``lax.scan`` over steps,
 in chunks whose estimated memory stays under a bound. Each item's randomness comes from
-its own key, ``fold_in(fold_in(key, layer index), channel)``, so an item's result does
-not depend on the rest of the batch, on the chunking or on the device.
+its own key, ``fold_in(fold_in(key, layer index), channel)`` (``Objective.key_ids``), so an
+item's result does not depend on the rest of the batch, on the chunking or on the device.
 
 A :class:`Recipe` is a choice of parts (all hashable, so a recipe compiles once):
 ``param`` (``jaxviz.param.SeedStart``, ``Fourier``, ``Pixel``), ``transforms`` (a
