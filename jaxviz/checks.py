@@ -95,14 +95,17 @@ def showable(name: str, images) -> None:
     """Refuse raw images (..., H, W, 3) too large for the seed's deprocess: it sums squared
     distances from each image's mean in float32, which past about 1e19 per pixel is infinite,
     and every pixel would come out the same grey."""
-    a = np.asarray(images, np.float64)
+    a = np.asarray(images)
     if not a.size:
         return
     flat = a.reshape((-1,) + a.shape[-3:])
-    dev = flat - flat.mean(axis=(1, 2, 3), keepdims=True)
-    if not (np.sum(dev * dev, axis=(1, 2, 3)) < F32_MAX / 2).all():
-        raise JaxvizError(f"{name} grew too large to show (pixel values up to {np.abs(a).max():.3g}, past what the "
-                          "seed's contrast normalization can take in float32), so nothing was written; lower the step size")
+    axes = (1, 2, 3)
+    peak = np.maximum(flat.max(axis=axes), -flat.min(axis=axes)).astype(np.float64)
+    for i in np.flatnonzero(flat[0].size * 4 * peak ** 2 >= F32_MAX / 2):  # only where it could overflow: exactly
+        dev = flat[i].astype(np.float64) - flat[i].astype(np.float64).mean()
+        if not np.sum(dev * dev) < F32_MAX / 2:
+            raise JaxvizError(f"{name} grew too large to show (pixel values up to {peak[i]:.3g}, past what the seed's "
+                              "contrast normalization can take in float32), so nothing was written; lower the step size")
 
 
 def grid_shape(n: int, h: int, w: int, cols: int, margin: int, channels: int = 3) -> tuple[int, int, int]:
