@@ -99,11 +99,12 @@ def showable(name: str, images) -> None:
     if not a.size:
         return
     flat = a.reshape((-1,) + a.shape[-3:])
-    axes = (1, 2, 3)
+    axes, n = (1, 2, 3), flat[0].size
     peak = np.maximum(flat.max(axis=axes), -flat.min(axis=axes)).astype(np.float64)
-    for i in np.flatnonzero(flat[0].size * 4 * peak ** 2 >= F32_MAX / 2):  # only where it could overflow: exactly
-        dev = flat[i].astype(np.float64) - flat[i].astype(np.float64).mean()
-        if not np.sum(dev * dev) < F32_MAX / 2:
+    for i in np.flatnonzero((n * peak >= F32_MAX / 2) | (n * 4 * peak ** 2 >= F32_MAX / 2)):  # could overflow: sum exactly
+        x = flat[i].astype(np.float64)
+        dev = x - x.mean()
+        if not (abs(x.sum()) < F32_MAX / 2 and np.sum(dev * dev) < F32_MAX / 2):
             raise JaxvizError(f"{name} grew too large to show (pixel values up to {peak[i]:.3g}, past what the seed's "
                               "contrast normalization can take in float32), so nothing was written; lower the step size")
 

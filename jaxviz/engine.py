@@ -222,8 +222,11 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     for name in names:
         if recipe.size < model.min_size(name):
             raise JaxvizError(f"size {recipe.size} is too small for {name}; the minimum is {model.min_size(name)} px")
-    # the terms check their layers' shapes at the size the model sees (a neuron's position, say)
-    objective.term.check(at_size(model, names, work_size(recipe), recipe.param.build(1).raw), objective.args)
+    # the terms check their layers' shapes at the sizes the model sees (a neuron's position, say):
+    # the transformed images' in the steps, the recipe's own in the final value
+    raw = recipe.param.build(1).raw
+    for size in dict.fromkeys((work_size(recipe), recipe.size)):
+        objective.term.check(at_size(model, names, size, raw), objective.args)
     if recipe.steps < 0:
         raise JaxvizError(f"steps must be 0 or more, not {recipe.steps}")
     if recipe.diversity < 1:
@@ -233,7 +236,7 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
 def at_size(model: Model, names: tuple[str, ...], size: int, raw: bool) -> Model:
     """``model`` with the named layers' shapes taken at ``size`` px, the size a recipe feeds it
     (``raw``: without ``preprocess``); one line where the model cannot take that size."""
-    if size == model.input_size or not names:
+    if not names or size == model.input_size and not raw:  # the layer table was taken through preprocess
         return model
     leaves, tree = jax.tree.flatten(model.params)
     shapes = _shapes(model.static(), names, size, raw, tree, tuple((np.shape(a), jnp.result_type(a)) for a in leaves))
@@ -278,7 +281,9 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
             start = jnp.asarray(start, jnp.float32)
         except (TypeError, ValueError):
             raise JaxvizError(f"start must be an array of shape {want}, not {type(start).__name__}") from None
-        if d != 1 or start.shape != want:
+        if d != 1:
+            raise JaxvizError(f"start replaces the start of one image per item: it needs diversity 1, not {d}")
+        if start.shape != want:
             raise JaxvizError(f"start has shape {start.shape}; this objective and recipe start from shape {want} "
                               f"({n} items, each the recipe's parameters at {s} px; diversity 1)")
     b = batch_size or chunk_for(model, objective, recipe, n, max_bytes)

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+import zipfile
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -96,7 +97,7 @@ def _load_state(path: str, settings: dict):
             if meta["settings"] != settings:
                 return None
             tops = {l: TopK(*(z[f"{l}/{f}"] for f in TopK._fields)) for l in settings["layers"]}
-    except Exception:  # absent, cut short (EOFError, BadZipFile), or another run's: start afresh
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent, cut short, another run's: afresh
         return None
     from jaxviz.topk import Field
 

@@ -84,12 +84,12 @@ def atomic_write(path: str | os.PathLike, write) -> str:
 
 
 def save_png(path: str | os.PathLike, image) -> str:
-    """Save a uint8 (H, W, 3) image as PNG, atomically; returns the path."""
+    """Save a uint8 (H, W, 3) image (or grey (H, W), RGBA (H, W, 4)) as PNG, atomically; returns the path."""
     from PIL import Image
 
     image = np.asarray(image, np.uint8)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise JaxvizError(f"save_png takes one RGB image (H, W, 3), not an array of shape {image.shape}")
+    if not (image.ndim == 2 or image.ndim == 3 and image.shape[-1] in (3, 4)):
+        raise JaxvizError(f"save_png takes one image (H, W, 3), (H, W) or (H, W, 4), not an array of shape {image.shape}")
     img = Image.fromarray(image)
     return atomic_write(path, lambda f: img.save(f, format="PNG", optimize=False))
 

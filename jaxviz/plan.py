@@ -176,9 +176,12 @@ def _medians(runs: dict, reps: int) -> dict:
 def shapes_below(layer: str, size: int, spec=None) -> list[Shape]:
     """The conv shapes (Winograd-eligible ones) that run below ``layer`` at ``size`` px."""
     from jaxviz import ops
-    from jaxviz.model import VGG16, layer_info, layers
+    from jaxviz.errors import JaxvizError
+    from jaxviz.model import VGG16, layer_info, layers, min_size
 
     layer_info(layer, spec or VGG16)  # a JaxvizError naming the valid layers
+    if size < min_size(layer, spec or VGG16):
+        raise JaxvizError(f"size {size} is too small for {layer}; the minimum is {min_size(layer, spec or VGG16)} px")
     out, s = [], size
     for l in layers(spec or VGG16):
         if l.name == layer:

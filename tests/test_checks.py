@@ -198,6 +198,8 @@ def test_showable_refuses_images_the_seed_deprocess_would_flatten(params):
     checks.showable("x", np.full((2, 8, 8, 3), 1e15, np.float32) * np.arange(3))
     with pytest.raises(JaxvizError, match="too large to show .* lower the step size"):
         checks.showable("the images", np.arange(192, dtype=np.float32).reshape(1, 8, 8, 3) * 1e18)
+    with pytest.raises(JaxvizError, match="too large to show"):  # nearly flat, but its float32 mean overflows
+        checks.showable("the images", np.full((1, 64, 64, 3), 3e35, np.float32))
     recipe = jaxviz.SEED._replace(size=16, steps=2, optimizer=optim.SeedAscent(1e20))
     with pytest.raises(JaxvizError, match="too large to show"):
         jaxviz.render(params, "block1_conv1:0", recipe)

@@ -112,6 +112,10 @@ def test_neuron_positions_are_checked_at_the_size_rendered(model):
     engine.render(model, neuron("block2_conv1", [0], y=7, x=7), TINY._replace(steps=1))
     with pytest.raises(JaxvizError, match=r"neuron y=12 is outside block2_conv1 \(8x8 at 16 px\)"):
         engine.render(model, neuron("block2_conv1", [0], y=12, x=0), TINY)
+    # the lucid recipe pads 16 px to 40 in its steps, but the final value is taken at 16 px
+    lucid = jaxviz.LUCID._replace(size=16, steps=1)
+    with pytest.raises(JaxvizError, match=r"neuron y=12 is outside block2_conv1 \(8x8 at 16 px\)"):
+        engine.render(model, neuron("block2_conv1", [0], y=12, x=0), lucid)
 
 
 def test_a_fixed_size_model_at_another_size_is_one_line():
@@ -135,3 +139,16 @@ def test_start_and_objective_types_are_checked(model):
         engine.render(model, 5, TINY)
     with pytest.raises(JaxvizError, match="progress must be a function"):
         jaxviz.render(model, obj, TINY, progress=5)
+
+
+def test_raw_recipes_check_positions_without_the_models_preprocess():
+    """The layer table is taken through ``preprocess`` (here it doubles the image); the seed
+    recipe feeds raw pixels, so at 16 px the layer is 16x16, not the table's 32x32."""
+    from jaxviz.models import from_function
+
+    double = lambda x: jnp.repeat(jnp.repeat(x, 2, 0), 2, 1)
+    m = from_function(lambda p, x: {"c1": x * p}, jnp.float32(1.0), preprocess=double, input_size=16)
+    assert m.layer("c1").shape == (32, 32, 3)
+    engine.render(m, neuron("c1", [0], y=15, x=15), TINY._replace(steps=1))
+    with pytest.raises(JaxvizError, match=r"neuron y=20 is outside c1 \(16x16 at 16 px\)"):
+        engine.render(m, neuron("c1", [0], y=20, x=0), TINY._replace(steps=1))

@@ -81,6 +81,8 @@ def test_grid_and_png_refuse_other_shapes_and_grids_too_large_for_memory(tmp_pat
             make_grid(bad)
     with pytest.raises(JaxvizError, match="use a smaller --margin"):
         make_grid(np.zeros((2, 8, 8, 3), np.uint8), margin=10**9)
-    with pytest.raises(JaxvizError, match="one RGB image"):
+    with pytest.raises(JaxvizError, match="save_png takes one image"):
         save_png(tmp_path / "x.png", np.zeros((2, 8, 8, 3), np.uint8))
     assert not (tmp_path / "x.png").exists()
+    save_png(tmp_path / "grey.png", np.zeros((8, 8), np.uint8))  # grey and RGBA images still save
+    save_png(tmp_path / "rgba.png", np.zeros((8, 8, 4), np.uint8))
