@@ -189,16 +189,30 @@ class Atlas:
         return state
 
     def remove(self) -> None:
-        """Delete what an atlas writes here (manifest, log, records, site, layer folders); nothing else."""
+        """Delete what an atlas writes here (manifest, log, records, site, the layer folders of the
+        manifest found here, of this job and VGG16's); nothing else, nothing outside the folder."""
+        layers = set(conv_layers(VGG16)) | set(self.selection)
+        try:
+            with open(self.manifest_path()) as f:
+                old = json.load(f)
+            layers |= set(old["layers"]) if isinstance(old, dict) and isinstance(old.get("layers"), dict) else set()
+        except (OSError, ValueError):
+            pass
         for name in (MANIFEST, LOG, "index.html"):
             try:
                 os.unlink(os.path.join(self.out, name))
             except FileNotFoundError:
                 pass
-        for name in (CHUNKS,) + conv_layers(VGG16):
-            path = os.path.join(self.out, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
+        root = os.path.abspath(self.out)
+        for name in [CHUNKS] + sorted(l for l in layers if isinstance(l, str)):
+            path = os.path.abspath(os.path.join(root, name))
+            if os.path.commonpath([root, path]) != root or path == root or not os.path.isdir(path):
+                continue  # a layer name that would lead outside the folder is not ours to delete
+            shutil.rmtree(path)
+            parent = os.path.dirname(path)
+            while parent != root and not os.listdir(parent):  # "blocks/0/conv": its emptied parents too
+                os.rmdir(parent)
+                parent = os.path.dirname(parent)
 
     # chunks ---------------------------------------------------------------------------
     def record_path(self, c: Chunk) -> str:
@@ -277,7 +291,8 @@ class Atlas:
         """Remove our temporary files left by killed writers (older than ``before``, when given;
         only call when no writer of this folder is running)."""
         folders = [os.path.join(self.out, CHUNKS)] + [os.path.join(self.out, l) for l in self.selection] + [
-            os.path.join(self.out, CHUNKS, l) for l in self.selection]
+            os.path.join(self.out, CHUNKS, l) for l in self.selection] + [
+            os.path.join(self.out, l, "examples") for l in self.selection]  # the site's example patches
         return remove_stale_temporaries(self.out, folders, before)
 
     def build_site(self, examples=None) -> str:
@@ -351,6 +366,18 @@ def build_parser() -> OneLineParser:
                    "at these settings on these devices from the rounds timed in this run")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
+
+
+def _check_examples(examples, path: str, model, selection, say) -> None:
+    """Dataset examples of another model are refused; layers they do not cover are named."""
+    made_with = examples.meta.get("settings", {}).get("model")
+    if made_with is not None and made_with != model.name:
+        raise JaxvizError(f"the dataset examples at {path} were made with model {made_with}, not {model.name}; "
+                          "make them with the same --model and --weights")
+    missing = [l for l in selection if l not in examples.layers]
+    if missing:
+        say(f"note: the dataset examples at {path} have no {', '.join(missing)}; "
+            f"{'those pages show' if len(missing) > 1 else 'its pages show'} none")
 
 
 def _weights_id(path: str) -> str:
@@ -539,6 +566,8 @@ def _main(argv: list[str] | None) -> int:
         # the weights load before anything is written: a bad file leaves the folder as it was
         model, weights_name, weights_id = _load_model(args, not args.quiet and proc.index == 0)
         selection = selection or _select(args, model)
+        if examples is not None:
+            _check_examples(examples, args.examples, model, selection, say if proc.index == 0 else (lambda *a: None))
         recipe = _recipe(args)
         settings = {"model": args.model.strip(), "recipe": args.recipe, "size": args.size, "steps": args.steps,
                     "step_size": args.step_size, "seed": args.seed, "precision": args.precision,

@@ -73,7 +73,7 @@ def filters_for(layer: str, filters: list[tuple[int, int]] | None, spec: VGGSpec
     if bad:
         first = next(max(a, n) for a, b in filters if b >= n)
         raise JaxvizError(f"filter {first} is out of range for {layer}, which has {n} filters (0-{n - 1})")
-    return [f for a, b in filters for f in range(a, b + 1)]
+    return list(dict.fromkeys(f for a, b in filters for f in range(a, b + 1)))  # 5,5 or 0-3,2: each filter once
 
 
 def expand_spans(spans: list[tuple[int, int]], limit: int = 1 << 20) -> list[int]:
@@ -170,7 +170,7 @@ def remove_if_empty(path: str) -> None:
 
 
 # what jaxviz.image.atomic_write leaves when killed: .NAME.XXXXXXXX.tmp beside NAME
-_OUR_TEMPORARY = re.compile(r"^\..+\.(png|npz|json|html)\.[A-Za-z0-9_]{8}\.tmp$")
+_OUR_TEMPORARY = re.compile(r"^\..+\.(png|npz|json|html|gif|webp)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def remove_stale_temporaries(out: str, folders=(), before: float | None = None) -> int:

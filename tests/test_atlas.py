@@ -427,3 +427,42 @@ def test_real_interrupts_exit_130_fast_and_the_rerun_finishes(reference, tmp_pat
     r = run_cli([*TINY, "--out", str(out)])
     assert r.returncode == 0, r.stderr
     assert pngs(out) == pngs(reference)
+
+
+# --- found by probing the atlas: --force with any model, duplicate filters, examples of another model -----
+
+
+def test_force_removes_the_old_manifests_layers_and_nothing_outside(tmp_path):
+    out = tmp_path / "atlas"
+    (out / "blocks" / "0" / "conv").mkdir(parents=True)
+    (out / "blocks" / "0" / "conv" / "f000.png").write_bytes(b"x")
+    (out / "mine.txt").write_text("not the atlas's")
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    layers = {"blocks/0/conv": [0], "../keep": [0], "..": [0]}
+    (out / "manifest.json").write_text(json.dumps({"format": atlas_mod.FORMAT, "settings": {}, "layers": layers}))
+    atlas_mod.Atlas(str(out), {"chunk": 4}, {"other": [0]}).remove()
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and keep.is_dir()
+
+
+def test_duplicate_filters_render_once_and_gif_temporaries_are_ours():
+    from jaxviz.cli_args import _OUR_TEMPORARY, filters_for
+
+    assert filters_for("block1_conv1", [(9, 9), (0, 0), (5, 5), (5, 5), (4, 6)]) == [9, 0, 5, 4, 6]
+    assert _OUR_TEMPORARY.match(".f000.gif.6twji96v.tmp") and _OUR_TEMPORARY.match(".f000.webp.6twji96v.tmp")
+
+
+def test_examples_of_another_model_are_refused(tmp_path, capsys):
+    from jaxviz import examples
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(photos / "p.png")
+    ex = tmp_path / "ex"
+    assert examples.main(["--model", "tests.tiny_model:build", "--images", str(photos), "--layers", "conv",
+                          "--size", "16", "--k", "1", "--out", str(ex), "--quiet"]) == 0
+    out = tmp_path / "out"
+    assert atlas_mod.main([*TINY, "--examples", str(ex), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "made with model function, not vgg16" in err and len(err.splitlines()) == 1
+    assert not (out / "manifest.json").exists()
