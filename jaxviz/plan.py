@@ -176,12 +176,9 @@ def _medians(runs: dict, reps: int) -> dict:
 def shapes_below(layer: str, size: int, spec=None) -> list[Shape]:
     """The conv shapes (Winograd-eligible ones) that run below ``layer`` at ``size`` px."""
     from jaxviz import ops
-    from jaxviz.errors import JaxvizError
-    from jaxviz.model import VGG16, layer_info, layers, min_size
+    from jaxviz.model import VGG16, layer_info, layers
 
     layer_info(layer, spec or VGG16)  # a JaxvizError naming the valid layers
-    if size < min_size(layer, spec or VGG16):
-        raise JaxvizError(f"size {size} is too small for {layer}; the minimum is {min_size(layer, spec or VGG16)} px")
     out, s = [], size
     for l in layers(spec or VGG16):
         if l.name == layer:
@@ -282,6 +279,7 @@ def conv_choice(size: int, cin: int, cout: int) -> str | None:
 def main(argv=None) -> int:
     from jaxviz.checks import MAX_SIZE
     from jaxviz.cli_args import OneLineParser, positive_int
+    from jaxviz.model import min_size
 
     ap = OneLineParser(prog="python -m jaxviz.plan",
                        description="Rebuild this machine's conv/chunk plan (see jaxviz/plan.py).")
@@ -304,6 +302,9 @@ def main(argv=None) -> int:
         return 2
     try:
         layer_shapes = {l: shapes_below(l, args.size) for l in args.layers.split(",")}
+        for l in layer_shapes:
+            if args.size < min_size(l):
+                raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
         if not args.show:
             writable(path)
     except JaxvizError as e:

@@ -16,7 +16,7 @@ import os
 from typing import Optional
 
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LOGITS, LayerInfo, Model
+from jaxviz.models.base import LOGITS, LayerInfo, Model, first_line
 from jaxviz.models.vgg import vgg, vgg16, vgg19
 
 _LAZY = {
@@ -46,7 +46,7 @@ def _user_model(spec: str, weights) -> Model:
         raise JaxvizError(f"cannot import {module_name!r} for model {spec!r} ({e}); "
                           f"is the package on the path?") from None
     except Exception as e:  # the module's own code failed (a SyntaxError, an error at import time)
-        raise JaxvizError(f"importing {module_name!r} for model {spec!r} failed ({_first_line(e)})") from None
+        raise JaxvizError(f"importing {module_name!r} for model {spec!r} failed ({first_line(e)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise JaxvizError(f"module {module_name} has no function {attr!r} for model {spec!r}")
@@ -56,7 +56,7 @@ def _user_model(spec: str, weights) -> Model:
         raise
     except Exception as e:
         how = "with no argument" if weights is None else f"with the weights {str(weights)!r}"
-        raise JaxvizError(f"{spec}, called {how}, failed ({_first_line(e)}); it must build and return a jaxviz "
+        raise JaxvizError(f"{spec}, called {how}, failed ({first_line(e)}); it must build and return a jaxviz "
                           f"Model or (fn, params)") from None
     if isinstance(made, Model):
         return made
@@ -66,11 +66,6 @@ def _user_model(spec: str, weights) -> Model:
         return from_function(made[0], made[1], name=attr)
     raise JaxvizError(f"{spec} returned a {type(made).__name__}; it must return a jaxviz Model "
                       f"(jaxviz.models.from_linen, from_nnx, from_keras, ...) or (fn, params)")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return type(e).__name__ + (": " + text.splitlines()[0] if text else "")
 
 
 def load(spec: Optional[str] = "vgg16", weights: Optional[str | os.PathLike] = None, **vgg_options) -> Model:

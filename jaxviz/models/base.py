@@ -97,6 +97,12 @@ def unit_min_size(name: str) -> int:
     return 1
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as "Type: its first line" (a model's own error, quoted in one of ours)."""
+    text = str(e).strip()
+    return type(e).__name__ + (": " + text.splitlines()[0] if text else "")
+
+
 def eval_shapes(fn, params, size: int, what: str, hint: str):
     """``jax.eval_shape`` of ``fn(params, x)`` for one (size, size, 3) float32 image (nothing
     runs); where the model's own code fails on it, one JaxvizError naming ``what``, the
@@ -109,9 +115,7 @@ def eval_shapes(fn, params, size: int, what: str, hint: str):
     except JaxvizError:
         raise
     except Exception as e:
-        text = str(e).strip()
-        raise JaxvizError(f"{what} failed on a {size}x{size}x3 input ({type(e).__name__}"
-                          f"{': ' + text.splitlines()[0] if text else ''}); {hint}") from None
+        raise JaxvizError(f"{what} failed on a {size}x{size}x3 input ({first_line(e)}); {hint}") from None
 
 
 def layer_shapes(activations, params, names: tuple[str, ...], size: int, preprocess=identity) -> tuple[LayerInfo, ...]:
