@@ -221,6 +221,9 @@ class Atlas:
     def image_path(self, layer: str, f: int) -> str:
         return os.path.join(self.out, layer, png_name(f))
 
+    def animation_path(self, layer: str, f: int) -> str:
+        return self.image_path(layer, f)[: -len(".png")] + ".gif"
+
     def read_record(self, c: Chunk) -> dict | None:
         """The chunk's record, or None when it is absent, unreadable or does not validate
         (then the chunk is not done and is rendered again)."""
@@ -232,7 +235,8 @@ class Atlas:
         return rec if valid_record(rec, c) else None
 
     def is_done(self, c: Chunk, verify: bool = True) -> bool:
-        """The chunk's record exists and (with ``verify``) every PNG it names is there, unchanged."""
+        """The chunk's record exists and (with ``verify``) every PNG it names is there, unchanged
+        (and, in an atlas with animations, every filter's GIF is there)."""
         rec = self.read_record(c)
         if rec is None:
             return False
@@ -244,6 +248,8 @@ class Atlas:
                 if sha256_file(path) != digest:
                     return False
             except OSError:
+                return False
+            if self.settings.get("animate") and not os.path.isfile(self.animation_path(c.layer, f)):
                 return False
         return len(rec.get("sha256", ())) == len(c.filters)
 
@@ -259,7 +265,7 @@ class Atlas:
         for i, (f, img) in enumerate(zip(c.filters, images)):
             if frames is not None:
                 with gate:
-                    save_animation(self.image_path(c.layer, f)[: -len(".png")] + ".gif", frames[i])
+                    save_animation(self.animation_path(c.layer, f), frames[i])
             with gate:
                 path = save_png(self.image_path(c.layer, f), img)
             digests.append(sha256_file(path))

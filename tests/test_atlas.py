@@ -466,3 +466,15 @@ def test_examples_of_another_model_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "made with model function, not vgg16" in err and len(err.splitlines()) == 1
     assert not (out / "manifest.json").exists()
+
+
+def test_a_deleted_animation_makes_its_chunk_render_again(tmp_path):
+    out = tmp_path / "an"
+    argv = [*TINY[:2], "--filters", "0-1", "--size", "16", "--steps", "2", "--chunk", "2", "--batch", "2",
+            "--animate", "--out", str(out), "--quiet"]
+    assert atlas_mod.main(argv) == 0
+    gif = out / "block1_conv1" / "f001.gif"
+    first = gif.read_bytes()
+    gif.unlink()
+    assert atlas_mod.main(argv) == 0
+    assert gif.read_bytes() == first
