@@ -643,6 +643,8 @@ def _main(argv: list[str] | None) -> int:
         if atlas is None:
             return "jaxviz.atlas: interrupted"
         left = len(atlas.missing())
+        if not left:  # every image is there: it was building the site
+            return "jaxviz.atlas: interrupted; every chunk is done; rerun the same command to build the site"
         return (f"jaxviz.atlas: interrupted; {len(atlas.chunks) - left} of {len(atlas.chunks)} done; "
                 "rerun the same command to resume")
 
