@@ -164,8 +164,9 @@ def _file_name(text: str) -> str:
 
 
 def _objective_files(texts) -> list[tuple[str, str]]:
-    """(file name, text) per distinct objective; two texts that spell the same name (0-2 and
-    0,2) get -2, -3, ... rather than one grid overwriting the other."""
+    """(file name, text) per distinct objective or layer; two texts that spell the same name
+    (0-2 and 0,2; stem/conv and stem-conv) get -2, -3, ... rather than one grid overwriting the
+    other, and no name leads out of --out ("../x" is "x")."""
     out, taken = [], set()
     for text in dict.fromkeys(t.strip() for t in texts):
         name, k = _file_name(text), 2
@@ -200,7 +201,7 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
             jobs.append((name, fs, obj))
         return jobs
     if planned:
-        return [(layer, fs, for_layer(layer, fs)) for layer, (_, fs) in planned]
+        return [(layer, fs, for_layer(layer, fs)) for layer, (_, fs) in planned]  # VGG's names are file names
     names = [l.name for l in model.layers if l.spatial] if args.layers in (None, "all") else \
         list(dict.fromkeys(t.strip() for t in args.layers.split(",") if t.strip()))
     if not names:
@@ -214,7 +215,8 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
                               f"--objective neuron:{layer}:N or logit:N")
         fs = list(range(min(64, info.channels))) if wanted is None else filters_for(layer, wanted, channels=info.channels)
         jobs.append((layer, fs, for_layer(layer, fs)))
-    return jobs
+    files = dict((text, name) for name, text in _objective_files(names))  # "stem/conv" -> stem-conv.png
+    return [(files[layer], fs, obj) for layer, fs, obj in jobs]
 
 
 def _recipe(args):

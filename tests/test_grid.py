@@ -254,3 +254,12 @@ def test_objectives_spelling_the_same_file_name_get_distinct_files(tmp_path):
                      "block1_conv1:0-2", "--size", "16", "--steps", "1", "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["block1_conv1-0-2-2.png", "block1_conv1-0-2.png"]
     assert Image.open(out / "block1_conv1-0-2.png").size != Image.open(out / "block1_conv1-0-2-2.png").size
+
+
+def test_layer_names_become_file_names_inside_out(tmp_path):
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build_paths", "--layers", "stem/conv,../evil", "--filters", "0-1",
+                     "--size", "16", "--steps", "1", "--tiles", "--npz", "--out", str(out), "--quiet"]) == 0
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "out/evil.npz", "out/evil.png", "out/evil/evil_f000.png", "out/evil/evil_f001.png",
+        "out/stem-conv.npz", "out/stem-conv.png", "out/stem-conv/stem-conv_f000.png", "out/stem-conv/stem-conv_f001.png"]

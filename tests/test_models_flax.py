@@ -215,3 +215,18 @@ def test_a_logits_name_that_is_no_layer_is_refused_at_once():
     variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
     with pytest.raises(JaxvizError, match="logits='hed' names no layer of LinenNet; its layers: stem"):
         from_linen(LinenNet(), variables, input_size=SIZE, logits="hed")
+
+
+def test_a_global_pool_does_not_raise_the_minimum_size_of_later_layers():
+    """A squeeze-excite block's 1x1 pool exists at any size: the layers after it keep their own minimum."""
+    kernel = jax.random.normal(jax.random.key(9), (3, 3, 3, 4))
+    conv = lambda x: jax.lax.conv_general_dilated(x[None], kernel, (2, 2), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+
+    def fn(p, x):
+        h = conv(x)  # 16 -> 8
+        se = h.mean(axis=(0, 1), keepdims=True)  # 1x1
+        return {"down": h, "se": se, "scaled": h * se}
+
+    m = from_function(fn, jnp.float32(0.0), input_size=16)
+    assert m.layer("se").shape == (1, 1, 4) and [m.min_size(n) for n in ("down", "se", "scaled")] == [2, 2, 2]

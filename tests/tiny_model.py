@@ -20,3 +20,17 @@ def build():
 def broken():
     """A --model function whose own code fails: the command lines say so in one line."""
     raise RuntimeError("no weights here")
+
+
+def build_paths():
+    """Layers named like module paths, one of them climbing out of a folder: grids land in --out."""
+    from jaxviz.models import from_function
+
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 3, 4)) * 0.3
+
+    def fn(p, x):
+        h = jax.nn.relu(jax.lax.conv_general_dilated(x[None], p, (1, 1), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0])
+        return {"stem/conv": h, "../evil": 2 * h}
+
+    return from_function(fn, kernel, input_size=16)

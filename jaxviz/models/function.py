@@ -24,8 +24,8 @@ def downsampling_min_size(table: Sequence[LayerInfo], input_size: int) -> Callab
     layer what the deepest spatial layer before it gets."""
     sizes, need = {}, 1
     for info in table:
-        if info.spatial:
-            need = max(need, math.ceil(input_size / max(1, min(info.shape[:2]))))
+        if info.spatial and min(info.shape[:2]) > 1:  # a 1x1 global pool (squeeze-excite) exists at any size
+            need = max(need, math.ceil(input_size / min(info.shape[:2])))
         sizes[info.name] = need
     return lambda name: sizes.get(name, 1)
 

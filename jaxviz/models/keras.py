@@ -11,8 +11,11 @@ Needs the ``jaxviz[keras]`` extra; ``KERAS_BACKEND`` is set to "jax" if unset.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -155,7 +158,9 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
         if top and input_size is not None:
             shape = (input_size, input_size, 3)
         try:
-            model = builder(weights=None if is_file else weights, include_top=top, input_shape=shape)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # Keras' own download talk:
+                warnings.simplefilter("ignore")  # a failure is the one line below
+                model = builder(weights=None if is_file else weights, include_top=top, input_shape=shape)
             if is_file:
                 model.load_weights(str(weights))
             break
