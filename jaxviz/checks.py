@@ -122,7 +122,7 @@ def grid_memory(height: int, width: int, channels: int = 3) -> None:
     need, limit = 2 * height * width * channels, memory_limit()
     if need > limit:
         raise JaxvizError(f"a grid of {width}x{height} px needs about {gib(need)} of memory, more than the "
-                          f"{gib(limit)} available; use a smaller --margin or --cols")
+                          f"{gib(limit)} available; use a smaller --size, --margin or --cols")
 
 
 def params_for(params, layer: str, conv_names) -> None:

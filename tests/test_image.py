@@ -79,7 +79,7 @@ def test_grid_and_png_refuse_other_shapes_and_grids_too_large_for_memory(tmp_pat
     for bad in (np.zeros((0, 8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)):
         with pytest.raises(JaxvizError, match="make_grid takes tiles"):
             make_grid(bad)
-    with pytest.raises(JaxvizError, match="use a smaller --margin"):
+    with pytest.raises(JaxvizError, match="use a smaller --size, --margin or --cols"):
         make_grid(np.zeros((2, 8, 8, 3), np.uint8), margin=10**9)
     with pytest.raises(JaxvizError, match="save_png takes one image"):
         save_png(tmp_path / "x.png", np.zeros((2, 8, 8, 3), np.uint8))
