@@ -139,7 +139,7 @@ def _validate(args) -> list[tuple[str, object]]:
         return []
     check_out_dir(args.out)
     if args.objective:
-        return _objective_files(args.objective)
+        return _file_names(args.objective)
     if not _is_vgg(args):
         if args.filters is not None:
             parse_filters(args.filters)  # malformed text fails before the model loads
@@ -152,7 +152,6 @@ def _validate(args) -> list[tuple[str, object]]:
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
     for l in layers:
         _check_memory(args, l, len(filters[l]))
-        checks.grid_memory(*checks.grid_shape(len(filters[l]), args.size, args.size, args.cols, args.margin))
     return [(l, (l, filters[l])) for l in layers]
 
 
@@ -163,15 +162,16 @@ def _file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-") or "objective"
 
 
-def _objective_files(texts) -> list[tuple[str, str]]:
+def _file_names(texts) -> list[tuple[str, str]]:
     """(file name, text) per distinct objective or layer; two texts that spell the same name
     (0-2 and 0,2; stem/conv and stem-conv) get -2, -3, ... rather than one grid overwriting the
     other, and no name leads out of --out ("../x" is "x")."""
     out, taken = [], set()
     for text in dict.fromkeys(t.strip() for t in texts):
-        name, k = _file_name(text), 2
+        base = name = _file_name(text)
+        k = 2
         while name in taken:
-            name, k = f"{_file_name(text)}-{k}", k + 1
+            name, k = f"{base}-{k}", k + 1
         taken.add(name)
         out.append((name, text))
     return out
@@ -215,7 +215,7 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
                               f"--objective neuron:{layer}:N or logit:N")
         fs = list(range(min(64, info.channels))) if wanted is None else filters_for(layer, wanted, channels=info.channels)
         jobs.append((layer, fs, for_layer(layer, fs)))
-    files = dict((text, name) for name, text in _objective_files(names))  # "stem/conv" -> stem-conv.png
+    files = dict((text, name) for name, text in _file_names(names))  # "stem/conv" -> stem-conv.png
     return [(files[layer], fs, obj) for layer, fs, obj in jobs]
 
 
@@ -344,7 +344,7 @@ def _main(argv: list[str] | None) -> int:
             _print_layers(model)
             return 0
         jobs = _jobs(args, model, planned)
-        for _, fs, _ in jobs:  # before any work: the grid image itself must fit (--margin, --cols)
+        for _, fs, _ in jobs:  # before any work, for every model: the grid image itself must fit
             checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
         recipe = _recipe(args)
         created[0] = not os.path.isdir(args.out)
