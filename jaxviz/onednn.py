@@ -6,7 +6,9 @@ use on CPUs) picks a kernel for the CPU it runs on: AMX or AVX512-bf16 tiles for
 bfloat16, AVX-512 or AVX2 brgemm for float32. ``conv3x3`` calls its conv through
 ``jax.ffi``, ``batched_matmul`` its matmul, and ``winograd4`` is ``ops``' float32
 Winograd conv in one call: its tile transforms in C++ (vectorized, on every core, a
-cache-sized block of tiles at a time) around oneDNN's matmul, with XLA's sums.
+cache-sized block of tiles at a time) around oneDNN's matmul, with XLA's sums;
+``winograd4_bias_relu``, ``winograd4_relu_grad`` and ``winograd4_pool_grad`` are a conv
+layer (bias, relu, and the max pool after it) forward and backward, each in one such call.
 
 The handlers (``native/onednn_conv.cc``) are compiled on first use with the C++
 compiler (``$CXX`` or ``g++``, for this CPU: ``-march=native``) against jaxlib's FFI headers and the oneDNN of the
@@ -39,8 +41,14 @@ NO_BF16 = ("oneDNN has no bfloat16 conv on this CPU (it needs AVX-512 or AMX); u
            "(bfloat16 then runs XLA's convs)")
 MATMUL = "jaxviz_onednn_batched_matmul_f32"
 WINOGRAD = "jaxviz_winograd4_f32"
+WINOGRAD_BIAS_RELU = "jaxviz_winograd4_bias_relu_f32"
+WINOGRAD_BIAS_RELU_POOL = "jaxviz_winograd4_bias_relu_pool_f32"
+WINOGRAD_RELU_GRAD = "jaxviz_winograd4_relu_grad_f32"
+WINOGRAD_POOL_GRAD = "jaxviz_winograd4_pool_grad_f32"
 SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16",
-           MATMUL: "JaxvizOnednnBatchedMatmulF32", WINOGRAD: "JaxvizWinograd4F32"}
+           MATMUL: "JaxvizOnednnBatchedMatmulF32", WINOGRAD: "JaxvizWinograd4F32",
+           WINOGRAD_BIAS_RELU: "JaxvizWinograd4BiasReluF32", WINOGRAD_BIAS_RELU_POOL: "JaxvizWinograd4BiasReluPoolF32",
+           WINOGRAD_RELU_GRAD: "JaxvizWinograd4ReluGradF32", WINOGRAD_POOL_GRAD: "JaxvizWinograd4PoolGradF32"}
 
 
 def _prefix() -> Path | None:
@@ -233,11 +241,41 @@ def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
     kernel ``u`` = ``ops.winograd_kernel(kernel, 4)``, (36, C, O): the tile transforms in C++
     on every core, the 36 matmuls in oneDNN's. The same sums in the same order as
     ``ops.conv3x3_winograd``'s XLA form with oneDNN's matmul. Forward only; needs ``available()``."""
+    return _winograd_public(_winograd4, (x,), (u,))
+
+
+def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool = False):
+    """``relu(winograd4(x, u) + bias)`` in one call: the bias and relu applied as the output
+    transform writes each pixel (no pass of XLA's over the layer's output); with ``pool``, the
+    pair of that and its 2x2 max pool (``model.max_pool2``), pooled in the same pass. The same
+    bits as the ops apart. Forward only; needs ``available()``."""
+    return _winograd_public(_winograd4_bias_relu_pool if pool else _winograd4_bias_relu, (x,), (u, bias))
+
+
+def winograd4_relu_grad(relu_out: jax.Array, g: jax.Array, u: jax.Array) -> jax.Array:
+    """``winograd4(where(relu_out > 0, g, 0), u)`` in one call: a conv + relu layer's input
+    gradient (``u`` the flipped kernel's transform), the relu's mask applied as the input
+    transform reads ``g``; the same bits as the ops apart. Needs ``available()``."""
+    return _winograd_public(_winograd4_relu_grad, (relu_out, g), (u,))
+
+
+def winograd4_pool_grad(relu_out: jax.Array, g_pooled: jax.Array, pooled: jax.Array, u: jax.Array) -> jax.Array:
+    """The input gradient of ``winograd4_bias_relu(x, ..., pool=True)`` in one call, from the
+    relu's output, the pooled output and its cotangent: the max pool's gradient (each window's
+    cotangent split between its maxima, as ``model.max_pool2``'s) and the relu's mask made as
+    the input transform reads them; the same bits as the ops apart. Needs ``available()``."""
+    return _winograd_public(_winograd4_pool_grad, (relu_out, g_pooled, pooled), (u,))
+
+
+def _winograd_public(op, images: tuple, weights: tuple):
+    """``op`` on images of any leading dimensions (folded into its batch), in float32; its
+    output(s) with those leading dimensions."""
     if _library() is None:
         raise RuntimeError(MISSING)
-    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
-    y = _winograd4(x.astype(jnp.float32).reshape((-1, h, w, c)), u.astype(jnp.float32))
-    return y.reshape((*lead, h, w, u.shape[-1]))
+    lead = images[0].shape[:-3]
+    out = op(*(a.astype(jnp.float32).reshape((-1, *a.shape[-3:])) for a in images), *(a.astype(jnp.float32) for a in weights))
+    unfold = lambda y: y.reshape((*lead, *y.shape[1:]))
+    return tuple(map(unfold, out)) if isinstance(out, tuple) else unfold(out)
 
 
 # About this many bytes of transformed tiles per block of winograd4: 1 / 2 / 4 / 8 / 16 MB and
@@ -261,15 +299,43 @@ def _plane(floats: int) -> int:
     return 16 * (lines + 1 - lines % 2)
 
 
-@jax.custom_batching.custom_vmap
-def _winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
-    n, h, w, c = x.shape
-    o = u.shape[-1]
-    tiles = n * (-(-h // 4)) * (-(-w // 4))
-    block = _block(tiles, max(c, o))
-    out = (jax.ShapeDtypeStruct((n, h, w, o), jnp.float32),  # the conv, then two scratch buffers
-           jax.ShapeDtypeStruct((36, _plane(block * c)), jnp.float32), jax.ShapeDtypeStruct((36, _plane(block * o)), jnp.float32))
-    return jax.ffi.ffi_call(WINOGRAD, out)(x, u, block=block)[0]
+def _winograd_op(target: str, n_images: int, pooled: bool = False):
+    """The custom call ``target`` on ``n_images`` (N, ..., C) images, the first (N, H, W, C),
+    then the weights (the transformed kernel first), with its block and scratch: the conv
+    (N, H, W, O), and with ``pooled`` its pool (N, H/2, W/2, O) too. Under vmap the items join
+    the batch (one call), or, with weights per item, one call per item."""
+
+    def call(*args):
+        n, h, w, c = args[0].shape
+        o = args[n_images].shape[-1]
+        tiles = n * (-(-h // 4)) * (-(-w // 4))
+        block = _block(tiles, max(c, o))
+        outs = [jax.ShapeDtypeStruct((n, h, w, o), jnp.float32)]
+        if pooled:
+            outs.append(jax.ShapeDtypeStruct((n, h // 2, w // 2, o), jnp.float32))
+        outs += [jax.ShapeDtypeStruct((36, _plane(block * c)), jnp.float32),  # two scratch buffers
+                 jax.ShapeDtypeStruct((36, _plane(block * o)), jnp.float32)]
+        r = jax.ffi.ffi_call(target, tuple(outs))(*args, block=block)
+        return (r[0], r[1]) if pooled else r[0]
+
+    op = jax.custom_batching.custom_vmap(call)
+
+    @op.def_vmap
+    def rule(axis_size, in_batched, *args):
+        every = lambda xs, bs: tuple(a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(xs, bs))
+        batched_out = (True, True) if pooled else True
+        if any(in_batched[n_images:]):
+            return jax.lax.map(lambda a: op(*a), every(args, in_batched)), batched_out
+        if not any(in_batched[:n_images]):
+            return op(*args), ((False, False) if pooled else False)
+        images = every(args[:n_images], in_batched[:n_images])
+        return _winograd_public(op, images, args[n_images:]), batched_out
+
+    return op
 
 
-_winograd4.def_vmap(_images_vmap(winograd4))
+_winograd4 = _winograd_op(WINOGRAD, 1)
+_winograd4_bias_relu = _winograd_op(WINOGRAD_BIAS_RELU, 1)
+_winograd4_bias_relu_pool = _winograd_op(WINOGRAD_BIAS_RELU_POOL, 1, pooled=True)
+_winograd4_relu_grad = _winograd_op(WINOGRAD_RELU_GRAD, 2)
+_winograd4_pool_grad = _winograd_op(WINOGRAD_POOL_GRAD, 3)

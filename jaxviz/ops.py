@@ -31,6 +31,11 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
   ``FEW_OUT_CHANNELS`` outputs (the colour layer's input gradient) as
   ``conv3x3_few_out``: one matmul to the nine taps' outputs and their shifted sum.
 
+A whole conv layer, ``relu(conv + bias)`` and the 2x2 max pool after it where there is one, is
+``conv_bias_relu``: on Winograd where oneDNN runs, one custom call forward and one for the
+input gradient (``winograd4_bias_relu``), so that XLA makes no pass of its own over the layer's
+output; the same bits as the ops apart.
+
 A ``Prepared`` kernel carries its F(4x4, 3x3) transforms (forward and input gradient)
 made once ahead (``prepare``; the VGG model's ``Model.prepare``): the ascent's step
 loop then never repeats them. Every variant accepts one in place of a kernel.
@@ -45,6 +50,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxviz import onednn
+from jaxviz.model import max_pool2
 
 Conv = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -240,6 +246,68 @@ def _winograd4_onednn_bwd(res, g):
 _winograd4_onednn.defvjp(_winograd4_onednn_fwd, _winograd4_onednn_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = False) -> jax.Array:
+    """``relu(conv3x3_winograd(x, kernel, 4) + bias)``, a conv layer, with its input gradient;
+    with ``pool``, the 2x2 max pool after it (``model.max_pool2``) too.
+
+    Where oneDNN runs, on CPU, forward and input gradient are one custom call each: bias, relu
+    and pool made as the output transform writes the conv, the pool's and relu's gradients as
+    the input transform reads the cotangent (``onednn.winograd4_bias_relu``,
+    ``onednn.winograd4_relu_grad``, ``onednn.winograd4_pool_grad``), so XLA makes no pass of
+    its own over the layer's output either way; the same bits as the ops apart. The kernel's
+    cotangent is zero, as in ``with_input_vjp``.
+    """
+    return _bias_relu_fwd(x, kernel, bias, pool)[0]
+
+
+def _u(kernel) -> jax.Array:
+    return kernel.u if isinstance(kernel, Prepared) else winograd_kernel(kernel, 4)
+
+
+def _bias_relu_fwd(x, kernel, bias, pool):
+    def unfused(x, u, b):
+        y = jax.nn.relu(_winograd_xla(x, u, 4) + b)
+        return (y, max_pool2(y)) if pool else y
+
+    fused = partial(onednn.winograd4_bias_relu, pool=pool)
+    args = (x.astype(jnp.float32), _u(kernel), bias.astype(jnp.float32))
+    out = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
+    y, pooled = out if pool else (out, None)
+    return (pooled if pool else y), (y, pooled, kernel)
+
+
+def _bias_relu_bwd(pool, res, g):
+    y, pooled, kernel = res
+    u = _u(_flip(kernel))
+
+    def unfused(y, g, *pooled_u):
+        if pool:
+            g = jax.vjp(max_pool2, y)[1](g)[0]
+        return _winograd_xla(jnp.where(y > 0, g, 0), pooled_u[-1], 4)
+
+    fused = onednn.winograd4_pool_grad if pool else onednn.winograd4_relu_grad
+    args = (y, g, pooled, u) if pool else (y, g, u)
+    gx = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
+    g_full = jax.vjp(max_pool2, y)[1](g)[0] if pool else g  # the bias's cotangent: dead code unless asked for
+    gb = jnp.sum(jnp.where(y > 0, g_full, 0), axis=tuple(range(g.ndim - 1)))
+    return gx.astype(g.dtype), None, gb.astype(g.dtype)
+
+
+winograd4_bias_relu.defvjp(_bias_relu_fwd, _bias_relu_bwd)
+
+
+def conv_bias_relu(conv: Conv, x: jax.Array, kernel, bias: jax.Array, pool: bool = False) -> jax.Array:
+    """``relu(conv(x, kernel) + bias)``, a conv layer, then with ``pool`` the 2x2 max pool
+    after it (``model.max_pool2``): in one fused call where ``conv`` has one for this kernel
+    (its ``bias_relu`` attribute: ``winograd4_bias_relu``)."""
+    fused = getattr(conv, "bias_relu", None)
+    if fused is not None:
+        return fused(x, kernel, bias, pool)
+    y = jax.nn.relu(conv(x, kernel) + bias)
+    return max_pool2(y) if pool else y
+
+
 def _winograd_xla(x: jax.Array, u: jax.Array, m: int) -> jax.Array:
     """Winograd F(m x m, 3 x 3) with the transformed kernel ``u`` in XLA's ops (oneDNN's
     matmul on CPU where it runs)."""
@@ -336,6 +404,7 @@ for _taps in ("full", "rows", "taps"):
 
 VARIANTS["wino2"] = _plain(with_input_vjp(partial(conv3x3_winograd, m=2)))
 VARIANTS["wino4"] = with_input_vjp(partial(conv3x3_winograd, m=4))
+VARIANTS["wino4"].bias_relu = winograd4_bias_relu
 VARIANTS["wino4_unrolled"] = _plain(with_input_vjp(partial(conv3x3_winograd, m=4, transform=winograd_kernel_unrolled)))
 VARIANTS["onednn"] = _plain(with_input_vjp(  # and the colour layer's input gradient as one matmul
     lambda x, k: conv3x3_few_out(x, k) if k.shape[-1] <= FEW_OUT_CHANNELS else onednn.conv3x3(x.astype(jnp.float32), k)))
@@ -347,12 +416,15 @@ def planned(default: str) -> Conv:
     """``default``'s conv, or the one this machine's plan (jaxviz.plan) measured faster
     for the layer's shape (read at trace time from the static shapes)."""
 
-    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    def name(x, kernel) -> str:
         from jaxviz import plan
 
-        name = plan.conv_choice(x.shape[1], kernel.shape[2], kernel.shape[3]) or default
-        return VARIANTS[name](x, kernel)
+        return plan.conv_choice(x.shape[1], kernel.shape[2], kernel.shape[3]) or default
 
+    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return VARIANTS[name(x, kernel)](x, kernel)
+
+    conv.bias_relu = lambda x, kernel, bias, pool: conv_bias_relu(VARIANTS[name(x, kernel)], x, kernel, bias, pool)
     return conv
 
 
@@ -463,10 +535,14 @@ def dispatch(small: str, large: str, min_in_channels: int | None = None) -> Conv
     if a is b:
         return a
 
-    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    def pick(kernel) -> Conv:
         m = BF16_MIN_IN_CHANNELS if min_in_channels is None else min_in_channels
-        return (b if kernel.shape[2] >= m else a)(x, kernel)
+        return b if kernel.shape[2] >= m else a
 
+    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return pick(kernel)(x, kernel)
+
+    conv.bias_relu = lambda x, kernel, bias, pool: conv_bias_relu(pick(kernel), x, kernel, bias, pool)
     return conv
 
 

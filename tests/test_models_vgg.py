@@ -56,3 +56,21 @@ def test_one_channel_conv_gradient_in_bfloat16_keeps_the_input_dtype():
     dh = jax.grad(lambda h: single_channel_conv(h, k).sum())(h)
     assert dh.dtype == jnp.bfloat16
     assert float(dh[1, 1, 0]) == 4.5  # nine taps of 0.5 reach an inner pixel
+
+
+def test_forward_fuses_a_pool_into_its_conv_only_when_the_conv_itself_is_not_asked_for(params):
+    """block1_pool alone comes from one fused conv + relu + pool call (ops.conv_bias_relu); asked
+    with block1_conv2 too, the conv's output is kept and pooled apart: the same bits either way."""
+    from jaxviz import ops
+    from jaxviz.model import max_pool2
+    from jaxviz.models.vgg import VGG16, _forward
+
+    conv = ops.conv_for("float32")
+    x = jax.random.uniform(jax.random.key(3), (20, 20, 3)) * 20 + 118
+    alone = jax.jit(lambda x: _forward(params, x, ("block1_pool",), VGG16, conv))(x)
+    both = jax.jit(lambda x: _forward(params, x, ("block1_conv2", "block1_pool"), VGG16, conv))(x)
+    np.testing.assert_array_equal(alone["block1_pool"], both["block1_pool"])
+    np.testing.assert_array_equal(both["block1_pool"], max_pool2(both["block1_conv2"][None])[0])
+    g_alone = jax.grad(lambda x: _forward(params, x, ("block1_pool",), VGG16, conv)["block1_pool"].sum())(x)
+    g_both = jax.grad(lambda x: _forward(params, x, ("block1_conv2", "block1_pool"), VGG16, conv)["block1_pool"].sum())(x)
+    np.testing.assert_array_equal(g_alone, g_both)

@@ -183,3 +183,58 @@ def test_winograd4_under_vmap_folds_the_items_into_its_batch():
     np.testing.assert_array_equal(per_image, flat)
     both = jax.vmap(onednn.winograd4)(jnp.stack([x, x]), jnp.stack([u, 2 * u]))  # per-item kernels
     np.testing.assert_allclose(both[1], 2 * flat, rtol=1e-5, atol=1e-5)
+
+
+def _layer_data(shape, seed):
+    n, h, w, c, o = shape
+    x, k = data(n, h, w, c, o, seed=seed)
+    from jaxviz import ops
+
+    kb, kg = jax.random.split(jax.random.key(seed + 100))
+    bias = jax.random.normal(kb, (o,))
+    return x, ops.winograd_kernel(k, 4), ops.winograd_kernel(ops._flip(k), 4), bias, kg
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(2, 9, 7, 24, 40), (3, 16, 16, 64, 16)])  # odd edges, channel tails
+def test_fused_layer_calls_give_the_bits_of_the_ops_apart(shape):
+    """bias + relu (+ pool) in the output transform, the relu's (and pool's) gradient in the
+    input transform: the floats of winograd4 and XLA's ops apart, ties and NaNs included."""
+    from jaxviz.model import max_pool2
+
+    x, u, u_flip, bias, kg = _layer_data(shape, seed=11)
+    y = jax.jit(lambda x, u, b: jax.nn.relu(onednn.winograd4(x, u) + b))(x, u, bias)
+    np.testing.assert_array_equal(jax.jit(onednn.winograd4_bias_relu)(x, u, bias), y)
+    y2, pooled = jax.jit(lambda x, u, b: onednn.winograd4_bias_relu(x, u, b, pool=True))(x, u, bias)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(pooled, max_pool2(y))
+
+    g = jax.random.normal(kg, y.shape)
+    want = jax.jit(lambda y, g, u: onednn.winograd4(jnp.where(y > 0, g, 0), u))(y, g, u_flip)
+    np.testing.assert_array_equal(jax.jit(onednn.winograd4_relu_grad)(y, g, u_flip), want)
+
+    def pool_grad_apart(y, gp, u):
+        return onednn.winograd4(jnp.where(y > 0, jax.vjp(max_pool2, y)[1](gp)[0], 0), u)
+
+    ties = jnp.round(y * 2) / 2  # many windows with two or more equal maxima
+    nans = y.at[0, 1, 1, :3].set(jnp.nan)
+    for relu_out in (y, ties, nans):
+        gp = jax.random.normal(kg, pooled.shape)
+        got = jax.jit(onednn.winograd4_pool_grad)(relu_out, gp, max_pool2(relu_out), u_flip)
+        np.testing.assert_array_equal(got, jax.jit(pool_grad_apart)(relu_out, gp, u_flip))
+    assert not bool(jnp.isnan(got).any())  # as in XLA's ops, a window whose maximum is NaN passes no gradient
+
+
+@needs_onednn
+def test_fused_layer_calls_under_vmap_fold_the_items_into_their_batch():
+    x, u, u_flip, bias, kg = _layer_data((4, 8, 8, 16, 8), seed=12)
+    y, pooled = onednn.winograd4_bias_relu(x, u, bias, pool=True)
+    vy, vp = jax.jit(jax.vmap(lambda xi: onednn.winograd4_bias_relu(xi[None], u, bias, pool=True)))(x)
+    np.testing.assert_array_equal(vy[:, 0], y)
+    np.testing.assert_array_equal(vp[:, 0], pooled)
+    gp = jax.random.normal(kg, pooled.shape)
+    flat = onednn.winograd4_pool_grad(y, gp, pooled, u_flip)
+    per_image = jax.jit(jax.vmap(lambda a, b, c: onednn.winograd4_pool_grad(a[None], b[None], c[None], u_flip)[0]))(y, gp, pooled)
+    np.testing.assert_array_equal(per_image, flat)
+    one_mask = jax.jit(jax.vmap(lambda g: onednn.winograd4_relu_grad(y[:1], g[None], u_flip)[0]))(y)  # mask unbatched
+    np.testing.assert_array_equal(one_mask, onednn.winograd4_relu_grad(jnp.broadcast_to(y[:1], y.shape), y, u_flip))

@@ -197,3 +197,62 @@ def test_few_output_channels_as_one_matmul_and_a_shifted_sum():
         kf = jax.random.normal(jax.random.key(6), (3, 3, 3, 16))
         dx = jax.vjp(lambda x: ops.VARIANTS["onednn"](x, kf), jnp.ones((2, 6, 5, 3)))[1](jnp.ones((2, 6, 5, 16)))[0]
         np.testing.assert_allclose(dx, ops.conv3x3_few_out(jnp.ones((2, 6, 5, 16)), ops._flip(kf)), rtol=1e-6)
+
+
+def _layer(conv, pool):
+    from jaxviz.model import max_pool2
+
+    def f(x, k, b):
+        y = jax.nn.relu(conv(x, k) + b)
+        return max_pool2(y) if pool else y
+
+    return f
+
+
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("jit", [False, True])
+def test_fused_conv_layer_gives_the_bits_of_the_ops_apart(pool, jit):
+    """ops.conv_bias_relu on Winograd (one custom call each way where oneDNN runs) against
+    the same conv, relu and pool apart: value and input gradient bit for bit, bias gradient too."""
+    x, k, _ = data((2, 9, 10, 16, 24), 5)
+    b = jax.random.normal(jax.random.key(6), (24,))
+    maybe_jit = jax.jit if jit else (lambda f: f)
+    fused = maybe_jit(lambda x, k, b: ops.conv_bias_relu(ops.VARIANTS["wino4"], x, k, b, pool=pool))
+    apart = maybe_jit(_layer(ops.VARIANTS["wino4"], pool))
+    for kernel in (k, ops.prepare(k)):
+        y, vjp = jax.vjp(lambda x, b: fused(x, kernel, b), x, b)
+        want_y, want_vjp = jax.vjp(lambda x, b: apart(x, kernel, b), x, b)
+        np.testing.assert_array_equal(y, want_y)
+        g = jax.random.normal(jax.random.key(7), y.shape)
+        (dx, db), (want_dx, want_db) = vjp(g), want_vjp(g)
+        np.testing.assert_array_equal(dx, want_dx)
+        np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-5)
+    if onednn.available():
+        text = jax.jit(fused).lower(x, k, b).as_text()
+        assert ("jaxviz_winograd4_bias_relu_pool_f32" if pool else "jaxviz_winograd4_bias_relu_f32") in text
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_fused_conv_layer_without_onednn_is_xlas_ops(pool, monkeypatch):
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    x, k, _ = data((2, 8, 8, 16, 8), 8)
+    b = jnp.linspace(-1, 1, 8)
+    f = jax.jit(lambda x: ops.winograd4_bias_relu(x, k, b, pool))
+    assert "jaxviz_" not in f.lower(x).as_text()
+    want = _layer(reference, pool)
+    np.testing.assert_allclose(f(x), want(x, k, b), rtol=1e-5, atol=1e-4)
+    dx = jax.grad(lambda x: f(x).sum())(x)
+    np.testing.assert_allclose(dx, jax.grad(lambda x: want(x, k, b).sum())(x), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_layer_fuses_only_where_the_conv_has_a_fused_form():
+    x, k, _ = data((1, 8, 8, 3, 16), 9)  # colour inputs: XLA's conv under the Winograd dispatch
+    b = jnp.ones(16)
+    conv = ops.dispatch("xla", "wino4", ops.WINOGRAD_MIN_IN_CHANNELS)
+    got = ops.conv_bias_relu(conv, x, k, b, pool=True)
+    np.testing.assert_allclose(got, _layer(reference, True)(x, k, b), rtol=1e-5, atol=1e-4)
+    assert got.shape == (1, 4, 4, 16)
+    if onednn.available():
+        assert "jaxviz_winograd4" not in jax.jit(lambda x: ops.conv_bias_relu(conv, x, k, b)).lower(x).as_text()
+        x16, k16, _ = data((1, 8, 8, 16, 16), 9)
+        assert "jaxviz_winograd4_bias_relu" in jax.jit(lambda x: ops.conv_bias_relu(conv, x, k16, b)).lower(x16).as_text()

@@ -124,13 +124,16 @@ def _forward(params: dict, x: jax.Array, names: tuple[str, ...], spec: VGGSpec, 
     """The named layers' outputs for one image, stopping after the deepest one."""
     wanted, out = set(names), {}
     h = x[None]
-    for l in layers(spec):
+    ls = layers(spec)
+    pooled = False  # the pool made with the conv before it (one fused call, ops.conv_bias_relu)
+    for i, l in enumerate(ls):
         if not wanted - out.keys():
             return out
         if l.kind == "conv":
             p = params[l.name]
-            h = jax.nn.relu(conv(h, p["kernel"]) + p["bias"])
-        else:
+            pooled = l.name not in wanted and i + 1 < len(ls) and ls[i + 1].kind == "pool"
+            h = ops.conv_bias_relu(conv, h, p["kernel"], p["bias"], pool=pooled)
+        elif not pooled:
             h = max_pool2(h)
         if l.name in wanted:
             out[l.name] = h[0]

@@ -109,6 +109,7 @@ constexpr int kLanes = 16;
 constexpr int kLanes = 8;
 #endif
 using Vec = float __attribute__((vector_size(4 * kLanes)));
+using VecI = int __attribute__((vector_size(4 * kLanes)));
 
 // r[0..5] (stride rs) = B^T d[0..5] (stride ds): ops._bt4.
 inline void Bt(const Vec* d, long ds, Vec* r, long rs) {
@@ -146,26 +147,108 @@ inline void Store(float* p, const Vec& v, int len) {
   else std::memcpy(p, &v, sizeof(float) * len);
 }
 
-// Input transform of tiles t0 .. t0 + nt into v (36, nt, C): tile (b, ty, tx) reads rows
-// 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 .. 4 tx + 4 (zeros outside the image);
-// r[p][j] = sum_i Bt[p][i] d[i][j], a column at a time (its six values in registers), then
-// v[p][q] = sum_j Bt[q][j] r[p][j].
-void InputTransform(const float* xs, long h, long w, long c, long th, long tw, long t0, long nt, long ps, float* v) {
-#pragma omp parallel for schedule(static)
+// What the input transform reads: a tile's 6 x 6 values of one vector of channels, a column
+// at a time, for the tile (b, ty, tx) at rows 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 ..
+// 4 tx + 4 of an (N, H, W, C) image (zeros outside it).
+struct Pixels {  // the image itself
+  const float* x;
+  long h, w, c;
+  long b, ty, tx, c0;
+  int len;
+  bool inside;
+  void Begin(long b_, long ty_, long tx_, long c0_, int len_) {
+    b = b_, ty = ty_, tx = tx_, c0 = c0_, len = len_;
+    inside = ty > 0 && tx > 0 && 4 * ty + 4 < h && 4 * tx + 4 < w;
+  }
+  bool In(long row, long col) const { return inside || (row >= 0 && row < h && col >= 0 && col < w); }
+  long At(long row, long col) const { return ((b * h + row) * w + col) * c + c0; }
+  void Column(int j, Vec* d) const {
+    const long col = 4 * tx + j - 1;
+    for (int i = 0; i < kTile; ++i) {
+      const long row = 4 * ty + i - 1;
+      d[i] = In(row, col) ? Load(x + At(row, col), len) : Vec{};
+    }
+  }
+};
+
+// A relu's gradient: x (the cotangent) where relu_out > 0, else 0, as XLA's select(pre > 0, g, 0).
+struct ReluGrad : Pixels {
+  const float* relu_out;
+  void Column(int j, Vec* d) const {
+    const long col = 4 * tx + j - 1;
+    for (int i = 0; i < kTile; ++i) {
+      const long row = 4 * ty + i - 1;
+      if (!In(row, col)) {
+        d[i] = Vec{};
+        continue;
+      }
+      const long at = At(row, col);
+      d[i] = (Vec)((VecI)Load(x + at, len) & (VecI)(Load(relu_out + at, len) > 0.0f));
+    }
+  }
+};
+
+// The gradient of relu then a 2x2 max pool (model.max_pool2's, then the relu's), from the
+// pooled cotangent gp and pooled output yp, (N, H/2, W/2, C), and the relu's output x: a
+// window's cotangent split equally between its maxima, ((h0 + h1) + h2) + h3 of them, g / count
+// at each hit (else 0: XLA's form of hit * share), then the relu's select; pixels of no window
+// (an odd edge) get 0. A window whose maximum is NaN has no hit: all 0, as in XLA.
+struct PoolGrad : Pixels {
+  const float* gp;
+  const float* yp;
+  long h2, w2;
+  Vec share[4][4], top[4][4];  // windows 2 ty - 1 .. 2 ty + 2 by 2 tx - 1 .. 2 tx + 2
+  bool valid[4][4];
+  void Begin(long b_, long ty_, long tx_, long c0_, int len_) {
+    Pixels::Begin(b_, ty_, tx_, c0_, len_);
+    const Vec one = Vec{} + 1.0f;
+    for (int p = 0; p < 4; ++p) {
+      for (int q = 0; q < 4; ++q) {
+        const long wy = 2 * ty - 1 + p, wx = 2 * tx - 1 + q;
+        valid[p][q] = wy >= 0 && wy < h2 && wx >= 0 && wx < w2;
+        if (!valid[p][q]) continue;
+        const long pat = ((b * h2 + wy) * w2 + wx) * c + c0;
+        const Vec t = Load(yp + pat, len);
+        Vec count{};
+        for (int k = 0; k < 4; ++k) {
+          const Vec v = Load(x + At(2 * wy + k / 2, 2 * wx + k % 2), len);
+          count = k ? count + (Vec)((VecI)one & (VecI)(v == t)) : (Vec)((VecI)one & (VecI)(v == t));
+        }
+        top[p][q] = t;
+        share[p][q] = Load(gp + pat, len) / count;
+      }
+    }
+  }
+  void Column(int j, Vec* d) const {
+    const long col = 4 * tx + j - 1;
+    const int q = (j + 1) / 2;
+    for (int i = 0; i < kTile; ++i) {
+      const int p = (i + 1) / 2;
+      if (!valid[p][q]) {
+        d[i] = Vec{};
+        continue;
+      }
+      const Vec v = Load(x + At(4 * ty + i - 1, col), len);
+      d[i] = (Vec)((VecI)share[p][q] & (v == top[p][q]) & (v > 0.0f));
+    }
+  }
+};
+
+// Input transform of tiles t0 .. t0 + nt into v (36, nt, C): r[p][j] = sum_i Bt[p][i] d[i][j],
+// a column at a time (its six values in registers), then v[p][q] = sum_j Bt[q][j] r[p][j].
+template <class Src>
+void InputTransform(Src src, long th, long tw, long t0, long nt, long ps, float* v) {
+  const long c = src.c;
+#pragma omp parallel for schedule(static) firstprivate(src)
   for (long k = 0; k < nt; ++k) {
     const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
-    const bool inside = ty > 0 && tx > 0 && 4 * ty + 4 < h && 4 * tx + 4 < w;
     for (long c0 = 0; c0 < c; c0 += kLanes) {
       const int len = static_cast<int>(std::min<long>(kLanes, c - c0));
+      src.Begin(b, ty, tx, c0, len);
       Vec r[kTile][kTile];
       for (int j = 0; j < kTile; ++j) {  // column j of the tile: r[.][j] = Bt d[.][j]
-        const long cl = 4 * tx + j - 1;
         Vec d[kTile];
-        for (int i = 0; i < kTile; ++i) {
-          const long row = 4 * ty + i - 1;
-          const bool in = inside || (row >= 0 && row < h && cl >= 0 && cl < w);
-          d[i] = in ? Load(xs + ((b * h + row) * w + cl) * c + c0, len) : Vec{};
-        }
+        src.Column(j, d);
         Bt(d, 1, &r[0][j], kTile);
       }
       for (int p = 0; p < kTile; ++p) {
@@ -178,48 +261,84 @@ void InputTransform(const float* xs, long h, long w, long c, long th, long tw, l
   }
 }
 
-// Output transform of mm (36, nt, O), tiles t0 .. t0 + nt, into y:
-// s[a][q] = sum_p At[a][p] m[p][q], y[a][e] = sum_q At[e][q] s[a][q].
-void OutputTransform(const float* mm, long h, long w, long o, long th, long tw, long t0, long nt, long ps, float* ys) {
+// XLA's maximum: NaN if either is NaN.
+inline Vec Max(const Vec& a, const Vec& b) {
+  const VecI take_a = (a > b) | (a != a);
+  return (Vec)(((VecI)a & take_a) | ((VecI)b & ~take_a));
+}
+
+// Where the output transform writes: y (N, H, W, O); with a bias, relu(y + bias) as XLA's
+// max(y + bias, 0) (a NaN stays NaN); with `pooled` too, (N, H/2, W/2, O), its 2x2 max pool
+// as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped).
+struct Output {
+  float* y;
+  const float* bias;
+  float* pooled;
+  long h, w, o;
+};
+
+// Output transform of mm (36, nt, O), tiles t0 .. t0 + nt: s[a][q] = sum_p At[a][p] m[p][q],
+// y[a][e] = sum_q At[e][q] s[a][q].
+void OutputTransform(const float* mm, const Output out, long th, long tw, long t0, long nt, long ps) {
+  const long h = out.h, w = out.w, o = out.o, h2 = h / 2, w2 = w / 2;
 #pragma omp parallel for schedule(static)
   for (long k = 0; k < nt; ++k) {
     const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
     for (long o0 = 0; o0 < o; o0 += kLanes) {
       const int len = static_cast<int>(std::min<long>(kLanes, o - o0));
+      const Vec bv = out.bias ? Load(out.bias + o0, len) : Vec{};
       Vec s[4][kTile];
       for (int q = 0; q < kTile; ++q) {  // column q: s[.][q] = At m[.][q]
         Vec m[kTile];
         for (int p = 0; p < kTile; ++p) m[p] = Load(mm + (p * kTile + q) * ps + k * o + o0, len);
         At(m, 1, &s[0][q], kTile);
       }
+      Vec e[4][4];
       for (int a = 0; a < 4; ++a) {
         const long row = 4 * ty + a;
         if (row >= h) break;
-        Vec e[4];
-        At(s[a], 1, e, 1);
-        for (int i = 0; i < 4 && 4 * tx + i < w; ++i) Store(ys + ((b * h + row) * w + 4 * tx + i) * o + o0, e[i], len);
+        At(s[a], 1, e[a], 1);
+        for (int i = 0; i < 4 && 4 * tx + i < w; ++i) {
+          if (out.bias) {
+            const Vec z = e[a][i] + bv;
+            e[a][i] = (Vec)((VecI)z & ~(VecI)(z < 0.0f));
+          }
+          Store(out.y + ((b * h + row) * w + 4 * tx + i) * o + o0, e[a][i], len);
+        }
+      }
+      if (!out.pooled) continue;
+      for (int a = 0; a < 2 && 2 * ty + a < h2; ++a) {
+        for (int i = 0; i < 2 && 2 * tx + i < w2; ++i) {
+          const Vec m = Max(Max(e[2 * a][2 * i], e[2 * a][2 * i + 1]), Max(e[2 * a + 1][2 * i], e[2 * a + 1][2 * i + 1]));
+          Store(out.pooled + ((b * h2 + 2 * ty + a) * w2 + 2 * tx + i) * o + o0, m, len);
+        }
       }
     }
   }
 }
 
-// The conv in blocks of `block` tiles (the last one shorter): each block's transformed tiles
-// and products stay in cache between the transforms and the matmul.
-ffi::Error Winograd4(ffi::Buffer<ffi::DataType::F32> x, ffi::Buffer<ffi::DataType::F32> u,
-                     ffi::ResultBuffer<ffi::DataType::F32> y, ffi::ResultBuffer<ffi::DataType::F32> vbuf,
-                     ffi::ResultBuffer<ffi::DataType::F32> mbuf, int64_t block) {
-  auto xd = x.dimensions();
+using F32 = ffi::Buffer<ffi::DataType::F32>;
+using F32Out = ffi::Result<F32>;
+
+ffi::Error Invalid(const char* what) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("jaxviz winograd: ") + what);
+}
+
+// The conv of what `src` reads, (N, H, W, C), in blocks of `block` tiles (the last one
+// shorter): each block's transformed tiles and products stay in cache between the transforms
+// and the matmul.
+template <class Src>
+ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out mbuf, int64_t block) {
   auto ud = u.dimensions();
   auto vd = vbuf->dimensions();
   auto md_ = mbuf->dimensions();
-  if (xd.size() != 4 || ud.size() != 3 || ud[0] != 36 || ud[1] != xd[3] || block < 1 || vd.size() != 2 ||
-      md_.size() != 2 || vd[0] != 36 || md_[0] != 36 || vd[1] < block * xd[3] || md_[1] < block * ud[2]) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "jaxviz winograd: x must be (N, H, W, C), u (36, C, O), block positive and the scratch "
-                      "(36, >= block C) and (36, >= block O)");
+  if (ud.size() != 3 || ud[0] != 36 || ud[1] != src.c || ud[2] != out.o || block < 1 || vd.size() != 2 ||
+      md_.size() != 2 || vd[0] != 36 || md_[0] != 36 || vd[1] < block * src.c || md_[1] < block * out.o) {
+    return Invalid("x must be (N, H, W, C), u (36, C, O), y (N, H, W, O), block positive and the scratch "
+                   "(36, >= block C) and (36, >= block O)");
   }
-  const long n = xd[0], h = xd[1], w = xd[2], c = xd[3], o = ud[2];
-  const long th = (h + 3) / 4, tw = (w + 3) / 4, tiles = n * th * tw;
+  const long c = src.c, o = out.o;
+  const long th = (src.h + 3) / 4, tw = (src.w + 3) / 4, tiles = n * th * tw;
   // The 36 planes of a block lie vd[1] and md_[1] floats apart: onednn.py pads them so that
   // the planes of one tile do not all fall into a few of L1's sets.
   const long vs = vd[1], ms = md_[1];
@@ -235,14 +354,14 @@ ffi::Error Winograd4(ffi::Buffer<ffi::DataType::F32> x, ffi::Buffer<ffi::DataTyp
     memory bm(md(c, o, c * o), engine, const_cast<float*>(u.typed_data()));
     dnnl::matmul full, last;
     for (long t0 = 0; t0 < tiles; t0 += block) {
-      const long nt = std::min(block, tiles - t0);
+      const long nt = std::min<long>(block, tiles - t0);
       dnnl::matmul& mmul = nt == block ? full : last;
       if (!mmul) mmul = dnnl::matmul(dnnl::matmul::primitive_desc(engine, md(nt, c, vs), md(c, o, c * o), md(nt, o, ms)));
-      InputTransform(x.typed_data(), h, w, c, th, tw, t0, nt, vs, v);
+      InputTransform(src, th, tw, t0, nt, vs, v);
       memory am(md(nt, c, vs), engine, v), cm(md(nt, o, ms), engine, mm);
       mmul.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
       stream.wait();
-      OutputTransform(mm, h, w, o, th, tw, t0, nt, ms, y->typed_data());
+      OutputTransform(mm, out, th, tw, t0, nt, ms);
     }
   } catch (const std::exception& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxviz winograd: ") + e.what());
@@ -250,15 +369,129 @@ ffi::Error Winograd4(ffi::Buffer<ffi::DataType::F32> x, ffi::Buffer<ffi::DataTyp
   return ffi::Error::Success();
 }
 
+bool Same(ffi::Span<const int64_t> a, ffi::Span<const int64_t> b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
+// Whether x is (N, H, W, C) and y (N, H, W, O).
+bool Shapes(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> yd) {
+  return xd.size() == 4 && yd.size() == 4 && xd[0] == yd[0] && xd[1] == yd[1] && xd[2] == yd[2];
+}
+
+Pixels PixelsOf(const F32& x) {
+  auto d = x.dimensions();
+  Pixels p{};
+  p.x = x.typed_data(), p.h = d[1], p.w = d[2], p.c = d[3];
+  return p;
+}
+
+Output OutputOf(F32Out& y, const float* bias, float* pooled) {
+  auto d = y->dimensions();
+  return Output{y->typed_data(), bias, pooled, d[1], d[2], d[3]};
+}
+
+// conv(x): x (N, H, W, C), u (36, C, O) -> y (N, H, W, O).
+ffi::Error Winograd4(F32 x, F32 u, F32Out y, F32Out v, F32Out m, int64_t block) {
+  if (!Shapes(x.dimensions(), y->dimensions())) return Invalid("x must be (N, H, W, C)");
+  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block);
+}
+
+// relu(conv(x) + bias): a conv layer's forward in one call.
+ffi::Error Winograd4BiasRelu(F32 x, F32 u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block) {
+  if (!Shapes(x.dimensions(), y->dimensions())) return Invalid("x must be (N, H, W, C)");
+  if (bias.dimensions().size() != 1 || bias.dimensions()[0] != y->dimensions()[3]) return Invalid("bias must be (O,)");
+  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, bias.typed_data(), nullptr), v, m, block);
+}
+
+// relu(conv(x) + bias) and its 2x2 max pool: a conv layer and the pool after it.
+ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out y, F32Out pooled, F32Out v, F32Out m,
+                                 int64_t block) {
+  auto yd = y->dimensions();
+  auto pd = pooled->dimensions();
+  if (!Shapes(x.dimensions(), yd)) return Invalid("x must be (N, H, W, C)");
+  if (bias.dimensions().size() != 1 || bias.dimensions()[0] != yd[3]) return Invalid("bias must be (O,)");
+  if (pd.size() != 4 || pd[0] != yd[0] || pd[1] != yd[1] / 2 || pd[2] != yd[2] / 2 || pd[3] != yd[3]) {
+    return Invalid("the pooled output must be (N, H/2, W/2, O)");
+  }
+  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, bias.typed_data(), pooled->typed_data()), v,
+                      m, block);
+}
+
+// conv(where(relu_out > 0, g, 0)): a conv layer's input gradient, its relu's mask applied on the way in.
+ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, F32 u, F32Out y, F32Out v, F32Out m, int64_t block) {
+  if (!Shapes(g.dimensions(), y->dimensions()) || !Same(g.dimensions(), relu_out.dimensions())) {
+    return Invalid("g and relu_out must be (N, H, W, C) alike");
+  }
+  ReluGrad src{PixelsOf(g)};
+  src.relu_out = relu_out.typed_data();
+  return RunWinograd4(src, g.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block);
+}
+
+// The input gradient of a conv layer followed by a 2x2 max pool, from the relu's output, the
+// pooled cotangent gp and the pooled output yp.
+ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block) {
+  auto rd = relu_out.dimensions();
+  auto gd = gp.dimensions();
+  if (!Shapes(rd, y->dimensions()) || !Same(gd, yp.dimensions()) || gd.size() != 4 || gd[0] != rd[0] ||
+      gd[1] != rd[1] / 2 || gd[2] != rd[2] / 2 || gd[3] != rd[3]) {
+    return Invalid("relu_out must be (N, H, W, C), and gp and yp (N, H/2, W/2, C)");
+  }
+  PoolGrad src{PixelsOf(relu_out)};
+  src.gp = gp.typed_data(), src.yp = yp.typed_data(), src.h2 = gd[1], src.w2 = gd[2];
+  return RunWinograd4(src, rd[0], u, OutputOf(y, nullptr, nullptr), v, m, block);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::DataType::F32>>()
-                                  .Arg<ffi::Buffer<ffi::DataType::F32>>()
-                                  .Ret<ffi::Buffer<ffi::DataType::F32>>()
-                                  .Ret<ffi::Buffer<ffi::DataType::F32>>()
-                                  .Ret<ffi::Buffer<ffi::DataType::F32>>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int64_t>("block"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int64_t>("block"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluPool,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int64_t>("block"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int64_t>("block"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
                                   .Attr<int64_t>("block"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
