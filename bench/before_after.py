@@ -4,8 +4,9 @@ Two long-lived workers, one per tree (a git revision checked out in a temporary 
 and this working tree), each import their own ``jaxviz`` and run the seed's grids through
 ``jaxviz.ascent.ascend`` (the same call in both). After one untimed warm-up per layer
 (compiles), timed calls alternate between the trees, swapping which goes first every
-round. Prints seconds per grid (median), the ratio new/base, and whether the images and
-losses are bit-identical.
+round. Prints seconds per grid (median), the ratio new/base, the median and range of the
+rounds' own ratios (each round's pair ran back to back), and whether the images and losses
+are bit-identical.
 
     .venv/bin/python bench/before_after.py --base 6f97e2b --rounds 3
 """
@@ -93,18 +94,28 @@ def main():
     cpu = _cpu()
     lines = [f"Seed job before ({a.base}) and after (working tree), {a.filters} filters, {a.size} px, {a.steps} steps; "
              f"median of {a.rounds} interleaved rounds; CPU: {cpu}", "",
-             "| layer | base s | new s | new / base | images and losses identical |", "|---|---:|---:|---:|---|"]
+             "| layer | base s | new s | new / base | paired: median, range | images and losses identical |",
+             "|---|---:|---:|---:|---|---|"]
     tb = tn = 0.0
     for l in layers:
         b, n = statistics.median(times["base", l]), statistics.median(times["new", l])
         tb, tn = tb + b, tn + n
-        lines.append(f"| {l} | {b:.2f} | {n:.2f} | {n / b:.3f} | {'yes' if hashes['base', l] == hashes['new', l] else 'NO'} |")
-    lines.append(f"| four grids | {tb:.2f} | {tn:.2f} | {tn / tb:.3f} | |")
+        same = "yes" if hashes["base", l] == hashes["new", l] else "NO"
+        lines.append(f"| {l} | {b:.2f} | {n:.2f} | {n / b:.3f} | {_paired(times['new', l], times['base', l])} | {same} |")
+    total = lambda t: [sum(times[t, l][r] for l in layers) for r in range(a.rounds)]
+    lines.append(f"| four grids | {tb:.2f} | {tn:.2f} | {tn / tb:.3f} | {_paired(total('new'), total('base'))} | |")
     text = "\n".join(lines)
     print(text)
     if a.markdown_out:
         with open(a.markdown_out, "w") as f:
             f.write(text + "\n\n" + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + "\n")
+
+
+def _paired(new: list, base: list) -> str:
+    """The median and range of each round's new / base: the two ran back to back, so a slow
+    minute of a noisy host slows both of a pair (steadier than the ratio of the medians)."""
+    r = [n / b for n, b in zip(new, base)]
+    return f"{statistics.median(r):.3f}, {min(r):.3f}-{max(r):.3f}"
 
 
 def _cpu() -> str:
