@@ -148,6 +148,12 @@ def test_the_winograd_conv_still_lowers_for_gpus():
     assert "jaxviz_onednn" not in text and "jaxviz_winograd" not in text and "dot_general" in text
     on_cpu = jax.jit(lambda x: ops.VARIANTS["wino4"](x, k)).lower(x).as_text()
     assert "jaxviz_winograd4_f32" in on_cpu  # on CPU the whole conv is the C++ one
+    # a whole layer with its pool, forward and input gradient
+    layer = jax.jit(jax.grad(lambda x: ops.conv_bias_relu(ops.VARIANTS["wino4"], x, ops.prepare(k), jnp.ones(4), pool=True).sum()))
+    text = jax.export.export(layer, platforms=["cuda"])(x).mlir_module()
+    assert "jaxviz_" not in text and "dot_general" in text
+    on_cpu = layer.lower(x).as_text()
+    assert "jaxviz_winograd4_bias_relu_pool_f32" in on_cpu and "jaxviz_winograd4_pool_grad_f32" in on_cpu
 
 
 @needs_onednn
