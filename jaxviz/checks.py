@@ -79,15 +79,17 @@ def filter_list(filters, channels: int | None = None, layer: str = "the layer") 
 
 
 def finite(name: str, *arrays) -> None:
-    """Refuse results holding NaN or infinity, so nothing is written from them (bfloat16 too)."""
+    """Refuse results holding NaN or infinity, so nothing is written from them (bfloat16 too).
+
+    The message does not say what was written: a command that wrote earlier results says that itself."""
     import jax.numpy as jnp
 
     for a in arrays:
         a = np.asarray(a)
         if a.size and jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
             raise JaxvizError(
-                f"{name} came out not finite (NaN or infinity), so nothing was written; lower the step size "
-                "or learning rate, and check the weights"
+                f"{name} came out not finite (NaN or infinity); lower the step size or learning rate, "
+                "and check the weights"
             )
 
 
@@ -106,7 +108,7 @@ def showable(name: str, images) -> None:
         dev = x - x.mean()
         if not (abs(x.sum()) < F32_MAX / 2 and np.sum(dev * dev) < F32_MAX / 2):
             raise JaxvizError(f"{name} grew too large to show (pixel values up to {peak[i]:.3g}, past what the seed's "
-                              "contrast normalization can take in float32), so nothing was written; lower the step size")
+                              "contrast normalization can take in float32); lower the step size")
 
 
 def grid_shape(n: int, h: int, w: int, cols: int, margin: int, channels: int = 3) -> tuple[int, int, int]:

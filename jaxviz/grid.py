@@ -276,13 +276,17 @@ def _check_memory(args, layer: str, n: int) -> None:
         check_budget(layer, work, n * d, filters_per_batch(layer, config, n) * d)
 
 
-def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=None) -> list[str]:
+def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=None, paths=None) -> list[str]:
+    """Write one grid's files (tiles, npz, animation, the grid PNG); returns their paths.
+
+    Each path is appended to ``paths`` (a new list by default) as its file lands, so that
+    a failure part-way still tells what is on disk."""
     import numpy as np
 
     from jaxviz.image import atomic_write, make_grid, save_animation, save_png, webp_supported
 
     gate = gate or WriteGate()
-    paths = []
+    paths = [] if paths is None else paths
     if args.tiles:
         folder = os.path.join(args.out, layer)
         os.makedirs(folder, exist_ok=True)
@@ -314,6 +318,16 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
     with gate:
         paths.append(save_png(os.path.join(args.out, f"{layer}.png"), grid))
     return paths
+
+
+def _written_so_far(done: list[str], failed: str, partial: list[str]) -> str:
+    """What --out holds after grid ``failed`` went wrong: the grids ``done`` before it, and
+    the ``partial`` files of ``failed`` itself written before the failure (tiles, say)."""
+    if not done and not partial:
+        return "nothing was written"
+    parts = [f"the files of {', '.join(done)} were written"] if done else []
+    parts.append(f"{len(partial)} file(s) of {failed} were written" if partial else f"nothing of {failed} was written")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,8 +367,13 @@ def _main(argv: list[str] | None) -> int:
         timings = []
         for name, fs, objective in jobs:
             t0 = time.perf_counter()
-            r = _render_with_progress(model, objective, recipe, name, args)
-            for path in _save_layer(args, name, fs, r.tiles, r.images, r.values, gate, r.frames):
+            written: list[str] = []
+            try:
+                r = _render_with_progress(model, objective, recipe, name, args)
+                _save_layer(args, name, fs, r.tiles, r.images, r.values, gate, r.frames, written)
+            except JaxvizError as e:
+                raise JaxvizError(f"{name}: {e}; {_written_so_far(done, name, written)}") from None
+            for path in written:
                 say(path)
             timings.append(f"{name} {time.perf_counter() - t0:.1f} s")
             done.append(name)

@@ -80,7 +80,7 @@ def test_filter_list_accepts_ranges_and_int_arrays():
 
 def test_finite():
     checks.finite("x", np.ones(3), np.zeros(0), np.arange(3))
-    with pytest.raises(JaxvizError, match="not finite .* nothing was written"):
+    with pytest.raises(JaxvizError, match="not finite .* lower the step size"):
         checks.finite("the images", np.ones(3), np.array([1.0, np.nan]))
 
 

@@ -263,3 +263,15 @@ def test_layer_names_become_file_names_inside_out(tmp_path):
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
         "out/evil.npz", "out/evil.png", "out/evil/evil_f000.png", "out/evil/evil_f001.png",
         "out/stem-conv.npz", "out/stem-conv.png", "out/stem-conv/stem-conv_f000.png", "out/stem-conv/stem-conv_f001.png"]
+
+
+def test_a_non_finite_later_grid_names_the_files_already_written(tmp_path, capsys):
+    """Grid conv is written, then grid bad comes out NaN: the one line must not say "nothing was written"."""
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build_nan", "--layers", "conv,bad", "--filters", "0-1",
+                     "--size", "16", "--steps", "2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad: " in err[0] and "not finite" in err[0], err
+    assert "nothing was written;" not in err[0] and err[0].endswith(
+        "the files of conv were written; nothing of bad was written"), err
+    assert sorted(os.listdir(out)) == ["conv.png"]
