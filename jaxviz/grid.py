@@ -245,7 +245,11 @@ def _load_model(args):
             raise JaxvizError("--model vgg19 needs --weights FILE (a Keras VGG19 h5); only VGG16's ship with jaxviz")
         args.weights_path = resolve_weights(args.weights, progress=not args.quiet)
         spec = VGG19 if args.model.strip().lower() == "vgg19" else VGG16
-        return models.vgg(jaxviz.load_params(args.weights_path), spec, precision=args.precision, conv=args.conv)
+        model = models.vgg(jaxviz.load_params(args.weights_path), spec, precision=args.precision, conv=args.conv)
+        from jaxviz import ops
+
+        args.conv_ran = _conv_text(ops.choice(args.precision, args.conv))  # what models.vgg resolved (--npz)
+        return model
     args.weights_path = args.weights
     return models.load(args.model, args.weights)
 
@@ -276,6 +280,29 @@ def _check_memory(args, layer: str, n: int) -> None:
         check_budget(layer, work, n * d, filters_per_batch(layer, config, n) * d)
 
 
+def _conv_text(choice: tuple[str, str, int]) -> str:
+    """``ops.choice``'s (small, large, min_in) as text: "wino4", or "onednn below 16 input channels, wino4 from 16"."""
+    small, large, min_in = choice
+    if small == large or min_in == 0:
+        return large
+    return f"{small} below {min_in} input channels, {large} from {min_in}"
+
+
+def _npz_settings(args, layer: str) -> dict:
+    """The settings an npz records: what ran (the conv ``auto`` resolved to), and only the
+    settings its recipe uses (the seed's step size, or the quality recipe's lucid_*)."""
+    settings = dict(layer=layer, size=args.size, steps=args.steps, seed=args.seed, precision=args.precision,
+                    weights=str(args.weights_path), recipe=args.recipe, model=args.model)
+    if getattr(args, "conv_ran", None) is not None:  # VGG: the conv that ran, and the option that chose it
+        settings.update(conv=args.conv_ran, conv_option=args.conv)
+    config = _lucid_config(args)
+    if config is None:
+        settings["step_size"] = args.step_size
+    else:
+        settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
+    return settings
+
+
 def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=None, paths=None) -> list[str]:
     """Write one grid's files (tiles, npz, animation, the grid PNG); returns their paths.
 
@@ -297,12 +324,7 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
             with gate:
                 paths.append(save_png(os.path.join(folder, name), tile))
     if args.npz:
-        settings = dict(layer=layer, size=args.size, steps=args.steps, step_size=args.step_size, seed=args.seed,
-                        precision=args.precision, conv=args.conv, weights=str(args.weights_path),
-                        recipe=args.recipe, model=args.model)
-        config = _lucid_config(args)
-        if config is not None:
-            settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
+        settings = _npz_settings(args, layer)
         npz = os.path.join(args.out, f"{layer}.npz")
         with gate:
             atomic_write(npz, lambda fh: np.savez_compressed(

@@ -54,6 +54,24 @@ def test_cli_npz_has_raw_results_and_settings(run_tiny):
     d = np.load(out / "block1_conv1.npz")
     assert d["images"].shape == (4, 16, 16, 3) and d["images"].dtype == np.float32
     assert int(d["steps"]) == 2 and int(d["size"]) == 16 and list(d["filters"]) == [0, 1, 2, 3]
+    # what ran, not what was asked: the conv "auto" resolved to (jaxviz.ops.choice)
+    from jaxviz import ops
+
+    small, large, m = ops.choice("float32", "auto")
+    conv = str(d["conv"])
+    assert str(d["conv_option"]) == "auto" and conv != "auto"
+    assert conv == large if small == large or not m else conv == f"{small} below {m} input channels, {large} from {m}"
+    assert float(d["step_size"]) == 1.0
+
+
+def test_npz_of_the_quality_recipe_records_only_its_settings(tmp_path):
+    """No step_size (the quality recipe has none) and no conv (a model without jaxviz's convs)."""
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0", "--recipe", "lucid",
+                     "--size", "16", "--steps", "1", "--npz", "--out", str(out), "--quiet"]) == 0
+    d = np.load(out / "conv.npz")
+    assert "step_size" not in d.files and "conv" not in d.files and "conv_option" not in d.files
+    assert float(d["lucid_lr"]) == 0.05 and str(d["recipe"]) == "lucid" and int(d["steps"]) == 1
 
 
 def run_main(argv):
