@@ -125,8 +125,10 @@ def _validate(args) -> list[tuple[str, object]]:
     if args.conv != "auto" or args.precision != "float32":
         if not _is_vgg(args):
             raise JaxvizError(f"--conv and --precision apply to the VGG models only, not {args.model}")
-        from jaxviz import ops  # loads jax: only for a non-default conv or precision
+        from jaxviz import onednn, ops  # loads jax: only for a non-default conv or precision
 
+        if args.conv == "onednn" and (error := onednn.build_error()):  # not "missing": the build failed
+            raise JaxvizError(f"--conv onednn: oneDNN's conv could not be built here: {error}; or use --conv auto")
         if why := ops.why_not(args.precision, args.conv):
             raise JaxvizError(f"--conv {args.conv} --precision {args.precision}: {why}")
     if args.size is None:

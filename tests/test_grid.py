@@ -293,3 +293,18 @@ def test_a_non_finite_later_grid_names_the_files_already_written(tmp_path, capsy
     assert "nothing was written;" not in err[0] and err[0].endswith(
         "the files of conv were written; nothing of bad was written"), err
     assert sorted(os.listdir(out)) == ["conv.png"]
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_onednn_with_an_unwritable_cache_folder_names_the_folder(tmp_path):
+    """--conv onednn with XDG_CACHE_HOME a file: one line naming the cache folder, not "pip install oneDNN"."""
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("x")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(blocker), CXX=sys.executable)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "jaxviz.grid", "--conv", "onednn", *TINY, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert str(blocker / "jaxviz" / "onednn") in err[0] and "XDG_CACHE_HOME" in err[0] and "pip install" not in err[0]
+    assert not out.exists()
