@@ -47,6 +47,15 @@ def real(name: str, value, lo: float | None = None, hi: float | None = None, pos
     return v
 
 
+def rate(name: str, value) -> float:
+    """A step size or learning rate: a finite number above 0 that float32 can hold (0 would not
+    move, a negative one would descend instead of ascend, a larger one is infinity in float32)."""
+    v = real(name, value)
+    if not 0 < v <= F32_MAX:
+        raise JaxvizError(f"{name} must be more than 0 and at most {F32_MAX:.8g} (the largest float32), not {v}")
+    return v
+
+
 def filter_list(filters, channels: int | None = None, layer: str = "the layer") -> list[int]:
     """Filter indices as a list of ints, each in [0, channels).
 
@@ -235,7 +244,7 @@ def lucid_settings(config) -> None:
     """The quality recipe's numbers (a ``jaxviz.lucid.LucidConfig``): integers in range, finite floats."""
     integer("size", config.size, 1, MAX_SIZE)
     integer("steps", config.steps, 0, MAX_STEPS)
-    real("lr", config.lr, positive=True)
+    rate("lr", config.lr)
     integer("diversity", config.diversity, 1, 1024)
     for name in ("pad", "jitter", "jitter2"):
         integer(name, getattr(config, name), 0, MAX_SIZE)

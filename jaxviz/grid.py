@@ -16,7 +16,7 @@ import time
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, number, parse_filters,
-    parse_layers, positive_int, remove_if_empty, remove_stale_temporaries,
+    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz import checks
@@ -62,7 +62,7 @@ def build_parser() -> OneLineParser:
                    "Feature Visualization (Fourier parameterization, decorrelated colours, transformation "
                    "robustness, Adam)")
     q = p.add_argument_group("quality recipe (--recipe lucid only)")
-    q.add_argument("--lr", type=number("--lr", positive=True), default=None, help="Adam's learning rate (default 0.05)")
+    q.add_argument("--lr", type=rate("--lr"), default=None, help="Adam's learning rate (default 0.05)")
     q.add_argument("--param", choices=("fourier", "pixel"), default=None,
                    help="image parameterization (default fourier)")
     q.add_argument("--dead-filter", choices=("none", "preact", "redirect"), default=None,

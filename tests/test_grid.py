@@ -112,6 +112,8 @@ def run_main(argv):
     (["--step-size", "1e39"], "step_size must be"),
     (["--recipe", "lucid", "--lr", "inf"], "--lr must be a finite number"),
     (["--recipe", "lucid", "--lr", "nan"], "--lr must be a finite number"),
+    (["--recipe", "lucid", "--lr", "1e300"], "--lr must be more than 0 and at most 3.4028235e+38 (the largest float32)"),
+    (["--recipe", "lucid", "--lr", "-1"], "--lr must be more than 0 and at most"),
     # found by probing the command line with absurd input
     (["--model", "tests.tiny_model:broken"], "failed (RuntimeError: no weights here)"),
     (["--model", ""], "--model is empty"),
