@@ -235,9 +235,9 @@ def run_budget(layer: str, size: int, n: int, batch: int, spec=None, env: Mappin
 
 
 def settings(size, steps, step_size=None) -> tuple[int, int, float | None]:
-    """The seed's numbers: size 1 to MAX_SIZE, steps 0 to MAX_STEPS, a finite step size."""
+    """The seed's numbers: size 1 to MAX_SIZE, steps 0 to MAX_STEPS, a step size more than 0 (``rate``)."""
     return (integer("size", size, 1, MAX_SIZE), integer("steps", steps, 0, MAX_STEPS),
-            None if step_size is None else real("step_size", step_size, -F32_MAX, F32_MAX))
+            None if step_size is None else rate("step_size", step_size))
 
 
 def lucid_settings(config) -> None:

@@ -15,7 +15,7 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, number, parse_filters,
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, parse_filters,
     parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
@@ -56,7 +56,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
     p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help=f"gradient ascent steps (default 40; {LUCID_STEPS} with --recipe lucid)")
-    p.add_argument("--step-size", type=number("--step-size"), default=1.0, help="step size of each ascent step (default 1.0)")
+    p.add_argument("--step-size", type=rate("--step-size"), default=1.0,
+                   help="step size of each ascent step, more than 0 (default 1.0)")
     p.add_argument("--recipe", choices=("seed", "lucid"), default="seed",
                    help="seed: the book's gradient ascent (default); lucid: the quality recipe of Distill's "
                    "Feature Visualization (Fourier parameterization, decorrelated colours, transformation "

@@ -156,7 +156,8 @@ def test_closing_line_and_estimate(tmp_path, capsys):
     (["--step-size", "nan"], "--step-size must be a finite number"),
     (["--step-size", "inf"], "--step-size must be a finite number"),
     (["--step-size=-inf"], "--step-size must be a finite number"),
-    (["--step-size", "1e39"], "--step-size must be"),
+    (["--step-size", "1e39"], "--step-size must be more than 0 and at most"),
+    (["--step-size", "-1"], "--step-size must be more than 0"),  # it descended, silently
     (["--chunk", "99999999999"], "--chunk must be 4096 or less"),
 ])
 def test_bad_input_is_one_line(argv, message, tmp_path, capsys):

@@ -109,7 +109,9 @@ def run_main(argv):
     (["--step-size", "nan"], "--step-size must be a finite number"),
     (["--step-size", "inf"], "--step-size must be a finite number"),
     (["--step-size=-inf"], "--step-size must be a finite number"),
-    (["--step-size", "1e39"], "step_size must be"),
+    (["--step-size", "1e39"], "--step-size must be more than 0 and at most"),
+    (["--step-size", "-1"], "--step-size must be more than 0"),  # it descended, silently
+    (["--step-size", "0"], "--step-size must be more than 0"),
     (["--recipe", "lucid", "--lr", "inf"], "--lr must be a finite number"),
     (["--recipe", "lucid", "--lr", "nan"], "--lr must be a finite number"),
     (["--recipe", "lucid", "--lr", "1e300"], "--lr must be more than 0 and at most 3.4028235e+38 (the largest float32)"),
