@@ -334,9 +334,26 @@ def check_memory(model, layers: Sequence[str], config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted.
+
+    SIGINT and SIGTERM raise KeyboardInterrupt while it runs (the state saved so far stays),
+    also in a process started with SIGINT ignored (a script's background job); the previous
+    handlers come back when it returns."""
     args = build_parser().parse_args(argv)
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, signal.default_int_handler)
+    try:
+        return _run(args)
+    finally:
+        for s, handler in old.items():
+            if handler is not None:  # None: a handler not installed from Python, left as it is
+                signal.signal(s, handler)
+
+
+def _run(args) -> int:
+    """``main``'s work for parsed arguments."""
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     bar, created = None, False
     try:
         layers = _validate(args)

@@ -248,3 +248,28 @@ def test_a_cut_short_state_or_summary_is_handled(tmp_path, capsys):
     npz.write_bytes(npz.read_bytes()[:300])
     with pytest.raises(JaxvizError, match="unreadable"):
         site_examples.load(out)
+
+
+def test_sigint_interrupts_even_when_the_process_ignored_it(tmp_path, capsys, monkeypatch):
+    """A script's background job inherits SIGINT ignored: main() takes it over for its run (exit 130,
+    the state kept) and gives the old handler back."""
+    import signal
+    import time
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+
+    def interrupted_collect(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(3)  # a KeyboardInterrupt ends this at once where SIGINT is handled
+        raise JaxvizError("SIGINT did nothing")
+
+    monkeypatch.setattr(examples, "collect", interrupted_collect)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rc = examples.main(["--model", "tests.tiny_model:build", "--images", str(tmp_path), "--layers", "conv",
+                            "--size", "16", "--out", str(tmp_path / "out"), "--quiet"])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+    err = capsys.readouterr().err
+    assert rc == 130 and "jaxviz.examples: interrupted" in err, err
