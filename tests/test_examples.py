@@ -273,3 +273,23 @@ def test_sigint_interrupts_even_when_the_process_ignored_it(tmp_path, capsys, mo
         signal.signal(signal.SIGINT, old)
     err = capsys.readouterr().err
     assert rc == 130 and "jaxviz.examples: interrupted" in err, err
+
+
+def test_large_images_print_no_raw_pillow_warning(tmp_path, capsys, monkeypatch):
+    """An image over Pillow's pixel limit (DecompressionBombWarning) is used without the raw warning;
+    one over twice the limit is skipped as too large, named in the closing line."""
+    import warnings
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, side in (("ok.png", 40), ("big.png", 50), ("huge.png", 70)):
+        Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(folder / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 50 x 50 warns, 70 x 70 is refused
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = examples.main(["--model", "tests.tiny_model:build", "--images", str(folder), "--layers", "conv",
+                            "--size", "16", "--k", "2", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == "", err
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "done: 2 images" in out and "skipped 1 file: 1 too large (huge.png)" in out, out
