@@ -33,8 +33,8 @@ from typing import NamedTuple, Sequence
 from jaxviz import checks
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, number, parse_filters,
-    parse_layers, positive_int, remove_if_empty, remove_stale_temporaries,
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, parse_filters,
+    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
@@ -336,7 +336,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=64, help="image size in pixels (default 64)")
     p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help="gradient ascent steps (default 40 for the seed recipe, the recipe's own default otherwise)")
-    p.add_argument("--step-size", type=number("--step-size"), default=None,
+    p.add_argument("--step-size", type=rate("--step-size"), default=None,
                    help="step size of each ascent step (default 1.0 for the seed recipe, the recipe's own otherwise)")
     p.add_argument("--seed", type=positive_int("--seed", 0, MAX_SEED), default=0, help="random seed of the start images (default 0)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
@@ -445,7 +445,7 @@ def _validate(args) -> dict[str, list[int]] | None:
     if args.steps is not None and args.steps < 0:
         raise JaxvizError(f"--steps must be 0 or more, not {args.steps}")
     if args.step_size is not None:
-        checks.real("--step-size", args.step_size, -checks.F32_MAX, checks.F32_MAX)
+        checks.rate("--step-size", args.step_size)
     for l in selection or ():
         if args.size < min_size(l):
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")

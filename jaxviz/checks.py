@@ -47,6 +47,15 @@ def real(name: str, value, lo: float | None = None, hi: float | None = None, pos
     return v
 
 
+def rate(name: str, value) -> float:
+    """A step size or learning rate: a finite number above 0 that float32 can hold (0 would not
+    move, a negative one would descend instead of ascend, a larger one is infinity in float32)."""
+    v = real(name, value)
+    if not 0 < v <= F32_MAX:
+        raise JaxvizError(f"{name} must be more than 0 and at most {F32_MAX:.8g} (the largest float32), not {v}")
+    return v
+
+
 def filter_list(filters, channels: int | None = None, layer: str = "the layer") -> list[int]:
     """Filter indices as a list of ints, each in [0, channels).
 
@@ -79,15 +88,17 @@ def filter_list(filters, channels: int | None = None, layer: str = "the layer") 
 
 
 def finite(name: str, *arrays) -> None:
-    """Refuse results holding NaN or infinity, so nothing is written from them (bfloat16 too)."""
+    """Refuse results holding NaN or infinity, so nothing is written from them (bfloat16 too).
+
+    The message does not say what was written: a command that wrote earlier results says that itself."""
     import jax.numpy as jnp
 
     for a in arrays:
         a = np.asarray(a)
         if a.size and jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
             raise JaxvizError(
-                f"{name} came out not finite (NaN or infinity), so nothing was written; lower the step size "
-                "or learning rate, and check the weights"
+                f"{name} came out not finite (NaN or infinity); lower the step size or learning rate, "
+                "and check the weights"
             )
 
 
@@ -106,7 +117,7 @@ def showable(name: str, images) -> None:
         dev = x - x.mean()
         if not (abs(x.sum()) < F32_MAX / 2 and np.sum(dev * dev) < F32_MAX / 2):
             raise JaxvizError(f"{name} grew too large to show (pixel values up to {peak[i]:.3g}, past what the seed's "
-                              "contrast normalization can take in float32), so nothing was written; lower the step size")
+                              "contrast normalization can take in float32); lower the step size")
 
 
 def grid_shape(n: int, h: int, w: int, cols: int, margin: int, channels: int = 3) -> tuple[int, int, int]:
@@ -224,16 +235,16 @@ def run_budget(layer: str, size: int, n: int, batch: int, spec=None, env: Mappin
 
 
 def settings(size, steps, step_size=None) -> tuple[int, int, float | None]:
-    """The seed's numbers: size 1 to MAX_SIZE, steps 0 to MAX_STEPS, a finite step size."""
+    """The seed's numbers: size 1 to MAX_SIZE, steps 0 to MAX_STEPS, a step size more than 0 (``rate``)."""
     return (integer("size", size, 1, MAX_SIZE), integer("steps", steps, 0, MAX_STEPS),
-            None if step_size is None else real("step_size", step_size, -F32_MAX, F32_MAX))
+            None if step_size is None else rate("step_size", step_size))
 
 
 def lucid_settings(config) -> None:
     """The quality recipe's numbers (a ``jaxviz.lucid.LucidConfig``): integers in range, finite floats."""
     integer("size", config.size, 1, MAX_SIZE)
     integer("steps", config.steps, 0, MAX_STEPS)
-    real("lr", config.lr, positive=True)
+    rate("lr", config.lr)
     integer("diversity", config.diversity, 1, 1024)
     for name in ("pad", "jitter", "jitter2"):
         integer(name, getattr(config, name), 0, MAX_SIZE)

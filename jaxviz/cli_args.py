@@ -153,6 +153,19 @@ def number(name: str, positive: bool = False):
     return parse
 
 
+def rate(name: str):
+    """An argparse type: a step size or learning rate, more than 0 and finite in float32 (jaxviz.checks.rate)."""
+    def parse(text: str) -> float:
+        from jaxviz import checks
+
+        try:
+            return checks.rate(name, number(name)(text))
+        except JaxvizError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
 def check_budget(layer: str, size: int, n: int, batch: int) -> None:
     """Refuse up front a layer whose estimated memory exceeds the limit (jaxviz.checks.run_budget)."""
     from jaxviz import checks

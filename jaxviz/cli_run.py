@@ -46,13 +46,15 @@ class WriteGate:
 
 
 COMMANDS = {"jaxviz.grid": "jaxviz.grid: interrupted; completed layers: none",
-            "jaxviz.atlas": "jaxviz.atlas: interrupted"}
-SCRIPTS = {"jaxviz-grid": "jaxviz.grid", "jaxviz-atlas": "jaxviz.atlas"}
+            "jaxviz.atlas": "jaxviz.atlas: interrupted",
+            "jaxviz.examples": "jaxviz.examples: interrupted",
+            "jaxviz.plan": "jaxviz.plan: interrupted"}
+SCRIPTS = {"jaxviz-grid": "jaxviz.grid", "jaxviz-atlas": "jaxviz.atlas", "jaxviz-examples": "jaxviz.examples"}
 
 
 def launched_command(orig_argv=None, argv0=None) -> str | None:
-    """``jaxviz.grid`` or ``jaxviz.atlas`` when this process was started as that command
-    (``python -m jaxviz.grid ...`` or the ``jaxviz-grid`` script), else None."""
+    """The command (a key of ``COMMANDS``) this process was started as (``python -m
+    jaxviz.grid ...`` or the ``jaxviz-grid`` script), else None."""
     o = list(getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv)
     for a, b in zip(o, o[1:]):
         if a == "-m":
@@ -65,7 +67,9 @@ def install_startup_handlers() -> None:
     """Called first thing by ``jaxviz/__init__``: in a process started as one of our commands,
     SIGINT and SIGTERM exit 130 at once (with the command's one line) while Python still
     imports JAX, before any work or file exists; main() replaces the handlers when the work
-    starts. Elsewhere (the library in someone's program) nothing is installed."""
+    starts. Also where the process inherited SIGINT ignored (a script's background job: Python
+    then installs no handler of its own, and Ctrl-C would do nothing). Elsewhere (the library
+    in someone's program) nothing is installed."""
     command = launched_command()
     if command is None or threading.current_thread() is not threading.main_thread():
         return

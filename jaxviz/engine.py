@@ -84,7 +84,8 @@ def _item(model: Model, params, term: Term, recipe: Recipe, every: int, args, ke
         params = model.prepare(params)
     d = recipe.diversity
     P = recipe.param.build(recipe.size)
-    opt = optim.build(recipe.optimizer if hyper is None else type(recipe.optimizer)(*hyper))
+    # _make, not the constructor: the traced numbers were checked when the spec was made (optim.check)
+    opt = optim.build(recipe.optimizer if hyper is None else recipe.optimizer._make(hyper))
     # Raw pixels (the seed) run unbatched, exactly as the book's code; the other parameterizations
     # always carry an axis of D images, which keeps an item's result independent of the batch
     # (measured: without it Fourier + transforms drifted by 1e-3 between batch sizes in 4 steps).
@@ -211,6 +212,7 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
                           f"not {type(objective).__name__}")
     checks.settings(recipe.size, recipe.steps)
     checks.integer("diversity", recipe.diversity, 1, 1024)
+    optim.check(recipe.optimizer)
     for part in (recipe.optimizer, recipe.transforms, recipe.param):
         for name, v in (part._asdict().items() if hasattr(part, "_asdict") else ()):
             if isinstance(v, float):

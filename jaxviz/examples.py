@@ -334,9 +334,34 @@ def check_memory(model, layers: Sequence[str], config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted.
+
+    SIGINT and SIGTERM raise KeyboardInterrupt while it runs (the state saved so far stays),
+    also in a process started with SIGINT ignored (a script's background job); the previous
+    handlers come back when it returns. Pillow's DecompressionBombWarning is not shown (see
+    jaxviz.imagefolder: such images are used; those over twice its limit are skipped, counted)."""
+    import warnings
+
+    from PIL import Image
+
     args = build_parser().parse_args(argv)
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, signal.default_int_handler)
+    try:
+        with warnings.catch_warnings():  # entered here, in the main thread only: the decoding threads' too
+            # images of 1-2x Pillow's pixel limit are used (jaxviz.imagefolder), not printed about raw
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _run(args)
+    finally:
+        for s, handler in old.items():
+            if handler is not None:  # None: a handler not installed from Python, left as it is
+                signal.signal(s, handler)
+
+
+def _run(args) -> int:
+    """``main``'s work for parsed arguments."""
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     bar, created = None, False
     try:
         layers = _validate(args)

@@ -15,8 +15,8 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, number, parse_filters,
-    parse_layers, positive_int, remove_if_empty, remove_stale_temporaries,
+    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, parse_filters,
+    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz import checks
@@ -56,13 +56,14 @@ def build_parser() -> OneLineParser:
     p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
     p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help=f"gradient ascent steps (default 40; {LUCID_STEPS} with --recipe lucid)")
-    p.add_argument("--step-size", type=number("--step-size"), default=1.0, help="step size of each ascent step (default 1.0)")
+    p.add_argument("--step-size", type=rate("--step-size"), default=1.0,
+                   help="step size of each ascent step, more than 0 (default 1.0)")
     p.add_argument("--recipe", choices=("seed", "lucid"), default="seed",
                    help="seed: the book's gradient ascent (default); lucid: the quality recipe of Distill's "
                    "Feature Visualization (Fourier parameterization, decorrelated colours, transformation "
                    "robustness, Adam)")
     q = p.add_argument_group("quality recipe (--recipe lucid only)")
-    q.add_argument("--lr", type=number("--lr", positive=True), default=None, help="Adam's learning rate (default 0.05)")
+    q.add_argument("--lr", type=rate("--lr"), default=None, help="Adam's learning rate (default 0.05)")
     q.add_argument("--param", choices=("fourier", "pixel"), default=None,
                    help="image parameterization (default fourier)")
     q.add_argument("--dead-filter", choices=("none", "preact", "redirect"), default=None,
@@ -125,8 +126,10 @@ def _validate(args) -> list[tuple[str, object]]:
     if args.conv != "auto" or args.precision != "float32":
         if not _is_vgg(args):
             raise JaxvizError(f"--conv and --precision apply to the VGG models only, not {args.model}")
-        from jaxviz import ops  # loads jax: only for a non-default conv or precision
+        from jaxviz import onednn, ops  # loads jax: only for a non-default conv or precision
 
+        if args.conv == "onednn" and (error := onednn.build_error()):  # not "missing": the build failed
+            raise JaxvizError(f"--conv onednn: oneDNN's conv could not be built here: {error}; or use --conv auto")
         if why := ops.why_not(args.precision, args.conv):
             raise JaxvizError(f"--conv {args.conv} --precision {args.precision}: {why}")
     if args.size is None:
@@ -245,7 +248,11 @@ def _load_model(args):
             raise JaxvizError("--model vgg19 needs --weights FILE (a Keras VGG19 h5); only VGG16's ship with jaxviz")
         args.weights_path = resolve_weights(args.weights, progress=not args.quiet)
         spec = VGG19 if args.model.strip().lower() == "vgg19" else VGG16
-        return models.vgg(jaxviz.load_params(args.weights_path), spec, precision=args.precision, conv=args.conv)
+        model = models.vgg(jaxviz.load_params(args.weights_path), spec, precision=args.precision, conv=args.conv)
+        from jaxviz import ops
+
+        args.conv_ran = _conv_text(ops.choice(args.precision, args.conv))  # what models.vgg resolved (--npz)
+        return model
     args.weights_path = args.weights
     return models.load(args.model, args.weights)
 
@@ -276,13 +283,40 @@ def _check_memory(args, layer: str, n: int) -> None:
         check_budget(layer, work, n * d, filters_per_batch(layer, config, n) * d)
 
 
-def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=None) -> list[str]:
+def _conv_text(choice: tuple[str, str, int]) -> str:
+    """``ops.choice``'s (small, large, min_in) as text: "wino4", or "onednn below 16 input channels, wino4 from 16"."""
+    small, large, min_in = choice
+    if small == large or min_in == 0:
+        return large
+    return f"{small} below {min_in} input channels, {large} from {min_in}"
+
+
+def _npz_settings(args, layer: str) -> dict:
+    """The settings an npz records: what ran (the conv ``auto`` resolved to), and only the
+    settings its recipe uses (the seed's step size, or the quality recipe's lucid_*)."""
+    settings = dict(layer=layer, size=args.size, steps=args.steps, seed=args.seed, precision=args.precision,
+                    weights=str(args.weights_path), recipe=args.recipe, model=args.model)
+    if getattr(args, "conv_ran", None) is not None:  # VGG: the conv that ran, and the option that chose it
+        settings.update(conv=args.conv_ran, conv_option=args.conv)
+    config = _lucid_config(args)
+    if config is None:
+        settings["step_size"] = args.step_size
+    else:
+        settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
+    return settings
+
+
+def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=None, paths=None) -> list[str]:
+    """Write one grid's files (tiles, npz, animation, the grid PNG); returns their paths.
+
+    Each path is appended to ``paths`` (a new list by default) as its file lands, so that
+    a failure part-way still tells what is on disk."""
     import numpy as np
 
     from jaxviz.image import atomic_write, make_grid, save_animation, save_png, webp_supported
 
     gate = gate or WriteGate()
-    paths = []
+    paths = [] if paths is None else paths
     if args.tiles:
         folder = os.path.join(args.out, layer)
         os.makedirs(folder, exist_ok=True)
@@ -293,12 +327,7 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
             with gate:
                 paths.append(save_png(os.path.join(folder, name), tile))
     if args.npz:
-        settings = dict(layer=layer, size=args.size, steps=args.steps, step_size=args.step_size, seed=args.seed,
-                        precision=args.precision, conv=args.conv, weights=str(args.weights_path),
-                        recipe=args.recipe, model=args.model)
-        config = _lucid_config(args)
-        if config is not None:
-            settings.update({f"lucid_{k}": ("none" if v is None else v) for k, v in config._asdict().items()})
+        settings = _npz_settings(args, layer)
         npz = os.path.join(args.out, f"{layer}.npz")
         with gate:
             atomic_write(npz, lambda fh: np.savez_compressed(
@@ -314,6 +343,16 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
     with gate:
         paths.append(save_png(os.path.join(args.out, f"{layer}.png"), grid))
     return paths
+
+
+def _written_so_far(done: list[str], failed: str, partial: list[str]) -> str:
+    """What --out holds after grid ``failed`` went wrong: the grids ``done`` before it, and
+    the ``partial`` files of ``failed`` itself written before the failure (tiles, say)."""
+    if not done and not partial:
+        return "nothing was written"
+    parts = [f"the files of {', '.join(done)} were written"] if done else []
+    parts.append(f"{len(partial)} file(s) of {failed} were written" if partial else f"nothing of {failed} was written")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,8 +392,13 @@ def _main(argv: list[str] | None) -> int:
         timings = []
         for name, fs, objective in jobs:
             t0 = time.perf_counter()
-            r = _render_with_progress(model, objective, recipe, name, args)
-            for path in _save_layer(args, name, fs, r.tiles, r.images, r.values, gate, r.frames):
+            written: list[str] = []
+            try:
+                r = _render_with_progress(model, objective, recipe, name, args)
+                _save_layer(args, name, fs, r.tiles, r.images, r.values, gate, r.frames, written)
+            except JaxvizError as e:
+                raise JaxvizError(f"{name}: {e}; {_written_so_far(done, name, written)}") from None
+            for path in written:
                 say(path)
             timings.append(f"{name} {time.perf_counter() - t0:.1f} s")
             done.append(name)

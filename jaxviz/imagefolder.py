@@ -8,9 +8,15 @@ resumable pass of ``jaxviz.examples`` relies on.
 Every image is read robustly: EXIF orientation applied, grayscale/palette/CMYK
 converted to RGB, transparency composited on white, 16-bit PNGs scaled to 8 bits.
 Files that cannot be used (not an image, unreadable, truncated, smaller than
-``min_side`` on their shorter side) are skipped and counted; ``Skipped`` keeps the
-count and the first few names per reason. Usable images are resized so that their
-shorter side is ``size`` and centre-cropped to ``size`` x ``size``.
+``min_side`` on their shorter side, larger than Pillow decodes) are skipped and counted;
+``Skipped`` keeps the count and the first few names per reason. Usable images are resized
+so that their shorter side is ``size`` and centre-cropped to ``size`` x ``size``.
+
+Large images: Pillow refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (about 179
+megapixels) as possible decompression bombs; they are skipped as "too large". Between once
+and twice that (a 100-megapixel photo) Pillow decodes them with a DecompressionBombWarning;
+they are used (decoded once, at most ``workers`` at a time, then resized), and
+``python -m jaxviz.examples`` silences that warning rather than print it raw.
 """
 from __future__ import annotations
 
@@ -49,7 +55,7 @@ class Unusable(Exception):
     """An image file that is skipped; the message is the reason (one of ``REASONS``)."""
 
 
-REASONS = ("not an image", "unreadable or truncated", "too small")
+REASONS = ("not an image", "unreadable or truncated", "too small", "too large")
 
 
 def to_rgb(img) -> np.ndarray:
@@ -90,7 +96,9 @@ def load_rgb(path: str, min_side: int = 1) -> np.ndarray:
             rgb = to_rgb(img)
     except UnidentifiedImageError:
         raise Unusable(REASONS[0]) from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, MemoryError):
+    except Image.DecompressionBombError:  # over twice Pillow's MAX_IMAGE_PIXELS: not decoded at all
+        raise Unusable(REASONS[3]) from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
         raise Unusable(REASONS[1]) from None
     if min(rgb.shape[:2]) < min_side:
         raise Unusable(REASONS[2])
@@ -122,9 +130,11 @@ class Skipped(NamedTuple):
         return Skipped({r: 0 for r in REASONS}, {r: [] for r in REASONS})
 
     def add(self, reason: str, name: str) -> None:
-        self.counts[reason] += 1
-        if len(self.names[reason]) < SHOW:
-            self.names[reason].append(name)
+        """Count one file (a state saved before a reason existed has no entry for it yet)."""
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        names = self.names.setdefault(reason, [])
+        if len(names) < SHOW:
+            names.append(name)
 
     @property
     def total(self) -> int:
@@ -136,7 +146,7 @@ class Skipped(NamedTuple):
             return "skipped no files"
         parts = []
         for r in REASONS:
-            if self.counts[r]:
+            if self.counts.get(r):
                 more = ", ..." if self.counts[r] > len(self.names[r]) else ""
                 parts.append(f"{self.counts[r]} {r} ({', '.join(self.names[r])}{more})")
         return f"skipped {self.total} file{'s' if self.total != 1 else ''}: " + "; ".join(parts)

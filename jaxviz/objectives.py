@@ -217,9 +217,21 @@ class ClassLogit(Term):
 
     def check(self, model, n):
         if LOGITS not in [l.name for l in model.layers]:
-            raise JaxvizError(f"model {model.name} has no classifier ({LOGITS!r} layer); class_logit needs one "
-                              f"(for VGG: weights with the top, fc1/fc2/predictions)")
+            raise JaxvizError(f"model {model.name} has no classifier ({LOGITS!r} layer); class_logit needs one: "
+                              f"{_classifier_hint(model)}")
         _channels(model, LOGITS, n, "class")
+
+
+def _classifier_hint(model: Model) -> str:
+    """How to give ``model`` the classifier class_logit needs: VGG's is in its weights (the
+    top), any other model names its pre-softmax layer ``logits`` through its adapter."""
+    from jaxviz.model import VGG16, VGG19
+
+    if model.name in (VGG16.name, VGG19.name):
+        return "load VGG weights with the classifier top (fc1, fc2, predictions)"
+    return (f"expose the model's pre-softmax layer as {LOGITS!r} (from_linen / from_nnx: logits=LAYER; "
+            f"from_function: return it under {LOGITS!r}; Keras: a model ending in a softmax Dense layer, "
+            "e.g. include_top=True)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,8 +85,12 @@ def _build(prefix: Path) -> Path:
     out = _cache_dir() / f"onednn_conv-{tag}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    except OSError as e:  # XDG_CACHE_HOME a file, say: name the folder, not a missing oneDNN
+        raise OSError(f"cannot write the build cache folder {out.parent} ({e.strerror}); point XDG_CACHE_HOME "
+                      "at a writable folder") from None
     os.close(fd)
     # no FMA contraction: the Winograd transforms round as XLA's do (native/onednn_conv.cc)
     cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
@@ -103,21 +107,38 @@ def _build(prefix: Path) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _library() -> ctypes.CDLL | None:
-    """The loaded handlers, registered with XLA (once per process), or None where oneDNN cannot run."""
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the loaded handlers, registered with XLA, or None; why building or loading them failed,
+    or None when they loaded or oneDNN is off or absent here). Once per process, silently."""
     if os.environ.get(ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
-        return None
+        return None, None
     prefix = _prefix()
     if prefix is None:
-        return None
+        return None, None
     try:
         lib = ctypes.CDLL(str(_build(prefix)))
     except OSError as e:
-        print(f"jaxviz: oneDNN conv unavailable ({e}); using XLA's convs", file=sys.stderr)
-        return None
+        return None, str(e)
     for target, symbol in SYMBOLS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return lib, None
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL | None:
+    """The loaded handlers (once per process), or None where oneDNN cannot run; a failed build
+    is said once on stderr (XLA's convs run instead)."""
+    lib, error = _load()
+    if error:
+        print(f"jaxviz: oneDNN conv unavailable ({error}); using XLA's convs", file=sys.stderr)
     return lib
+
+
+def build_error() -> str | None:
+    """Why oneDNN's handlers could not be built or loaded here (no compiler, a compile error,
+    an unwritable cache folder), or None; says nothing on stderr (a command asking for the
+    onednn conv reports it as its one line)."""
+    return _load()[1]
 
 
 def available() -> bool:

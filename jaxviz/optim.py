@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxviz import checks
+
 
 def normalize(g: jax.Array) -> jax.Array:
     """The seed's gradient normalization: g / (sqrt(mean(g^2)) + 1e-5)."""
@@ -33,22 +35,46 @@ def seed_ascent(step_size: float = 1.0) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-class SeedAscent(NamedTuple):
-    """Spec of :func:`seed_ascent` (hashable, so a recipe holding it compiles once)."""
-
+class _SeedAscentFields(NamedTuple):
     step_size: float = 1.0
+
+
+class SeedAscent(_SeedAscentFields):
+    """Spec of :func:`seed_ascent` (hashable, so a recipe holding it compiles once).
+
+    ``step_size`` must be more than 0 and finite in float32 (``checks.rate``), refused here
+    with one JaxvizError: a negative one would silently descend instead of ascend."""
+
+    __slots__ = ()
+
+    def __new__(cls, step_size: float = 1.0):
+        return super().__new__(cls, checks.rate("step_size", step_size))
 
     def build(self) -> optax.GradientTransformation:
         return seed_ascent(self.step_size)
 
 
-class Adam(NamedTuple):
-    """Spec of ``optax.adam(lr)``."""
-
+class _AdamFields(NamedTuple):
     lr: float = 0.05
+
+
+class Adam(_AdamFields):
+    """Spec of ``optax.adam(lr)``; ``lr`` is checked as :class:`SeedAscent`'s step size is."""
+
+    __slots__ = ()
+
+    def __new__(cls, lr: float = 0.05):
+        return super().__new__(cls, checks.rate("lr", lr))
 
     def build(self) -> optax.GradientTransformation:
         return optax.adam(self.lr)
+
+
+def check(optimizer) -> None:
+    """Check a spec of ours again, as its constructor does (``_replace`` builds a copy without
+    calling it); anything else (an optax transformation, another spec) is taken as it is."""
+    if isinstance(optimizer, (SeedAscent, Adam)):
+        type(optimizer)(*optimizer)
 
 
 def build(optimizer) -> optax.GradientTransformation:

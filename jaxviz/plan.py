@@ -345,4 +345,6 @@ def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jaxviz.cli_run import exit_command
+
+    exit_command(main())  # a late Ctrl-C cannot turn the status into -2 (cli_run.exit_command)

@@ -128,11 +128,13 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
     total = sum(len(e) for _, e in layers)
     summary = _esc(_settings_text(settings))
     ex_css, ex_strip, ex_section = "", (lambda l, f: ""), (lambda l, f, d: "")
-    if examples is not None:
-        from jaxviz.site_examples import CSS as EX_CSS
+    from jaxviz.site_examples import CSS as EX_CSS, remove_stale
 
-        examples.write(out, {name: [e.filter for e in entries] for name, entries in layers})
+    patches = []
+    if examples is not None:
+        patches = examples.write(out, {name: [e.filter for e in entries] for name, entries in layers})
         ex_css, ex_strip, ex_section = f"<style>{EX_CSS}</style>", examples.strip_html, examples.filter_html
+    remove_stale(out, [name for name, _ in layers], patches)  # a previous build's, with other --examples
 
     # index
     parts = [f"<h1>{_esc(title)}</h1>",

@@ -2,7 +2,8 @@
 
 ``load(path)`` reads the summary of ``jaxviz.examples`` (its folder, or examples.npz /
 examples.json). ``SiteExamples.write(out)`` writes every patch as
-``OUT/LAYER/examples/fNNN_J.png``; ``filter_html`` gives a filter page's section (the
+``OUT/LAYER/examples/fNNN_J.png`` (``remove_stale`` removes those a rebuild no longer
+shows); ``filter_html`` gives a filter page's section (the
 top patches with their activation, each linking to the whole image, by a relative path
 to the original file: keep the image folder where it was) and ``strip_html`` a small
 strip for the filter's cell on the layer page. ``jaxviz.site.build_site(...,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import zipfile
 from typing import NamedTuple
 
@@ -29,6 +31,35 @@ def _esc(x) -> str:
 
 def patch_name(f: int, j: int) -> str:
     return f"examples/f{f:03d}_{j}.png"
+
+
+PATCH_FILE = re.compile(r"^f\d{3,}_\d+\.png$")  # the file names patch_name gives, and no others
+
+
+def remove_stale(out: str, layers, keep) -> list[str]:
+    """Remove the patch PNGs in ``OUT/LAYER/examples/`` of ``layers`` that are not in ``keep``
+    (the paths this build wrote), and each such folder once it is empty; returns what went.
+
+    An atlas rebuilt with other --examples (fewer per filter, another summary, none) would
+    otherwise keep the old patches beside the new pages. Only files named as ``patch_name``
+    names them, in folders inside ``out``, are touched: nothing of the user's, nothing outside."""
+    root = os.path.realpath(out)
+    keep = {os.path.realpath(p) for p in keep}
+    removed = []
+    for layer in layers:
+        folder = os.path.join(out, layer, "examples")
+        real = os.path.realpath(folder)
+        if not real.startswith(root + os.sep) or not os.path.isdir(folder):
+            continue
+        for e in os.scandir(folder):
+            if PATCH_FILE.match(e.name) and e.is_file(follow_symlinks=False) and os.path.realpath(e.path) not in keep:
+                os.unlink(e.path)
+                removed.append(e.path)
+        try:
+            os.rmdir(folder)  # only when empty
+        except OSError:
+            pass
+    return removed
 
 
 class SiteExamples(NamedTuple):

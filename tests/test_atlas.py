@@ -156,7 +156,8 @@ def test_closing_line_and_estimate(tmp_path, capsys):
     (["--step-size", "nan"], "--step-size must be a finite number"),
     (["--step-size", "inf"], "--step-size must be a finite number"),
     (["--step-size=-inf"], "--step-size must be a finite number"),
-    (["--step-size", "1e39"], "--step-size must be"),
+    (["--step-size", "1e39"], "--step-size must be more than 0 and at most"),
+    (["--step-size", "-1"], "--step-size must be more than 0"),  # it descended, silently
     (["--chunk", "99999999999"], "--chunk must be 4096 or less"),
 ])
 def test_bad_input_is_one_line(argv, message, tmp_path, capsys):
@@ -302,6 +303,11 @@ def test_any_model_with_animations_and_examples(tmp_path):
     gif = Image.open(out / "conv" / "f003.gif")
     assert gif.n_frames == 5  # start + 4 steps (k = 1)
     assert 'id="animation"' in (out / "conv" / "f003.html").read_text()
+    assert (out / "conv" / "examples" / "f001_1.png").exists()
+    # resumed without --examples (every chunk done: the site alone is rebuilt): no stale patches stay
+    assert atlas_mod.main([a for a in argv if a not in ("--examples", str(ex))]) == 0
+    assert not (out / "conv" / "examples").exists()
+    assert "Dataset examples" not in (out / "conv" / "f001.html").read_text()
     assert atlas_mod.main([*argv[:-3], "--layers", "dense", "--out", str(tmp_path / "y")]) == 2
 
 

@@ -56,6 +56,21 @@ def test_real_positive_and_range():
         checks.real("x", 2.0, -1, 1)
 
 
+@pytest.mark.parametrize("value", [1e300, 0.0, -1.0, -1e300])
+def test_rate_names_its_true_range(value):
+    """A learning rate or step size is more than 0 and at most float32's largest: the message says
+    that range (for 1e300 it named -3.4e38 to 3.4e38)."""
+    with pytest.raises(JaxvizError) as e:
+        checks.rate("lr", value)
+    assert f"lr must be more than 0 and at most 3.4028235e+38 (the largest float32), not {value}" == one_line(e)
+    assert checks.rate("lr", np.float32(0.5)) == 0.5 and checks.rate("lr", checks.F32_MAX) == checks.F32_MAX
+
+
+def test_lucid_settings_refuse_a_learning_rate_past_float32():
+    with pytest.raises(JaxvizError, match="lr must be more than 0 and at most"):
+        checks.lucid_settings(LucidConfig(lr=1e300))
+
+
 @pytest.mark.parametrize("filters,message", [
     ([1.5], "must be an integer, not 1.5"),
     ("10", "not the string '10'"),
@@ -80,7 +95,7 @@ def test_filter_list_accepts_ranges_and_int_arrays():
 
 def test_finite():
     checks.finite("x", np.ones(3), np.zeros(0), np.arange(3))
-    with pytest.raises(JaxvizError, match="not finite .* nothing was written"):
+    with pytest.raises(JaxvizError, match="not finite .* lower the step size"):
         checks.finite("the images", np.ones(3), np.array([1.0, np.nan]))
 
 

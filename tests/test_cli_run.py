@@ -1,4 +1,5 @@
 """jaxviz.cli_run: the worker-thread runner, the write gate, the start-up handlers' trigger."""
+import signal
 import subprocess
 import sys
 import threading
@@ -72,3 +73,50 @@ def test_a_sigint_during_teardown_keeps_the_commands_exit_status():
 
     assert status("sys.exit") == -2  # the hazard is real: plain sys.exit dies of the late signal
     assert status("exit_command") == 3
+
+
+def test_examples_and_plan_are_commands_too():
+    assert launched_command(["python", "-m", "jaxviz.examples", "--images", "x"], "-m") == "jaxviz.examples"
+    assert launched_command(["python", "-m", "jaxviz.plan", "--show"], "-m") == "jaxviz.plan"
+    assert launched_command(["/usr/bin/python", "/venv/bin/jaxviz-examples"], "/venv/bin/jaxviz-examples") == \
+        "jaxviz.examples"
+
+
+def _catches_sigint(pid: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for SIGINT (its SigCgt mask, /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(l for l in f if l.startswith("SigCgt:")).split()[1]
+    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+@pytest.mark.parametrize("command", ["jaxviz.examples", "jaxviz.plan"])
+def test_a_background_job_with_sigint_ignored_still_stops_on_sigint(tmp_path, command):
+    """Started with SIGINT ignored (a script's `cmd &`), Python installs no handler of its own and
+    Ctrl-C did nothing; the start-up handlers take SIGINT over while JAX still imports."""
+    import os
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    argv = {"jaxviz.examples": ["--images", str(tmp_path), "--layers", "block1_conv1", "--size", "32",
+                                "--out", str(tmp_path / "out")],
+            "jaxviz.plan": ["--layers", "block2_conv1", "--size", "16", "--reps", "1"]}[command]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXVIZ_PLAN=str(tmp_path / "plan.json"))
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec, as a shell's `cmd &` does
+    try:
+        p = subprocess.Popen([sys.executable, "-m", command, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    try:
+        t0 = time.monotonic()
+        while p.poll() is None and not _catches_sigint(p.pid) and time.monotonic() - t0 < 30:
+            time.sleep(0.005)
+        assert p.poll() is None, f"{command} ended without ever taking SIGINT: {p.communicate()}"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == f"{command}: interrupted", err

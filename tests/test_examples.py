@@ -248,3 +248,48 @@ def test_a_cut_short_state_or_summary_is_handled(tmp_path, capsys):
     npz.write_bytes(npz.read_bytes()[:300])
     with pytest.raises(JaxvizError, match="unreadable"):
         site_examples.load(out)
+
+
+def test_sigint_interrupts_even_when_the_process_ignored_it(tmp_path, capsys, monkeypatch):
+    """A script's background job inherits SIGINT ignored: main() takes it over for its run (exit 130,
+    the state kept) and gives the old handler back."""
+    import signal
+    import time
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+
+    def interrupted_collect(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(3)  # a KeyboardInterrupt ends this at once where SIGINT is handled
+        raise JaxvizError("SIGINT did nothing")
+
+    monkeypatch.setattr(examples, "collect", interrupted_collect)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rc = examples.main(["--model", "tests.tiny_model:build", "--images", str(tmp_path), "--layers", "conv",
+                            "--size", "16", "--out", str(tmp_path / "out"), "--quiet"])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+    err = capsys.readouterr().err
+    assert rc == 130 and "jaxviz.examples: interrupted" in err, err
+
+
+def test_large_images_print_no_raw_pillow_warning(tmp_path, capsys, monkeypatch):
+    """An image over Pillow's pixel limit (DecompressionBombWarning) is used without the raw warning;
+    one over twice the limit is skipped as too large, named in the closing line."""
+    import warnings
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, side in (("ok.png", 40), ("big.png", 50), ("huge.png", 70)):
+        Image.fromarray(np.full((side, side, 3), 128, np.uint8)).save(folder / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 50 x 50 warns, 70 x 70 is refused
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = examples.main(["--model", "tests.tiny_model:build", "--images", str(folder), "--layers", "conv",
+                            "--size", "16", "--k", "2", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == "", err
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "done: 2 images" in out and "skipped 1 file: 1 too large (huge.png)" in out, out

@@ -54,6 +54,24 @@ def test_cli_npz_has_raw_results_and_settings(run_tiny):
     d = np.load(out / "block1_conv1.npz")
     assert d["images"].shape == (4, 16, 16, 3) and d["images"].dtype == np.float32
     assert int(d["steps"]) == 2 and int(d["size"]) == 16 and list(d["filters"]) == [0, 1, 2, 3]
+    # what ran, not what was asked: the conv "auto" resolved to (jaxviz.ops.choice)
+    from jaxviz import ops
+
+    small, large, m = ops.choice("float32", "auto")
+    conv = str(d["conv"])
+    assert str(d["conv_option"]) == "auto" and conv != "auto"
+    assert conv == large if small == large or not m else conv == f"{small} below {m} input channels, {large} from {m}"
+    assert float(d["step_size"]) == 1.0
+
+
+def test_npz_of_the_quality_recipe_records_only_its_settings(tmp_path):
+    """No step_size (the quality recipe has none) and no conv (a model without jaxviz's convs)."""
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0", "--recipe", "lucid",
+                     "--size", "16", "--steps", "1", "--npz", "--out", str(out), "--quiet"]) == 0
+    d = np.load(out / "conv.npz")
+    assert "step_size" not in d.files and "conv" not in d.files and "conv_option" not in d.files
+    assert float(d["lucid_lr"]) == 0.05 and str(d["recipe"]) == "lucid" and int(d["steps"]) == 1
 
 
 def run_main(argv):
@@ -91,9 +109,13 @@ def run_main(argv):
     (["--step-size", "nan"], "--step-size must be a finite number"),
     (["--step-size", "inf"], "--step-size must be a finite number"),
     (["--step-size=-inf"], "--step-size must be a finite number"),
-    (["--step-size", "1e39"], "step_size must be"),
+    (["--step-size", "1e39"], "--step-size must be more than 0 and at most"),
+    (["--step-size", "-1"], "--step-size must be more than 0"),  # it descended, silently
+    (["--step-size", "0"], "--step-size must be more than 0"),
     (["--recipe", "lucid", "--lr", "inf"], "--lr must be a finite number"),
     (["--recipe", "lucid", "--lr", "nan"], "--lr must be a finite number"),
+    (["--recipe", "lucid", "--lr", "1e300"], "--lr must be more than 0 and at most 3.4028235e+38 (the largest float32)"),
+    (["--recipe", "lucid", "--lr", "-1"], "--lr must be more than 0 and at most"),
     # found by probing the command line with absurd input
     (["--model", "tests.tiny_model:broken"], "failed (RuntimeError: no weights here)"),
     (["--model", ""], "--model is empty"),
@@ -263,3 +285,30 @@ def test_layer_names_become_file_names_inside_out(tmp_path):
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
         "out/evil.npz", "out/evil.png", "out/evil/evil_f000.png", "out/evil/evil_f001.png",
         "out/stem-conv.npz", "out/stem-conv.png", "out/stem-conv/stem-conv_f000.png", "out/stem-conv/stem-conv_f001.png"]
+
+
+def test_a_non_finite_later_grid_names_the_files_already_written(tmp_path, capsys):
+    """Grid conv is written, then grid bad comes out NaN: the one line must not say "nothing was written"."""
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build_nan", "--layers", "conv,bad", "--filters", "0-1",
+                     "--size", "16", "--steps", "2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad: " in err[0] and "not finite" in err[0], err
+    assert "nothing was written;" not in err[0] and err[0].endswith(
+        "the files of conv were written; nothing of bad was written"), err
+    assert sorted(os.listdir(out)) == ["conv.png"]
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_onednn_with_an_unwritable_cache_folder_names_the_folder(tmp_path):
+    """--conv onednn with XDG_CACHE_HOME a file: one line naming the cache folder, not "pip install oneDNN"."""
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("x")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(blocker), CXX=sys.executable)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "jaxviz.grid", "--conv", "onednn", *TINY, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert str(blocker / "jaxviz" / "onednn") in err[0] and "XDG_CACHE_HOME" in err[0] and "pip install" not in err[0]
+    assert not out.exists()

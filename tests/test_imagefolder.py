@@ -88,7 +88,7 @@ def test_bad_files_are_skipped_with_counts_and_names(tmp_path):
     batches = list(imagefolder.stream(str(tmp_path), names, 16, 4, min_side=4, skipped=skipped))
     assert [names[i] for b in batches for i in b.indices] == ["good.jpg"]
     assert batches[0].images.shape == (1, 16, 16, 3) and batches[0].images.dtype == np.float32
-    assert skipped.counts == {"not an image": 2, "unreadable or truncated": 2, "too small": 1}
+    assert skipped.counts == {"not an image": 2, "unreadable or truncated": 2, "too small": 1, "too large": 0}
     assert sorted(skipped.names["not an image"]) == ["empty.jpg", "text.png"]
     assert sorted(skipped.names["unreadable or truncated"]) == ["t2.png", "trunc.jpg"]
     line = skipped.describe()
@@ -115,3 +115,19 @@ def test_stream_batches_in_order_and_resumes_at_start(tmp_path):
     np.testing.assert_allclose(bs[1].images[:, 0, 0, 0], np.array([90, 120, 150]) / 255, atol=1e-6)
     again = list(imagefolder.stream(str(tmp_path), names, 8, 3, start=3))
     assert [list(b.indices) for b in again] == [[3, 4, 5], [6]]
+
+
+def test_images_over_twice_pillows_pixel_limit_are_skipped_as_too_large(tmp_path, monkeypatch):
+    """Pillow refuses them (DecompressionBombError): "too large", not "unreadable or truncated"."""
+    from PIL import Image as PILImage
+
+    Image.fromarray(_rgb(40, 40)).save(tmp_path / "ok.png")
+    Image.fromarray(_rgb(70, 70)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 2000)  # 70 x 70 = 4900 > 2 x 2000
+    with pytest.raises(imagefolder.Unusable, match="too large"):
+        imagefolder.load_rgb(str(tmp_path / "huge.png"))
+    skipped = imagefolder.Skipped({"not an image": 0, "unreadable or truncated": 0, "too small": 0},
+                                  {"not an image": [], "unreadable or truncated": [], "too small": []})  # an old state
+    batches = list(imagefolder.stream(str(tmp_path), ["huge.png", "ok.png"], 16, 4, skipped=skipped))
+    assert [i for b in batches for i in b.indices] == [1]
+    assert skipped.counts["too large"] == 1 and skipped.describe() == "skipped 1 file: 1 too large (huge.png)"

@@ -92,7 +92,7 @@ def test_model_specific_errors(topped):
         o.Channel("fc1").check(topped, np.asarray([0]))
     no_top = vgg(jax.tree.map(lambda a: a, {k: v for k, v in topped.params.items() if k.startswith("block")}),
                  SMALL_TOP)
-    with pytest.raises(JaxvizError, match="no classifier"):
+    with pytest.raises(JaxvizError, match="no classifier .* VGG weights with the classifier top"):
         o.ClassLogit().check(no_top, np.asarray([0]))
     with pytest.raises(JaxvizError, match="direction vectors have 3 entries"):
         o.Direction("block2_conv1").check(topped, np.ones((1, 3)))
@@ -140,3 +140,15 @@ def test_layers_must_hold_one_images_activations():
             o.Neuron(layer).check(m, np.asarray([0]))
         with pytest.raises(JaxvizError, match=f"layer {layer} has shape"):
             o.Channel(layer).check(m, np.asarray([0]))
+
+
+def test_class_logit_on_a_model_without_a_classifier_gives_a_hint_for_that_model():
+    """A non-VGG model is not told about VGG's top: it is told how to name a logits layer."""
+    from jaxviz.models import from_function
+
+    model = from_function(lambda p, x: {"conv": x * p}, jnp.ones(()), input_size=8, name="mynet")
+    with pytest.raises(JaxvizError) as e:
+        o.ClassLogit().check(model, np.asarray([0]))
+    message = str(e.value)
+    assert "model mynet has no classifier" in message and "VGG" not in message and "fc1" not in message
+    assert "logits=LAYER" in message and "\n" not in message

@@ -244,3 +244,16 @@ def test_fused_layer_calls_under_vmap_fold_the_items_into_their_batch():
     np.testing.assert_array_equal(per_image, flat)
     one_mask = jax.jit(jax.vmap(lambda g: onednn.winograd4_relu_grad(y[:1], g[None], u_flip)[0]))(y)  # mask unbatched
     np.testing.assert_array_equal(one_mask, onednn.winograd4_relu_grad(jnp.broadcast_to(y[:1], y.shape), y, u_flip))
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_an_unwritable_cache_folder_is_named_not_a_missing_onednn(tmp_path, monkeypatch):
+    """XDG_CACHE_HOME a regular file: the build fails naming the cache folder (it blamed oneDNN)."""
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setenv("CXX", sys.executable)  # any existing program: nothing is compiled before the folder fails
+    with pytest.raises(OSError) as e:
+        onednn._build(onednn._prefix())
+    message = str(e.value)
+    assert str(blocker / "jaxviz" / "onednn") in message and "XDG_CACHE_HOME" in message and "\n" not in message

@@ -34,3 +34,15 @@ def build_paths():
         return {"stem/conv": h, "../evil": 2 * h}
 
     return from_function(fn, kernel, input_size=16)
+
+
+def build_nan():
+    """Layer "conv" is fine and layer "bad" is NaN everywhere: a grid of conv, then a non-finite one."""
+    import jax.numpy as jnp
+
+    model = build()
+    fn = lambda p, x: {"conv": model.activations(p, x, ("conv",))["conv"],
+                       "bad": model.activations(p, x, ("conv",))["conv"] * jnp.nan}
+    from jaxviz.models import from_function
+
+    return from_function(fn, model.params, input_size=16)

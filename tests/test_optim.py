@@ -1,0 +1,39 @@
+"""jaxviz.optim: the optimizer specs refuse rates that would not ascend, at construction."""
+import math
+
+import numpy as np
+import pytest
+
+import jaxviz
+from jaxviz import optim
+from jaxviz.errors import JaxvizError
+
+
+@pytest.mark.parametrize("spec, name", [(optim.Adam, "lr"), (optim.SeedAscent, "step_size")])
+@pytest.mark.parametrize("value, message", [
+    (-1.0, "must be more than 0"), (0.0, "must be more than 0"), (1e300, "at most 3.4028235e+38"),
+    (math.nan, "must be a finite number"), (-math.inf, "must be a finite number"), ("0.1", "must be a number"),
+])
+def test_a_rate_that_would_not_ascend_is_refused_at_construction(spec, name, value, message):
+    with pytest.raises(JaxvizError) as e:
+        spec(value)
+    text = str(e.value)
+    assert text.startswith(f"{name} must be") and message in text and "\n" not in text
+
+
+def test_good_specs_stay_plain_hashable_named_tuples():
+    a = optim.Adam(np.float32(0.5))
+    assert a == optim.Adam(0.5) and hash(a) == hash(optim.Adam(0.5)) and a.lr == 0.5 and a._asdict() == {"lr": 0.5}
+    assert optim.SeedAscent() == (1.0,) and optim.SeedAscent(2)._replace(step_size=3.0).step_size == 3.0
+
+
+def test_a_bad_rate_slipped_in_by_replace_is_refused_by_render():
+    """_replace makes a copy without the constructor's check: the engine checks the spec again."""
+    from tests.tiny_model import build
+
+    recipe = jaxviz.SEED._replace(size=16, steps=1, optimizer=optim.SeedAscent()._replace(step_size=-1.0))
+    with pytest.raises(JaxvizError, match="step_size must be more than 0"):
+        jaxviz.render(build(), "conv:0", recipe)
+    recipe = jaxviz.LUCID._replace(size=16, steps=1, optimizer=optim.Adam()._replace(lr=-0.05))
+    with pytest.raises(JaxvizError, match="lr must be more than 0"):
+        jaxviz.render(build(), "conv:0", recipe)

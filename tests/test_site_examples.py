@@ -1,0 +1,43 @@
+"""jaxviz.site_examples: dataset example patches in the atlas site, and their removal on rebuilds."""
+import numpy as np
+
+from jaxviz.site import FilterEntry, build_site
+from jaxviz.site_examples import SiteExamples
+
+
+def _examples(folder, k: int, filters: int = 2) -> SiteExamples:
+    """A summary of ``k`` examples per filter of layer conv (what jaxviz.site_examples.load gives)."""
+    entry = {"image": "a.png", "activation": 1.0, "y": 0, "x": 0, "box": [0, 0, 1, 1]}
+    meta = {"folder": str(folder), "settings": {"folder": str(folder), "size": 16, "model": "m"}, "images_used": 3,
+            "layers": {"conv": {"channels": [[entry] * k for _ in range(filters)]}}}
+    return SiteExamples(meta, {"conv": np.zeros((filters, k, 4, 4, 3), np.uint8)})
+
+
+def _patches(out):
+    folder = out / "conv" / "examples"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+
+
+def test_a_rebuild_with_other_examples_leaves_no_stale_patches(tmp_path):
+    """A resumed atlas with fewer examples per filter, then with none: the old patches go (only ours,
+    only inside --out)."""
+    out = tmp_path / "atlas"
+    layers = [("conv", [FilterEntry(0, 1.0, "f000.png"), FilterEntry(1, 2.0, "f001.png")])]
+    build_site(str(out), layers, {}, examples=_examples(tmp_path, 3))
+    assert _patches(out) == [f"f00{f}_{j}.png" for f in range(2) for j in range(3)]
+    outside = tmp_path / "conv" / "examples"  # the same names outside --out are not ours to remove
+    outside.mkdir(parents=True)
+    (outside / "f000_2.png").write_bytes(b"x")
+
+    build_site(str(out), layers, {}, examples=_examples(tmp_path, 1))
+    assert _patches(out) == ["f000_0.png", "f001_0.png"]
+    assert "examples/f000_0.png" in (out / "conv" / "f000.html").read_text()
+
+    (out / "conv" / "examples" / "notes.txt").write_text("mine")  # not a patch name: kept
+    build_site(str(out), layers, {}, examples=None)
+    assert _patches(out) == ["notes.txt"] and "Dataset examples" not in (out / "conv" / "f000.html").read_text()
+    (out / "conv" / "examples" / "notes.txt").unlink()
+    build_site(str(out), layers, {}, examples=_examples(tmp_path, 1))
+    build_site(str(out), layers, {}, examples=None)
+    assert _patches(out) is None  # the emptied folder goes too
+    assert (outside / "f000_2.png").exists()
