@@ -101,7 +101,8 @@ def ascend_one(params: dict, x0: jax.Array, f, steps: int, step_size: float, lay
     ``steps`` is a static number of steps (under ``jit``, make it a static argument).
     """
     model = vgg(params, spec, precision=precision, conv=conv)
-    r = recipe(AscentConfig(size=x0.shape[0], steps=steps, step_size=step_size))
+    # _make: under jit the step size is a tracer, which SeedAscent's check cannot read
+    r = recipe(AscentConfig(size=x0.shape[0], steps=steps))._replace(optimizer=SeedAscent._make((step_size,)))
     blank, hyper = engine._split_optimizer(r)
     image, value, _, _ = engine._item(model.static(), params, Channel(layer), blank, 0, f, jax.random.key(0), x0, hyper)
     return image, value
