@@ -13,7 +13,8 @@ layer (bias, relu, and the max pool after it) forward and backward, each in one 
 The handlers (``native/onednn_conv.cc``) are compiled on first use with the C++
 compiler (``$CXX`` or ``g++``, for this CPU: ``-march=native``) against jaxlib's FFI headers and the oneDNN of the
 PyPI wheels ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` (dependencies of jaxviz on
-x86-64 Linux), and cached per source, jaxlib, oneDNN and CPU under ``~/.cache/jaxviz``.
+x86-64 Linux), and cached per source, jaxlib, oneDNN and CPU in jaxviz's cache folder
+(``~/.cache/jaxviz/onednn`` by default; ``$JAXVIZ_CACHE`` or ``$XDG_CACHE_HOME`` move it).
 Where any of these is missing, or ``JAXVIZ_ONEDNN=0`` is set, ``available()`` is False
 and the pure-XLA convs of ``jaxviz.ops`` run instead.
 """
@@ -61,8 +62,11 @@ def _prefix() -> Path | None:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxviz" / "onednn"
+    """The folder of compiled handlers: ``onednn/`` in jaxviz's cache (``weights.default_cache_dir``:
+    ``$JAXVIZ_CACHE``, an absolute ``$XDG_CACHE_HOME``/jaxviz, else ~/.cache/jaxviz)."""
+    from jaxviz.weights import default_cache_dir
+
+    return default_cache_dir() / "onednn"
 
 
 def _cpu() -> bytes:
@@ -89,8 +93,8 @@ def _build(prefix: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     except OSError as e:  # XDG_CACHE_HOME a file, say: name the folder, not a missing oneDNN
-        raise OSError(f"cannot write the build cache folder {out.parent} ({e.strerror}); point XDG_CACHE_HOME "
-                      "at a writable folder") from None
+        raise OSError(f"cannot write the build cache folder {out.parent} ({e.strerror}); point JAXVIZ_CACHE "
+                      "(or XDG_CACHE_HOME) at a writable folder") from None
     os.close(fd)
     # no FMA contraction: the Winograd transforms round as XLA's do (native/onednn_conv.cc)
     cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
@@ -150,7 +154,7 @@ def why_not(precision: str = "float32") -> str | None:
     """None where ``conv3x3`` runs here in ``precision``, else why not, in one line: oneDNN
     3.2 has no bfloat16 conv on a CPU with AVX2 only (its primitive cannot be created)."""
     if _library() is None:
-        return MISSING
+        return build_error() or MISSING
     if precision == "bfloat16" and implementation((1, 8, 8, 16), 16, jnp.bfloat16) == "unavailable":
         return NO_BF16
     return None

@@ -305,6 +305,7 @@ def test_onednn_with_an_unwritable_cache_folder_names_the_folder(tmp_path):
     blocker = tmp_path / "cache-file"
     blocker.write_text("x")
     env = dict(os.environ, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(blocker), CXX=sys.executable)
+    env.pop("JAXVIZ_CACHE", None)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "jaxviz.grid", "--conv", "onednn", *TINY, "--out", str(out)],
                           capture_output=True, text=True, timeout=300, env=env)

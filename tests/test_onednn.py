@@ -90,6 +90,7 @@ def test_a_failed_compile_falls_back_with_one_line(tmp_path):
             "print(float(ops.conv_for('float32')(jnp.ones((1, 4, 4, 16)), jnp.ones((3, 3, 16, 2))).sum()))")
     env = dict(os.environ, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path), JAX_PLATFORMS="cpu")
     env.pop(onednn.ENV, None)
+    env.pop("JAXVIZ_CACHE", None)
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "False"
@@ -252,8 +253,22 @@ def test_an_unwritable_cache_folder_is_named_not_a_missing_onednn(tmp_path, monk
     blocker = tmp_path / "cache-file"
     blocker.write_text("x")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.delenv("JAXVIZ_CACHE", raising=False)
     monkeypatch.setenv("CXX", sys.executable)  # any existing program: nothing is compiled before the folder fails
     with pytest.raises(OSError) as e:
         onednn._build(onednn._prefix())
     message = str(e.value)
     assert str(blocker / "jaxviz" / "onednn") in message and "XDG_CACHE_HOME" in message and "\n" not in message
+    # the library's own answer says the same (it said "pip install oneDNN")
+    monkeypatch.setattr(onednn, "_load", lambda: (None, message))
+    monkeypatch.setattr(onednn, "_library", lambda: None)
+    assert onednn.why_not("float32") == message
+
+
+def test_the_build_cache_is_jaxvizs_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    assert onednn._cache_dir() == tmp_path / "j" / "onednn"
+    monkeypatch.delenv("JAXVIZ_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert onednn._cache_dir() == tmp_path / ".cache" / "jaxviz" / "onednn"
