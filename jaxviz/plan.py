@@ -293,13 +293,10 @@ def main(argv=None) -> int:
 
     path = cache_path()
     if path is None:
-        print(f"the plan is off ({ENV}={os.environ.get(ENV, '')!r}); set {ENV}=auto (or a file) to use one",
-              file=sys.stderr)
-        return 2
+        return _error(f"the plan is off ({ENV}={os.environ.get(ENV, '')!r}); set {ENV}=auto (or a file) to use one")
     convs = tuple(args.convs.split(","))
     if not set(convs) <= set(ALL_CONVS):
-        print(f"error: --convs must be among {','.join(ALL_CONVS)}, not {args.convs}", file=sys.stderr)
-        return 2
+        return _error(f"--convs must be among {','.join(ALL_CONVS)}, not {args.convs}")
     try:
         layer_shapes = {l: shapes_below(l, args.size) for l in args.layers.split(",")}
         for l in layer_shapes:
@@ -308,8 +305,7 @@ def main(argv=None) -> int:
         if not args.show:
             writable(path)
     except JaxvizError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     from jaxviz.cli_run import WriteGate, run_interruptible
 
     def interrupted():
@@ -318,8 +314,14 @@ def main(argv=None) -> int:
     try:
         return run_interruptible(lambda: _build(args, path, layer_shapes, convs), WriteGate(), interrupted)
     except JaxvizError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+
+
+def _error(message: str) -> int:
+    """Print ``message`` as the command's one error line (``jaxviz.plan: error: ...``, the
+    prefix grid, atlas and examples use) and return the bad-input status, 2."""
+    print(f"jaxviz.plan: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:

@@ -117,6 +117,20 @@ def test_cli(plan_file, capsys, monkeypatch):
     assert "--convs" in capsys.readouterr().err
     monkeypatch.setenv(plan.ENV, "off")
     assert plan.main(["--show"]) == 2
+    assert "JAXVIZ_PLAN=auto" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_with_the_command_prefix(plan_file, capsys, monkeypatch):
+    """Like grid's, atlas's and examples' errors: ``jaxviz.plan: error: ...``, one line, status 2."""
+    for argv in (["--layers", "nope", "--show"], ["--convs", "fft", "--show"],
+                 ["--layers", "block5_conv1", "--size", "8", "--show"]):
+        assert plan.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("jaxviz.plan: error: ") and err.count("\n") == 1, err
+    monkeypatch.setenv(plan.ENV, "off")
+    assert plan.main(["--show"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxviz.plan: error: the plan is off") and err.count("\n") == 1, err
 
 
 def test_cli_numbers_a_folder_and_malformed_entries(plan_file, tmp_path, monkeypatch, capsys):
