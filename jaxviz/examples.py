@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from jaxviz.cli_run import exit_command
+from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.errors import JaxvizError
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
@@ -128,19 +128,22 @@ def check_layers(model, layers: Sequence[str], size: int) -> tuple[str, ...]:
 
 
 def collect(model, folder: str, layers: Sequence[str], config: Config = Config(), out: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> Summary:
+            progress: Callable[[int, int], None] | None = None, gate: WriteGate | None = None) -> Summary:
     """The top-``k`` dataset examples of every channel of ``layers`` over the images in ``folder``.
 
     One jitted, batched forward pass per batch (the last batch padded: one compile).
     With ``out`` (a folder, created if needed) the state is saved there every
     ``config.save_every`` batches and the summary files are written at the end.
-    ``progress(done, total)`` is called after every batch with file counts.
+    ``progress(done, total)`` is called after every batch with file counts. Every write holds
+    ``gate`` (``jaxviz.cli_run``): an interrupt waits for the one in progress and stops later
+    ones, so the saved state always ends at a completed batch.
     """
     import jax.numpy as jnp
 
     from jaxviz import imagefolder, topk
 
     layers = check_layers(model, layers, config.size)
+    gate = gate or WriteGate()
     if config.k < 1 or config.batch < 1 or config.thumb < 1:
         raise JaxvizError("k, batch and thumb must be 1 or more")
     names = imagefolder.list_images(folder)
@@ -171,7 +174,8 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
             tops[l] = topk.merge(tops[l], v, b.indices, y, xx)
         position, used, batches = b.end, used + n, batches + 1
         if state and batches % config.save_every == 0:
-            _save_state(state, settings, position, used, skipped, tops)
+            with gate:
+                _save_state(state, settings, position, used, skipped, tops)
         if progress:
             progress(position, len(names))
     position = len(names)
@@ -179,15 +183,18 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         raise JaxvizError(f"no usable image in {folder}: {skipped.describe()}; give JPEG/PNG images of at "
                           f"least {min_side} px")
     if state:
-        _save_state(state, settings, position, used, skipped, tops)
+        with gate:
+            _save_state(state, settings, position, used, skipped, tops)
     fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
     if state:  # a rerun after the end needs neither the images' pass nor the fields again
-        _save_state(state, settings, position, used, skipped, tops, fields)
+        with gate:
+            _save_state(state, settings, position, used, skipped, tops, fields)
     boxes = {l: _boxes(tops[l], fields[l], config.size) for l in layers}
     thumbs = _thumbnails(folder, names, tops, boxes, fields, config)
     summary = Summary(os.path.abspath(folder), names, tops, fields, boxes, thumbs, used, skipped, settings)
     if out:
-        write_summary(summary, out)
+        with gate:  # both summary files or neither
+            write_summary(summary, out)
     return summary
 
 
@@ -336,10 +343,12 @@ def check_memory(model, layers: Sequence[str], config: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted.
 
-    SIGINT and SIGTERM raise KeyboardInterrupt while it runs (the state saved so far stays),
-    also in a process started with SIGINT ignored (a script's background job); the previous
-    handlers come back when it returns. Pillow's DecompressionBombWarning is not shown (see
-    jaxviz.imagefolder: such images are used; those over twice its limit are skipped, counted)."""
+    The work runs through ``jaxviz.cli_run.run_interruptible``, as grid's and atlas's do: SIGINT
+    and SIGTERM exit 130 at once even inside a long compiled batch, after the state write in
+    progress (the state saved so far, ending at a completed batch, stays), also in a process
+    started with SIGINT ignored (a script's background job); the previous handlers come back
+    when it returns. Pillow's DecompressionBombWarning is not shown (see jaxviz.imagefolder:
+    such images are used; those over twice its limit are skipped, counted)."""
     import warnings
 
     from PIL import Image
@@ -349,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in old:
         signal.signal(s, signal.default_int_handler)
     try:
-        with warnings.catch_warnings():  # entered here, in the main thread only: the decoding threads' too
+        with warnings.catch_warnings():  # entered here, in the main thread only: the worker's and decoders' too
             # images of 1-2x Pillow's pixel limit are used (jaxviz.imagefolder), not printed about raw
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return _run(args)
@@ -359,13 +368,29 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(s, handler)
 
 
+def _interrupted_line(out: str) -> str:
+    """The one line of an interrupted run: where a rerun continues from, or that nothing was saved."""
+    state = os.path.join(out, STATE)
+    if os.path.exists(state):
+        return f"jaxviz.examples: interrupted; rerun the same command to continue from {state}"
+    return "jaxviz.examples: interrupted; nothing was saved yet; rerun the same command to start again"
+
+
 def _run(args) -> int:
-    """``main``'s work for parsed arguments."""
+    """``main``'s work for parsed arguments, in a worker thread (``run_interruptible``)."""
+    from jaxviz.cli_args import remove_if_empty
+
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    bar, created = None, False
-    try:
+    ui = {"bar": None, "created": False}
+    gate = WriteGate()
+
+    def close_bar():
+        if ui["bar"] is not None:
+            ui["bar"].close()
+
+    def work() -> int:
         layers = _validate(args)
-        created = not os.path.exists(args.out)
+        ui["created"] = not os.path.exists(args.out)
         from jaxviz import models
         from jaxviz.cli_args import make_out_dir
 
@@ -380,32 +405,38 @@ def _run(args) -> int:
         if not args.quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            bar = tqdm(desc="images", unit="file", file=sys.stderr)
+            bar = ui["bar"] = tqdm(desc="images", unit="file", file=sys.stderr)
 
             def progress(done, total):
                 bar.total = total
                 bar.n = done
                 bar.refresh()
         t0 = time.perf_counter()
-        s = collect(model, args.images, layers, config, out=args.out, progress=progress)
-        if bar:
-            bar.close()
+        s = collect(model, args.images, layers, config, out=args.out, progress=progress, gate=gate)
+        close_bar()
         say(os.path.join(args.out, SUMMARY_NPZ))
         say(os.path.join(args.out, SUMMARY_JSON))
         say(f"done: {s.images_used} images in {time.perf_counter() - t0:.1f} s; {s.skipped.describe()}")
         return 0
+
+    def interrupted() -> None:  # main thread, the worker still running: the process exits 130 after this
+        print("\n" + _interrupted_line(args.out), file=sys.stderr)
+        if ui["created"]:
+            remove_if_empty(args.out)
+
+    try:
+        return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
-        if bar:
-            bar.close()
-        if created and os.path.isdir(args.out) and not os.listdir(args.out):
-            os.rmdir(args.out)  # nothing is left behind by a run that found no usable image
+        close_bar()
+        if ui["created"]:
+            remove_if_empty(args.out)  # nothing is left behind by a run that found no usable image
         print(f"jaxviz.examples: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if bar:
-            bar.close()
-        print(f"jaxviz.examples: interrupted; rerun the same command to continue from {os.path.join(args.out, STATE)}",
-              file=sys.stderr)
+        close_bar()
+        print(_interrupted_line(args.out), file=sys.stderr)
+        if ui["created"]:
+            remove_if_empty(args.out)
         return 130
 
 
