@@ -408,12 +408,33 @@ def diversity_term(layer: str) -> Objective:
 
 # ---------------------------------------------------------------- Lucent-style spelling
 
-_SPEC = re.compile(r"^(?:(channel|neuron|deepdream|logit):)?([^:]*)(?::(.*))?$")
+KINDS = ("channel", "neuron", "deepdream", "logit")
+
+
+def split_text(text: str) -> tuple[str, str, str | None]:
+    """(kind, layer or class numbers, channel list or None) of an objective's text.
+
+    The channel list is what follows the layer's LAST ':', so a layer whose own name holds ':'
+    (``stem:conv`` in a user's model) is written whole: ``stem:conv:0-3``, ``neuron:stem:conv:5``;
+    ``deepdream:`` and ``logit:`` take everything after their prefix."""
+    text = text.strip()
+    head, sep, rest = text.partition(":")
+    kind, rest = (head, rest) if sep and head in KINDS else ("channel", text)
+    if kind in ("deepdream", "logit"):
+        layer, sep, tail = rest.rpartition(":")
+        if kind == "logit" and sep:  # class numbers hold no ':'
+            return kind, rest.partition(":")[0], rest.partition(":")[2]
+        if kind == "deepdream" and sep and layer and re.fullmatch(r"[\d,\s-]+", tail):  # deepdream:L:3
+            return kind, layer, tail
+        return kind, rest, None
+    layer, sep, ns = rest.rpartition(":")
+    return (kind, layer, ns) if sep else (kind, rest, None)
 
 
 def parse(text: str, filters=None) -> Objective:
     """An objective from text: ``LAYER:N`` or ``channel:LAYER:N`` (N: 5, 0-63, 0,5,9), ``neuron:LAYER:N``,
-    ``deepdream:LAYER``, ``logit:N``. ``filters`` stands in for a missing N."""
+    ``deepdream:LAYER``, ``logit:N``. ``filters`` stands in for a missing N. N follows the layer's
+    last ':' (``stem:conv:0-3`` for a layer named ``stem:conv``)."""
     from jaxviz.cli_args import expand_spans, parse_filters
 
     usage = "use LAYER:N, neuron:LAYER:N, deepdream:LAYER or logit:N (N: 5, 0-63 or 0,5,9)"
@@ -422,13 +443,14 @@ def parse(text: str, filters=None) -> Objective:
         try:
             spans = parse_filters(t)
         except JaxvizError:
-            raise JaxvizError(f"malformed channel list {t!r} in objective {text!r}; {usage}") from None
+            named = " (a layer whose name holds ':' takes N after its last ':', e.g. stem:conv:0-3)" \
+                if re.search(r"[A-Za-z_]", t) else ""
+            raise JaxvizError(f"malformed channel list {t!r} in objective {text!r}; {usage}{named}") from None
         if spans is None:
             raise JaxvizError(f"'all' is not an objective's channel list in {text!r}; give a range such as 0-63")
         return expand_spans(spans)
 
-    m = _SPEC.match(text.strip())
-    kind, layer, ns = (m.group(1) or "channel", m.group(2), m.group(3)) if m else (None, "", None)
+    kind, layer, ns = split_text(text)
     if not layer:
         raise JaxvizError(f"malformed objective {text!r}; {usage}")
     if kind in ("deepdream", "logit") and ns is not None:

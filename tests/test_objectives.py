@@ -1,4 +1,6 @@
 """Objectives: each value against a direct computation, the algebra, the text spelling, bad input."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +122,28 @@ def test_text_errors_name_the_objective_not_the_filters_option():
         with pytest.raises(JaxvizError, match=message) as e:
             o.parse(text)
         assert "--filters" not in str(e.value)
+
+
+def test_a_layer_named_with_a_colon_takes_its_channels_after_the_last_colon():
+    """User models may name layers ``stem:conv``: such a layer could not be written in the text spelling
+    (its channels were read as 'conv:0-3'); N now follows the last ':'."""
+    c = o.parse("stem:conv:0-3")
+    assert c.term == o.Channel("stem:conv")
+    np.testing.assert_array_equal(c.args, [0, 1, 2, 3])
+    assert o.parse("channel:stem:conv:2").term == o.Channel("stem:conv")
+    assert o.parse("neuron:stem:conv:5").term == o.Neuron("stem:conv")
+    assert o.parse("deepdream:stem:conv").term == o.DeepDream("stem:conv")
+    with pytest.raises(JaxvizError, match="takes N after its last ':', e.g. stem:conv:0-3"):
+        o.parse("stem:conv")
+
+
+def test_grid_renders_a_layer_named_with_a_colon(tmp_path, capsys):
+    from jaxviz import grid
+
+    rc = grid.main(["--model", "tests.tiny_model:build_colon", "--objective", "stem:conv:0-1", "--size", "16",
+                    "--steps", "2", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["stem-conv-0-1.png"]
 
 
 def test_weights_may_be_numpy_or_jax_scalars():

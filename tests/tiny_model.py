@@ -46,3 +46,13 @@ def build_nan():
     from jaxviz.models import from_function
 
     return from_function(fn, model.params, input_size=16)
+
+
+def build_colon():
+    """A layer named with ':' (``stem:conv``), as user models may name theirs: objectives' text
+    takes its channels after the last ':' (``stem:conv:0-3``)."""
+    from jaxviz.models import from_function
+
+    model = build()
+    return from_function(lambda p, x: {"stem:conv": model.activations(p, x, ("conv",))["conv"]}, model.params,
+                         input_size=16)
