@@ -67,6 +67,17 @@ def plan(selection: dict[str, list[int]], chunk: int) -> list[Chunk]:
     return out
 
 
+def unique_filters(layers):
+    """A manifest's ``layers`` with each filter list deduplicated in order, as ``cli_args.filters_for``
+    now does: an atlas made by an older version with ``--filters 9,0,5,5`` (stored as such) is the
+    job ``9,0,5`` and resumes (its chunk records no longer match the chunks, so they are rendered
+    again). Anything that is not a dict of integer lists comes back as it is."""
+    if not isinstance(layers, dict):
+        return layers
+    ints = lambda fs: isinstance(fs, list) and all(isinstance(f, int) and not isinstance(f, bool) for f in fs)
+    return {l: list(dict.fromkeys(fs)) if ints(fs) else fs for l, fs in layers.items()}
+
+
 def share(chunks: Sequence[Chunk], process: int, count: int) -> list[Chunk]:
     """The chunks that process ``process`` of ``count`` renders: index % count == process."""
     return [c for c in chunks if c.index % count == process]
@@ -158,12 +169,13 @@ class Atlas:
         return old
 
     def differences(self, old: dict) -> list[str]:
-        """What differs between this job and a manifest found in the folder."""
+        """What differs between this job and a manifest found in the folder (its filter lists
+        compared once deduplicated: see ``unique_filters``)."""
         if old.get("format") != FORMAT:
             return [f"format {old.get('format')!r}"]
         diff = [f"{k} {old.get('settings', {}).get(k)!r} -> {v!r}" for k, v in self.settings.items()
                 if old.get("settings", {}).get(k) != v]
-        if old.get("layers") != self.selection:
+        if unique_filters(old.get("layers")) != self.selection:
             diff.append("the layers or filters")
         return diff
 
@@ -177,16 +189,21 @@ class Atlas:
                     f"{self.out} holds an atlas made with other settings ({'; '.join(diff[:4])}); "
                     "use another --out, or --force to replace it"
                 )
+            if old.get("layers") != self.selection or old.get("chunks") != len(self.chunks):
+                self._write_manifest()  # an older version's duplicate filters: the manifest of the chunks now planned
             return "resume"
         state = "new"
         if force and os.path.exists(self.manifest_path()) or force and os.path.isdir(os.path.join(self.out, CHUNKS)):
             self.remove()
             state = "replaced"
+        self._write_manifest()
+        return state
+
+    def _write_manifest(self) -> None:
         from jaxviz.image import atomic_write
 
         data = json.dumps(self.manifest(), indent=1).encode()
         atomic_write(self.manifest_path(), lambda f: f.write(data))
-        return state
 
     def remove(self) -> None:
         """Delete what an atlas writes here (manifest, log, records, site, the layer folders of the

@@ -311,6 +311,32 @@ def test_any_model_with_animations_and_examples(tmp_path):
     assert atlas_mod.main([*argv[:-3], "--layers", "dense", "--out", str(tmp_path / "y")]) == 2
 
 
+def test_an_older_atlas_with_duplicate_filters_resumes(tmp_path, capsys):
+    """Older versions stored --filters 3,0,3 as such (the manifest's list and its chunks held 3 twice);
+    the same command now plans 3,0 and resumed such an atlas as 'other settings'. It resumes (the
+    manifest becomes this version's), with the same images."""
+    out = tmp_path / "old"
+    argv = ["--model", "tests.tiny_model:build", "--filters", "3,0,3", "--size", "16", "--steps", "2", "--chunk", "4",
+            "--out", str(out), "--quiet"]
+    assert atlas_mod.main(argv) == 0
+    pngs = {f: (out / "conv" / f).read_bytes() for f in ("f000.png", "f003.png")}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layers"] == {"conv": [3, 0]}
+    manifest["layers"] = {"conv": [3, 0, 3]}  # as the older version wrote it, with its chunk record
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    record = out / "chunks" / "conv" / "c0000.json"
+    rec = json.loads(record.read_text())
+    rec.update({k: v + v[:1] for k, v in rec.items() if isinstance(v, list) and len(v) == 2})
+    record.write_text(json.dumps(rec))
+    assert atlas_mod.main(argv) == 0, capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["layers"] == {"conv": [3, 0]}
+    assert {f: (out / "conv" / f).read_bytes() for f in pngs} == pngs
+    assert json.loads(record.read_text())["filters"] == [3, 0]
+    manifest["layers"] = {"conv": [3, 0, 4]}  # a real difference is still refused
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert atlas_mod.main(argv) == 2 and "other settings" in capsys.readouterr().err
+
+
 # --- issue 12: manifest after the weights, malformed files, one job per folder, interrupts ----------
 
 
