@@ -278,7 +278,7 @@ def conv_choice(size: int, cin: int, cout: int) -> str | None:
 
 def main(argv=None) -> int:
     from jaxviz.checks import MAX_SIZE
-    from jaxviz.cli_args import OneLineParser, positive_int
+    from jaxviz.cli_args import OneLineParser, parse_layers, positive_int
     from jaxviz.model import min_size
 
     ap = OneLineParser(prog="python -m jaxviz.plan",
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     if not set(convs) <= set(ALL_CONVS):
         return _error(f"--convs must be among {','.join(ALL_CONVS)}, not {args.convs}")
     try:
-        layer_shapes = {l: shapes_below(l, args.size) for l in args.layers.split(",")}
+        layer_shapes = {l: shapes_below(l, args.size) for l in parse_layers(args.layers)}
         for l in layer_shapes:
             if args.size < min_size(l):
                 raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")

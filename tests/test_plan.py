@@ -127,6 +127,8 @@ def test_cli_errors_are_one_line_with_the_command_prefix(plan_file, capsys, monk
         assert plan.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("jaxviz.plan: error: ") and err.count("\n") == 1, err
+    assert plan.main(["--layers", "", "--show"]) == 2  # said "unknown layer ''"
+    assert "--layers is empty" in capsys.readouterr().err
     monkeypatch.setenv(plan.ENV, "off")
     assert plan.main(["--show"]) == 2
     err = capsys.readouterr().err
