@@ -303,17 +303,37 @@ def _winograd_public(op, images: tuple, weights: tuple):
     return tuple(map(unfold, out)) if isinstance(out, tuple) else unfold(out)
 
 
-# About this many bytes of transformed tiles per block of winograd4: 1 / 2 / 4 / 8 / 16 MB and
-# one block timed alike within noise on an AMX Xeon at 64-256 channels, except one block at 64 and
-# 128 channels (1.3-1.8x the transforms' time: they fall out of cache) and small blocks at 512
-# channels (each block reads all the weights again, 38 MB there).
+# About this many bytes of transformed tiles per shared block of winograd4 (every core on each
+# block in turn): 1 / 2 / 4 / 8 / 16 MB and one block timed alike within noise on an AMX Xeon at
+# 64-256 channels, except one block at 64 and 128 channels (1.3-1.8x the transforms' time: they
+# fall out of cache) and small blocks at 512 channels (each block reads all the weights again,
+# 38 MB there).
 BLOCK_BYTES = 4 << 20
+# Own blocks (each thread whole blocks of about this many tiles, in its own cache) where every
+# thread gets at least OWN_MIN_TILES tiles: on a Zen 5 (2 threads) 0.85-0.93x the shared blocks'
+# time at 64-256 channels with 256-4096 tiles; at 512 channels with 64 tiles (32 a thread, each
+# reading all 38 MB of weights) 1.1-1.8x, so shared there (bench/README.md).
+OWN_TILES = 96
+OWN_MIN_TILES = 128
 
 
-def _block(tiles: int, c: int) -> int:
-    """Tiles per block: the tiles split evenly into about tiles * 36 * 4 * c / BLOCK_BYTES blocks."""
+@functools.lru_cache(maxsize=None)
+def _threads() -> int:
+    """The threads of the handlers' parallel regions (OpenMP's, ``OMP_NUM_THREADS``)."""
+    lib = _library()
+    return max(1, int(lib.jaxviz_max_threads())) if lib is not None else 1
+
+
+def _block(tiles: int, c: int, threads: int = 1) -> tuple[int, int]:
+    """(tiles per block, scratch slots): own blocks (a slot per thread) of about OWN_TILES where
+    each of ``threads`` gets OWN_MIN_TILES tiles or more, the blocks a multiple of the threads;
+    else shared blocks (one slot), the tiles split evenly into about tiles * 36 * 4 * c /
+    BLOCK_BYTES of them."""
+    if threads > 1 and tiles >= threads * OWN_MIN_TILES:
+        blocks = threads * -(-tiles // (threads * OWN_TILES))
+        return -(-tiles // blocks), threads
     blocks = max(1, round(tiles * 36 * 4 * c / BLOCK_BYTES))
-    return -(-tiles // blocks)
+    return -(-tiles // blocks), 1
 
 
 def _plane(floats: int) -> int:
@@ -334,13 +354,13 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False):
         n, h, w, c = args[0].shape
         o = args[n_images].shape[-1]
         tiles = n * (-(-h // 4)) * (-(-w // 4))
-        block = _block(tiles, max(c, o))
+        block, slots = _block(tiles, max(c, o), _threads())
         outs = [jax.ShapeDtypeStruct((n, h, w, o), jnp.float32)]
         if pooled:
             outs.append(jax.ShapeDtypeStruct((n, h // 2, w // 2, o), jnp.float32))
-        outs += [jax.ShapeDtypeStruct((36, _plane(block * c)), jnp.float32),  # two scratch buffers
-                 jax.ShapeDtypeStruct((36, _plane(block * o)), jnp.float32)]
-        r = jax.ffi.ffi_call(target, tuple(outs))(*args, block=block)
+        outs += [jax.ShapeDtypeStruct((36 * slots, _plane(block * c)), jnp.float32),  # two scratch buffers
+                 jax.ShapeDtypeStruct((36 * slots, _plane(block * o)), jnp.float32)]
+        r = jax.ffi.ffi_call(target, tuple(outs))(*args, block=block, own=int(slots > 1))
         return (r[0], r[1]) if pooled else r[0]
 
     op = jax.custom_batching.custom_vmap(call)

@@ -173,7 +173,7 @@ def test_winograd4_gives_the_xla_forms_bits(shape, monkeypatch):
     np.testing.assert_array_equal(jax.jit(onednn.winograd4)(x, u), want)
     monkeypatch.setattr(onednn, "BLOCK_BYTES", 50_000)
     tiles = shape[0] * -(-shape[1] // 4) * -(-shape[2] // 4)
-    assert tiles % onednn._block(tiles, shape[3]) != 0  # several blocks, the last one shorter
+    assert tiles % onednn._block(tiles, shape[3])[0] != 0  # several blocks, the last one shorter
     got = jax.jit(onednn.winograd4)(x, u)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
     assert rel(got, reference(x, k)) <= 1e-4
@@ -230,6 +230,38 @@ def test_fused_layer_calls_give_the_bits_of_the_ops_apart(shape):
         got = jax.jit(onednn.winograd4_pool_grad)(relu_out, gp, max_pool2(relu_out), u_flip)
         np.testing.assert_array_equal(got, jax.jit(pool_grad_apart)(relu_out, gp, u_flip))
     assert not bool(jnp.isnan(got).any())  # as in XLA's ops, a window whose maximum is NaN passes no gradient
+
+
+@needs_onednn
+@pytest.mark.parametrize("threads", [2, 3])
+def test_own_blocks_give_the_shared_blocks_bits(threads, monkeypatch):
+    """Each thread on whole blocks of its own (a one-thread matmul, a scratch slot each) gives
+    the floats of every core on each block in turn: forward, fused, and both gradients, with
+    a last block shorter."""
+    from jaxviz.model import max_pool2
+
+    x, u, u_flip, bias, kg = _layer_data((3, 17, 15, 24, 40), seed=13)
+    calls = {
+        "plain": lambda x, y, gp, p: onednn.winograd4(x, u),
+        "bias_relu_pool": lambda x, y, gp, p: onednn.winograd4_bias_relu(x, u, bias, pool=True),
+        "relu_grad": lambda x, y, gp, p: onednn.winograd4_relu_grad(y, y - 0.5, u_flip),
+        "pool_grad": lambda x, y, gp, p: onednn.winograd4_pool_grad(y, gp, p, u_flip),
+    }
+    y = jax.nn.relu(onednn.winograd4(x, u) + bias)
+    pooled = max_pool2(y)
+    gp = jax.random.normal(kg, pooled.shape)
+    tiles = 3 * 5 * 4
+    assert onednn._block(tiles, 40, threads)[1] == 1  # shared by default at this size
+    shared = {k: jax.jit(f)(x, y, gp, pooled) for k, f in calls.items()}
+    monkeypatch.setattr(onednn, "OWN_MIN_TILES", 1)
+    monkeypatch.setattr(onednn, "OWN_TILES", 8)
+    monkeypatch.setattr(onednn, "_threads", lambda: threads)
+    block, slots = onednn._block(tiles, 40, threads)
+    assert slots == threads and tiles % block != 0 and -(-tiles // block) % threads == 0
+    for k, f in calls.items():
+        own = jax.jit(f)(x, y, gp, pooled)
+        for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(shared[k])):
+            np.testing.assert_array_equal(a, b, err_msg=k)
 
 
 @needs_onednn

@@ -9,7 +9,12 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -237,9 +242,9 @@ struct PoolGrad : Pixels {
 // Input transform of tiles t0 .. t0 + nt into v (36, nt, C): r[p][j] = sum_i Bt[p][i] d[i][j],
 // a column at a time (its six values in registers), then v[p][q] = sum_j Bt[q][j] r[p][j].
 template <class Src>
-void InputTransform(Src src, long th, long tw, long t0, long nt, long ps, float* v) {
+void InputTransform(Src src, long th, long tw, long t0, long nt, long ps, float* v, bool parallel) {
   const long c = src.c;
-#pragma omp parallel for schedule(static) firstprivate(src)
+#pragma omp parallel for schedule(static) firstprivate(src) if (parallel)
   for (long k = 0; k < nt; ++k) {
     const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
     for (long c0 = 0; c0 < c; c0 += kLanes) {
@@ -279,9 +284,9 @@ struct Output {
 
 // Output transform of mm (36, nt, O), tiles t0 .. t0 + nt: s[a][q] = sum_p At[a][p] m[p][q],
 // y[a][e] = sum_q At[e][q] s[a][q].
-void OutputTransform(const float* mm, const Output out, long th, long tw, long t0, long nt, long ps) {
+void OutputTransform(const float* mm, const Output out, long th, long tw, long t0, long nt, long ps, bool parallel) {
   const long h = out.h, w = out.w, o = out.o, h2 = h / 2, w2 = w / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
   for (long k = 0; k < nt; ++k) {
     const long t = t0 + k, b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
     for (long o0 = 0; o0 < o; o0 += kLanes) {
@@ -324,48 +329,88 @@ ffi::Error Invalid(const char* what) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("jaxviz winograd: ") + what);
 }
 
+// (1, 36, rows, cols) float32: the 36 planes of a block, rows of each plane dense, planes `plane` floats apart.
+memory::desc Planes(long rows, long cols, long plane) {
+  return memory::desc({1, 36, rows, cols}, memory::data_type::f32, {36 * plane, plane, cols, 1});
+}
+
+// oneDNN's matmul of a block of `rows` tiles by the transformed kernel, its scratchpad ours.
+struct BlockMatmul {
+  dnnl::matmul::primitive_desc pd;
+  dnnl::matmul prim;
+  std::vector<char> scratch;
+  static dnnl::primitive_attr UserScratchpad() {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return attr;
+  }
+  BlockMatmul(dnnl::engine& engine, long rows, long c, long o, long vs, long ms)
+      : pd(engine, Planes(rows, c, vs), Planes(c, o, c * o), Planes(rows, o, ms), UserScratchpad()),
+        prim(pd),
+        scratch(pd.scratchpad_desc().get_size()) {}
+  void Run(dnnl::engine& engine, dnnl::stream& stream, const memory& bm, float* v, float* m) {
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(pd.src_desc(), engine, v)},
+                                         {DNNL_ARG_WEIGHTS, bm},
+                                         {DNNL_ARG_DST, memory(pd.dst_desc(), engine, m)}};
+    if (!scratch.empty()) args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), engine, scratch.data());
+    prim.execute(stream, args);
+    stream.wait();
+  }
+};
+
 // The conv of what `src` reads, (N, H, W, C), in blocks of `block` tiles (the last one
 // shorter): each block's transformed tiles and products stay in cache between the transforms
-// and the matmul.
+// and the matmul. Shared blocks (`own` 0): every core works on each block in turn, each step
+// split between them. Own blocks (`own` 1): each thread takes whole blocks, its transforms and
+// a one-thread matmul in its own slot of the scratch (36 rows each), so that its block stays in
+// its own core's cache and no thread waits on another between the steps. The two give the same
+// bits (oneDNN sums each row alike however the rows are split).
 template <class Src>
-ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out mbuf, int64_t block) {
+ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out mbuf, int64_t block, int64_t own) {
   auto ud = u.dimensions();
   auto vd = vbuf->dimensions();
   auto md_ = mbuf->dimensions();
+  const long slots = vd.size() == 2 ? vd[0] / 36 : 0;
   if (ud.size() != 3 || ud[0] != 36 || ud[1] != src.c || ud[2] != out.o || block < 1 || vd.size() != 2 ||
-      md_.size() != 2 || vd[0] != 36 || md_[0] != 36 || vd[1] < block * src.c || md_[1] < block * out.o) {
+      md_.size() != 2 || slots < 1 || vd[0] != 36 * slots || md_[0] != vd[0] || (!own && slots != 1) ||
+      vd[1] < block * src.c || md_[1] < block * out.o) {
     return Invalid("x must be (N, H, W, C), u (36, C, O), y (N, H, W, O), block positive and the scratch "
-                   "(36, >= block C) and (36, >= block O)");
+                   "(36 S, >= block C) and (36 S, >= block O), S 1 unless own");
   }
   const long c = src.c, o = out.o;
-  const long th = (src.h + 3) / 4, tw = (src.w + 3) / 4, tiles = n * th * tw;
+  const long th = (src.h + 3) / 4, tw = (src.w + 3) / 4, tiles = n * th * tw, blocks = (tiles + block - 1) / block;
   // The 36 planes of a block lie vd[1] and md_[1] floats apart: onednn.py pads them so that
   // the planes of one tile do not all fall into a few of L1's sets.
   const long vs = vd[1], ms = md_[1];
-  float* v = vbuf->typed_data();
-  float* mm = mbuf->typed_data();
-  try {
-    dnnl::engine& engine = cpu_engine();
-    dnnl::stream stream(engine);
-    // (1, 36, rows, cols) float32, rows of each plane dense, planes `plane` floats apart
-    auto md = [](long rows, long cols, long plane) {
-      return memory::desc({1, 36, rows, cols}, memory::data_type::f32, {36 * plane, plane, cols, 1});
-    };
-    memory bm(md(c, o, c * o), engine, const_cast<float*>(u.typed_data()));
-    dnnl::matmul full, last;
-    for (long t0 = 0; t0 < tiles; t0 += block) {
-      const long nt = std::min<long>(block, tiles - t0);
-      dnnl::matmul& mmul = nt == block ? full : last;
-      if (!mmul) mmul = dnnl::matmul(dnnl::matmul::primitive_desc(engine, md(nt, c, vs), md(c, o, c * o), md(nt, o, ms)));
-      InputTransform(src, th, tw, t0, nt, vs, v);
-      memory am(md(nt, c, vs), engine, v), cm(md(nt, o, ms), engine, mm);
-      mmul.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-      stream.wait();
-      OutputTransform(mm, out, th, tw, t0, nt, ms);
+  std::string error;
+  auto run = [&](long first, long step, long slot) {
+    try {
+      dnnl::engine& engine = cpu_engine();
+      dnnl::stream stream(engine);
+      memory bm(Planes(c, o, c * o), engine, const_cast<float*>(u.typed_data()));
+      float* v = vbuf->typed_data() + slot * 36 * vs;
+      float* m = mbuf->typed_data() + slot * 36 * ms;
+      std::unique_ptr<BlockMatmul> full, last;
+      for (long i = first; i < blocks; i += step) {
+        const long t0 = i * block, nt = std::min<long>(block, tiles - t0);
+        auto& mm = nt == block ? full : last;
+        if (!mm) mm = std::make_unique<BlockMatmul>(engine, nt, c, o, vs, ms);
+        InputTransform(src, th, tw, t0, nt, vs, v, !own);
+        mm->Run(engine, stream, bm, v, m);
+        OutputTransform(m, out, th, tw, t0, nt, ms, !own);
+      }
+    } catch (const std::exception& e) {
+#pragma omp critical(jaxviz_winograd_error)
+      error = e.what();
     }
-  } catch (const std::exception& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxviz winograd: ") + e.what());
+  };
+  if (!own) {
+    run(0, 1, 0);
+  } else {
+#pragma omp parallel num_threads(static_cast<int>(std::min<long>(slots, blocks)))
+    run(omp_get_thread_num(), omp_get_num_threads(), omp_get_thread_num());
   }
+  if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "jaxviz winograd: " + error);
   return ffi::Error::Success();
 }
 
@@ -391,21 +436,21 @@ Output OutputOf(F32Out& y, const float* bias, float* pooled) {
 }
 
 // conv(x): x (N, H, W, C), u (36, C, O) -> y (N, H, W, O).
-ffi::Error Winograd4(F32 x, F32 u, F32Out y, F32Out v, F32Out m, int64_t block) {
+ffi::Error Winograd4(F32 x, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   if (!Shapes(x.dimensions(), y->dimensions())) return Invalid("x must be (N, H, W, C)");
-  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block);
+  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
 }
 
 // relu(conv(x) + bias): a conv layer's forward in one call.
-ffi::Error Winograd4BiasRelu(F32 x, F32 u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block) {
+ffi::Error Winograd4BiasRelu(F32 x, F32 u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   if (!Shapes(x.dimensions(), y->dimensions())) return Invalid("x must be (N, H, W, C)");
   if (bias.dimensions().size() != 1 || bias.dimensions()[0] != y->dimensions()[3]) return Invalid("bias must be (O,)");
-  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, bias.typed_data(), nullptr), v, m, block);
+  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, bias.typed_data(), nullptr), v, m, block, own);
 }
 
 // relu(conv(x) + bias) and its 2x2 max pool: a conv layer and the pool after it.
 ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out y, F32Out pooled, F32Out v, F32Out m,
-                                 int64_t block) {
+                                 int64_t block, int64_t own) {
   auto yd = y->dimensions();
   auto pd = pooled->dimensions();
   if (!Shapes(x.dimensions(), yd)) return Invalid("x must be (N, H, W, C)");
@@ -414,22 +459,22 @@ ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out y, F32Out pooled
     return Invalid("the pooled output must be (N, H/2, W/2, O)");
   }
   return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, bias.typed_data(), pooled->typed_data()), v,
-                      m, block);
+                      m, block, own);
 }
 
 // conv(where(relu_out > 0, g, 0)): a conv layer's input gradient, its relu's mask applied on the way in.
-ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, F32 u, F32Out y, F32Out v, F32Out m, int64_t block) {
+ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   if (!Shapes(g.dimensions(), y->dimensions()) || !Same(g.dimensions(), relu_out.dimensions())) {
     return Invalid("g and relu_out must be (N, H, W, C) alike");
   }
   ReluGrad src{PixelsOf(g)};
   src.relu_out = relu_out.typed_data();
-  return RunWinograd4(src, g.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block);
+  return RunWinograd4(src, g.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
 }
 
 // The input gradient of a conv layer followed by a 2x2 max pool, from the relu's output, the
 // pooled cotangent gp and the pooled output yp.
-ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block) {
+ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   auto rd = relu_out.dimensions();
   auto gd = gp.dimensions();
   if (!Shapes(rd, y->dimensions()) || !Same(gd, yp.dimensions()) || gd.size() != 4 || gd[0] != rd[0] ||
@@ -438,7 +483,7 @@ ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32O
   }
   PoolGrad src{PixelsOf(relu_out)};
   src.gp = gp.typed_data(), src.yp = yp.typed_data(), src.h2 = gd[1], src.w2 = gd[2];
-  return RunWinograd4(src, rd[0], u, OutputOf(y, nullptr, nullptr), v, m, block);
+  return RunWinograd4(src, rd[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
 }
 
 }  // namespace
@@ -450,7 +495,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4,
                                   .Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
-                                  .Attr<int64_t>("block"));
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("own"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu,
                               ffi::Ffi::Bind()
@@ -460,7 +506,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu,
                                   .Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
-                                  .Attr<int64_t>("block"));
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("own"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluPool,
                               ffi::Ffi::Bind()
@@ -471,7 +518,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluP
                                   .Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
-                                  .Attr<int64_t>("block"));
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("own"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
                               ffi::Ffi::Bind()
@@ -481,7 +529,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
                                   .Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
-                                  .Attr<int64_t>("block"));
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("own"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
                               ffi::Ffi::Bind()
@@ -492,7 +541,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
                                   .Ret<F32>()
                                   .Ret<F32>()
                                   .Ret<F32>()
-                                  .Attr<int64_t>("block"));
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("own"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
                               ffi::Ffi::Bind()
@@ -511,6 +561,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnConvBF16, Conv3x3<ffi::DataType::BF16>
                                   .Arg<ffi::Buffer<ffi::DataType::BF16>>()
                                   .Arg<ffi::Buffer<ffi::DataType::BF16>>()
                                   .Ret<ffi::Buffer<ffi::DataType::F32>>());
+
+// For the loader: how many threads a parallel region here gets (own blocks need a scratch slot each).
+extern "C" int jaxviz_max_threads() { return omp_get_max_threads(); }
 
 // For the loader: which impl oneDNN chose for a shape (a diagnostic, not used by the conv).
 extern "C" int jaxviz_onednn_impl(int bf16, long n, long h, long w, long c, long o, char* out, int size) {
