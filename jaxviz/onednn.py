@@ -6,7 +6,8 @@ use on CPUs) picks a kernel for the CPU it runs on: AMX or AVX512-bf16 tiles for
 bfloat16, AVX-512 or AVX2 brgemm for float32. ``conv3x3`` calls its conv through
 ``jax.ffi``, ``batched_matmul`` its matmul, and ``winograd4`` is ``ops``' float32
 Winograd conv in one call: its tile transforms in C++ (vectorized, on every core, a
-cache-sized block of tiles at a time) around oneDNN's matmul, with XLA's sums;
+cache-sized block of tiles at a time, each thread on blocks of its own where there are
+enough) around oneDNN's matmul, with XLA's sums;
 ``winograd4_bias_relu``, ``winograd4_relu_grad`` and ``winograd4_pool_grad`` are a conv
 layer (bias, relu, and the max pool after it) forward and backward, each in one such call.
 
@@ -309,10 +310,12 @@ def _winograd_public(op, images: tuple, weights: tuple):
 # fall out of cache) and small blocks at 512 channels (each block reads all the weights again,
 # 38 MB there).
 BLOCK_BYTES = 4 << 20
-# Own blocks (each thread whole blocks of about this many tiles, in its own cache) where every
-# thread gets at least OWN_MIN_TILES tiles: on a Zen 5 (2 threads) 0.85-0.93x the shared blocks'
-# time at 64-256 channels with 256-4096 tiles; at 512 channels with 64 tiles (32 a thread, each
-# reading all 38 MB of weights) 1.1-1.8x, so shared there (bench/README.md).
+# Own blocks (each thread whole blocks of about OWN_TILES tiles, in its own cache, one fork and
+# join a call instead of three a block) where every thread gets OWN_MIN_TILES tiles or more. On
+# a Zen 5 (2 threads) the four seed grids took 0.87x the time with them (paired median of 5
+# rounds, bit-identical), though each call alone times alike (0.93-1.07x,
+# bench/engine/own_blocks.py): the gain shows only in situ, among XLA's threads. Layers of 64 tiles
+# (512 channels) ran 1.05-1.13x alone with own blocks, so they stay shared (bench/README.md).
 OWN_TILES = 96
 OWN_MIN_TILES = 128
 
