@@ -23,11 +23,14 @@ EXIT_INTERRUPTED = 130
 
 class WriteGate:
     """Held around each atomic write (``with gate: save(...)``); closing it waits for the
-    write in progress and then blocks every later one for good."""
+    write in progress and then blocks every later one for good. ``final_write``, if the work
+    set one (a state at its last completed step, say), runs once as the gate closes, so an
+    interrupt loses no completed step however rarely the work saves on its own."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self.final_write: Callable[[], None] | None = None
 
     def __enter__(self) -> "WriteGate":
         self._lock.acquire()
@@ -40,9 +43,18 @@ class WriteGate:
         self._lock.release()
 
     def close(self, timeout: float = 30.0) -> bool:
-        """Wait (at most ``timeout`` s) for the write in progress; later writes never start."""
+        """Wait (at most ``timeout`` s) for the write in progress, then make ``final_write``;
+        later writes never start."""
         self._closed.set()
-        return self._lock.acquire(timeout=timeout)
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        write, self.final_write = self.final_write, None
+        if write is not None:
+            try:
+                write()
+            except OSError:  # a full disk, say: the last periodic write stays
+                pass
+        return True
 
 
 COMMANDS = {"jaxviz.grid": "jaxviz.grid: interrupted; completed layers: none",

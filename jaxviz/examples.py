@@ -133,7 +133,8 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
 
     One jitted, batched forward pass per batch (the last batch padded: one compile).
     With ``out`` (a folder, created if needed) the state is saved there every
-    ``config.save_every`` batches and the summary files are written at the end.
+    ``config.save_every`` batches, and by ``gate``'s final write on an interrupt, and the
+    summary files are written at the end.
     ``progress(done, total)`` is called after every batch with file counts. Every write holds
     ``gate`` (``jaxviz.cli_run``): an interrupt waits for the one in progress and stops later
     ones, so the saved state always ends at a completed batch.
@@ -176,6 +177,8 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         if state and batches % config.save_every == 0:
             with gate:
                 _save_state(state, settings, position, used, skipped, tops)
+        if state:  # an interrupt saves the state at this batch (the gate's final write)
+            gate.final_write = functools.partial(_save_state, state, settings, position, used, skipped.copy(), dict(tops))
         if progress:
             progress(position, len(names))
     position = len(names)
@@ -183,6 +186,7 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         raise JaxvizError(f"no usable image in {folder}: {skipped.describe()}; give JPEG/PNG images of at "
                           f"least {min_side} px")
     if state:
+        gate.final_write = None
         with gate:
             _save_state(state, settings, position, used, skipped, tops)
     fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}

@@ -129,6 +129,9 @@ class Skipped(NamedTuple):
     def empty() -> "Skipped":
         return Skipped({r: 0 for r in REASONS}, {r: [] for r in REASONS})
 
+    def copy(self) -> "Skipped":
+        return Skipped(dict(self.counts), {r: list(v) for r, v in self.names.items()})
+
     def add(self, reason: str, name: str) -> None:
         """Count one file (a state saved before a reason existed has no entry for it yet)."""
         self.counts[reason] = self.counts.get(reason, 0) + 1

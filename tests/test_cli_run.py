@@ -48,6 +48,28 @@ def test_closing_the_gate_waits_for_the_write_in_progress_and_blocks_later_ones(
     assert events == ["start", "end"]
 
 
+def test_closing_the_gate_makes_the_final_write_once_after_the_write_in_progress():
+    gate = WriteGate()
+    events = []
+    gate.final_write = lambda: events.append("final")
+
+    def writer():
+        with gate:
+            events.append("start")
+            time.sleep(0.3)
+            events.append("end")
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    time.sleep(0.1)
+    assert gate.close(timeout=5)
+    assert events == ["start", "end", "final"]
+    assert gate.final_write is None
+    failing = WriteGate()
+    failing.final_write = lambda: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    assert failing.close(timeout=1)  # a final write that fails does not stop the exit
+
+
 LATE_SIGINT = """
 import os, signal, sys
 from jaxviz.cli_run import exit_command

@@ -268,9 +268,7 @@ def scores(*a):
         long_call(jnp.float32(0)).block_until_ready()
     return real_scores(*a)
 
-examples._scores = scores
-Config = examples.Config
-examples.Config = lambda **kw: Config(save_every=1, **kw)
+examples._scores = scores  # the state is saved every 20 batches: these two only by the interrupt's final write
 sys.exit(examples.main(sys.argv[1:]))
 """
 
@@ -278,7 +276,7 @@ sys.exit(examples.main(sys.argv[1:]))
 def test_sigint_inside_a_long_compiled_batch_exits_130_at_once_keeping_completed_batches(tmp_path, capsys):
     """Like grid's and atlas's: the work runs in a worker thread (cli_run.run_interruptible), so a Ctrl-C
     inside a compiled batch exits 130 at once (it used to wait for the batch), the state ends at the
-    last completed batch, and the rerun finishes with the uninterrupted run's result. Started with
+    last completed batch (written as the interrupt closes the gate: no periodic save was due), and the rerun finishes with the uninterrupted run's result. Started with
     SIGINT ignored (a script's background job), the run still takes it over."""
     import signal
     import subprocess
