@@ -19,6 +19,7 @@ demand and shared by the terms); ``diversity`` sees all images of one objective.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import zlib
 from typing import Any, Optional
@@ -443,8 +444,14 @@ def parse(text: str, filters=None) -> Objective:
         try:
             spans = parse_filters(t)
         except JaxvizError:
-            named = " (a layer whose name holds ':' takes N after its last ':', e.g. stem:conv:0-3)" \
-                if re.search(r"[A-Za-z_]", t) else ""
+            head, _, tail = text.strip().partition(":")
+            kind_typo = difflib.get_close_matches(head.lower(), KINDS, n=1, cutoff=0.6)
+            if kind_typo:  # dream:conv2
+                named = f" (did you mean {kind_typo[0]}:{tail}?)"
+            elif re.search(r"[A-Za-z_]", t):
+                named = " (a layer whose name holds ':' takes N after its last ':', e.g. stem:conv:0-3)"
+            else:
+                named = ""
             raise JaxvizError(f"malformed channel list {t!r} in objective {text!r}; {usage}{named}") from None
         if spans is None:
             raise JaxvizError(f"'all' is not an objective's channel list in {text!r}; give a range such as 0-63")

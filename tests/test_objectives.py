@@ -137,6 +137,15 @@ def test_a_layer_named_with_a_colon_takes_its_channels_after_the_last_colon():
         o.parse("stem:conv")
 
 
+def test_a_misspelt_kind_is_named_not_taken_for_a_layer_with_a_colon():
+    """'dream:conv2' read as layer 'dream', channels 'conv2': the hint is the kind it resembles,
+    not the one about layers whose names hold ':'."""
+    for text, meant in (("dream:conv2", "deepdream:conv2"), ("chanel:conv:x", "channel:conv:x")):
+        with pytest.raises(JaxvizError, match=f"did you mean {meant}\\?") as e:
+            o.parse(text)
+        assert "holds ':'" not in str(e.value)
+
+
 def test_grid_renders_a_layer_named_with_a_colon(tmp_path, capsys):
     from jaxviz import grid
 
