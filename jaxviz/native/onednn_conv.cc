@@ -362,7 +362,7 @@ struct BlockMatmul {
 // shorter): each block's transformed tiles and products stay in cache between the transforms
 // and the matmul. Shared blocks (`own` 0): every core works on each block in turn, each step
 // split between them. Own blocks (`own` 1): each thread takes whole blocks, its transforms and
-// a one-thread matmul in its own slot of the scratch (36 rows each), so that its block stays in
+// a one-thread matmul in its own slot of the scratch (36 planes each), so that its block stays in
 // its own core's cache and no thread waits on another between the steps. The two give the same
 // bits (oneDNN sums each row alike however the rows are split).
 template <class Src>
