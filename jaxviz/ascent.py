@@ -156,8 +156,9 @@ def ascend(params: dict, layer: str, filters, *, key: jax.Array | None = None, s
 
     Filters are processed in chunks of equal batch size (the last one padded) so
     that peak memory stays under ``max_bytes`` (and, on CPU, of at most CPU_BATCH
-    filters, the fastest measured); each filter's result does not depend on the
-    chunking. ``start`` (N, size, size, 3) replaces the seeded start images.
+    filters, the fastest measured); each filter's image does not depend on the
+    chunking (its loss, a mean XLA sums in an order that can depend on the batch size, may
+    differ in the last bits). ``start`` (N, size, size, 3) replaces the seeded start images.
     """
     filters = checks.filter_list(filters)
     validate(layer, filters, config, spec)
