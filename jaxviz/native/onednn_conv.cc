@@ -7,6 +7,7 @@
 // (AMX or AVX512-bf16 for bfloat16 where the CPU has them); its primitive cache keeps
 // the compiled kernels between calls, keyed by shape.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -383,7 +384,8 @@ ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out 
   // the planes of one tile do not all fall into a few of L1's sets.
   const long vs = vd[1], ms = md_[1];
   std::string error;
-  auto run = [&](long first, long step, long slot) {
+  std::atomic<long> next{0};  // own blocks: the next block not taken, so that a thread slowed down takes fewer
+  auto run = [&](long slot) {
     try {
       dnnl::engine& engine = cpu_engine();
       dnnl::stream stream(engine);
@@ -391,7 +393,7 @@ ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out 
       float* v = vbuf->typed_data() + slot * 36 * vs;
       float* m = mbuf->typed_data() + slot * 36 * ms;
       std::unique_ptr<BlockMatmul> full, last;
-      for (long i = first; i < blocks; i += step) {
+      for (long i = own ? next++ : 0; i < blocks; i = own ? next++ : i + 1) {
         const long t0 = i * block, nt = std::min<long>(block, tiles - t0);
         auto& mm = nt == block ? full : last;
         if (!mm) mm = std::make_unique<BlockMatmul>(engine, nt, c, o, vs, ms);
@@ -405,10 +407,10 @@ ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out 
     }
   };
   if (!own) {
-    run(0, 1, 0);
+    run(0);
   } else {
 #pragma omp parallel num_threads(static_cast<int>(std::min<long>(slots, blocks)))
-    run(omp_get_thread_num(), omp_get_num_threads(), omp_get_thread_num());
+    run(omp_get_thread_num());
   }
   if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "jaxviz winograd: " + error);
   return ffi::Error::Success();
