@@ -779,7 +779,14 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, proc, devices:
             t_write = time.perf_counter()
             images, losses = np.concatenate(images), np.concatenate(losses)
             frames = np.concatenate(frames) if every else None
-            checks.finite(f"the images of {c.layer} (filters {c.filters[0]}-{c.filters[-1]})", losses)
+            try:
+                checks.finite(f"the images of {c.layer} (filters {c.filters[0]}-{c.filters[-1]})", losses)
+            except JaxvizError as e:  # say what the folder keeps, and that a lower step size is a new atlas
+                done = len(atlas.chunks) - len(atlas.missing())
+                kept = f"{atlas.out} keeps the {done} of {len(atlas.chunks)} chunks done" if done else \
+                    f"no chunk was written to {atlas.out}"
+                raise JaxvizError(f"{e}; {kept} (other settings need another --out, or --force to replace "
+                                  "the atlas)") from None
             atlas.write_chunk(c, images, losses, t_write - t0, devices, proc.index, gate, frames)
             timings.write_seconds += time.perf_counter() - t_write
             with gate:

@@ -69,6 +69,22 @@ def reference(tmp_path_factory):
     return out
 
 
+def test_a_non_finite_chunk_says_what_the_folder_keeps(tmp_path, capsys):
+    """Layer conv's chunk is written, then layer bad comes out NaN: the one line says the folder
+    keeps the chunk done, and that a lower step size (other settings) needs another --out or --force."""
+    out = tmp_path / "out"
+    argv = ["--model", "tests.tiny_model:build_nan", "--filters", "0-1", "--size", "16", "--steps", "2",
+            "--chunk", "2", "--quiet"]
+    assert atlas_mod.main([*argv, "--layers", "conv,bad", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad (filters 0-1) came out not finite" in err[0], err
+    assert err[0].endswith(f"{out} keeps the 1 of 2 chunks done (other settings need another --out, or --force "
+                           "to replace the atlas)"), err
+    assert sorted(os.listdir(out / "conv")) == ["f000.png", "f001.png"]
+    assert atlas_mod.main([*argv, "--layers", "bad", "--out", str(tmp_path / "none")]) == 2
+    assert "no chunk was written to" in capsys.readouterr().err
+
+
 def test_plan_and_share_cover_every_chunk_once():
     chunks = plan({"block1_conv1": list(range(7)), "block2_conv1": [0, 5, 9]}, 3)
     assert [(c.layer, c.k, c.filters) for c in chunks] == [
