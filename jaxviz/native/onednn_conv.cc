@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -488,63 +489,27 @@ ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32O
   return RunWinograd4(src, rd[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
 }
 
+// The binding of a Winograd handler: `Args` float32 buffers, `Rets` float32 results (the
+// outputs, then the two scratch buffers), then the attributes block and own.
+template <int Args, int Rets, class Binding>
+auto WinogradBinding(Binding b) {
+  if constexpr (Args > 0) {
+    return WinogradBinding<Args - 1, Rets>(std::move(b).template Arg<F32>());
+  } else if constexpr (Rets > 0) {
+    return WinogradBinding<0, Rets - 1>(std::move(b).template Ret<F32>());
+  } else {
+    return std::move(b).template Attr<int64_t>("block").template Attr<int64_t>("own");
+  }
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Attr<int64_t>("block")
-                                  .Attr<int64_t>("own"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Attr<int64_t>("block")
-                                  .Attr<int64_t>("own"));
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4, (WinogradBinding<2, 3>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu, (WinogradBinding<3, 3>(ffi::Ffi::Bind())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluPool,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Attr<int64_t>("block")
-                                  .Attr<int64_t>("own"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Attr<int64_t>("block")
-                                  .Attr<int64_t>("own"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Ret<F32>()
-                                  .Attr<int64_t>("block")
-                                  .Attr<int64_t>("own"));
+                              (WinogradBinding<3, 4>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad, (WinogradBinding<3, 3>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad, (WinogradBinding<4, 3>(ffi::Ffi::Bind())));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
                               ffi::Ffi::Bind()
