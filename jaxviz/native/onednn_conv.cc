@@ -171,6 +171,15 @@ inline void Stream(float* p, const Vec& v, int len) {
 
 inline void Fence() { _mm_sfence(); }
 
+// Whether any lane of a comparison's mask is set.
+inline bool Any(const VecI& m) {
+#ifdef __AVX512F__
+  return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+#else
+  return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#endif
+}
+
 // What the input transform reads: a tile's 6 x 6 values of one vector of channels, a column
 // at a time, for the tile (b, ty, tx) at rows 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 ..
 // 4 tx + 4 of an (N, H, W, C) image (zeros outside it).
@@ -239,7 +248,10 @@ struct PoolGrad : Pixels {
           count = k ? count + (Vec)((VecI)one & (VecI)(v == t)) : (Vec)((VecI)one & (VecI)(v == t));
         }
         top[p][q] = t;
-        share[p][q] = Load(gp + pat, len) / count;
+        // g / count only where a lane's maximum is positive and tied: elsewhere g / count is g
+        // itself, or is masked to 0 below (a maximum <= 0 or NaN); most windows skip the division.
+        const Vec g = Load(gp + pat, len);
+        share[p][q] = Any((count != 1.0f) & (t > 0.0f)) ? g / count : g;
       }
     }
   }
