@@ -276,8 +276,9 @@ sys.exit(examples.main(sys.argv[1:]))
 def test_sigint_inside_a_long_compiled_batch_exits_130_at_once_keeping_completed_batches(tmp_path, capsys):
     """Like grid's and atlas's: the work runs in a worker thread (cli_run.run_interruptible), so a Ctrl-C
     inside a compiled batch exits 130 at once (it used to wait for the batch), the state ends at the
-    last completed batch (written as the interrupt closes the gate: no periodic save was due), and the rerun finishes with the uninterrupted run's result. Started with
-    SIGINT ignored (a script's background job), the run still takes it over."""
+    last completed batch (written as the interrupt closes the gate: no periodic save was due), and
+    the rerun finishes with the uninterrupted run's result. Started with SIGINT ignored (a script's
+    background job), the run still takes it over."""
     import signal
     import subprocess
     import sys
