@@ -9,7 +9,8 @@ Winograd conv in one call: its tile transforms in C++ (vectorized, on every core
 cache-sized block of tiles at a time, each thread on blocks of its own where there are
 enough) around oneDNN's matmul, with XLA's sums;
 ``winograd4_bias_relu``, ``winograd4_relu_grad`` and ``winograd4_pool_grad`` are a conv
-layer (bias, relu, and the max pool after it) forward and backward, each in one such call.
+layer (bias, relu, and the max pool after it) forward and backward, each in one such call,
+optionally with the layer before's bias and relu too (``x_bias``).
 
 The handlers (``native/onednn_conv.cc``) are compiled on first use with the C++
 compiler (``$CXX`` or ``g++``, for this CPU: ``-march=native``) against jaxlib's FFI headers and the oneDNN of the
@@ -47,10 +48,17 @@ WINOGRAD_BIAS_RELU = "jaxviz_winograd4_bias_relu_f32"
 WINOGRAD_BIAS_RELU_POOL = "jaxviz_winograd4_bias_relu_pool_f32"
 WINOGRAD_RELU_GRAD = "jaxviz_winograd4_relu_grad_f32"
 WINOGRAD_POOL_GRAD = "jaxviz_winograd4_pool_grad_f32"
+WINOGRAD_IN_RELU_BIAS_RELU = "jaxviz_winograd4_in_relu_bias_relu_f32"
+WINOGRAD_IN_RELU_BIAS_RELU_POOL = "jaxviz_winograd4_in_relu_bias_relu_pool_f32"
+WINOGRAD_IN_RELU_GRAD = "jaxviz_winograd4_in_relu_grad_f32"
+WINOGRAD_IN_POOL_GRAD = "jaxviz_winograd4_in_pool_grad_f32"
 SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16",
            MATMUL: "JaxvizOnednnBatchedMatmulF32", WINOGRAD: "JaxvizWinograd4F32",
            WINOGRAD_BIAS_RELU: "JaxvizWinograd4BiasReluF32", WINOGRAD_BIAS_RELU_POOL: "JaxvizWinograd4BiasReluPoolF32",
-           WINOGRAD_RELU_GRAD: "JaxvizWinograd4ReluGradF32", WINOGRAD_POOL_GRAD: "JaxvizWinograd4PoolGradF32"}
+           WINOGRAD_RELU_GRAD: "JaxvizWinograd4ReluGradF32", WINOGRAD_POOL_GRAD: "JaxvizWinograd4PoolGradF32",
+           WINOGRAD_IN_RELU_BIAS_RELU: "JaxvizWinograd4InReluBiasReluF32",
+           WINOGRAD_IN_RELU_BIAS_RELU_POOL: "JaxvizWinograd4InReluBiasReluPoolF32",
+           WINOGRAD_IN_RELU_GRAD: "JaxvizWinograd4InReluGradF32", WINOGRAD_IN_POOL_GRAD: "JaxvizWinograd4InPoolGradF32"}
 
 
 def _prefix() -> Path | None:
@@ -270,27 +278,41 @@ def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
     return _winograd_public(_winograd4, (x,), (u,))
 
 
-def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool = False):
+def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool = False, x_bias: jax.Array | None = None):
     """``relu(winograd4(x, u) + bias)`` in one call: the bias and relu applied as the output
     transform writes each pixel (no pass of XLA's over the layer's output); with ``pool``, the
-    pair of that and its 2x2 max pool (``model.max_pool2``), pooled in the same pass. The same
+    pair of that and its 2x2 max pool (``model.max_pool2``), pooled in the same pass. With
+    ``x_bias`` (C,), the conv's input is ``relu(x + x_bias)``, made as the input transform reads
+    ``x``: the layer before's bias and relu, where that layer's conv has no fused form. The same
     bits as the ops apart. Forward only; needs ``available()``."""
-    return _winograd_public(_winograd4_bias_relu_pool if pool else _winograd4_bias_relu, (x,), (u, bias))
+    if x_bias is None:
+        return _winograd_public(_winograd4_bias_relu_pool if pool else _winograd4_bias_relu, (x,), (u, bias))
+    op = _winograd4_in_relu_bias_relu_pool if pool else _winograd4_in_relu_bias_relu
+    return _winograd_public(op, (x,), (u, bias, x_bias))
 
 
-def winograd4_relu_grad(relu_out: jax.Array, g: jax.Array, u: jax.Array) -> jax.Array:
+def winograd4_relu_grad(relu_out: jax.Array, g: jax.Array, u: jax.Array, x: jax.Array | None = None,
+                        x_bias: jax.Array | None = None) -> jax.Array:
     """``winograd4(where(relu_out > 0, g, 0), u)`` in one call: a conv + relu layer's input
     gradient (``u`` the flipped kernel's transform), the relu's mask applied as the input
-    transform reads ``g``; the same bits as the ops apart. Needs ``available()``."""
-    return _winograd_public(_winograd4_relu_grad, (relu_out, g), (u,))
+    transform reads ``g``; with ``x`` and ``x_bias`` (the layer's input ``relu(x + x_bias)``,
+    ``winograd4_bias_relu``'s), that relu's mask applied as the output transform writes: the
+    gradient with respect to ``x``. The same bits as the ops apart. Needs ``available()``."""
+    if x is None:
+        return _winograd_public(_winograd4_relu_grad, (relu_out, g), (u,))
+    return _winograd_public(_winograd4_in_relu_grad, (relu_out, g, x), (u, x_bias))
 
 
-def winograd4_pool_grad(relu_out: jax.Array, g_pooled: jax.Array, pooled: jax.Array, u: jax.Array) -> jax.Array:
+def winograd4_pool_grad(relu_out: jax.Array, g_pooled: jax.Array, pooled: jax.Array, u: jax.Array,
+                        x: jax.Array | None = None, x_bias: jax.Array | None = None) -> jax.Array:
     """The input gradient of ``winograd4_bias_relu(x, ..., pool=True)`` in one call, from the
     relu's output, the pooled output and its cotangent: the max pool's gradient (each window's
     cotangent split between its maxima, as ``model.max_pool2``'s) and the relu's mask made as
-    the input transform reads them; the same bits as the ops apart. Needs ``available()``."""
-    return _winograd_public(_winograd4_pool_grad, (relu_out, g_pooled, pooled), (u,))
+    the input transform reads them; ``x`` and ``x_bias`` as in ``winograd4_relu_grad``. The same
+    bits as the ops apart. Needs ``available()``."""
+    if x is None:
+        return _winograd_public(_winograd4_pool_grad, (relu_out, g_pooled, pooled), (u,))
+    return _winograd_public(_winograd4_in_pool_grad, (relu_out, g_pooled, pooled, x), (u, x_bias))
 
 
 def _winograd_public(op, images: tuple, weights: tuple):
@@ -387,3 +409,7 @@ _winograd4_bias_relu = _winograd_op(WINOGRAD_BIAS_RELU, 1)
 _winograd4_bias_relu_pool = _winograd_op(WINOGRAD_BIAS_RELU_POOL, 1, pooled=True)
 _winograd4_relu_grad = _winograd_op(WINOGRAD_RELU_GRAD, 2)
 _winograd4_pool_grad = _winograd_op(WINOGRAD_POOL_GRAD, 3)
+_winograd4_in_relu_bias_relu = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU, 1)
+_winograd4_in_relu_bias_relu_pool = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU_POOL, 1, pooled=True)
+_winograd4_in_relu_grad = _winograd_op(WINOGRAD_IN_RELU_GRAD, 3)
+_winograd4_in_pool_grad = _winograd_op(WINOGRAD_IN_POOL_GRAD, 4)

@@ -34,7 +34,9 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
 A whole conv layer, ``relu(conv + bias)`` and the 2x2 max pool after it where there is one, is
 ``conv_bias_relu``: on Winograd where oneDNN runs, one custom call forward and one for the
 input gradient (``winograd4_bias_relu``), so that XLA makes no pass of its own over the layer's
-output; the same bits as the ops apart.
+output; the same bits as the ops apart. A layer whose conv has no such call (the colour layer's,
+oneDNN's direct conv) leaves its bias and relu to the next layer's call (``x_bias``), which
+makes them, and their gradient, as it reads its input and writes its input gradient.
 
 A ``Prepared`` kernel carries its F(4x4, 3x3) transforms (forward and input gradient)
 made once ahead (``prepare``; the VGG model's ``Model.prepare``): the ascent's step
@@ -247,65 +249,85 @@ _winograd4_onednn.defvjp(_winograd4_onednn_fwd, _winograd4_onednn_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
-def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = False) -> jax.Array:
+def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = False, x_bias: jax.Array | None = None):
     """``relu(conv3x3_winograd(x, kernel, 4) + bias)``, a conv layer, with its input gradient;
-    with ``pool``, the 2x2 max pool after it (``model.max_pool2``) too.
+    with ``pool``, the 2x2 max pool after it (``model.max_pool2``) too; with ``x_bias``, the
+    layer's input is ``relu(x + x_bias)`` (the layer before, without its bias and relu).
 
     Where oneDNN runs, on CPU, forward and input gradient are one custom call each: bias, relu
     and pool made as the output transform writes the conv, the pool's and relu's gradients as
     the input transform reads the cotangent (``onednn.winograd4_bias_relu``,
-    ``onednn.winograd4_relu_grad``, ``onednn.winograd4_pool_grad``), so XLA makes no pass of
-    its own over the layer's output either way; the same bits as the ops apart. The kernel's
-    cotangent is zero, as in ``with_input_vjp``.
+    ``onednn.winograd4_relu_grad``, ``onednn.winograd4_pool_grad``), the input's relu and its
+    gradient as the transforms read and write, so XLA makes no pass of its own over the layer's
+    output or input either way; the same bits as the ops apart. The kernel's cotangent is zero,
+    as in ``with_input_vjp``.
     """
-    return _bias_relu_fwd(x, kernel, bias, pool)[0]
+    return _bias_relu_fwd(x, kernel, bias, pool, x_bias)[0]
 
 
 def _u(kernel) -> jax.Array:
     return kernel.u if isinstance(kernel, Prepared) else winograd_kernel(kernel, 4)
 
 
-def _bias_relu_fwd(x, kernel, bias, pool):
-    def unfused(x, u, b):
+def _bias_relu_fwd(x, kernel, bias, pool, x_bias):
+    def unfused(x, u, b, *x_bias):
+        x = jax.nn.relu(x + x_bias[0]) if x_bias else x
         y = jax.nn.relu(_winograd_xla(x, u, 4) + b)
         return (y, max_pool2(y)) if pool else y
 
-    fused = partial(onednn.winograd4_bias_relu, pool=pool)
+    fused = lambda x, u, b, *xb: onednn.winograd4_bias_relu(x, u, b, pool, *xb)
     args = (x.astype(jnp.float32), _u(kernel), bias.astype(jnp.float32))
+    args += () if x_bias is None else (x_bias.astype(jnp.float32),)
     out = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
     y, pooled = out if pool else (out, None)
-    return (pooled if pool else y), (y, pooled, kernel)
+    return (pooled if pool else y), (y, pooled, kernel, None if x_bias is None else (x, x_bias))
 
 
 def _bias_relu_bwd(pool, res, g):
-    y, pooled, kernel = res
+    y, pooled, kernel, pre = res
     u = _u(_flip(kernel))
+    mask = () if pre is None else (pre[0].astype(jnp.float32), pre[1].astype(jnp.float32))
 
-    def unfused(y, g, *pooled_u):
+    def unfused(y, g, *rest):
+        rest, pre = (rest[:-2], rest[-2:]) if mask else (rest, None)
         if pool:
             g = jax.vjp(max_pool2, y)[1](g)[0]
-        return _winograd_xla(jnp.where(y > 0, g, 0), pooled_u[-1], 4)
+        gx = _winograd_xla(jnp.where(y > 0, g, 0), rest[-1], 4)
+        return gx if pre is None else jnp.where(pre[0] + pre[1] > 0, gx, 0)
 
     fused = onednn.winograd4_pool_grad if pool else onednn.winograd4_relu_grad
-    args = (y, g, pooled, u) if pool else (y, g, u)
+    args = ((y, g, pooled, u) if pool else (y, g, u)) + mask
     gx = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
-    g_full = jax.vjp(max_pool2, y)[1](g)[0] if pool else g  # the bias's cotangent: dead code unless asked for
+    g_full = jax.vjp(max_pool2, y)[1](g)[0] if pool else g  # the biases' cotangents: dead code unless asked for
     gb = jnp.sum(jnp.where(y > 0, g_full, 0), axis=tuple(range(g.ndim - 1)))
-    return gx.astype(g.dtype), None, gb.astype(g.dtype)
+    gxb = None if pre is None else jnp.sum(gx, axis=tuple(range(gx.ndim - 1))).astype(pre[1].dtype)
+    return gx.astype(g.dtype), None, gb.astype(g.dtype), gxb
 
 
 winograd4_bias_relu.defvjp(_bias_relu_fwd, _bias_relu_bwd)
 
 
-def conv_bias_relu(conv: Conv, x: jax.Array, kernel, bias: jax.Array, pool: bool = False) -> jax.Array:
+def conv_bias_relu(conv: Conv, x: jax.Array, kernel, bias: jax.Array, pool: bool = False,
+                   x_bias: jax.Array | None = None) -> jax.Array:
     """``relu(conv(x, kernel) + bias)``, a conv layer, then with ``pool`` the 2x2 max pool
     after it (``model.max_pool2``): in one fused call where ``conv`` has one for this kernel
-    (its ``bias_relu`` attribute: ``winograd4_bias_relu``)."""
+    (its ``bias_relu`` attribute: ``winograd4_bias_relu``). With ``x_bias``, the layer's input
+    is ``relu(x + x_bias)``: the layer before's bias and relu, left to this one (``fused``)."""
     fused = getattr(conv, "bias_relu", None)
     if fused is not None:
-        return fused(x, kernel, bias, pool)
+        return fused(x, kernel, bias, pool, x_bias)
+    if x_bias is not None:
+        x = jax.nn.relu(x + x_bias)
     y = jax.nn.relu(conv(x, kernel) + bias)
     return max_pool2(y) if pool else y
+
+
+def fused(conv: Conv, x: jax.Array, kernel) -> bool:
+    """Whether ``conv``'s layer (``conv_bias_relu``) runs as one fused call for this input and
+    kernel; where it does not, the layer's bias and relu may be left to the next layer's."""
+    while (pick := getattr(conv, "variant", None)) is not None:
+        conv = pick(x, kernel)
+    return getattr(conv, "bias_relu", None) is not None
 
 
 def _winograd_xla(x: jax.Array, u: jax.Array, m: int) -> jax.Array:
@@ -421,10 +443,14 @@ def planned(default: str) -> Conv:
 
         return plan.conv_choice(x.shape[1], kernel.shape[2], kernel.shape[3]) or default
 
-    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return VARIANTS[name(x, kernel)](x, kernel)
+    def variant(x: jax.Array, kernel) -> Conv:
+        return VARIANTS[name(x, kernel)]
 
-    conv.bias_relu = lambda x, kernel, bias, pool: conv_bias_relu(VARIANTS[name(x, kernel)], x, kernel, bias, pool)
+    def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return variant(x, kernel)(x, kernel)
+
+    conv.variant = variant
+    conv.bias_relu = lambda x, kernel, *a: conv_bias_relu(variant(x, kernel), x, kernel, *a)
     return conv
 
 
@@ -542,7 +568,8 @@ def dispatch(small: str, large: str, min_in_channels: int | None = None) -> Conv
     def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
         return pick(kernel)(x, kernel)
 
-    conv.bias_relu = lambda x, kernel, bias, pool: conv_bias_relu(pick(kernel), x, kernel, bias, pool)
+    conv.variant = lambda x, kernel: pick(kernel)
+    conv.bias_relu = lambda x, kernel, *a: conv_bias_relu(pick(kernel), x, kernel, *a)
     return conv
 
 

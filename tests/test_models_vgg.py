@@ -74,3 +74,21 @@ def test_forward_fuses_a_pool_into_its_conv_only_when_the_conv_itself_is_not_ask
     g_alone = jax.grad(lambda x: _forward(params, x, ("block1_pool",), VGG16, conv)["block1_pool"].sum())(x)
     g_both = jax.grad(lambda x: _forward(params, x, ("block1_conv2", "block1_pool"), VGG16, conv)["block1_pool"].sum())(x)
     np.testing.assert_array_equal(g_alone, g_both)
+
+
+def test_forward_leaves_the_colour_layers_bias_and_relu_to_the_next_conv(params):
+    """block1_conv1's conv has no fused form: its bias and relu are made as block1_conv2's call
+    reads it (and their gradient as that call writes), unless block1_conv1 itself is asked for;
+    the same bits either way, forward and gradient."""
+    from jaxviz import onednn, ops
+    from jaxviz.models.vgg import VGG16, _forward
+
+    conv = ops.conv_for("float32")
+    x = jax.random.uniform(jax.random.key(4), (20, 20, 3)) * 20 + 118
+    f = lambda names: jax.jit(lambda x: _forward(params, x, names, VGG16, conv)["block1_pool"])
+    alone, kept = f(("block1_pool",)), f(("block1_conv1", "block1_pool"))
+    np.testing.assert_array_equal(alone(x), kept(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: alone(x).sum())(x), jax.grad(lambda x: kept(x).sum())(x))
+    if onednn.available():
+        assert "jaxviz_winograd4_in_relu_bias_relu_pool_f32" in alone.lower(x).as_text()
+        assert "jaxviz_winograd4_in_relu" not in kept.lower(x).as_text()

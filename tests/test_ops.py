@@ -245,6 +245,38 @@ def test_fused_conv_layer_without_onednn_is_xlas_ops(pool, monkeypatch):
     np.testing.assert_allclose(dx, jax.grad(lambda x: want(x, k, b).sum())(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("available", [True, False])
+def test_a_layers_input_relu_left_to_the_fused_layer_gives_the_bits_of_the_ops_apart(pool, available, monkeypatch):
+    """conv_bias_relu(..., x_bias=b0) is the layer on relu(x + b0): the value and the gradients
+    of x and both biases bit for bit, with oneDNN's calls (the input relu in them) or without."""
+    if not available:
+        monkeypatch.setattr(onednn, "available", lambda: False)
+    x, k, _ = data((2, 9, 10, 16, 24), 10)
+    b, b0 = jax.random.normal(jax.random.key(11), (24,)), jax.random.normal(jax.random.key(12), (16,))
+    wino = ops.VARIANTS["wino4"]
+    fused = jax.jit(lambda x, b, b0: ops.conv_bias_relu(wino, x, ops.prepare(k), b, pool=pool, x_bias=b0))
+    apart = jax.jit(lambda x, b, b0: ops.conv_bias_relu(wino, jax.nn.relu(x + b0), ops.prepare(k), b, pool=pool))
+    y, vjp = jax.vjp(fused, x, b, b0)
+    want_y, want_vjp = jax.vjp(apart, x, b, b0)
+    np.testing.assert_array_equal(y, want_y)
+    g = jax.random.normal(jax.random.key(13), y.shape)
+    for got, want in zip(vjp(g), want_vjp(g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(vjp(g)[0], want_vjp(g)[0])
+    text = fused.lower(x, b, b0).as_text()
+    assert ("jaxviz_winograd4_in_relu" in text) == available
+
+
+def test_fused_names_the_layers_whose_bias_and_relu_are_made_in_their_call():
+    conv = ops.dispatch("onednn" if onednn.available() else "xla", "wino4", ops.WINOGRAD_MIN_IN_CHANNELS)
+    colour, wide = jnp.ones((1, 8, 8, 3)), jnp.ones((1, 8, 8, 16))
+    assert not ops.fused(conv, colour, jnp.ones((3, 3, 3, 16)))
+    assert ops.fused(conv, wide, jnp.ones((3, 3, 16, 16)))
+    assert not ops.fused(ops.VARIANTS["xla"], wide, jnp.ones((3, 3, 16, 16)))
+    assert ops.fused(ops.planned("wino4"), wide, jnp.ones((3, 3, 16, 16)))
+
+
 def test_conv_layer_fuses_only_where_the_conv_has_a_fused_form():
     x, k, _ = data((1, 8, 8, 3, 16), 9)  # colour inputs: XLA's conv under the Winograd dispatch
     b = jnp.ones(16)

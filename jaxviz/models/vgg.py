@@ -126,13 +126,19 @@ def _forward(params: dict, x: jax.Array, names: tuple[str, ...], spec: VGGSpec, 
     h = x[None]
     ls = layers(spec)
     pooled = False  # the pool made with the conv before it (one fused call, ops.conv_bias_relu)
+    x_bias = None  # the bias of the conv before, its relu left to this one (its own conv has no fused form)
     for i, l in enumerate(ls):
         if not wanted - out.keys():
             return out
         if l.kind == "conv":
             p = params[l.name]
+            then_conv = l.name not in wanted and i + 1 < len(ls) and ls[i + 1].kind == "conv"
+            if then_conv and x_bias is None and not ops.fused(conv, h, p["kernel"]):
+                h, x_bias = conv(h, p["kernel"]), p["bias"]
+                continue
             pooled = l.name not in wanted and i + 1 < len(ls) and ls[i + 1].kind == "pool"
-            h = ops.conv_bias_relu(conv, h, p["kernel"], p["bias"], pool=pooled)
+            h = ops.conv_bias_relu(conv, h, p["kernel"], p["bias"], pool=pooled, x_bias=x_bias)
+            x_bias = None
         elif not pooled:
             h = max_pool2(h)
         if l.name in wanted:

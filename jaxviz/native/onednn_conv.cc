@@ -204,6 +204,27 @@ struct Pixels {  // the image itself
   }
 };
 
+// XLA's max(z, 0), as jax.nn.relu: a NaN stays NaN.
+inline Vec Relu(const Vec& z) { return (Vec)((VecI)z & ~(VecI)(z < 0.0f)); }
+
+// relu(x + bias): a layer's input that is the conv before it without its bias and relu (the
+// colour layer's: its own conv has no fused form), which are applied here as the tile is read.
+struct BiasRelu : Pixels {
+  const float* bias;
+  Vec bv;
+  void Begin(long b_, long ty_, long tx_, long c0_, int len_) {
+    Pixels::Begin(b_, ty_, tx_, c0_, len_);
+    bv = Load(bias + c0, len);
+  }
+  void Column(int j, Vec* d) const {
+    const long col = 4 * tx + j - 1;
+    for (int i = 0; i < kTile; ++i) {
+      const long row = 4 * ty + i - 1;
+      d[i] = In(row, col) ? Relu(Load(x + At(row, col), len) + bv) : Vec{};
+    }
+  }
+};
+
 // A relu's gradient: x (the cotangent) where relu_out > 0, else 0, as XLA's select(pre > 0, g, 0).
 struct ReluGrad : Pixels {
   const float* relu_out;
@@ -305,12 +326,16 @@ inline Vec Max(const Vec& a, const Vec& b) {
 
 // Where the output transform writes: y (N, H, W, O); with a bias, relu(y + bias) as XLA's
 // max(y + bias, 0) (a NaN stays NaN); with `pooled` too, (N, H/2, W/2, O), its 2x2 max pool
-// as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped).
+// as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped). With `mask`, (N, H, W, O),
+// and `mask_bias`, y where mask + mask_bias > 0, else 0: the gradient of a layer's input
+// relu(mask + mask_bias) (BiasRelu) taken on to mask, as XLA's select(pre > 0, g, 0).
 struct Output {
   float* y;
   const float* bias;
   float* pooled;
   long h, w, o;
+  const float* mask = nullptr;
+  const float* mask_bias = nullptr;
 };
 
 // Output transform of tile t, row k of mm (36, nt, O): s[a][q] = sum_p At[a][p] m[p][q],
@@ -321,6 +346,7 @@ inline void OutputTile(const float* mm, const Output& out, long th, long tw, lon
   for (long o0 = 0; o0 < o; o0 += kLanes) {
     const int len = static_cast<int>(std::min<long>(kLanes, o - o0));
     const Vec bv = out.bias ? Load(out.bias + o0, len) : Vec{};
+    const Vec mb = out.mask ? Load(out.mask_bias + o0, len) : Vec{};
     Vec s[4][kTile];
     for (int q = 0; q < kTile; ++q) {  // column q: s[.][q] = At m[.][q]
       Vec m[kTile];
@@ -333,11 +359,10 @@ inline void OutputTile(const float* mm, const Output& out, long th, long tw, lon
       if (row >= h) break;
       At(s[a], 1, e[a], 1);
       for (int i = 0; i < 4 && 4 * tx + i < w; ++i) {
-        if (out.bias) {
-          const Vec z = e[a][i] + bv;
-          e[a][i] = (Vec)((VecI)z & ~(VecI)(z < 0.0f));
-        }
-        Stream(out.y + ((b * h + row) * w + 4 * tx + i) * o + o0, e[a][i], len);
+        const long at = ((b * h + row) * w + 4 * tx + i) * o + o0;
+        if (out.bias) e[a][i] = Relu(e[a][i] + bv);
+        if (out.mask) e[a][i] = (Vec)((VecI)e[a][i] & (VecI)(Load(out.mask + at, len) + mb > 0.0f));
+        Stream(out.y + at, e[a][i], len);
       }
     }
     if (!out.pooled) continue;
@@ -480,49 +505,112 @@ ffi::Error Winograd4(F32 x, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, 
   return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
 }
 
-// relu(conv(x) + bias): a conv layer's forward in one call.
-ffi::Error Winograd4BiasRelu(F32 x, F32 u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  if (!Shapes(x.dimensions(), y->dimensions())) return Invalid("x must be (N, H, W, C)");
-  if (bias.dimensions().size() != 1 || bias.dimensions()[0] != y->dimensions()[3]) return Invalid("bias must be (O,)");
-  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, bias.typed_data(), nullptr), v, m, block, own);
+// A conv layer's input: x itself, or with x_bias (C,) relu(x + x_bias) (BiasRelu).
+template <class Run>
+ffi::Error Input(const F32& x, const F32* x_bias, Run run) {
+  if (!x_bias) return run(PixelsOf(x));
+  auto bd = x_bias->dimensions();
+  if (bd.size() != 1 || bd[0] != x.dimensions()[3]) return Invalid("x_bias must be (C,)");
+  BiasRelu src{PixelsOf(x)};
+  src.bias = x_bias->typed_data();
+  return run(src);
 }
 
-// relu(conv(x) + bias) and its 2x2 max pool: a conv layer and the pool after it.
-ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out y, F32Out pooled, F32Out v, F32Out m,
-                                 int64_t block, int64_t own) {
+// relu(conv(input) + bias), and with `pooled` its 2x2 max pool: a conv layer, and the pool
+// after it, in one call.
+ffi::Error Layer(F32 x, const F32* x_bias, F32 u, F32 bias, F32Out y, F32Out* pooled, F32Out v, F32Out m,
+                 int64_t block, int64_t own) {
   auto yd = y->dimensions();
-  auto pd = pooled->dimensions();
   if (!Shapes(x.dimensions(), yd)) return Invalid("x must be (N, H, W, C)");
   if (bias.dimensions().size() != 1 || bias.dimensions()[0] != yd[3]) return Invalid("bias must be (O,)");
-  if (pd.size() != 4 || pd[0] != yd[0] || pd[1] != yd[1] / 2 || pd[2] != yd[2] / 2 || pd[3] != yd[3]) {
-    return Invalid("the pooled output must be (N, H/2, W/2, O)");
+  if (pooled) {
+    auto pd = (*pooled)->dimensions();
+    if (pd.size() != 4 || pd[0] != yd[0] || pd[1] != yd[1] / 2 || pd[2] != yd[2] / 2 || pd[3] != yd[3]) {
+      return Invalid("the pooled output must be (N, H/2, W/2, O)");
+    }
   }
-  return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, bias.typed_data(), pooled->typed_data()), v,
-                      m, block, own);
+  const Output out = OutputOf(y, bias.typed_data(), pooled ? (*pooled)->typed_data() : nullptr);
+  return Input(x, x_bias, [&](auto src) { return RunWinograd4(src, x.dimensions()[0], u, out, v, m, block, own); });
+}
+
+ffi::Error Winograd4BiasRelu(F32 x, F32 u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+  return Layer(x, nullptr, u, bias, y, nullptr, v, m, block, own);
+}
+
+ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out y, F32Out pooled, F32Out v, F32Out m,
+                                 int64_t block, int64_t own) {
+  return Layer(x, nullptr, u, bias, y, &pooled, v, m, block, own);
+}
+
+ffi::Error Winograd4InReluBiasRelu(F32 x, F32 u, F32 bias, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
+                                   int64_t own) {
+  return Layer(x, &x_bias, u, bias, y, nullptr, v, m, block, own);
+}
+
+ffi::Error Winograd4InReluBiasReluPool(F32 x, F32 u, F32 bias, F32 x_bias, F32Out y, F32Out pooled, F32Out v,
+                                       F32Out m, int64_t block, int64_t own) {
+  return Layer(x, &x_bias, u, bias, y, &pooled, v, m, block, own);
+}
+
+// Where a layer's input gradient goes: y, and with x and x_bias (the layer's input relu(x +
+// x_bias)) that relu's mask applied as it is written: the gradient with respect to x.
+ffi::Error GradOutput(F32Out& y, const F32* x, const F32* x_bias, Output* out) {
+  *out = OutputOf(y, nullptr, nullptr);
+  if (!x) return ffi::Error::Success();
+  auto bd = x_bias->dimensions();
+  if (!Same(x->dimensions(), y->dimensions()) || bd.size() != 1 || bd[0] != y->dimensions()[3]) {
+    return Invalid("x must be the layer's input, (N, H, W, C), and x_bias (C,)");
+  }
+  out->mask = x->typed_data(), out->mask_bias = x_bias->typed_data();
+  return ffi::Error::Success();
 }
 
 // conv(where(relu_out > 0, g, 0)): a conv layer's input gradient, its relu's mask applied on the way in.
-ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+ffi::Error ReluGradOf(F32 relu_out, F32 g, const F32* x, F32 u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
+                      int64_t block, int64_t own) {
   if (!Shapes(g.dimensions(), y->dimensions()) || !Same(g.dimensions(), relu_out.dimensions())) {
     return Invalid("g and relu_out must be (N, H, W, C) alike");
   }
+  Output out;
+  if (auto e = GradOutput(y, x, x_bias, &out); e.failure()) return e;
   ReluGrad src{PixelsOf(g)};
   src.relu_out = relu_out.typed_data();
-  return RunWinograd4(src, g.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
+  return RunWinograd4(src, g.dimensions()[0], u, out, v, m, block, own);
 }
 
 // The input gradient of a conv layer followed by a 2x2 max pool, from the relu's output, the
 // pooled cotangent gp and the pooled output yp.
-ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+ffi::Error PoolGradOf(F32 relu_out, F32 gp, F32 yp, const F32* x, F32 u, const F32* x_bias, F32Out y, F32Out v,
+                      F32Out m, int64_t block, int64_t own) {
   auto rd = relu_out.dimensions();
   auto gd = gp.dimensions();
   if (!Shapes(rd, y->dimensions()) || !Same(gd, yp.dimensions()) || gd.size() != 4 || gd[0] != rd[0] ||
       gd[1] != rd[1] / 2 || gd[2] != rd[2] / 2 || gd[3] != rd[3]) {
     return Invalid("relu_out must be (N, H, W, C), and gp and yp (N, H/2, W/2, C)");
   }
+  Output out;
+  if (auto e = GradOutput(y, x, x_bias, &out); e.failure()) return e;
   PoolGrad src{PixelsOf(relu_out)};
   src.gp = gp.typed_data(), src.yp = yp.typed_data(), src.h2 = gd[1], src.w2 = gd[2];
-  return RunWinograd4(src, rd[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
+  return RunWinograd4(src, rd[0], u, out, v, m, block, own);
+}
+
+ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+  return ReluGradOf(relu_out, g, nullptr, u, nullptr, y, v, m, block, own);
+}
+
+ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+  return PoolGradOf(relu_out, gp, yp, nullptr, u, nullptr, y, v, m, block, own);
+}
+
+ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, F32 x, F32 u, F32 x_bias, F32Out y, F32Out v, F32Out m,
+                               int64_t block, int64_t own) {
+  return ReluGradOf(relu_out, g, &x, u, &x_bias, y, v, m, block, own);
+}
+
+ffi::Error Winograd4InPoolGrad(F32 relu_out, F32 gp, F32 yp, F32 x, F32 u, F32 x_bias, F32Out y, F32Out v, F32Out m,
+                               int64_t block, int64_t own) {
+  return PoolGradOf(relu_out, gp, yp, &x, u, &x_bias, y, v, m, block, own);
 }
 
 // The binding of a Winograd handler: `Args` float32 buffers, `Rets` float32 results (the
@@ -546,6 +634,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluP
                               (WinogradBinding<3, 4>(ffi::Ffi::Bind())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad, (WinogradBinding<3, 3>(ffi::Ffi::Bind())));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad, (WinogradBinding<4, 3>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluF32, Winograd4InReluBiasRelu,
+                              (WinogradBinding<4, 3>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluPoolF32, Winograd4InReluBiasReluPool,
+                              (WinogradBinding<4, 4>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluGradF32, Winograd4InReluGrad, (WinogradBinding<5, 3>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InPoolGradF32, Winograd4InPoolGrad, (WinogradBinding<6, 3>(ffi::Ffi::Bind())));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
                               ffi::Ffi::Bind()
