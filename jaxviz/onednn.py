@@ -280,11 +280,12 @@ def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
 
 def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool = False, x_bias: jax.Array | None = None):
     """``relu(winograd4(x, u) + bias)`` in one call: the bias and relu applied as the output
-    transform writes each pixel (no pass of XLA's over the layer's output); with ``pool``, the
-    pair of that and its 2x2 max pool (``model.max_pool2``), pooled in the same pass. With
-    ``x_bias`` (C,), the conv's input is ``relu(x + x_bias)``, made as the input transform reads
-    ``x``: the layer before's bias and relu, where that layer's conv has no fused form. The same
-    bits as the ops apart. Forward only; needs ``available()``."""
+    transform writes each pixel (no pass of XLA's over the layer's output). With ``pool``, in
+    its place, its 2x2 max pool (``model.max_pool2``) and the pool's hits (``ops.pool_hits``:
+    all its gradient needs), made in the same pass: the layer's own output is never written.
+    With ``x_bias`` (C,), the conv's input is ``relu(x + x_bias)``, made as the input transform
+    reads ``x``: the layer before's bias and relu, where that layer's conv has no fused form.
+    The same bits as the ops apart. Forward only; needs ``available()``."""
     if x_bias is None:
         return _winograd_public(_winograd4_bias_relu_pool if pool else _winograd4_bias_relu, (x,), (u, bias))
     op = _winograd4_in_relu_bias_relu_pool if pool else _winograd4_in_relu_bias_relu
@@ -303,16 +304,17 @@ def winograd4_relu_grad(relu_out: jax.Array, g: jax.Array, u: jax.Array, x: jax.
     return _winograd_public(_winograd4_in_relu_grad, (relu_out, g, x), (u, x_bias))
 
 
-def winograd4_pool_grad(relu_out: jax.Array, g_pooled: jax.Array, pooled: jax.Array, u: jax.Array,
-                        x: jax.Array | None = None, x_bias: jax.Array | None = None) -> jax.Array:
+def winograd4_pool_grad(hits: jax.Array, g_pooled: jax.Array, u: jax.Array, x: jax.Array | None = None,
+                        x_bias: jax.Array | None = None, *, size: tuple[int, int]) -> jax.Array:
     """The input gradient of ``winograd4_bias_relu(x, ..., pool=True)`` in one call, from the
-    relu's output, the pooled output and its cotangent: the max pool's gradient (each window's
-    cotangent split between its maxima, as ``model.max_pool2``'s) and the relu's mask made as
-    the input transform reads them; ``x`` and ``x_bias`` as in ``winograd4_relu_grad``. The same
-    bits as the ops apart. Needs ``available()``."""
+    pool's hits and its cotangent, for a layer output of ``size`` (H, W): the max pool's gradient
+    (each window's cotangent split between its maxima, as ``model.max_pool2``'s) and the relu's
+    mask made as the input transform reads them; ``x`` and ``x_bias`` as in
+    ``winograd4_relu_grad``. The same bits as the ops apart. Needs ``available()``."""
+    odd = (size[0] - 2 * hits.shape[-3], size[1] - 2 * hits.shape[-2])
     if x is None:
-        return _winograd_public(_winograd4_pool_grad, (relu_out, g_pooled, pooled), (u,))
-    return _winograd_public(_winograd4_in_pool_grad, (relu_out, g_pooled, pooled, x), (u, x_bias))
+        return _winograd_public(_pool_grad_op(False, odd), (hits, g_pooled), (u,))
+    return _winograd_public(_pool_grad_op(True, odd), (hits, g_pooled, x), (u, x_bias))
 
 
 def _winograd_public(op, images: tuple, weights: tuple):
@@ -321,7 +323,8 @@ def _winograd_public(op, images: tuple, weights: tuple):
     if _library() is None:
         raise RuntimeError(MISSING)
     lead = images[0].shape[:-3]
-    out = op(*(a.astype(jnp.float32).reshape((-1, *a.shape[-3:])) for a in images), *(a.astype(jnp.float32) for a in weights))
+    flat = lambda a: (a if a.dtype == jnp.uint8 else a.astype(jnp.float32)).reshape((-1, *a.shape[-3:]))
+    out = op(*map(flat, images), *(a.astype(jnp.float32) for a in weights))
     unfold = lambda y: y.reshape((*lead, *y.shape[1:]))
     return tuple(map(unfold, out)) if isinstance(out, tuple) else unfold(out)
 
@@ -369,20 +372,23 @@ def _plane(floats: int) -> int:
     return 16 * (lines + 1 - lines % 2)
 
 
-def _winograd_op(target: str, n_images: int, pooled: bool = False):
+def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple[int, int] | None = None):
     """The custom call ``target`` on ``n_images`` (N, ..., C) images, the first (N, H, W, C),
     then the weights (the transformed kernel first), with its block and scratch: the conv
-    (N, H, W, O), and with ``pooled`` its pool (N, H/2, W/2, O) too. Under vmap the items join
-    the batch (one call), or, with weights per item, one call per item."""
+    (N, H, W, O), or with ``pooled`` its pool and the pool's hits, (N, H/2, W/2, O). With
+    ``unpool`` (the odd edges' rows and columns), the first image is pooled, (N, H/2, W/2, C),
+    and the conv (N, H, W, O). Under vmap the items join the batch (one call), or, with weights
+    per item, one call per item."""
 
     def call(*args):
         n, h, w, c = args[0].shape
+        if unpool is not None:
+            h, w = 2 * h + unpool[0], 2 * w + unpool[1]
         o = args[n_images].shape[-1]
         tiles = n * (-(-h // 4)) * (-(-w // 4))
         block, slots = _block(tiles, max(c, o), _threads())
-        outs = [jax.ShapeDtypeStruct((n, h, w, o), jnp.float32)]
-        if pooled:
-            outs.append(jax.ShapeDtypeStruct((n, h // 2, w // 2, o), jnp.float32))
+        outs = [jax.ShapeDtypeStruct((n, h // 2, w // 2, o), t) for t in (jnp.float32, jnp.uint8)] if pooled else \
+            [jax.ShapeDtypeStruct((n, h, w, o), jnp.float32)]
         outs += [jax.ShapeDtypeStruct((36 * slots, _plane(block * c)), jnp.float32),  # two scratch buffers
                  jax.ShapeDtypeStruct((36 * slots, _plane(block * o)), jnp.float32)]
         r = jax.ffi.ffi_call(target, tuple(outs))(*args, block=block, own=int(slots > 1))
@@ -408,8 +414,12 @@ _winograd4 = _winograd_op(WINOGRAD, 1)
 _winograd4_bias_relu = _winograd_op(WINOGRAD_BIAS_RELU, 1)
 _winograd4_bias_relu_pool = _winograd_op(WINOGRAD_BIAS_RELU_POOL, 1, pooled=True)
 _winograd4_relu_grad = _winograd_op(WINOGRAD_RELU_GRAD, 2)
-_winograd4_pool_grad = _winograd_op(WINOGRAD_POOL_GRAD, 3)
 _winograd4_in_relu_bias_relu = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU, 1)
 _winograd4_in_relu_bias_relu_pool = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU_POOL, 1, pooled=True)
 _winograd4_in_relu_grad = _winograd_op(WINOGRAD_IN_RELU_GRAD, 3)
-_winograd4_in_pool_grad = _winograd_op(WINOGRAD_IN_POOL_GRAD, 4)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_grad_op(masked: bool, odd: tuple[int, int]):
+    """The pool's gradient call, for layer outputs with ``odd`` extra rows and columns (0 or 1)."""
+    return _winograd_op(WINOGRAD_IN_POOL_GRAD if masked else WINOGRAD_POOL_GRAD, 3 if masked else 2, unpool=odd)

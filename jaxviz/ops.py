@@ -34,7 +34,8 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
 A whole conv layer, ``relu(conv + bias)`` and the 2x2 max pool after it where there is one, is
 ``conv_bias_relu``: on Winograd where oneDNN runs, one custom call forward and one for the
 input gradient (``winograd4_bias_relu``), so that XLA makes no pass of its own over the layer's
-output; the same bits as the ops apart. A layer whose conv has no such call (the colour layer's,
+output; the same bits as the ops apart. A pooled layer's own output is never written: its
+gradient needs only the pool's hits (``pool_hits``), a byte per pooled value. A layer whose conv has no such call (the colour layer's,
 oneDNN's direct conv) leaves its bias and relu to the next layer's call (``x_bias``), which
 makes them, and their gradient, as it reads its input and writes its input gradient.
 
@@ -52,7 +53,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxviz import onednn
-from jaxviz.model import max_pool2
+from jaxviz.model import _quarters, max_pool2
 
 Conv = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -255,8 +256,9 @@ def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = Fals
     layer's input is ``relu(x + x_bias)`` (the layer before, without its bias and relu).
 
     Where oneDNN runs, on CPU, forward and input gradient are one custom call each: bias, relu
-    and pool made as the output transform writes the conv, the pool's and relu's gradients as
-    the input transform reads the cotangent (``onednn.winograd4_bias_relu``,
+    and pool (and the pool's hits, kept for the gradient in place of the layer's output) made as
+    the output transform writes the conv, the pool's and relu's gradients as the input transform
+    reads the cotangent (``onednn.winograd4_bias_relu``,
     ``onednn.winograd4_relu_grad``, ``onednn.winograd4_pool_grad``), the input's relu and its
     gradient as the transforms read and write, so XLA makes no pass of its own over the layer's
     output or input either way; the same bits as the ops apart. The kernel's cotangent is zero,
@@ -269,38 +271,61 @@ def _u(kernel) -> jax.Array:
     return kernel.u if isinstance(kernel, Prepared) else winograd_kernel(kernel, 4)
 
 
+def pool_hits(y: jax.Array) -> jax.Array:
+    """The hits of ``model.max_pool2(y)`` on a relu's output ``y``: uint8, (N, H/2, W/2, C), bit
+    k set where the window's k-th pixel (row-major) is its maximum and that maximum is positive.
+    All the gradient of relu then pool needs (``relu_pool_grad``), a sixteenth of ``y``'s bytes."""
+    top = max_pool2(y)
+    bits = [((q == top) & (top > 0)).astype(jnp.uint8) << k for k, q in enumerate(_quarters(y))]
+    return (bits[0] | bits[1]) | (bits[2] | bits[3])
+
+
+def relu_pool_grad(hits: jax.Array, g: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """The gradient of relu then ``model.max_pool2`` from the pool's cotangent ``g`` and hits
+    (``pool_hits``), for an output of ``size`` (H, W): a window's cotangent split equally between
+    its maxima, g / count at each hit, else 0 (odd edges 0), as XLA's ops give it."""
+    n, h2, w2, c = g.shape
+    bits = [(hits >> k) & 1 for k in range(4)]
+    share = g / ((bits[0] + bits[1]) + (bits[2] + bits[3])).astype(g.dtype)
+    q = [jnp.where(b > 0, share, 0) for b in bits]
+    rows = [jnp.stack([q[0], q[1]], axis=3).reshape(n, h2, 2 * w2, c), jnp.stack([q[2], q[3]], axis=3).reshape(n, h2, 2 * w2, c)]
+    gx = jnp.stack(rows, axis=2).reshape(n, 2 * h2, 2 * w2, c)
+    return jnp.pad(gx, ((0, 0), (0, size[0] - 2 * h2), (0, size[1] - 2 * w2), (0, 0)))
+
+
 def _bias_relu_fwd(x, kernel, bias, pool, x_bias):
     def unfused(x, u, b, *x_bias):
         x = jax.nn.relu(x + x_bias[0]) if x_bias else x
         y = jax.nn.relu(_winograd_xla(x, u, 4) + b)
-        return (y, max_pool2(y)) if pool else y
+        return (max_pool2(y), pool_hits(y)) if pool else y
 
     fused = lambda x, u, b, *xb: onednn.winograd4_bias_relu(x, u, b, pool, *xb)
     args = (x.astype(jnp.float32), _u(kernel), bias.astype(jnp.float32))
     args += () if x_bias is None else (x_bias.astype(jnp.float32),)
     out = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
-    y, pooled = out if pool else (out, None)
-    return (pooled if pool else y), (y, pooled, kernel, None if x_bias is None else (x, x_bias))
+    # the pool's hits in place of the layer's output y where pooled; x for its size and the input's relu
+    y_or_hits = out[1] if pool else out
+    return (out[0] if pool else out), (y_or_hits, x, kernel, x_bias)
 
 
 def _bias_relu_bwd(pool, res, g):
-    y, pooled, kernel, pre = res
+    y_or_hits, x, kernel, x_bias = res
     u = _u(_flip(kernel))
-    mask = () if pre is None else (pre[0].astype(jnp.float32), pre[1].astype(jnp.float32))
+    size = x.shape[-3:-1]
+    mask = () if x_bias is None else (x.astype(jnp.float32), x_bias.astype(jnp.float32))
 
-    def unfused(y, g, *rest):
-        rest, pre = (rest[:-2], rest[-2:]) if mask else (rest, None)
-        if pool:
-            g = jax.vjp(max_pool2, y)[1](g)[0]
-        gx = _winograd_xla(jnp.where(y > 0, g, 0), rest[-1], 4)
-        return gx if pre is None else jnp.where(pre[0] + pre[1] > 0, gx, 0)
+    def unfused(y_or_hits, g, u, *pre):
+        g = relu_pool_grad(y_or_hits, g, size) if pool else jnp.where(y_or_hits > 0, g, 0)
+        gx = _winograd_xla(g, u, 4)
+        return jnp.where(pre[0] + pre[1] > 0, gx, 0) if pre else gx
 
-    fused = onednn.winograd4_pool_grad if pool else onednn.winograd4_relu_grad
-    args = ((y, g, pooled, u) if pool else (y, g, u)) + mask
+    fused = partial(onednn.winograd4_pool_grad, size=size) if pool else onednn.winograd4_relu_grad
+    args = (y_or_hits, g, u) + mask
     gx = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
-    g_full = jax.vjp(max_pool2, y)[1](g)[0] if pool else g  # the biases' cotangents: dead code unless asked for
-    gb = jnp.sum(jnp.where(y > 0, g_full, 0), axis=tuple(range(g.ndim - 1)))
-    gxb = None if pre is None else jnp.sum(gx, axis=tuple(range(gx.ndim - 1))).astype(pre[1].dtype)
+    # the biases' cotangents: dead code unless asked for
+    g_out = relu_pool_grad(y_or_hits, g, size) if pool else jnp.where(y_or_hits > 0, g, 0)
+    gb = jnp.sum(g_out, axis=tuple(range(g.ndim - 1)))
+    gxb = None if x_bias is None else jnp.sum(gx, axis=tuple(range(gx.ndim - 1))).astype(x_bias.dtype)
     return gx.astype(g.dtype), None, gb.astype(g.dtype), gxb
 
 

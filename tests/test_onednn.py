@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -205,16 +206,19 @@ def _layer_data(shape, seed):
 @needs_onednn
 @pytest.mark.parametrize("shape", [(2, 9, 7, 24, 40), (3, 16, 16, 64, 16)])  # odd edges, channel tails
 def test_fused_layer_calls_give_the_bits_of_the_ops_apart(shape):
-    """bias + relu (+ pool) in the output transform, the relu's (and pool's) gradient in the
-    input transform: the floats of winograd4 and XLA's ops apart, ties and NaNs included."""
+    """bias + relu (+ pool and its hits) in the output transform, the relu's (and pool's) gradient
+    in the input transform, from the hits: the floats of winograd4 and XLA's ops apart, ties and
+    NaNs included; ops' XLA form of that gradient gives the same floats as max_pool2's own."""
+    from jaxviz import ops
     from jaxviz.model import max_pool2
 
     x, u, u_flip, bias, kg = _layer_data(shape, seed=11)
     y = jax.jit(lambda x, u, b: jax.nn.relu(onednn.winograd4(x, u) + b))(x, u, bias)
     np.testing.assert_array_equal(jax.jit(onednn.winograd4_bias_relu)(x, u, bias), y)
-    y2, pooled = jax.jit(lambda x, u, b: onednn.winograd4_bias_relu(x, u, b, pool=True))(x, u, bias)
-    np.testing.assert_array_equal(y2, y)
+    pooled, hits = jax.jit(lambda x, u, b: onednn.winograd4_bias_relu(x, u, b, pool=True))(x, u, bias)
     np.testing.assert_array_equal(pooled, max_pool2(y))
+    np.testing.assert_array_equal(hits, ops.pool_hits(y))
+    assert hits.dtype == jnp.uint8 and 0 < int(jnp.count_nonzero(hits)) < hits.size
 
     g = jax.random.normal(kg, y.shape)
     want = jax.jit(lambda y, g, u: onednn.winograd4(jnp.where(y > 0, g, 0), u))(y, g, u_flip)
@@ -227,8 +231,12 @@ def test_fused_layer_calls_give_the_bits_of_the_ops_apart(shape):
     nans = y.at[0, 1, 1, :3].set(jnp.nan)
     for relu_out in (y, ties, nans):
         gp = jax.random.normal(kg, pooled.shape)
-        got = jax.jit(onednn.winograd4_pool_grad)(relu_out, gp, max_pool2(relu_out), u_flip)
+        hits = ops.pool_hits(relu_out)
+        got = jax.jit(partial(onednn.winograd4_pool_grad, size=shape[1:3]))(hits, gp, u_flip)
         np.testing.assert_array_equal(got, jax.jit(pool_grad_apart)(relu_out, gp, u_flip))
+        in_xla = jax.jit(lambda h, g: ops.relu_pool_grad(h, g, shape[1:3]))(hits, gp)
+        spread = jax.jit(lambda y, gp: jnp.where(y > 0, jax.vjp(max_pool2, y)[1](gp)[0], 0))  # jit: XLA's form
+        np.testing.assert_array_equal(in_xla, spread(relu_out, gp))
     assert not bool(jnp.isnan(got).any())  # as in XLA's ops, a window whose maximum is NaN passes no gradient
 
 
@@ -241,20 +249,23 @@ def test_an_input_relu_in_the_fused_calls_gives_the_bits_of_the_ops_apart(shape)
     x, u, u_flip, bias, kg = _layer_data(shape, seed=14)
     x = x.at[0, 1, 1, :3].set(jnp.nan)
     x_bias = jax.random.normal(jax.random.key(15), (shape[3],))
+    outs = []
     for pool in (False, True):
         got = jax.jit(lambda x, b: onednn.winograd4_bias_relu(x, u, bias, pool, x_bias=b))(x, x_bias)
         want = jax.jit(lambda x, b: onednn.winograd4_bias_relu(jax.nn.relu(x + b), u, bias, pool))(x, x_bias)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_array_equal(a, b)
-    y, pooled = want
+        outs.append(want)
+    y, (pooled, hits) = outs
     assert bool(jnp.isnan(y).any())
     mask = lambda gx, x, b: jnp.where(x + b > 0, gx, 0)
     g = jax.random.normal(kg, y.shape)
     got = jax.jit(onednn.winograd4_relu_grad)(y, g, u_flip, x, x_bias)
     np.testing.assert_array_equal(got, jax.jit(lambda *a: mask(onednn.winograd4_relu_grad(*a[:3]), *a[3:]))(y, g, u_flip, x, x_bias))
     gp = jax.random.normal(kg, pooled.shape)
-    got = jax.jit(onednn.winograd4_pool_grad)(y, gp, pooled, u_flip, x, x_bias)
-    np.testing.assert_array_equal(got, jax.jit(lambda *a: mask(onednn.winograd4_pool_grad(*a[:4]), *a[4:]))(y, gp, pooled, u_flip, x, x_bias))
+    pool_grad = partial(onednn.winograd4_pool_grad, size=shape[1:3])
+    got = jax.jit(pool_grad)(hits, gp, u_flip, x, x_bias)
+    np.testing.assert_array_equal(got, jax.jit(lambda *a: mask(pool_grad(*a[:3]), *a[3:]))(hits, gp, u_flip, x, x_bias))
     assert float(jnp.abs(got[0, 1, 1, :3]).max()) == 0.0 and float(jnp.abs(got).max()) > 0
 
 
@@ -264,31 +275,31 @@ def test_own_blocks_give_the_shared_blocks_bits(threads, monkeypatch):
     """Each thread on whole blocks of its own (a one-thread matmul, a scratch slot each) gives
     the floats of every core on each block in turn: forward, fused, and both gradients, with
     a last block shorter."""
-    from jaxviz.model import max_pool2
+    from jaxviz import ops
 
     x, u, u_flip, bias, kg = _layer_data((3, 17, 15, 24, 40), seed=13)
     calls = {
-        "plain": lambda x, y, gp, p: onednn.winograd4(x, u),
-        "bias_relu_pool": lambda x, y, gp, p: onednn.winograd4_bias_relu(x, u, bias, pool=True),
-        "relu_grad": lambda x, y, gp, p: onednn.winograd4_relu_grad(y, y - 0.5, u_flip),
-        "pool_grad": lambda x, y, gp, p: onednn.winograd4_pool_grad(y, gp, p, u_flip),
-        "in_relu": lambda x, y, gp, p: onednn.winograd4_bias_relu(x, u, bias, x_bias=x_bias),
-        "in_pool_grad": lambda x, y, gp, p: onednn.winograd4_pool_grad(y, gp, p, u_flip, x, x_bias),
+        "plain": lambda x, y, gp, h: onednn.winograd4(x, u),
+        "bias_relu_pool": lambda x, y, gp, h: onednn.winograd4_bias_relu(x, u, bias, pool=True),
+        "relu_grad": lambda x, y, gp, h: onednn.winograd4_relu_grad(y, y - 0.5, u_flip),
+        "pool_grad": lambda x, y, gp, h: onednn.winograd4_pool_grad(h, gp, u_flip, size=(17, 15)),
+        "in_relu": lambda x, y, gp, h: onednn.winograd4_bias_relu(x, u, bias, x_bias=x_bias),
+        "in_pool_grad": lambda x, y, gp, h: onednn.winograd4_pool_grad(h, gp, u_flip, x, x_bias, size=(17, 15)),
     }
     x_bias = jnp.linspace(-2, 2, 24)
     y = jax.nn.relu(onednn.winograd4(x, u) + bias)
-    pooled = max_pool2(y)
-    gp = jax.random.normal(kg, pooled.shape)
+    hits = ops.pool_hits(y)  # what the pool's gradient reads
+    gp = jax.random.normal(kg, hits.shape)
     tiles = 3 * 5 * 4
     assert onednn._block(tiles, 40, threads)[1] == 1  # shared by default at this size
-    shared = {k: jax.jit(f)(x, y, gp, pooled) for k, f in calls.items()}
+    shared = {k: jax.jit(f)(x, y, gp, hits) for k, f in calls.items()}
     monkeypatch.setattr(onednn, "OWN_MIN_TILES", 1)
     monkeypatch.setattr(onednn, "OWN_TILES", 8)
     monkeypatch.setattr(onednn, "_threads", lambda: threads)
     block, slots = onednn._block(tiles, 40, threads)
     assert slots == threads and tiles % block != 0 and -(-tiles // block) % threads == 0
     for k, f in calls.items():
-        own = jax.jit(f)(x, y, gp, pooled)
+        own = jax.jit(f)(x, y, gp, hits)
         for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(shared[k])):
             np.testing.assert_array_equal(a, b, err_msg=k)
 
@@ -296,13 +307,14 @@ def test_own_blocks_give_the_shared_blocks_bits(threads, monkeypatch):
 @needs_onednn
 def test_fused_layer_calls_under_vmap_fold_the_items_into_their_batch():
     x, u, u_flip, bias, kg = _layer_data((4, 8, 8, 16, 8), seed=12)
-    y, pooled = onednn.winograd4_bias_relu(x, u, bias, pool=True)
-    vy, vp = jax.jit(jax.vmap(lambda xi: onednn.winograd4_bias_relu(xi[None], u, bias, pool=True)))(x)
-    np.testing.assert_array_equal(vy[:, 0], y)
+    y = onednn.winograd4_bias_relu(x, u, bias)
+    pooled, hits = onednn.winograd4_bias_relu(x, u, bias, pool=True)
+    vp, vh = jax.jit(jax.vmap(lambda xi: onednn.winograd4_bias_relu(xi[None], u, bias, pool=True)))(x)
     np.testing.assert_array_equal(vp[:, 0], pooled)
+    np.testing.assert_array_equal(vh[:, 0], hits)
     gp = jax.random.normal(kg, pooled.shape)
-    flat = onednn.winograd4_pool_grad(y, gp, pooled, u_flip)
-    per_image = jax.jit(jax.vmap(lambda a, b, c: onednn.winograd4_pool_grad(a[None], b[None], c[None], u_flip)[0]))(y, gp, pooled)
+    flat = onednn.winograd4_pool_grad(hits, gp, u_flip, size=(8, 8))
+    per_image = jax.jit(jax.vmap(lambda a, b: onednn.winograd4_pool_grad(a[None], b[None], u_flip, size=(8, 8))[0]))(hits, gp)
     np.testing.assert_array_equal(per_image, flat)
     one_mask = jax.jit(jax.vmap(lambda g: onednn.winograd4_relu_grad(y[:1], g[None], u_flip)[0]))(y)  # mask unbatched
     np.testing.assert_array_equal(one_mask, onednn.winograd4_relu_grad(jnp.broadcast_to(y[:1], y.shape), y, u_flip))

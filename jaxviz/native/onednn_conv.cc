@@ -180,6 +180,27 @@ inline bool Any(const VecI& m) {
 #endif
 }
 
+// A window's maxima as bits, a byte per channel (Output.hits, PoolGrad): lanes' low bytes.
+inline void StoreBytes(uint8_t* p, const VecI& v, int len) {
+#ifdef __AVX512F__
+  if (len == kLanes) return _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8((__m512i)v));
+#endif
+  for (int l = 0; l < len; ++l) p[l] = static_cast<uint8_t>(v[l]);
+}
+
+inline VecI LoadBytes(const uint8_t* p, int len) {
+  if (len == kLanes) {
+#ifdef __AVX512F__
+    return (VecI)_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+    return (VecI)_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#endif
+  }
+  VecI v{};
+  for (int l = 0; l < len; ++l) v[l] = p[l];
+  return v;
+}
+
 // What the input transform reads: a tile's 6 x 6 values of one vector of channels, a column
 // at a time, for the tile (b, ty, tx) at rows 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 ..
 // 4 tx + 4 of an (N, H, W, C) image (zeros outside it).
@@ -243,50 +264,40 @@ struct ReluGrad : Pixels {
 };
 
 // The gradient of relu then a 2x2 max pool (model.max_pool2's, then the relu's), from the
-// pooled cotangent gp and pooled output yp, (N, H/2, W/2, C), and the relu's output x: a
-// window's cotangent split equally between its maxima, ((h0 + h1) + h2) + h3 of them, g / count
-// at each hit (else 0: XLA's form of hit * share), then the relu's select; pixels of no window
-// (an odd edge) get 0. A window whose maximum is NaN has no hit: all 0, as in XLA.
+// pooled cotangent gp and the windows' hits, (N, H/2, W/2, C) (Output.hits: bit k set where the
+// window's k-th pixel is its maximum and that maximum is positive); the image (N, H, W, C) it
+// spreads to is the Pixels' (x unused). A window's cotangent split equally between its maxima,
+// g / count at each hit (XLA's hit * share), else 0; pixels of no window (an odd edge) get 0. A
+// window whose maximum is NaN or not positive has no hit: all 0, as in XLA's ops.
 struct PoolGrad : Pixels {
   const float* gp;
-  const float* yp;
+  const uint8_t* hits;
   long h2, w2;
-  Vec share[4][4], top[4][4];  // windows 2 ty - 1 .. 2 ty + 2 by 2 tx - 1 .. 2 tx + 2
+  Vec share[4][4];  // windows 2 ty - 1 .. 2 ty + 2 by 2 tx - 1 .. 2 tx + 2
+  VecI bits[4][4];
   bool valid[4][4];
   void Begin(long b_, long ty_, long tx_, long c0_, int len_) {
     Pixels::Begin(b_, ty_, tx_, c0_, len_);
-    const Vec one = Vec{} + 1.0f;
     for (int p = 0; p < 4; ++p) {
       for (int q = 0; q < 4; ++q) {
         const long wy = 2 * ty - 1 + p, wx = 2 * tx - 1 + q;
         valid[p][q] = wy >= 0 && wy < h2 && wx >= 0 && wx < w2;
         if (!valid[p][q]) continue;
         const long pat = ((b * h2 + wy) * w2 + wx) * c + c0;
-        const Vec t = Load(yp + pat, len);
-        Vec count{};
-        for (int k = 0; k < 4; ++k) {
-          const Vec v = Load(x + At(2 * wy + k / 2, 2 * wx + k % 2), len);
-          count = k ? count + (Vec)((VecI)one & (VecI)(v == t)) : (Vec)((VecI)one & (VecI)(v == t));
-        }
-        top[p][q] = t;
-        // g / count only where a lane's maximum is positive and tied: elsewhere g / count is g
-        // itself, or is masked to 0 below (a maximum <= 0 or NaN); most windows skip the division.
+        const VecI hb = LoadBytes(hits + pat, len);
+        const VecI count = (hb & 1) + ((hb >> 1) & 1) + ((hb >> 2) & 1) + ((hb >> 3) & 1);
         const Vec g = Load(gp + pat, len);
-        share[p][q] = Any((count != 1.0f) & (t > 0.0f)) ? g / count : g;
+        bits[p][q] = hb;
+        // g / count only where a window has tied maxima: most skip the division (g / 1 is g)
+        share[p][q] = Any(count > 1) ? g / __builtin_convertvector(count, Vec) : g;
       }
     }
   }
   void Column(int j, Vec* d) const {
-    const long col = 4 * tx + j - 1;
-    const int q = (j + 1) / 2;
+    const int q = (j + 1) / 2, kx = (j + 1) & 1;
     for (int i = 0; i < kTile; ++i) {
-      const int p = (i + 1) / 2;
-      if (!valid[p][q]) {
-        d[i] = Vec{};
-        continue;
-      }
-      const Vec v = Load(x + At(4 * ty + i - 1, col), len);
-      d[i] = (Vec)((VecI)share[p][q] & (v == top[p][q]) & (v > 0.0f));
+      const int p = (i + 1) / 2, k = 2 * ((i + 1) & 1) + kx;
+      d[i] = valid[p][q] ? (Vec)((VecI)share[p][q] & -((bits[p][q] >> k) & 1)) : Vec{};
     }
   }
 };
@@ -326,7 +337,8 @@ inline Vec Max(const Vec& a, const Vec& b) {
 
 // Where the output transform writes: y (N, H, W, O); with a bias, relu(y + bias) as XLA's
 // max(y + bias, 0) (a NaN stays NaN); with `pooled` too, (N, H/2, W/2, O), its 2x2 max pool
-// as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped). With `mask`, (N, H, W, O),
+// as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped), and its hits (PoolGrad's),
+// y then not written (null): the next layer reads the pool, the gradient the hits. With `mask`, (N, H, W, O),
 // and `mask_bias`, y where mask + mask_bias > 0, else 0: the gradient of a layer's input
 // relu(mask + mask_bias) (BiasRelu) taken on to mask, as XLA's select(pre > 0, g, 0).
 struct Output {
@@ -334,6 +346,7 @@ struct Output {
   const float* bias;
   float* pooled;
   long h, w, o;
+  uint8_t* hits = nullptr;
   const float* mask = nullptr;
   const float* mask_bias = nullptr;
 };
@@ -362,14 +375,22 @@ inline void OutputTile(const float* mm, const Output& out, long th, long tw, lon
         const long at = ((b * h + row) * w + 4 * tx + i) * o + o0;
         if (out.bias) e[a][i] = Relu(e[a][i] + bv);
         if (out.mask) e[a][i] = (Vec)((VecI)e[a][i] & (VecI)(Load(out.mask + at, len) + mb > 0.0f));
-        Stream(out.y + at, e[a][i], len);
+        if (out.y) Stream(out.y + at, e[a][i], len);
       }
     }
     if (!out.pooled) continue;
     for (int a = 0; a < 2 && 2 * ty + a < h2; ++a) {
       for (int i = 0; i < 2 && 2 * tx + i < w2; ++i) {
-        const Vec m = Max(Max(e[2 * a][2 * i], e[2 * a][2 * i + 1]), Max(e[2 * a + 1][2 * i], e[2 * a + 1][2 * i + 1]));
-        Store(out.pooled + ((b * h2 + 2 * ty + a) * w2 + 2 * tx + i) * o + o0, m, len);
+        const Vec* r0 = &e[2 * a][2 * i];
+        const Vec* r1 = &e[2 * a + 1][2 * i];
+        const Vec m = Max(Max(r0[0], r0[1]), Max(r1[0], r1[1]));
+        const long at = ((b * h2 + 2 * ty + a) * w2 + 2 * tx + i) * o + o0;
+        Store(out.pooled + at, m, len);
+        if (!out.hits) continue;
+        const VecI top = m > 0.0f;
+        const VecI hb = ((r0[0] == m) & top & 1) | ((r0[1] == m) & top & 2) | ((r1[0] == m) & top & 4) |
+                        ((r1[1] == m) & top & 8);
+        StoreBytes(out.hits + at, hb, len);
       }
     }
   }
@@ -387,6 +408,7 @@ void OutputTransform(const float* mm, const Output out, long th, long tw, long t
 
 using F32 = ffi::Buffer<ffi::DataType::F32>;
 using F32Out = ffi::Result<F32>;
+using U8 = ffi::Buffer<ffi::DataType::U8>;
 
 ffi::Error Invalid(const char* what) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("jaxviz winograd: ") + what);
@@ -516,40 +538,48 @@ ffi::Error Input(const F32& x, const F32* x_bias, Run run) {
   return run(src);
 }
 
-// relu(conv(input) + bias), and with `pooled` its 2x2 max pool: a conv layer, and the pool
-// after it, in one call.
-ffi::Error Layer(F32 x, const F32* x_bias, F32 u, F32 bias, F32Out y, F32Out* pooled, F32Out v, F32Out m,
-                 int64_t block, int64_t own) {
-  auto yd = y->dimensions();
-  if (!Shapes(x.dimensions(), yd)) return Invalid("x must be (N, H, W, C)");
-  if (bias.dimensions().size() != 1 || bias.dimensions()[0] != yd[3]) return Invalid("bias must be (O,)");
-  if (pooled) {
+using U8Out = ffi::Result<ffi::Buffer<ffi::DataType::U8>>;
+
+// relu(conv(input) + bias), y (N, H, W, O): a conv layer in one call; or with `pooled` and
+// `hits`, (N, H/2, W/2, O), its 2x2 max pool and the pool's hits in place of y: the layer and
+// the pool after it.
+ffi::Error Layer(F32 x, const F32* x_bias, F32 u, F32 bias, F32Out* y, F32Out* pooled, U8Out* hits, F32Out v,
+                 F32Out m, int64_t block, int64_t own) {
+  auto xd = x.dimensions();
+  if (xd.size() != 4 || bias.dimensions().size() != 1) return Invalid("x must be (N, H, W, C) and bias (O,)");
+  Output out{nullptr, bias.typed_data(), nullptr, xd[1], xd[2], bias.dimensions()[0]};
+  if (y) {
+    auto yd = (*y)->dimensions();
+    if (!Shapes(xd, yd) || yd[3] != out.o) return Invalid("y must be (N, H, W, O)");
+    out.y = (*y)->typed_data();
+  } else {
     auto pd = (*pooled)->dimensions();
-    if (pd.size() != 4 || pd[0] != yd[0] || pd[1] != yd[1] / 2 || pd[2] != yd[2] / 2 || pd[3] != yd[3]) {
-      return Invalid("the pooled output must be (N, H/2, W/2, O)");
+    if (pd.size() != 4 || pd[0] != xd[0] || pd[1] != xd[1] / 2 || pd[2] != xd[2] / 2 || pd[3] != out.o ||
+        !Same(pd, (*hits)->dimensions())) {
+      return Invalid("the pool and its hits must be (N, H/2, W/2, O)");
     }
+    out.pooled = (*pooled)->typed_data(), out.hits = (*hits)->typed_data();
   }
-  const Output out = OutputOf(y, bias.typed_data(), pooled ? (*pooled)->typed_data() : nullptr);
-  return Input(x, x_bias, [&](auto src) { return RunWinograd4(src, x.dimensions()[0], u, out, v, m, block, own); });
+  return Input(x, x_bias, [&](auto src) { return RunWinograd4(src, xd[0], u, out, v, m, block, own); });
 }
 
 ffi::Error Winograd4BiasRelu(F32 x, F32 u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  return Layer(x, nullptr, u, bias, y, nullptr, v, m, block, own);
+  return Layer(x, nullptr, u, bias, &y, nullptr, nullptr, v, m, block, own);
 }
 
-ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out y, F32Out pooled, F32Out v, F32Out m,
+ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out pooled, U8Out hits, F32Out v, F32Out m,
                                  int64_t block, int64_t own) {
-  return Layer(x, nullptr, u, bias, y, &pooled, v, m, block, own);
+  return Layer(x, nullptr, u, bias, nullptr, &pooled, &hits, v, m, block, own);
 }
 
 ffi::Error Winograd4InReluBiasRelu(F32 x, F32 u, F32 bias, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
                                    int64_t own) {
-  return Layer(x, &x_bias, u, bias, y, nullptr, v, m, block, own);
+  return Layer(x, &x_bias, u, bias, &y, nullptr, nullptr, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluBiasReluPool(F32 x, F32 u, F32 bias, F32 x_bias, F32Out y, F32Out pooled, F32Out v,
+ffi::Error Winograd4InReluBiasReluPool(F32 x, F32 u, F32 bias, F32 x_bias, F32Out pooled, U8Out hits, F32Out v,
                                        F32Out m, int64_t block, int64_t own) {
-  return Layer(x, &x_bias, u, bias, y, &pooled, v, m, block, own);
+  return Layer(x, &x_bias, u, bias, nullptr, &pooled, &hits, v, m, block, own);
 }
 
 // Where a layer's input gradient goes: y, and with x and x_bias (the layer's input relu(x +
@@ -578,29 +608,30 @@ ffi::Error ReluGradOf(F32 relu_out, F32 g, const F32* x, F32 u, const F32* x_bia
   return RunWinograd4(src, g.dimensions()[0], u, out, v, m, block, own);
 }
 
-// The input gradient of a conv layer followed by a 2x2 max pool, from the relu's output, the
-// pooled cotangent gp and the pooled output yp.
-ffi::Error PoolGradOf(F32 relu_out, F32 gp, F32 yp, const F32* x, F32 u, const F32* x_bias, F32Out y, F32Out v,
-                      F32Out m, int64_t block, int64_t own) {
-  auto rd = relu_out.dimensions();
+// The input gradient of a conv layer followed by a 2x2 max pool, y (N, H, W, O), from the
+// pool's hits and its cotangent gp, (N, H/2, W/2, C).
+ffi::Error PoolGradOf(U8 hits, F32 gp, const F32* x, F32 u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
+                      int64_t block, int64_t own) {
   auto gd = gp.dimensions();
-  if (!Shapes(rd, y->dimensions()) || !Same(gd, yp.dimensions()) || gd.size() != 4 || gd[0] != rd[0] ||
-      gd[1] != rd[1] / 2 || gd[2] != rd[2] / 2 || gd[3] != rd[3]) {
-    return Invalid("relu_out must be (N, H, W, C), and gp and yp (N, H/2, W/2, C)");
+  auto yd = y->dimensions();
+  if (gd.size() != 4 || yd.size() != 4 || !Same(gd, hits.dimensions()) || gd[0] != yd[0] || gd[1] != yd[1] / 2 ||
+      gd[2] != yd[2] / 2) {
+    return Invalid("gp and hits must be (N, H/2, W/2, C) alike, and y (N, H, W, O)");
   }
   Output out;
   if (auto e = GradOutput(y, x, x_bias, &out); e.failure()) return e;
-  PoolGrad src{PixelsOf(relu_out)};
-  src.gp = gp.typed_data(), src.yp = yp.typed_data(), src.h2 = gd[1], src.w2 = gd[2];
-  return RunWinograd4(src, rd[0], u, out, v, m, block, own);
+  PoolGrad src{};
+  src.h = yd[1], src.w = yd[2], src.c = gd[3];
+  src.gp = gp.typed_data(), src.hits = hits.typed_data(), src.h2 = gd[1], src.w2 = gd[2];
+  return RunWinograd4(src, gd[0], u, out, v, m, block, own);
 }
 
 ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   return ReluGradOf(relu_out, g, nullptr, u, nullptr, y, v, m, block, own);
 }
 
-ffi::Error Winograd4PoolGrad(F32 relu_out, F32 gp, F32 yp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  return PoolGradOf(relu_out, gp, yp, nullptr, u, nullptr, y, v, m, block, own);
+ffi::Error Winograd4PoolGrad(U8 hits, F32 gp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+  return PoolGradOf(hits, gp, nullptr, u, nullptr, y, v, m, block, own);
 }
 
 ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, F32 x, F32 u, F32 x_bias, F32Out y, F32Out v, F32Out m,
@@ -608,38 +639,56 @@ ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, F32 x, F32 u, F32 x_bias, F3
   return ReluGradOf(relu_out, g, &x, u, &x_bias, y, v, m, block, own);
 }
 
-ffi::Error Winograd4InPoolGrad(F32 relu_out, F32 gp, F32 yp, F32 x, F32 u, F32 x_bias, F32Out y, F32Out v, F32Out m,
-                               int64_t block, int64_t own) {
-  return PoolGradOf(relu_out, gp, yp, &x, u, &x_bias, y, v, m, block, own);
+ffi::Error Winograd4InPoolGrad(U8 hits, F32 gp, F32 x, F32 u, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
+                               int64_t own) {
+  return PoolGradOf(hits, gp, &x, u, &x_bias, y, v, m, block, own);
 }
 
-// The binding of a Winograd handler: `Args` float32 buffers, `Rets` float32 results (the
+// The binding of a Winograd handler: its buffers' types, the arguments' then the results' (the
 // outputs, then the two scratch buffers), then the attributes block and own.
-template <int Args, int Rets, class Binding>
-auto WinogradBinding(Binding b) {
-  if constexpr (Args > 0) {
-    return WinogradBinding<Args - 1, Rets>(std::move(b).template Arg<F32>());
-  } else if constexpr (Rets > 0) {
-    return WinogradBinding<0, Rets - 1>(std::move(b).template Ret<F32>());
-  } else {
-    return std::move(b).template Attr<int64_t>("block").template Attr<int64_t>("own");
-  }
+template <class... Ts>
+struct Types {};
+
+template <class Binding>
+auto WinogradBinding(Binding b, Types<>, Types<>) {
+  return std::move(b).template Attr<int64_t>("block").template Attr<int64_t>("own");
 }
+
+template <class Binding, class R, class... Rets>
+auto WinogradBinding(Binding b, Types<>, Types<R, Rets...>) {
+  return WinogradBinding(std::move(b).template Ret<R>(), Types<>{}, Types<Rets...>{});
+}
+
+template <class Binding, class A, class... Args, class... Rets>
+auto WinogradBinding(Binding b, Types<A, Args...>, Types<Rets...> rets) {
+  return WinogradBinding(std::move(b).template Arg<A>(), Types<Args...>{}, rets);
+}
+
+template <class... Args>
+using In = Types<Args...>;
+template <class... Rets>
+using Out = Types<Rets...>;  // the outputs, then the two scratch buffers (float32)
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4, (WinogradBinding<2, 3>(ffi::Ffi::Bind())));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu, (WinogradBinding<3, 3>(ffi::Ffi::Bind())));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4,
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32>{}, Out<F32, F32, F32>{})));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu,
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluPool,
-                              (WinogradBinding<3, 4>(ffi::Ffi::Bind())));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad, (WinogradBinding<3, 3>(ffi::Ffi::Bind())));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad, (WinogradBinding<4, 3>(ffi::Ffi::Bind())));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32>{}, Out<F32, U8, F32, F32>{})));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32>{}, Out<F32, F32, F32>{})));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
+                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, F32>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluF32, Winograd4InReluBiasRelu,
-                              (WinogradBinding<4, 3>(ffi::Ffi::Bind())));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, F32>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluPoolF32, Winograd4InReluBiasReluPool,
-                              (WinogradBinding<4, 4>(ffi::Ffi::Bind())));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluGradF32, Winograd4InReluGrad, (WinogradBinding<5, 3>(ffi::Ffi::Bind())));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InPoolGradF32, Winograd4InPoolGrad, (WinogradBinding<6, 3>(ffi::Ffi::Bind())));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, F32>{}, Out<F32, U8, F32, F32>{})));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluGradF32, Winograd4InReluGrad,
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, F32, F32>{}, Out<F32, F32, F32>{})));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InPoolGradF32, Winograd4InPoolGrad,
+                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, F32, F32, F32>{}, Out<F32, F32, F32>{})));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
                               ffi::Ffi::Bind()
