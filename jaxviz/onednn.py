@@ -278,7 +278,8 @@ def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
     return _winograd_public(_winograd4, (x,), (u,))
 
 
-def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool = False, x_bias: jax.Array | None = None):
+def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool = False,
+                        x_bias: jax.Array | None = None):
     """``relu(winograd4(x, u) + bias)`` in one call: the bias and relu applied as the output
     transform writes each pixel (no pass of XLA's over the layer's output). With ``pool``, in
     its place, its 2x2 max pool (``model.max_pool2``) and the pool's hits (``ops.pool_hits``:

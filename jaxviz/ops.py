@@ -35,9 +35,10 @@ A whole conv layer, ``relu(conv + bias)`` and the 2x2 max pool after it where th
 ``conv_bias_relu``: on Winograd where oneDNN runs, one custom call forward and one for the
 input gradient (``winograd4_bias_relu``), so that XLA makes no pass of its own over the layer's
 output; the same bits as the ops apart. A pooled layer's own output is never written: its
-gradient needs only the pool's hits (``pool_hits``), a byte per pooled value. A layer whose conv has no such call (the colour layer's,
-oneDNN's direct conv) leaves its bias and relu to the next layer's call (``x_bias``), which
-makes them, and their gradient, as it reads its input and writes its input gradient.
+gradient needs only the pool's hits (``pool_hits``), a byte per pooled value. A layer whose
+conv has no such call (the colour layer's, oneDNN's direct conv) leaves its bias and relu to
+the next layer's call (``x_bias``), which makes them, and their gradient, as it reads its input
+and writes its input gradient.
 
 A ``Prepared`` kernel carries its F(4x4, 3x3) transforms (forward and input gradient)
 made once ahead (``prepare``; the VGG model's ``Model.prepare``): the ascent's step
@@ -53,7 +54,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxviz import onednn
-from jaxviz.model import _quarters, max_pool2
+from jaxviz.model import quarters, max_pool2
 
 Conv = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -250,7 +251,8 @@ _winograd4_onednn.defvjp(_winograd4_onednn_fwd, _winograd4_onednn_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
-def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = False, x_bias: jax.Array | None = None):
+def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = False,
+                        x_bias: jax.Array | None = None) -> jax.Array:
     """``relu(conv3x3_winograd(x, kernel, 4) + bias)``, a conv layer, with its input gradient;
     with ``pool``, the 2x2 max pool after it (``model.max_pool2``) too; with ``x_bias``, the
     layer's input is ``relu(x + x_bias)`` (the layer before, without its bias and relu).
@@ -276,7 +278,7 @@ def pool_hits(y: jax.Array) -> jax.Array:
     k set where the window's k-th pixel (row-major) is its maximum and that maximum is positive.
     All the gradient of relu then pool needs (``relu_pool_grad``), a sixteenth of ``y``'s bytes."""
     top = max_pool2(y)
-    bits = [((q == top) & (top > 0)).astype(jnp.uint8) << k for k, q in enumerate(_quarters(y))]
+    bits = [((q == top) & (top > 0)).astype(jnp.uint8) << k for k, q in enumerate(quarters(y))]
     return (bits[0] | bits[1]) | (bits[2] | bits[3])
 
 
@@ -288,7 +290,7 @@ def relu_pool_grad(hits: jax.Array, g: jax.Array, size: tuple[int, int]) -> jax.
     bits = [(hits >> k) & 1 for k in range(4)]
     share = g / ((bits[0] + bits[1]) + (bits[2] + bits[3])).astype(g.dtype)
     q = [jnp.where(b > 0, share, 0) for b in bits]
-    rows = [jnp.stack([q[0], q[1]], axis=3).reshape(n, h2, 2 * w2, c), jnp.stack([q[2], q[3]], axis=3).reshape(n, h2, 2 * w2, c)]
+    rows = [jnp.stack(pair, axis=3).reshape(n, h2, 2 * w2, c) for pair in (q[:2], q[2:])]
     gx = jnp.stack(rows, axis=2).reshape(n, 2 * h2, 2 * w2, c)
     return jnp.pad(gx, ((0, 0), (0, size[0] - 2 * h2), (0, size[1] - 2 * w2), (0, 0)))
 
@@ -314,17 +316,17 @@ def _bias_relu_bwd(pool, res, g):
     size = x.shape[-3:-1]
     mask = () if x_bias is None else (x.astype(jnp.float32), x_bias.astype(jnp.float32))
 
+    grad_out = lambda y_or_hits, g: relu_pool_grad(y_or_hits, g, size) if pool else jnp.where(y_or_hits > 0, g, 0)
+
     def unfused(y_or_hits, g, u, *pre):
-        g = relu_pool_grad(y_or_hits, g, size) if pool else jnp.where(y_or_hits > 0, g, 0)
-        gx = _winograd_xla(g, u, 4)
+        gx = _winograd_xla(grad_out(y_or_hits, g), u, 4)
         return jnp.where(pre[0] + pre[1] > 0, gx, 0) if pre else gx
 
     fused = partial(onednn.winograd4_pool_grad, size=size) if pool else onednn.winograd4_relu_grad
     args = (y_or_hits, g, u) + mask
     gx = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
     # the biases' cotangents: dead code unless asked for
-    g_out = relu_pool_grad(y_or_hits, g, size) if pool else jnp.where(y_or_hits > 0, g, 0)
-    gb = jnp.sum(g_out, axis=tuple(range(g.ndim - 1)))
+    gb = jnp.sum(grad_out(y_or_hits, g), axis=tuple(range(g.ndim - 1)))
     gxb = None if x_bias is None else jnp.sum(gx, axis=tuple(range(gx.ndim - 1))).astype(x_bias.dtype)
     return gx.astype(g.dtype), None, gb.astype(g.dtype), gxb
 
