@@ -336,11 +336,12 @@ inline Vec Max(const Vec& a, const Vec& b) {
 }
 
 // Where the output transform writes: y (N, H, W, O); with a bias, relu(y + bias) as XLA's
-// max(y + bias, 0) (a NaN stays NaN); with `pooled` too, (N, H/2, W/2, O), its 2x2 max pool
-// as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped), and its hits (PoolGrad's),
-// y then not written (null): the next layer reads the pool, the gradient the hits. With `mask`, (N, H, W, O),
-// and `mask_bias`, y where mask + mask_bias > 0, else 0: the gradient of a layer's input
-// relu(mask + mask_bias) (BiasRelu) taken on to mask, as XLA's select(pre > 0, g, 0).
+// max(y + bias, 0) (a NaN stays NaN); with `pooled` and `hits`, (N, H/2, W/2, O), its 2x2 max
+// pool as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped) and the pool's hits
+// (PoolGrad's), y then not written (null): the next layer reads the pool, the gradient the hits.
+// With `mask`, (N, H, W, O), and `mask_bias`, y where mask + mask_bias > 0, else 0: the gradient
+// of a layer's input relu(mask + mask_bias) (BiasRelu) taken on to mask, as XLA's
+// select(pre > 0, g, 0).
 struct Output {
   float* y;
   const float* bias;
@@ -409,6 +410,7 @@ void OutputTransform(const float* mm, const Output out, long th, long tw, long t
 using F32 = ffi::Buffer<ffi::DataType::F32>;
 using F32Out = ffi::Result<F32>;
 using U8 = ffi::Buffer<ffi::DataType::U8>;
+using U8Out = ffi::Result<U8>;
 
 ffi::Error Invalid(const char* what) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("jaxviz winograd: ") + what);
@@ -537,8 +539,6 @@ ffi::Error Input(const F32& x, const F32* x_bias, Run run) {
   src.bias = x_bias->typed_data();
   return run(src);
 }
-
-using U8Out = ffi::Result<ffi::Buffer<ffi::DataType::U8>>;
 
 // relu(conv(input) + bias), y (N, H, W, O): a conv layer in one call; or with `pooled` and
 // `hits`, (N, H/2, W/2, O), its 2x2 max pool and the pool's hits in place of y: the layer and
