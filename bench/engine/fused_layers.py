@@ -4,10 +4,12 @@
 
 For one layer shape (default: block1_conv2's, 16 images at 64 px), times in one interleaved
 loop: the plain Winograd call; the forward with bias + relu (and + the 2x2 max pool) fused
-into its output transform (``onednn.winograd4_bias_relu``) against the plain call followed by
-XLA's ops; the input gradient with the relu's (and pool's) gradient fused into its input
-transform (``winograd4_relu_grad``, ``winograd4_pool_grad``) against XLA's ops then the plain
-call. Prints each one's min and median ms and checks the fused results' bits against the apart.
+into its output transform (``onednn.winograd4_bias_relu``; with the pool, the pool and its hits
+in place of the output) against the plain call followed by XLA's ops, and with the layer
+before's bias and relu made as it reads its input (``x_bias``); the input gradient with the
+relu's (and pool's, from the hits) gradient fused into its input transform
+(``winograd4_relu_grad``, ``winograd4_pool_grad``) against XLA's ops then the plain call. Prints
+each one's min and median ms and checks the fused results' bits against the apart.
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ def candidates(n: int, h: int, c: int, o: int) -> dict:
     kernel = jax.random.normal(k[1], (3, 3, c, o)) / (3.0 * c**0.5)
     b = jax.random.normal(k[2], (o,)) * 0.1
     u, u_flip = ops.winograd_kernel(kernel, 4), ops.winograd_kernel(ops._flip(kernel), 4)
-    y, pooled = jax.jit(lambda x: onednn.winograd4_bias_relu(x, u, b, pool=True))(x)
+    b0 = jnp.linspace(-0.5, 0.5, c)
+    y = jax.jit(onednn.winograd4_bias_relu)(x, u, b)
+    pooled, hits = jax.jit(lambda x: onednn.winograd4_bias_relu(x, u, b, pool=True))(x)
     g, gp = jax.random.normal(k[3], y.shape), jax.random.normal(k[4], pooled.shape)
 
     def relu_apart(x, u, b):
@@ -41,10 +45,12 @@ def candidates(n: int, h: int, c: int, o: int) -> dict:
 
     def pool_apart(x, u, b):
         y = relu_apart(x, u, b)
-        return y, max_pool2(y)
+        return max_pool2(y), ops.pool_hits(y)
 
-    def pool_grad_apart(y, gp, pooled, u):
+    def pool_grad_apart(y, gp, u):
         return onednn.winograd4(jnp.where(y > 0, jax.vjp(max_pool2, y)[1](gp)[0], 0), u)
+
+    pool_grad = lambda hits, gp, u: onednn.winograd4_pool_grad(hits, gp, u, size=(h, h))
 
     return {
         "plain call": (jax.jit(onednn.winograd4), (x, u)),
@@ -52,10 +58,13 @@ def candidates(n: int, h: int, c: int, o: int) -> dict:
         "bias+relu fused": (jax.jit(onednn.winograd4_bias_relu), (x, u, b)),
         "bias+relu+pool apart": (jax.jit(pool_apart), (x, u, b)),
         "bias+relu+pool fused": (jax.jit(lambda x, u, b: onednn.winograd4_bias_relu(x, u, b, pool=True)), (x, u, b)),
+        "input relu, bias+relu+pool apart": (jax.jit(lambda x, u, b: pool_apart(jax.nn.relu(x + b0), u, b)), (x, u, b)),
+        "input relu, bias+relu+pool fused": (
+            jax.jit(lambda x, u, b: onednn.winograd4_bias_relu(x, u, b, pool=True, x_bias=b0)), (x, u, b)),
         "relu grad apart": (jax.jit(lambda y, g, u: onednn.winograd4(jnp.where(y > 0, g, 0), u)), (y, g, u_flip)),
         "relu grad fused": (jax.jit(onednn.winograd4_relu_grad), (y, g, u_flip)),
-        "pool+relu grad apart": (jax.jit(pool_grad_apart), (y, gp, pooled, u_flip)),
-        "pool+relu grad fused": (jax.jit(onednn.winograd4_pool_grad), (y, gp, pooled, u_flip)),
+        "pool+relu grad apart": (jax.jit(pool_grad_apart), (y, gp, u_flip)),
+        "pool+relu grad fused": (jax.jit(pool_grad), (hits, gp, u_flip)),
     }
 
 
