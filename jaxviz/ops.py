@@ -339,7 +339,7 @@ def conv_bias_relu(conv: Conv, x: jax.Array, kernel, bias: jax.Array, pool: bool
     """``relu(conv(x, kernel) + bias)``, a conv layer, then with ``pool`` the 2x2 max pool
     after it (``model.max_pool2``): in one fused call where ``conv`` has one for this kernel
     (its ``bias_relu`` attribute: ``winograd4_bias_relu``). With ``x_bias``, the layer's input
-    is ``relu(x + x_bias)``: the layer before's bias and relu, left to this one (``fused``)."""
+    is ``relu(x + x_bias)``: the layer before's bias and relu, left to this one (``runs_fused``)."""
     fused = getattr(conv, "bias_relu", None)
     if fused is not None:
         return fused(x, kernel, bias, pool, x_bias)
@@ -349,7 +349,7 @@ def conv_bias_relu(conv: Conv, x: jax.Array, kernel, bias: jax.Array, pool: bool
     return max_pool2(y) if pool else y
 
 
-def fused(conv: Conv, x: jax.Array, kernel) -> bool:
+def runs_fused(conv: Conv, x: jax.Array, kernel) -> bool:
     """Whether ``conv``'s layer (``conv_bias_relu``) runs as one fused call for this input and
     kernel; where it does not, the layer's bias and relu may be left to the next layer's."""
     while (pick := getattr(conv, "variant", None)) is not None:

@@ -268,13 +268,13 @@ def test_a_layers_input_relu_left_to_the_fused_layer_gives_the_bits_of_the_ops_a
     assert ("jaxviz_winograd4_in_relu" in text) == available
 
 
-def test_fused_names_the_layers_whose_bias_and_relu_are_made_in_their_call():
+def test_runs_fused_names_the_layers_whose_bias_and_relu_are_made_in_their_call():
     conv = ops.dispatch("onednn" if onednn.available() else "xla", "wino4", ops.WINOGRAD_MIN_IN_CHANNELS)
     colour, wide = jnp.ones((1, 8, 8, 3)), jnp.ones((1, 8, 8, 16))
-    assert not ops.fused(conv, colour, jnp.ones((3, 3, 3, 16)))
-    assert ops.fused(conv, wide, jnp.ones((3, 3, 16, 16)))
-    assert not ops.fused(ops.VARIANTS["xla"], wide, jnp.ones((3, 3, 16, 16)))
-    assert ops.fused(ops.planned("wino4"), wide, jnp.ones((3, 3, 16, 16)))
+    assert not ops.runs_fused(conv, colour, jnp.ones((3, 3, 3, 16)))
+    assert ops.runs_fused(conv, wide, jnp.ones((3, 3, 16, 16)))
+    assert not ops.runs_fused(ops.VARIANTS["xla"], wide, jnp.ones((3, 3, 16, 16)))
+    assert ops.runs_fused(ops.planned("wino4"), wide, jnp.ones((3, 3, 16, 16)))
 
 
 def test_conv_layer_fuses_only_where_the_conv_has_a_fused_form():

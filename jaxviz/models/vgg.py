@@ -133,7 +133,7 @@ def _forward(params: dict, x: jax.Array, names: tuple[str, ...], spec: VGGSpec, 
         if l.kind == "conv":
             p = params[l.name]
             then_conv = l.name not in wanted and i + 1 < len(ls) and ls[i + 1].kind == "conv"
-            if then_conv and x_bias is None and not ops.fused(conv, h, p["kernel"]):
+            if then_conv and x_bias is None and not ops.runs_fused(conv, h, p["kernel"]):
                 h, x_bias = conv(h, p["kernel"]), p["bias"]
                 continue
             pooled = l.name not in wanted and i + 1 < len(ls) and ls[i + 1].kind == "pool"
