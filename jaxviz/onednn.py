@@ -325,7 +325,9 @@ def _winograd_public(op, images: tuple, weights: tuple):
         raise RuntimeError(MISSING)
     lead = images[0].shape[:-3]
     flat = lambda a: (a if a.dtype == jnp.uint8 else a.astype(jnp.float32)).reshape((-1, *a.shape[-3:]))
-    out = op(*map(flat, images), *(a.astype(jnp.float32) for a in weights))
+    # the transformed kernel (the first weight) in bfloat16 stays so: the matmuls' inputs in bfloat16
+    out = op(*map(flat, images), *(a if i == 0 and a.dtype == jnp.bfloat16 else a.astype(jnp.float32)
+                                   for i, a in enumerate(weights)))
     unfold = lambda y: y.reshape((*lead, *y.shape[1:]))
     return tuple(map(unfold, out)) if isinstance(out, tuple) else unfold(out)
 

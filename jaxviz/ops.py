@@ -374,9 +374,14 @@ def _winograd_xla(x: jax.Array, u: jax.Array, m: int) -> jax.Array:
     cols = [r[:, :, :, j // m : j // m + tw, j % m] for j in range(a)]  # (a, n, th, tw, c)
     v = jnp.stack(bt(cols), axis=1)  # (a, a, n, th, tw, c)
     v = v.reshape(a * a, n * th * tw, c)
-    xla_mm = lambda v, u: lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))
-    # oneDNN's matmul on CPU where it runs (a CPU custom call), XLA's elsewhere
-    mm = lax.platform_dependent(v, u, cpu=onednn.batched_matmul, default=xla_mm) if onednn.available() else xla_mm(v, u)
+    xla_mm = lambda v, u: lax.dot_general(v.astype(u.dtype), u, (((2,), (1,)), ((0,), (0,))),
+                                          preferred_element_type=jnp.float32)
+    # oneDNN's matmul on CPU where it runs (a CPU custom call), XLA's elsewhere and for bfloat16
+    # transforms (bfloat16 inputs, float32 sums)
+    if onednn.available() and u.dtype == jnp.float32:
+        mm = lax.platform_dependent(v, u, cpu=onednn.batched_matmul, default=xla_mm)
+    else:
+        mm = xla_mm(v, u)
     mm = mm.reshape(a, a, n, th, tw, o)
     # the output transform, written straight into (n, th, m, tw, m, o): no transpose
     s_ = at([mm[p] for p in range(a)])  # (a, n, th, tw, o) each
@@ -403,9 +408,17 @@ class Prepared(NamedTuple):
         return self.kernel.shape
 
 
-def prepare(kernel: jax.Array) -> Prepared:
-    """``kernel`` with its Winograd transforms (forward and input gradient) made now."""
-    return Prepared(kernel, winograd_kernel(kernel, 4), winograd_kernel(_flip(kernel), 4))
+def prepare(kernel: jax.Array, dtype=jnp.float32) -> Prepared:
+    """``kernel`` with its Winograd transforms (forward and input gradient) made now, in
+    ``dtype`` (bfloat16: the matmul inputs of ``wino4_bf16``)."""
+    return Prepared(kernel, winograd_kernel(kernel, 4).astype(dtype), winograd_kernel(_flip(kernel), 4).astype(dtype))
+
+
+def _bf16_winograd(kernel) -> Prepared:
+    """``kernel``'s transforms in bfloat16 (made now unless ``Prepared`` so ahead)."""
+    if isinstance(kernel, Prepared) and kernel.u.dtype == jnp.bfloat16:
+        return kernel
+    return prepare(raw(kernel), jnp.bfloat16)
 
 
 def raw(kernel) -> jax.Array:
@@ -454,6 +467,10 @@ for _taps in ("full", "rows", "taps"):
 VARIANTS["wino2"] = _plain(with_input_vjp(partial(conv3x3_winograd, m=2)))
 VARIANTS["wino4"] = with_input_vjp(partial(conv3x3_winograd, m=4))
 VARIANTS["wino4"].bias_relu = winograd4_bias_relu
+# Winograd with bfloat16 matmul inputs (the transformed tiles and kernels rounded to bfloat16,
+# float32 sums), the rest float32: the bfloat16 mode on CPUs with AVX512-bf16 but no AMX.
+VARIANTS["wino4_bf16"] = lambda x, kernel: VARIANTS["wino4"](x, _bf16_winograd(kernel))
+VARIANTS["wino4_bf16"].bias_relu = lambda x, kernel, *a: winograd4_bias_relu(x, _bf16_winograd(kernel), *a)
 VARIANTS["wino4_unrolled"] = _plain(with_input_vjp(partial(conv3x3_winograd, m=4, transform=winograd_kernel_unrolled)))
 VARIANTS["onednn"] = _plain(with_input_vjp(  # and the colour layer's input gradient as one matmul
     lambda x, k: conv3x3_few_out(x, k) if k.shape[-1] <= FEW_OUT_CHANNELS else onednn.conv3x3(x.astype(jnp.float32), k)))
@@ -493,17 +510,20 @@ ALGORITHMS = ("auto", "winograd", "xla", "onednn")
 WINOGRAD_MIN_IN_CHANNELS = 16
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AMX-bf16 or AVX512-bf16)."""
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AMX-bf16 or AVX512-bf16)."""
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def why_not(precision: str, conv: str) -> str | None:
@@ -538,10 +558,12 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     algorithm).
 
     In bfloat16 on a CPU with native bf16 (AMX, AVX512-bf16), where oneDNN runs
-    (``jaxviz.onednn``), every layer but the colour one runs oneDNN's bf16 conv and
-    block1_conv1 oneDNN's float32 one: on an AMX Xeon 0.59 / 0.39 / 0.32x the time of
-    float32 Winograd at block2/3/4_conv1, and half the image drift of running
-    block1_conv1 in bf16 too (bench/README.md, "oneDNN"). ``onednn`` asks for the same
+    (``jaxviz.onednn``), block1_conv1 runs oneDNN's float32 conv (half the image drift of
+    running it in bf16 too) and every other layer, with AMX, oneDNN's bf16 conv (on an AMX Xeon
+    0.59 / 0.39 / 0.32x the time of float32 Winograd at block2/3/4_conv1, bench/README.md,
+    "oneDNN"); with AVX512-bf16 but no AMX, Winograd with bfloat16 matmul inputs
+    (``wino4_bf16``: on a Zen 5 0.62-0.70x the time of oneDNN's bf16 conv and 0.76-0.87x
+    float32's, final losses as close to float32's, bench/README.md). ``onednn`` asks for the same
     in bfloat16 and oneDNN's float32 conv everywhere in float32 (slower than Winograd
     at block3/4 there). Otherwise, in bfloat16 layers with fewer than
     BF16_MIN_IN_CHANNELS inputs stay float32 and get the float32 choice (``winograd``:
@@ -564,7 +586,9 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
         if not on_cpu:
             return ("xla", "xla_bf16", BF16_MIN_IN_CHANNELS)
         if algorithm == "auto" and native_bf16() and onednn.available():
-            return onednn_bf16
+            if "amx_bf16" in _cpu_flags():
+                return onednn_bf16
+            return ("onednn", "wino4_bf16", WINOGRAD_MIN_IN_CHANNELS)
         small = "winograd" if algorithm == "auto" else "xla"
         return (small, "taps_bf16" if native_bf16() else "xla_bf16", BF16_MIN_IN_CHANNELS)
     if algorithm == "auto":
@@ -611,7 +635,13 @@ def uses_winograd(precision: str, algorithm: str, in_channels: int) -> bool:
     name = large if in_channels >= min_in else small
     if name == "winograd":
         name = "wino4" if in_channels >= WINOGRAD_MIN_IN_CHANNELS else "xla"
-    return name in ("wino4", "planned")
+    return name in ("wino4", "planned", "wino4_bf16")
+
+
+def winograd_dtype(precision: str, algorithm: str):
+    """The type of the Winograd transforms ``conv_for(precision, algorithm=algorithm)`` runs
+    (``prepare``'s ``dtype``): bfloat16 for ``wino4_bf16``, else float32."""
+    return jnp.bfloat16 if choice(precision, algorithm)[1] == "wino4_bf16" else jnp.float32
 
 
 _CONVS: dict[tuple, Conv] = {}

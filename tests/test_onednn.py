@@ -31,6 +31,12 @@ def cpu_flags() -> set[str]:
         return set(next(l for l in f if l.startswith("flags")).split(":", 1)[1].split())
 
 
+def ops_native_bf16() -> bool:
+    from jaxviz import ops
+
+    return ops.native_bf16()
+
+
 def rel(a, b):
     return float(jnp.abs(a - b).max() / jnp.abs(b).max())
 
@@ -268,6 +274,30 @@ def test_an_input_relu_in_the_fused_calls_gives_the_bits_of_the_ops_apart(shape)
     got = jax.jit(pool_grad)(hits, gp, u_flip, x, x_bias)
     np.testing.assert_array_equal(got, jax.jit(lambda *a: mask(pool_grad(*a[:3]), *a[3:]))(hits, gp, u_flip, x, x_bias))
     assert float(jnp.abs(got[0, 1, 1, :3]).max()) == 0.0 and float(jnp.abs(got).max()) > 0
+
+
+@needs_onednn
+@pytest.mark.skipif(not ops_native_bf16(), reason="needs a CPU with native bf16")
+@pytest.mark.parametrize("own", [False, True])
+def test_bfloat16_transforms_round_the_tiles_to_bfloat16(own, monkeypatch):
+    """With a bfloat16 transformed kernel the call rounds each transformed tile to bfloat16 as it
+    stores it and sums the products in float32: the XLA form with the same bfloat16 matmul
+    inputs (ops._winograd_xla), within float32 rounding, shared or own blocks."""
+    from jaxviz import ops
+
+    if own:
+        monkeypatch.setattr(onednn, "OWN_MIN_TILES", 1)
+        monkeypatch.setattr(onednn, "OWN_TILES", 8)
+        monkeypatch.setattr(onednn, "_threads", lambda: 2)
+    x, u, u_flip, bias, kg = _layer_data((2, 9, 14, 24, 40), seed=21)
+    ub = u.astype(jnp.bfloat16)
+    got = jax.jit(onednn.winograd4)(x, ub)
+    want = jax.jit(lambda x: ops._winograd_xla(x, ub, 4))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
+    assert rel(got, jax.jit(onednn.winograd4)(x, u)) > 1e-4  # not the float32 conv
+    pooled, hits = jax.jit(lambda x: onednn.winograd4_bias_relu(x, ub, bias, pool=True))(x)
+    want_y = jax.nn.relu(want + bias)
+    np.testing.assert_allclose(pooled, ops.max_pool2(want_y), rtol=1e-6, atol=1e-6 * float(jnp.abs(want_y).max()))
 
 
 @needs_onednn

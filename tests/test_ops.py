@@ -56,9 +56,12 @@ def test_bf16_variants_close_to_autodiff(name, shape):
     want_y, want_dx = forward_and_input_grad(reference, x, k, g)
     y, dx = forward_and_input_grad(ops.VARIANTS[name], x, k, g)
     assert y.dtype == jnp.float32 and dx.dtype == jnp.float32
-    # bf16 inputs (8-bit mantissa), f32 accumulation
-    assert rel(y, want_y) <= 2e-2
-    assert rel(dx, want_dx) <= 2e-2
+    # bf16 inputs (8-bit mantissa), f32 accumulation; Winograd's transforms amplify the rounding
+    # of its bf16 inputs (its tiles' values cancel in the output transform): 4-9 % here, where
+    # the ascent's losses and images still drift as the direct bf16 conv's (bench/README.md)
+    bound = 0.1 if name == "wino4_bf16" else 2e-2
+    assert rel(y, want_y) <= bound
+    assert rel(dx, want_dx) <= bound
 
 
 @pytest.mark.parametrize("name", F32 + BF16)
@@ -84,16 +87,22 @@ def test_conv_for_dispatches_on_input_channels():
         # small layers stay float32 in every precision: exact to f32 rounding
         assert rel(conv(x, k), reference(x, k)) <= 1e-5
         x, k, g = data((1, 4, 4, ops.BF16_MIN_IN_CHANNELS, 8))
-        tol = 1e-5 if precision == "float32" else 2e-2
+        tol = 1e-5 if precision == "float32" else _bf16_tolerance(precision, alg)
         assert rel(conv(x, k), reference(x, k)) <= tol
     with pytest.raises(ValueError):
         ops.conv_for("float16")
 
 
+def _bf16_tolerance(precision, algorithm="auto"):
+    """Relative error allowed a bf16 conv: 2 % for bf16 products, 10 % for bf16 Winograd (its
+    transforms amplify the inputs' rounding, test_bf16_variants_close_to_autodiff)."""
+    return 0.1 if ops.choice(precision, algorithm)[1] == "wino4_bf16" else 2e-2
+
+
 def test_bf16_large_layers_really_round():
     x, k, g = data((1, 4, 4, ops.BF16_MIN_IN_CHANNELS, 8))
     err = rel(ops.conv_for("bfloat16")(x, k), reference(x, k))
-    assert 1e-6 < err <= 2e-2
+    assert 1e-6 < err <= _bf16_tolerance("bfloat16")
 
 
 @pytest.mark.parametrize("m", sorted(ops.WINOGRAD))
@@ -156,9 +165,18 @@ def test_prepared_kernel_is_winograd_f4_only():
         ops.conv3x3_winograd(x, p, m=2)
 
 
-def test_bfloat16_is_onednn_where_the_cpu_has_bf16_and_onednn_runs():
-    want = ("onednn", "onednn_bf16", ops.WINOGRAD_MIN_IN_CHANNELS)  # colour inputs stay float32
+@pytest.mark.parametrize("flags", [{"avx512_bf16"}, {"avx512_bf16", "amx_bf16"}, {"avx2"}])
+def test_bfloat16_is_onednn_where_the_cpu_has_bf16_and_onednn_runs(flags, monkeypatch):
+    """In bfloat16, where oneDNN runs: oneDNN's bf16 conv on AMX, bf16 Winograd where the CPU has
+    AVX512-bf16 but no AMX; colour inputs stay float32 (oneDNN's conv)."""
+    monkeypatch.setattr(ops, "_cpu_flags", lambda: flags)
+    want = ("onednn", "onednn_bf16" if "amx_bf16" in flags else "wino4_bf16", ops.WINOGRAD_MIN_IN_CHANNELS)
     assert (ops.choice("bfloat16", "auto", "cpu") == want) == (ops.native_bf16() and onednn.available())
+    assert ops.native_bf16() == ("avx512_bf16" in flags)
+    bf16_winograd = ops.choice("bfloat16", "auto", "cpu")[1] == "wino4_bf16"
+    assert (ops.winograd_dtype("bfloat16", "auto") == jnp.bfloat16) == bf16_winograd
+    assert ops.winograd_dtype("float32", "auto") == jnp.float32
+    want = ("onednn", "onednn_bf16", ops.WINOGRAD_MIN_IN_CHANNELS)
     if onednn.available():
         if onednn.why_not("bfloat16"):
             with pytest.raises(ValueError, match="no bfloat16 conv on this CPU"):
@@ -173,6 +191,30 @@ def test_bfloat16_is_onednn_where_the_cpu_has_bf16_and_onednn_runs():
     else:
         with pytest.raises(ValueError, match="onednn conv is not available"):
             ops.choice("float32", "onednn")
+
+
+@pytest.mark.skipif(not (onednn.available() and ops.native_bf16()), reason="needs oneDNN and a CPU with native bf16")
+@pytest.mark.parametrize("pool", [False, True])
+def test_bf16_winograd_layers_round_only_the_matmul_inputs(pool):
+    """wino4_bf16: the fused layer with bfloat16 transforms gives the floats of the XLA form with
+    the same bfloat16 matmul inputs (float32 sums), value and input gradient, within rounding; it
+    lands within bfloat16's rounding of the float32 layer."""
+    x, k, _ = data((2, 12, 16, 32, 24), 30)
+    b = jax.random.normal(jax.random.key(31), (24,))
+    wino = ops.VARIANTS["wino4_bf16"]
+    pk = ops.prepare(k, jnp.bfloat16)
+    assert pk.u.dtype == jnp.bfloat16 and ops._bf16_winograd(pk) is pk
+    fused = jax.jit(lambda x: ops.conv_bias_relu(wino, x, pk, b, pool=pool))
+    y, vjp = jax.vjp(fused, x)
+    want = _layer(lambda x, k: ops._winograd_xla(x, pk.u, 4), pool)(x, k, b)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    f32, f32_vjp = jax.vjp(lambda x: _layer(reference, pool)(x, k, b), x)
+    assert 0 < float(jnp.abs(y - f32).max()) < 0.1 * float(jnp.abs(f32).max())
+    g = jax.random.normal(jax.random.key(32), y.shape)
+    (gx,), (f32_gx,) = vjp(g), f32_vjp(g)
+    # on average (a relu's mask flips where the bf16 rounding moves a pre-activation across 0)
+    assert 0 < float(jnp.abs(gx - f32_gx).mean()) < 0.15 * float(jnp.abs(f32_gx).mean())
+    assert "jaxviz_winograd4" in fused.lower(x).as_text()
 
 
 def test_bfloat16_keeps_float32_winograd_below_the_bf16_layers(monkeypatch):

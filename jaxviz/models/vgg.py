@@ -185,7 +185,8 @@ def _functions(spec: VGGSpec, precision: str, conv: str, convs: tuple):
     def prepare(p):
         """The Winograd transforms of the layers that run Winograd, made once (ops.Prepared);
         under jit, those of layers an objective never reaches are dropped as dead code."""
-        return {k: ({**v, "kernel": ops.prepare(v["kernel"])} if k in winograd else v) for k, v in p.items()}
+        dtype = ops.winograd_dtype(precision, conv)
+        return {k: ({**v, "kernel": ops.prepare(v["kernel"], dtype)} if k in winograd else v) for k, v in p.items()}
 
     return activations, preact, min_size, chunk, (prepare if winograd else None)
 

@@ -304,8 +304,28 @@ struct PoolGrad : Pixels {
 
 // Input transform of tiles t0 .. t0 + nt into v (36, nt, C): r[p][j] = sum_i Bt[p][i] d[i][j],
 // a column at a time (its six values in registers), then v[p][q] = sum_j Bt[q][j] r[p][j].
-template <class Src>
-void InputTransform(Src src, long th, long tw, long t0, long nt, long ps, float* v, bool parallel) {
+// v's values: float32, or bfloat16 (uint16_t) rounded to nearest even, as XLA's convert rounds.
+inline void StoreV(float* p, const Vec& v, int len) { Store(p, v, len); }
+
+inline void StoreV(uint16_t* p, const Vec& v, int len) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+  const __m256bh h = _mm512_cvtneps_pbh((__m512)v);
+  if (len == kLanes) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)h);
+  uint16_t tmp[kLanes];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(tmp), (__m256i)h);
+  std::memcpy(p, tmp, sizeof(uint16_t) * len);
+#else
+  for (int l = 0; l < len; ++l) {
+    uint32_t b;
+    const float f = v[l];
+    std::memcpy(&b, &f, 4);
+    p[l] = f != f ? static_cast<uint16_t>((b >> 16) | 0x40) : static_cast<uint16_t>((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+  }
+#endif
+}
+
+template <class Src, class T>
+void InputTransform(Src src, long th, long tw, long t0, long nt, long ps, T* v, bool parallel) {
   const long c = src.c;
 #pragma omp parallel for schedule(static) firstprivate(src) if (parallel)
   for (long k = 0; k < nt; ++k) {
@@ -320,10 +340,10 @@ void InputTransform(Src src, long th, long tw, long t0, long nt, long ps, float*
         Bt(d, 1, &r[0][j], kTile);
       }
       for (int p = 0; p < kTile; ++p) {
-        float* out = v + p * kTile * ps + k * c + c0;
+        T* out = v + p * kTile * ps + k * c + c0;
         Vec q[kTile];
         Bt(r[p], 1, q, 1);
-        for (int i = 0; i < kTile; ++i) Store(out + i * ps, q[i], len);
+        for (int i = 0; i < kTile; ++i) StoreV(out + i * ps, q[i], len);
       }
     }
   }
@@ -408,6 +428,9 @@ void OutputTransform(const float* mm, const Output out, long th, long tw, long t
 }
 
 using F32 = ffi::Buffer<ffi::DataType::F32>;
+// A transformed kernel, (36, C, O): float32, or bfloat16 for matmuls of bfloat16 inputs (the
+// transformed tiles rounded to bfloat16 as they are stored; products summed in float32).
+using Kernel = ffi::AnyBuffer;
 using F32Out = ffi::Result<F32>;
 using U8 = ffi::Buffer<ffi::DataType::U8>;
 using U8Out = ffi::Result<U8>;
@@ -417,8 +440,8 @@ ffi::Error Invalid(const char* what) {
 }
 
 // (1, 36, rows, cols) float32: the 36 planes of a block, rows of each plane dense, planes `plane` floats apart.
-memory::desc Planes(long rows, long cols, long plane) {
-  return memory::desc({1, 36, rows, cols}, memory::data_type::f32, {36 * plane, plane, cols, 1});
+memory::desc Planes(long rows, long cols, long plane, memory::data_type dt = memory::data_type::f32) {
+  return memory::desc({1, 36, rows, cols}, dt, {36 * plane, plane, cols, 1});
 }
 
 // oneDNN's matmul of a block of `rows` tiles by the transformed kernel, its scratchpad ours.
@@ -431,8 +454,8 @@ struct BlockMatmul {
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     return attr;
   }
-  BlockMatmul(dnnl::engine& engine, long rows, long c, long o, long vs, long ms)
-      : pd(engine, Planes(rows, c, vs), Planes(c, o, c * o), Planes(rows, o, ms), UserScratchpad()),
+  BlockMatmul(dnnl::engine& engine, long rows, long c, long o, long vs, long ms, memory::data_type in)
+      : pd(engine, Planes(rows, c, vs, in), Planes(c, o, c * o, in), Planes(rows, o, ms), UserScratchpad()),
         prim(pd),
         scratch(pd.scratchpad_desc().get_size()) {}
   void Run(dnnl::engine& engine, dnnl::stream& stream, const memory& bm, float* v, float* m) {
@@ -453,15 +476,16 @@ struct BlockMatmul {
 // its own core's cache and no thread waits on another between the steps. The two give the same
 // bits (oneDNN sums each row alike however the rows are split).
 template <class Src>
-ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out mbuf, int64_t block, int64_t own) {
+ffi::Error RunWinograd4(Src src, long n, Kernel u, Output out, F32Out vbuf, F32Out mbuf, int64_t block, int64_t own) {
   auto ud = u.dimensions();
   auto vd = vbuf->dimensions();
   auto md_ = mbuf->dimensions();
   const long slots = vd.size() == 2 ? vd[0] / 36 : 0;
-  if (ud.size() != 3 || ud[0] != 36 || ud[1] != src.c || ud[2] != out.o || block < 1 || vd.size() != 2 ||
+  if ((u.element_type() != ffi::DataType::F32 && u.element_type() != ffi::DataType::BF16) || ud.size() != 3 ||
+      ud[0] != 36 || ud[1] != src.c || ud[2] != out.o || block < 1 || vd.size() != 2 ||
       md_.size() != 2 || slots < 1 || vd[0] != 36 * slots || md_[0] != vd[0] || (!own && slots != 1) ||
       vd[1] < block * src.c || md_[1] < block * out.o) {
-    return Invalid("x must be (N, H, W, C), u (36, C, O), y (N, H, W, O), block positive and the scratch "
+    return Invalid("x must be (N, H, W, C), u (36, C, O) float32 or bfloat16, y (N, H, W, O), block positive and the scratch "
                    "(36 S, >= block C) and (36 S, >= block O), S 1 unless own");
   }
   const long c = src.c, o = out.o;
@@ -469,21 +493,29 @@ ffi::Error RunWinograd4(Src src, long n, F32 u, Output out, F32Out vbuf, F32Out 
   // The 36 planes of a block lie vd[1] and md_[1] floats apart: onednn.py pads them so that
   // the planes of one tile do not all fall into a few of L1's sets.
   const long vs = vd[1], ms = md_[1];
+  // bfloat16 tiles in the same bytes as float32 ones, the planes as far apart: twice the elements
+  const bool bf16 = u.element_type() == ffi::DataType::BF16;
+  const auto in = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  const long vsi = bf16 ? 2 * vs : vs;
   std::string error;
   std::atomic<long> next{0};  // own blocks: the next block not taken, so that a thread slowed down takes fewer
   auto run = [&](long slot) {
     try {
       dnnl::engine& engine = cpu_engine();
       dnnl::stream stream(engine);
-      memory bm(Planes(c, o, c * o), engine, const_cast<float*>(u.typed_data()));
+      memory bm(Planes(c, o, c * o, in), engine, u.untyped_data());
       float* v = vbuf->typed_data() + slot * 36 * vs;
       float* m = mbuf->typed_data() + slot * 36 * ms;
       std::unique_ptr<BlockMatmul> full, last;
       for (long i = own ? next++ : 0; i < blocks; i = own ? next++ : i + 1) {
         const long t0 = i * block, nt = std::min<long>(block, tiles - t0);
         auto& mm = nt == block ? full : last;
-        if (!mm) mm = std::make_unique<BlockMatmul>(engine, nt, c, o, vs, ms);
-        InputTransform(src, th, tw, t0, nt, vs, v, !own);
+        if (!mm) mm = std::make_unique<BlockMatmul>(engine, nt, c, o, vsi, ms, in);
+        if (bf16) {
+          InputTransform(src, th, tw, t0, nt, vsi, reinterpret_cast<uint16_t*>(v), !own);
+        } else {
+          InputTransform(src, th, tw, t0, nt, vs, v, !own);
+        }
         mm->Run(engine, stream, bm, v, m);
         OutputTransform(m, out, th, tw, t0, nt, ms, !own);
       }
@@ -524,7 +556,7 @@ Output OutputOf(F32Out& y, const float* bias, float* pooled) {
 }
 
 // conv(x): x (N, H, W, C), u (36, C, O) -> y (N, H, W, O).
-ffi::Error Winograd4(F32 x, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+ffi::Error Winograd4(F32 x, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   if (!Shapes(x.dimensions(), y->dimensions())) return Invalid("x must be (N, H, W, C)");
   return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
 }
@@ -543,7 +575,7 @@ ffi::Error Input(const F32& x, const F32* x_bias, Run run) {
 // relu(conv(input) + bias), y (N, H, W, O): a conv layer in one call; or with `pooled` and
 // `hits`, (N, H/2, W/2, O), its 2x2 max pool and the pool's hits in place of y: the layer and
 // the pool after it.
-ffi::Error Layer(F32 x, const F32* x_bias, F32 u, F32 bias, F32Out* y, F32Out* pooled, U8Out* hits, F32Out v,
+ffi::Error Layer(F32 x, const F32* x_bias, Kernel u, F32 bias, F32Out* y, F32Out* pooled, U8Out* hits, F32Out v,
                  F32Out m, int64_t block, int64_t own) {
   auto xd = x.dimensions();
   if (xd.size() != 4 || bias.dimensions().size() != 1) return Invalid("x must be (N, H, W, C) and bias (O,)");
@@ -563,21 +595,21 @@ ffi::Error Layer(F32 x, const F32* x_bias, F32 u, F32 bias, F32Out* y, F32Out* p
   return Input(x, x_bias, [&](auto src) { return RunWinograd4(src, xd[0], u, out, v, m, block, own); });
 }
 
-ffi::Error Winograd4BiasRelu(F32 x, F32 u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+ffi::Error Winograd4BiasRelu(F32 x, Kernel u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   return Layer(x, nullptr, u, bias, &y, nullptr, nullptr, v, m, block, own);
 }
 
-ffi::Error Winograd4BiasReluPool(F32 x, F32 u, F32 bias, F32Out pooled, U8Out hits, F32Out v, F32Out m,
+ffi::Error Winograd4BiasReluPool(F32 x, Kernel u, F32 bias, F32Out pooled, U8Out hits, F32Out v, F32Out m,
                                  int64_t block, int64_t own) {
   return Layer(x, nullptr, u, bias, nullptr, &pooled, &hits, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluBiasRelu(F32 x, F32 u, F32 bias, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
+ffi::Error Winograd4InReluBiasRelu(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
                                    int64_t own) {
   return Layer(x, &x_bias, u, bias, &y, nullptr, nullptr, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluBiasReluPool(F32 x, F32 u, F32 bias, F32 x_bias, F32Out pooled, U8Out hits, F32Out v,
+ffi::Error Winograd4InReluBiasReluPool(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out pooled, U8Out hits, F32Out v,
                                        F32Out m, int64_t block, int64_t own) {
   return Layer(x, &x_bias, u, bias, nullptr, &pooled, &hits, v, m, block, own);
 }
@@ -596,7 +628,7 @@ ffi::Error GradOutput(F32Out& y, const F32* x, const F32* x_bias, Output* out) {
 }
 
 // conv(where(relu_out > 0, g, 0)): a conv layer's input gradient, its relu's mask applied on the way in.
-ffi::Error ReluGradOf(F32 relu_out, F32 g, const F32* x, F32 u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
+ffi::Error ReluGradOf(F32 relu_out, F32 g, const F32* x, Kernel u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
                       int64_t block, int64_t own) {
   if (!Shapes(g.dimensions(), y->dimensions()) || !Same(g.dimensions(), relu_out.dimensions())) {
     return Invalid("g and relu_out must be (N, H, W, C) alike");
@@ -610,7 +642,7 @@ ffi::Error ReluGradOf(F32 relu_out, F32 g, const F32* x, F32 u, const F32* x_bia
 
 // The input gradient of a conv layer followed by a 2x2 max pool, y (N, H, W, O), from the
 // pool's hits and its cotangent gp, (N, H/2, W/2, C).
-ffi::Error PoolGradOf(U8 hits, F32 gp, const F32* x, F32 u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
+ffi::Error PoolGradOf(U8 hits, F32 gp, const F32* x, Kernel u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
                       int64_t block, int64_t own) {
   auto gd = gp.dimensions();
   auto yd = y->dimensions();
@@ -626,20 +658,20 @@ ffi::Error PoolGradOf(U8 hits, F32 gp, const F32* x, F32 u, const F32* x_bias, F
   return RunWinograd4(src, gd[0], u, out, v, m, block, own);
 }
 
-ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   return ReluGradOf(relu_out, g, nullptr, u, nullptr, y, v, m, block, own);
 }
 
-ffi::Error Winograd4PoolGrad(U8 hits, F32 gp, F32 u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+ffi::Error Winograd4PoolGrad(U8 hits, F32 gp, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   return PoolGradOf(hits, gp, nullptr, u, nullptr, y, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, F32 x, F32 u, F32 x_bias, F32Out y, F32Out v, F32Out m,
+ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, F32 x, Kernel u, F32 x_bias, F32Out y, F32Out v, F32Out m,
                                int64_t block, int64_t own) {
   return ReluGradOf(relu_out, g, &x, u, &x_bias, y, v, m, block, own);
 }
 
-ffi::Error Winograd4InPoolGrad(U8 hits, F32 gp, F32 x, F32 u, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
+ffi::Error Winograd4InPoolGrad(U8 hits, F32 gp, F32 x, Kernel u, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
                                int64_t own) {
   return PoolGradOf(hits, gp, &x, u, &x_bias, y, v, m, block, own);
 }
@@ -672,23 +704,23 @@ using Out = Types<Rets...>;  // the outputs, then the two scratch buffers (float
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluPool,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32>{}, Out<F32, U8, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32>{}, Out<F32, U8, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluF32, Winograd4InReluBiasRelu,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluPoolF32, Winograd4InReluBiasReluPool,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, F32>{}, Out<F32, U8, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, U8, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluGradF32, Winograd4InReluGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, F32, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InPoolGradF32, Winograd4InPoolGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, F32, F32, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
                               ffi::Ffi::Bind()
