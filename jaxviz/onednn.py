@@ -274,7 +274,10 @@ def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
     """3x3 SAME conv of (..., H, W, C) float32 by Winograd F(4x4, 3x3) with the transformed
     kernel ``u`` = ``ops.winograd_kernel(kernel, 4)``, (36, C, O): the tile transforms in C++
     on every core, the 36 matmuls in oneDNN's. The same sums in the same order as
-    ``ops.conv3x3_winograd``'s XLA form with oneDNN's matmul. Forward only; needs ``available()``."""
+    ``ops.conv3x3_winograd``'s XLA form with oneDNN's matmul. With ``u`` in bfloat16 (here and
+    in the calls below) each transformed tile is rounded to bfloat16 as it is stored and the
+    matmuls sum bf16 products in float32 (``ops._winograd_xla`` on a bf16 ``u``); it needs a CPU
+    with native bf16 to be fast. Forward only; needs ``available()``."""
     return _winograd_public(_winograd4, (x,), (u,))
 
 

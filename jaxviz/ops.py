@@ -24,10 +24,12 @@ fastest (bench/engine/variants.py) for a precision and a kernel shape:
   runs, F(4x4, 3x3) on CPU is one custom call (``onednn.winograd4``: the tile transforms
   in C++, in cache-sized blocks of tiles, the matmuls in oneDNN's matmul) that runs the
   XLA form's operations in the same order (``_bt4``, ``_at4``), so the same bits
-  (bench/README.md, "Winograd in one custom call").
+  (bench/README.md, "Winograd in one custom call"). ``wino4_bf16``: the same with its
+  transformed tiles and kernels rounded to bfloat16 (float32 sums): the bfloat16 mode on
+  CPUs with AVX512-bf16 but no AMX.
 * ``onednn``, ``onednn_bf16``: oneDNN's conv (``jaxviz.onednn``, a custom call; on
   float32 or bf16 inputs, float32 output), where it runs: the default of the
-  bfloat16 mode on CPUs with native bf16. ``onednn`` runs convs with at most
+  bfloat16 mode on CPUs with AMX. ``onednn`` runs convs with at most
   ``FEW_OUT_CHANNELS`` outputs (the colour layer's input gradient) as
   ``conv3x3_few_out``: one matmul to the nine taps' outputs and their shifted sum.
 

@@ -439,7 +439,7 @@ ffi::Error Invalid(const char* what) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("jaxviz winograd: ") + what);
 }
 
-// (1, 36, rows, cols) float32: the 36 planes of a block, rows of each plane dense, planes `plane` floats apart.
+// (1, 36, rows, cols) of type dt: the 36 planes of a block, rows of each plane dense, planes `plane` elements apart.
 memory::desc Planes(long rows, long cols, long plane, memory::data_type dt = memory::data_type::f32) {
   return memory::desc({1, 36, rows, cols}, dt, {36 * plane, plane, cols, 1});
 }
