@@ -181,11 +181,12 @@ def _functions(spec: VGGSpec, precision: str, conv: str, convs: tuple):
         return chunk_size(layer if layer in kinds else layers(spec)[-1].name, size, n, max_bytes, spec)
 
     winograd = {l.name for l in layers(spec) if l.kind == "conv" and ops.uses_winograd(precision, conv, l.in_channels)}
+    dtype = ops.winograd_dtype(precision, conv)
 
     def prepare(p):
-        """The Winograd transforms of the layers that run Winograd, made once (ops.Prepared);
-        under jit, those of layers an objective never reaches are dropped as dead code."""
-        dtype = ops.winograd_dtype(precision, conv)
+        """The Winograd transforms of the layers that run Winograd, made once (ops.Prepared, in
+        the type its matmuls take); under jit, those of layers an objective never reaches are
+        dropped as dead code."""
         return {k: ({**v, "kernel": ops.prepare(v["kernel"], dtype)} if k in winograd else v) for k, v in p.items()}
 
     return activations, preact, min_size, chunk, (prepare if winograd else None)
