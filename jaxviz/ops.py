@@ -536,8 +536,6 @@ def why_not(precision: str, conv: str) -> str | None:
         return f"precision must be float32 or bfloat16, not {precision!r}"
     if conv not in ALGORITHMS:
         return f"conv must be one of {', '.join(ALGORITHMS)}, not {conv!r}"
-    if conv == "winograd" and precision != "float32":
-        return "the winograd conv runs in float32 only; use precision float32, or conv auto or xla with bfloat16"
     if conv == "onednn":
         return onednn.why_not(precision)
     return None
@@ -565,7 +563,8 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     0.59 / 0.39 / 0.32x the time of float32 Winograd at block2/3/4_conv1, bench/README.md,
     "oneDNN"); with AVX512-bf16 but no AMX, Winograd with bfloat16 matmul inputs
     (``wino4_bf16``: on a Zen 5 0.62-0.70x the time of oneDNN's bf16 conv and 0.76-0.87x
-    float32's, final losses as close to float32's, bench/README.md). ``onednn`` asks for the same
+    float32's, final losses as close to float32's, bench/README.md); ``winograd`` asks for
+    that anywhere (XLA's conv for colour inputs). ``onednn`` asks for the same
     in bfloat16 and oneDNN's float32 conv everywhere in float32 (slower than Winograd
     at block3/4 there). Otherwise, in bfloat16 layers with fewer than
     BF16_MIN_IN_CHANNELS inputs stay float32 and get the float32 choice (``winograd``:
@@ -583,8 +582,8 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     if algorithm == "onednn":
         return onednn_bf16 if precision == "bfloat16" else ("onednn", "onednn", 0)
     if precision == "bfloat16":
-        if algorithm == "winograd":
-            raise ValueError("the winograd conv runs in float32 only")
+        if algorithm == "winograd":  # bf16 matmul inputs (oneDNN's call on CPU, XLA's dot elsewhere)
+            return ("xla", "wino4_bf16", WINOGRAD_MIN_IN_CHANNELS)
         if not on_cpu:
             return ("xla", "xla_bf16", BF16_MIN_IN_CHANNELS)
         if algorithm == "auto" and native_bf16() and onednn.available():

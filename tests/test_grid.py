@@ -89,7 +89,6 @@ def run_main(argv):
     (["--steps", "-1"], "steps must be 0 or more"),
     (["--filters", "1-x"], "malformed --filters"),
     (["--filters", "5-2"], "malformed --filters"),
-    (["--conv", "winograd", "--precision", "bfloat16"], "float32 only"),
     (["--recipe", "lucid", "--conv", "xla"], "--conv applies to --recipe seed only"),
     # issue 11: any model, objectives
     (["--model", "resnet"], "unknown model 'resnet'"),

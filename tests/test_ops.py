@@ -124,8 +124,10 @@ def test_auto_is_winograd_on_cpu_and_xla_elsewhere():
     assert ops.choice("float32", "auto", "gpu") == ("xla", "xla", 0)
     assert ops.choice("float32", "xla", "cpu") == ("xla", "xla", 0)
     assert ops.choice("float32", "winograd", "gpu")[1] == "wino4"
-    with pytest.raises(ValueError, match="float32 only"):
-        ops.choice("bfloat16", "winograd")
+    # bfloat16 Winograd: bf16 matmul inputs, its transforms prepared in bf16
+    assert ops.choice("bfloat16", "winograd", "gpu") == ("xla", "wino4_bf16", ops.WINOGRAD_MIN_IN_CHANNELS)
+    assert ops.winograd_dtype("bfloat16", "winograd") == jnp.bfloat16
+    assert ops.uses_winograd("bfloat16", "winograd", 64) and not ops.uses_winograd("bfloat16", "winograd", 3)
     with pytest.raises(ValueError, match="conv must be one of"):
         ops.choice("float32", "fft")
 
@@ -134,7 +136,7 @@ def test_why_not_names_the_bad_setting_and_passes_good_ones():
     assert ops.why_not("float32", "auto") is None and ops.why_not("bfloat16", "xla") is None
     assert "precision must be" in ops.why_not("float16", "auto")
     assert "conv must be one of" in ops.why_not("float32", "fft")
-    assert "float32 only" in ops.why_not("bfloat16", "winograd")
+    assert ops.why_not("bfloat16", "winograd") is None
     assert ops.why_not("bfloat16", "onednn") == onednn.why_not("bfloat16")
 
 
