@@ -79,8 +79,9 @@ def build_parser() -> OneLineParser:
                    help="compute precision; bfloat16 uses bf16 matmuls with f32 accumulation (default float32)")
     p.add_argument("--conv", choices=("auto", "winograd", "xla", "onednn"), default="auto",
                    help="convolution algorithm of the seed recipe: winograd (Winograd F(4x4,3x3), the default "
-                   "in float32 on CPU), xla (XLA's own conv, the default elsewhere), onednn (oneDNN's, the default "
-                   "in bfloat16 on CPUs with AMX or AVX512-bf16) (default auto)")
+                   "in float32 on CPU, and in bfloat16 with bf16 matmul inputs on CPUs with AVX512-bf16 and no AMX), "
+                   "xla (XLA's own conv, the default elsewhere), onednn (oneDNN's, the default in bfloat16 on CPUs "
+                   "with AMX) (default auto)")
     p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
     p.add_argument("--out", default="jaxviz-out", help="output folder (default jaxviz-out/)")
     p.add_argument("--tiles", action="store_true", help="also save each tile as its own PNG in OUT/LAYER/")
