@@ -48,7 +48,7 @@ loop then never repeats them. Every variant accepts one in place of a kernel.
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -512,15 +512,17 @@ ALGORITHMS = ("auto", "winograd", "xla", "onednn")
 WINOGRAD_MIN_IN_CHANNELS = 16
 
 
-def _cpu_flags() -> set[str]:
+@lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
+    """This CPU's flags (/proc/cpuinfo), read once: ``choice`` asks at every trace."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def native_bf16() -> bool:
