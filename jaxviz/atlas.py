@@ -30,7 +30,7 @@ import sys
 import time
 from typing import NamedTuple, Sequence
 
-from jaxviz import checks
+from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, parse_filters,
@@ -580,6 +580,7 @@ def _main(argv: list[str] | None) -> int:
 
         proc = state["proc"] = shard.init_distributed(args.coordinator, args.num_processes, args.process_id,
                                                       auto=args.cluster)
+        compile_cache.for_command()  # after joining a job: it touches the devices
         check_out_dir(args.out)
         examples = None
         if args.examples is not None:

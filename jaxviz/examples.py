@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
+from jaxviz import compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.errors import JaxvizError
 
@@ -429,6 +430,7 @@ def _run(args) -> int:
             remove_if_empty(args.out)
 
     try:
+        compile_cache.for_command()
         return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
         close_bar()

@@ -19,7 +19,7 @@ from jaxviz.cli_args import (
     parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
-from jaxviz import checks
+from jaxviz import checks, compile_cache
 from jaxviz.errors import JaxvizError
 from jaxviz.model import min_size
 
@@ -378,7 +378,6 @@ def _main(argv: list[str] | None) -> int:
     gate = WriteGate()
 
     def work() -> int:
-        planned = _validate(args)
         model = _load_model(args)
         if args.list_layers:
             _print_layers(model)
@@ -412,6 +411,8 @@ def _main(argv: list[str] | None) -> int:
             remove_if_empty(args.out)
 
     try:
+        planned = _validate(args)  # before JAX loads: bad values are told at once
+        compile_cache.for_command()
         return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
         print(f"jaxviz.grid: error: {e}", file=sys.stderr)

@@ -78,8 +78,9 @@ def _cache_dir() -> Path:
     return default_cache_dir() / "onednn"
 
 
-def _cpu() -> bytes:
-    """This CPU's model and flags: the library is compiled for the CPU it runs on (-march=native)."""
+def cpu_signature() -> bytes:
+    """This CPU's model and flags: what code compiled for the CPU it runs on (-march=native; the
+    library here, XLA's executables in ``compile_cache``) is valid for."""
     try:
         with open("/proc/cpuinfo", "rb") as f:
             return b"".join(sorted({l for l in f if l.startswith((b"model name", b"flags"))}))
@@ -94,7 +95,7 @@ def _build(prefix: Path) -> Path:
         raise OSError("no C++ compiler (g++ or $CXX)")
     lib = (prefix / "lib" / "libdnnl.so.3").resolve()
     tag = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), jax.ffi.include_dir().encode(),
-                                     jax.__version__.encode(), str(lib).encode(), cxx.encode(), _cpu()])).hexdigest()[:16]
+                                     jax.__version__.encode(), str(lib).encode(), cxx.encode(), cpu_signature()])).hexdigest()[:16]
     out = _cache_dir() / f"onednn_conv-{tag}.so"
     if out.exists():
         return out

@@ -7,6 +7,8 @@ import pytest
 
 # Tests never read or write the user's plan cache (jaxviz.plan): built-in constants only.
 os.environ["JAXVIZ_PLAN"] = "off"
+# Nor the commands' compilation cache (jaxviz.compile_cache; tests/test_compile_cache.py turns it on).
+os.environ["JAXVIZ_COMPILE_CACHE"] = "0"
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "weights" / "vgg16_imagenet_notop.h5"

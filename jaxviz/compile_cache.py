@@ -1,0 +1,119 @@
+"""The commands' persistent XLA compilation cache: a second run loads what the first compiled.
+
+Each run of ``python -m jaxviz.grid`` (or ``jaxviz.atlas``, ``jaxviz.examples``) compiles one
+program per layer and chunk shape, one to two seconds each on a 2-core CPU, the same programs
+every time. The commands keep them in JAX's persistent compilation cache, in jaxviz's cache
+folder (``xla/``, a folder per CPU and jax version: XLA:CPU compiles for the CPU it runs on).
+Only the commands do: the library leaves a program's JAX settings to the program.
+``JAXVIZ_COMPILE_CACHE=0`` turns it off; a cache the user set up (``JAX_COMPILATION_CACHE_DIR``)
+is left as it is.
+
+Some CPUs refuse every executable XLA:CPU reloads, logging an error each time (tuning flags
+taken for missing CPU features, jax-ml/jax#38445); so before the first use of a folder, one
+tiny program is compiled, serialized and loaded back, quietly, and the folder remembers the
+answer (``reload-ok`` or ``reload-refused``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+ENV = "JAXVIZ_COMPILE_CACHE"  # "0" (or off, no, false): never
+MAX_BYTES = 1 << 30  # the folder's size at most (JAX evicts the least recently used entries)
+OK, REFUSED = "reload-ok", "reload-refused"
+
+
+def folder() -> Path:
+    """This CPU's and jax version's folder: ``xla/<tag>`` in jaxviz's cache."""
+    import jax
+    import jaxlib
+
+    from jaxviz.onednn import cpu_signature
+    from jaxviz.weights import default_cache_dir
+
+    tag = hashlib.sha256(b"\0".join([cpu_signature(), jax.__version__.encode(), jaxlib.__version__.encode()]))
+    return default_cache_dir() / "xla" / tag.hexdigest()[:16]
+
+
+def use() -> Path | None:
+    """Point JAX's persistent compilation cache at ``folder()`` before anything compiles; the
+    folder, or None where it is off, set up by the user already, not writable, or refused by
+    this CPU (then nothing changes)."""
+    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
+        return None
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return None
+    try:
+        path = folder()
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / OK).exists():
+            if (path / REFUSED).exists():
+                return None
+            ok = _reloads()
+            (path / (OK if ok else REFUSED)).touch()
+            if not ok:
+                return None
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if importlib.util.find_spec("filelock"):  # JAX evicts with it; without, the size is not capped
+        jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    return path
+
+
+def for_command() -> Path | None:
+    """``use()`` where this process runs one of jaxviz's commands (``python -m jaxviz.grid`` and
+    the like), not where the library runs in someone's program or tests call a ``main``."""
+    from jaxviz.cli_run import launched_command
+
+    return use() if launched_command() else None
+
+
+def _reloads() -> bool:
+    """Whether XLA loads back, with nothing logged, an executable it just compiled and serialized
+    (through JAX's own calls for its cache; any failure, or a change in them, counts as no).
+    In the main thread, SIGINT and SIGTERM wait until the terminal has its stderr back."""
+    main = threading.current_thread() is threading.main_thread()
+    held: list[int] = []
+    handlers = {s: signal.signal(s, lambda n, _: held.append(n)) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        with tempfile.TemporaryFile() as log:
+            saved = os.dup(2)
+            os.dup2(log.fileno(), 2)  # XLA logs a refusal from C++: kept from the terminal
+            try:
+                ok = _roundtrip()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            log.seek(0)
+            return ok and not log.read()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        for n in held:
+            signal.raise_signal(n)
+
+
+def _roundtrip() -> bool:
+    try:
+        import jax
+        import numpy as np
+        from jax._src import compiler, xla_bridge
+        from jax._src.lib import xla_client
+
+        exe = jax.jit(lambda x: x * 2.0 + 1.0).lower(np.zeros(8, np.float32)).compile().runtime_executable()
+        backend = xla_bridge.get_backend()
+        back = backend.deserialize_executable(backend.serialize_executable(exe),
+                                              xla_client.DeviceList(tuple(jax.devices()[:1])),
+                                              compiler.get_compile_options(num_replicas=1, num_partitions=1))
+        return back is not None
+    except Exception:
+        return False

@@ -1,0 +1,106 @@
+"""jaxviz.compile_cache: the commands' persistent compilation cache."""
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jaxviz import compile_cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def updates(monkeypatch, tmp_path):
+    """jax.config.update recorded instead of applied (this process keeps its own settings),
+    jaxviz's cache in tmp_path."""
+    seen = {}
+    monkeypatch.setattr(jax.config, "update", lambda k, v: seen.__setitem__(k, v))
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path))
+    monkeypatch.delenv(compile_cache.ENV, raising=False)
+    return seen
+
+
+def test_use_points_jax_at_a_folder_per_cpu_and_version(updates, tmp_path):
+    path = compile_cache.use()
+    assert path == compile_cache.folder() and path.parent == tmp_path / "xla"
+    assert updates["jax_compilation_cache_dir"] == str(path)
+    assert updates["jax_persistent_cache_min_compile_time_secs"] == 0.0
+    assert updates["jax_compilation_cache_max_size"] == compile_cache.MAX_BYTES
+    # this CPU's answer is kept: a later use does not probe again
+    assert (path / compile_cache.OK).exists() != (path / compile_cache.REFUSED).exists()
+
+
+@pytest.mark.parametrize("value", ["0", "off", "No"])
+def test_off(updates, monkeypatch, value):
+    monkeypatch.setenv(compile_cache.ENV, value)
+    assert compile_cache.use() is None and not updates
+
+
+def test_a_cache_of_the_users_own_stays(monkeypatch, tmp_path):
+    monkeypatch.delenv(compile_cache.ENV, raising=False)
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path))
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # nothing compiles before it is unset
+    try:
+        monkeypatch.setattr(jax.config, "update", lambda k, v: pytest.fail(f"{k} changed"))
+        assert compile_cache.use() is None
+    finally:
+        monkeypatch.undo()
+        jax.config.update("jax_compilation_cache_dir", None)
+
+
+def test_a_refusing_cpu_is_probed_once(updates, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compile_cache, "_reloads", lambda: calls.append(1) or False)
+    assert compile_cache.use() is None and compile_cache.use() is None
+    assert calls == [1] and not updates
+    assert (compile_cache.folder() / compile_cache.REFUSED).exists()
+
+
+def test_an_unwritable_cache_is_no_cache(updates, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "file"))
+    assert compile_cache.use() is None and not updates
+
+
+def test_anything_logged_while_loading_back_counts_as_refused(monkeypatch, capfd):
+    def logs():
+        os.write(2, b"Target machine feature +prefer-no-gather is not supported on the host machine\n")
+        return True
+
+    monkeypatch.setattr(compile_cache, "_roundtrip", logs)
+    assert compile_cache._reloads() is False
+    monkeypatch.setattr(compile_cache, "_roundtrip", lambda: True)
+    assert compile_cache._reloads() is True
+    os.write(2, b"after\n")  # stderr is the terminal's again, and the probe's log never reached it
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_the_round_trip_runs_here():
+    assert compile_cache._roundtrip() is True  # JAX's own calls still exist and load back on this CPU
+
+
+def test_the_command_writes_then_reads_it(tmp_path):
+    env = {**os.environ, "JAXVIZ_CACHE": str(tmp_path / "cache"), "JAXVIZ_ONEDNN": "0"}
+    env.pop(compile_cache.ENV)
+    cmd = [sys.executable, "-m", "jaxviz.grid", "--layers", "block1_conv1", "--filters", "0-1", "--steps", "2",
+           "--size", "32"]
+    pngs = []
+    for i in range(2):
+        r = subprocess.run(cmd + ["--out", str(tmp_path / f"out{i}")], env=env, cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        pngs.append((tmp_path / f"out{i}" / "block1_conv1.png").read_bytes())
+        entries = list((tmp_path / "cache" / "xla").rglob("jit__run-*-cache"))
+        assert len(entries) == 1  # written by the first run, read (not written again) by the second
+    assert pngs[0] == pngs[1]
+    off = {**env, compile_cache.ENV: "0", "JAXVIZ_CACHE": str(tmp_path / "off")}
+    r = subprocess.run(cmd + ["--out", str(tmp_path / "out_off")], env=off, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and not (tmp_path / "off" / "xla").exists()
+    assert (tmp_path / "out_off" / "block1_conv1.png").read_bytes() == pngs[0]
+
+
+def test_library_use_never_sets_it(monkeypatch):
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-c", "pass"], raising=False)
+    monkeypatch.setattr(compile_cache, "use", lambda: pytest.fail("use() outside a command"))
+    assert compile_cache.for_command() is None
