@@ -1,7 +1,7 @@
 """The commands' persistent XLA compilation cache: a second run loads what the first compiled.
 
 Each run of ``python -m jaxviz.grid`` (or ``jaxviz.atlas``, ``jaxviz.examples``) compiles one
-program per layer and chunk shape, one to two seconds each on a 2-core CPU, the same programs
+program per layer and chunk shape, up to two seconds each on a 2-core CPU, the same programs
 every time. The commands keep them in JAX's persistent compilation cache, in jaxviz's cache
 folder (``xla/``, a folder per CPU and jax version: XLA:CPU compiles for the CPU it runs on).
 Only the commands do: the library leaves a program's JAX settings to the program.
@@ -103,6 +103,7 @@ def _reloads() -> bool:
 
 
 def _roundtrip() -> bool:
+    """A tiny program compiled, serialized and deserialized (as JAX's cache does it); False on any error."""
     try:
         import jax
         import numpy as np

@@ -104,3 +104,36 @@ def test_library_use_never_sets_it(monkeypatch):
     monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-c", "pass"], raising=False)
     monkeypatch.setattr(compile_cache, "use", lambda: pytest.fail("use() outside a command"))
     assert compile_cache.for_command() is None
+
+
+def test_an_interrupt_during_the_probe_waits_for_stderr(tmp_path):
+    """Ctrl-C while the probe holds stderr back: the command's line still reaches the terminal,
+    once the probe is over, and nothing the probe caught does."""
+    import signal
+    import time
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from jaxviz import compile_cache\n"
+        "def slow():\n"
+        "    os.write(1, b'probing\\n')\n"
+        "    os.write(2, b'logged by XLA\\n')\n"
+        "    time.sleep(1.5)\n"
+        "    return True\n"
+        "compile_cache._roundtrip = slow\n"
+        "signal.signal(signal.SIGINT, lambda *_: (os.write(2, b'interrupted\\n'), os._exit(130)))\n"
+        "compile_cache._reloads()\n"
+        "os._exit(0)\n"
+    )
+    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"probing\n"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and err == b"interrupted\n", (p.returncode, err)
+    assert time.monotonic() - t0 > 1.0  # held until the probe was over
