@@ -6,7 +6,8 @@ every time. The commands keep them in JAX's persistent compilation cache, in jax
 folder (``xla/``, a folder per CPU and jax version: XLA:CPU compiles for the CPU it runs on).
 Only the commands do: the library leaves a program's JAX settings to the program.
 ``JAXVIZ_COMPILE_CACHE=0`` turns it off; a cache the user set up (``JAX_COMPILATION_CACHE_DIR``)
-is left as it is.
+is left as it is. Like the compiled library beside it, what the folder holds is run: keep it
+the user's own.
 
 Some CPUs refuse every executable XLA:CPU reloads, logging an error each time (tuning flags
 taken for missing CPU features, jax-ml/jax#38445); so before the first use of a folder, one
