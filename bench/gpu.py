@@ -6,8 +6,9 @@ Run once where a GPU is lent (CI never runs benchmarks):
 
 Prints seconds per grid (first call = compile + run, then the best and median of the
 next rounds) for block1..4_conv1 at 64 px, 40 steps, per precision and conv
-algorithm (``--modes``; "auto" is XLA's conv off CPU), and the time to render all 4,224 conv filters of VGG16 at 64 px, 40 steps (the atlas's work,
-without writing the site).
+algorithm (``--modes``; "auto" is XLA's conv off CPU), and with ``--atlas`` the time to render all
+4,224 conv filters of VGG16 at 64 px, 40 steps (the atlas's work, without writing the site), twice:
+cold (compiles included) and warm (compiled), with TFLOP/s in direct-conv equivalents.
 """
 from __future__ import annotations
 
@@ -71,19 +72,29 @@ def main(argv=None) -> int:
     for mode, t in totals.items():
         lines.append(f"four grids, {mode}: {t:.2f} s (sum of best)")
     if a.atlas:
-        total_filters, t0 = 0, time.perf_counter()
-        per_layer = []
-        for layer in conv_layers():
-            n = layer_info(layer).out_channels
-            config = AscentConfig(size=a.size, steps=a.steps)
-            t, _ = timed(lambda: jax.block_until_ready(ascend(params, layer, range(n), config=config,
-                                                              max_bytes=int(a.max_gb * 1024**3))))
-            per_layer.append(f"{layer} {t:.1f}s")
-            total_filters += n
-            print(per_layer[-1], flush=True)
-        wall = time.perf_counter() - t0
-        lines += ["", f"full atlas pass ({total_filters} filters, {a.size} px, {a.steps} steps, float32, compile included): "
-                  f"{wall:.1f} s, {total_filters / wall:.1f} filters/s", "per layer: " + ", ".join(per_layer)]
+        # twice in one process: the first pass compiles each layer's program, the second runs them
+        # compiled (what a warm persistent compilation cache gives, less reading it back)
+        from _common import grid_flops
+
+        layers = conv_layers()
+        flops = sum(grid_flops(l, a.size, layer_info(l).out_channels, a.steps) for l in layers)
+        total_filters = sum(layer_info(l).out_channels for l in layers)
+        walls = []
+        for name in ("cold (compiles included)", "warm (compiled)"):
+            per_layer, t0 = [], time.perf_counter()
+            for layer in layers:
+                config = AscentConfig(size=a.size, steps=a.steps)
+                n = layer_info(layer).out_channels
+                t, _ = timed(lambda: jax.block_until_ready(ascend(params, layer, range(n), config=config,
+                                                                  max_bytes=int(a.max_gb * 1024**3))))
+                per_layer.append(f"{layer} {t:.2f}s")
+                print(name, per_layer[-1], flush=True)
+            walls.append(time.perf_counter() - t0)
+            lines += ["", f"full atlas pass, {name} ({total_filters} filters, {a.size} px, {a.steps} steps, float32): "
+                      f"{walls[-1]:.2f} s, {total_filters / walls[-1]:.1f} filters/s, "
+                      f"{flops / walls[-1] / 1e12:.3g} TFLOP/s in direct-conv equivalents ({flops / 1e15:.3f} PFLOP)",
+                      "per layer: " + ", ".join(per_layer)]
+        lines.append(f"compiles: about {walls[0] - walls[1]:.1f} s (cold less warm)")
     text = "\n".join(lines)
     print(text)
     if a.markdown_out:
