@@ -54,6 +54,8 @@ def use() -> Path | None:
     try:
         path = folder()
         path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):  # JAX would warn at every entry it cannot write
+            return None
         if not (path / OK).exists():
             if (path / REFUSED).exists():
                 return None

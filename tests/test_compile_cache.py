@@ -66,6 +66,12 @@ def test_an_unwritable_cache_is_no_cache(updates, monkeypatch, tmp_path):
     assert compile_cache.use() is None and not updates
 
 
+def test_a_read_only_cache_is_no_cache(updates, monkeypatch):
+    monkeypatch.setattr(compile_cache.os, "access", lambda path, mode: mode != os.W_OK)
+    monkeypatch.setattr(compile_cache, "_reloads", lambda: pytest.fail("probed a folder it cannot write"))
+    assert compile_cache.use() is None and not updates
+
+
 def test_anything_logged_while_loading_back_counts_as_refused(monkeypatch, capfd):
     def logs():
         os.write(2, b"Target machine feature +prefer-no-gather is not supported on the host machine\n")
