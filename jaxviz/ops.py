@@ -514,15 +514,11 @@ WINOGRAD_MIN_IN_CHANNELS = 16
 
 @lru_cache(maxsize=None)
 def _cpu_flags() -> frozenset[str]:
-    """This CPU's flags (/proc/cpuinfo), read once: ``choice`` asks at every trace."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    """The flags every core of this CPU has (``onednn.cpu_signature``), read once: ``choice`` asks
+    at every trace."""
+    lines = onednn.cpu_signature().decode(errors="replace").splitlines()
+    sets = [frozenset(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")]
+    return frozenset.intersection(*sets) if sets else frozenset()
 
 
 def native_bf16() -> bool:
