@@ -43,6 +43,7 @@ MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip instal
 NO_BF16 = ("oneDNN has no bfloat16 conv on this CPU (it needs AVX-512 or AMX); use float32, or conv auto "
            "(bfloat16 then runs XLA's convs)")
 MATMUL = "jaxviz_onednn_batched_matmul_f32"
+KERNEL = "jaxviz_winograd_kernel_f32"
 WINOGRAD = "jaxviz_winograd4_f32"
 WINOGRAD_BIAS_RELU = "jaxviz_winograd4_bias_relu_f32"
 WINOGRAD_BIAS_RELU_POOL = "jaxviz_winograd4_bias_relu_pool_f32"
@@ -53,7 +54,7 @@ WINOGRAD_IN_RELU_BIAS_RELU_POOL = "jaxviz_winograd4_in_relu_bias_relu_pool_f32"
 WINOGRAD_IN_RELU_GRAD = "jaxviz_winograd4_in_relu_grad_f32"
 WINOGRAD_IN_POOL_GRAD = "jaxviz_winograd4_in_pool_grad_f32"
 SYMBOLS = {"jaxviz_onednn_conv_f32": "JaxvizOnednnConvF32", "jaxviz_onednn_conv_bf16": "JaxvizOnednnConvBF16",
-           MATMUL: "JaxvizOnednnBatchedMatmulF32", WINOGRAD: "JaxvizWinograd4F32",
+           MATMUL: "JaxvizOnednnBatchedMatmulF32", KERNEL: "JaxvizWinogradKernelF32", WINOGRAD: "JaxvizWinograd4F32",
            WINOGRAD_BIAS_RELU: "JaxvizWinograd4BiasReluF32", WINOGRAD_BIAS_RELU_POOL: "JaxvizWinograd4BiasReluPoolF32",
            WINOGRAD_RELU_GRAD: "JaxvizWinograd4ReluGradF32", WINOGRAD_POOL_GRAD: "JaxvizWinograd4PoolGradF32",
            WINOGRAD_IN_RELU_BIAS_RELU: "JaxvizWinograd4InReluBiasReluF32",
@@ -269,6 +270,14 @@ def _matmul_vmap(axis_size, in_batched, a, b):
     c = c.reshape((*c.shape[:-2], v, m, b.shape[-1]))
     c = jnp.moveaxis(c, -3, 0)
     return c.reshape((v, *lead, nb, m, b.shape[-1])), True
+
+
+def winograd_kernel(g: jax.Array, kernel: jax.Array) -> jax.Array:
+    """G g G^T for ``ops.winograd_kernel``: g (R, 3), kernel (3, 3, C, O) float32 -> (R R, C, O),
+    on every core, with the rounding of that function's einsum (the same bits). Not
+    differentiable here (``ops.winograd_kernel`` is); needs ``available()``."""
+    out = jax.ShapeDtypeStruct((g.shape[0] ** 2, *kernel.shape[2:]), jnp.float32)
+    return jax.ffi.ffi_call(KERNEL, out, vmap_method="sequential")(g, kernel)
 
 
 def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:

@@ -192,12 +192,28 @@ def _tile_transforms(m: int):
     return (lambda t: [_combine(row, t) for row in bt]), (lambda t: [_combine(row, t) for row in at])
 
 
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
-    """The transformed kernel G g G^T, shape ((m+2)^2, C, O), float32 (one einsum, HIGHEST precision)."""
-    _, g, _ = WINOGRAD[m]
-    g = jnp.asarray(g, jnp.float32)
-    u = jnp.einsum("pi,ijco,qj->pqco", g, kernel.astype(jnp.float32), g, precision=lax.Precision.HIGHEST)
+    """The transformed kernel G g G^T, shape ((m+2)^2, C, O), float32: one einsum (HIGHEST
+    precision); where oneDNN's handlers run, on CPU, a custom call with the same rounding (the
+    same bits), as XLA's dots for it took about 50 ms for a 512 x 512 kernel, paid by every
+    compiled call that prepares one (bench/README.md)."""
+    g = jnp.asarray(WINOGRAD[m][1], jnp.float32)
+    kernel = kernel.astype(jnp.float32)
+    if onednn.available():
+        return lax.platform_dependent(g, kernel, cpu=onednn.winograd_kernel, default=_winograd_kernel_xla)
+    return _winograd_kernel_xla(g, kernel)
+
+
+def _winograd_kernel_xla(g, kernel):
+    u = jnp.einsum("pi,ijco,qj->pqco", g, kernel, g, precision=lax.Precision.HIGHEST)
     return u.reshape(-1, *kernel.shape[2:])
+
+
+@winograd_kernel.defjvp
+def _winograd_kernel_jvp(m, primals, tangents):
+    g = jnp.asarray(WINOGRAD[m][1], jnp.float32)
+    return winograd_kernel(primals[0], m), _winograd_kernel_xla(g, tangents[0].astype(jnp.float32))
 
 
 def winograd_kernel_unrolled(kernel: jax.Array, m: int = 2) -> jax.Array:

@@ -187,6 +187,44 @@ def test_winograd4_gives_the_xla_forms_bits(shape, monkeypatch):
 
 
 @needs_onednn
+@pytest.mark.parametrize("m", [4, 2])
+@pytest.mark.parametrize("co", [(64, 64), (3, 21), (20, 37)])  # whole vectors and tails of 8 and 16 lanes
+def test_the_kernel_transform_gives_the_einsums_bits(m, co):
+    """On CPU ops.winograd_kernel is a custom call (XLA's dots for its einsum were slow): the
+    same floats as the einsum, zeros, signed zeros, infinities and NaNs included."""
+    from jaxviz import ops
+
+    k = np.array(data(1, 1, 1, *co, seed=12)[1])
+    k[0, 0, :2] = 0.0
+    k[1, 1, -1] = -0.0
+    k[2, 2, 0, :3] = [np.nan, np.inf, -np.inf]
+    k[0, 1, 1, 1] = 1e-40  # subnormal
+    g = jnp.asarray(ops.WINOGRAD[m][1], jnp.float32)
+    want = jax.jit(ops._winograd_kernel_xla)(g, jnp.asarray(k))
+    text = jax.jit(lambda k: ops.winograd_kernel(k, m)).lower(k).as_text()
+    assert onednn.KERNEL in text and "dot_general" not in text
+    got = jax.jit(lambda k: ops.winograd_kernel(k, m))(k)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+    np.testing.assert_array_equal(ops.winograd_kernel(k, m), got)  # and without jit
+
+
+@needs_onednn
+def test_the_kernel_transform_has_derivatives_and_runs_under_vmap():
+    from jaxviz import ops
+
+    ks = jnp.stack([data(1, 1, 1, 8, 5, seed=s)[1] for s in (13, 14)])
+    g = jnp.asarray(ops.WINOGRAD[4][1], jnp.float32)
+    np.testing.assert_array_equal(jax.vmap(lambda k: ops.winograd_kernel(k, 4))(ks),
+                                  jnp.stack([ops.winograd_kernel(k, 4) for k in ks]))
+    weights = jnp.arange(36 * 8 * 5, dtype=jnp.float32).reshape(36, 8, 5) / 1000
+    f = lambda k: jnp.sum(ops.winograd_kernel(k, 4) * weights)
+    f_xla = lambda k: jnp.sum(ops._winograd_kernel_xla(g, k) * weights)
+    np.testing.assert_allclose(jax.grad(f)(ks[0]), jax.grad(f_xla)(ks[0]), rtol=1e-6)
+    _, tangent = jax.jvp(lambda k: ops.winograd_kernel(k, 4), (ks[0],), (ks[1],))
+    np.testing.assert_allclose(tangent, ops._winograd_kernel_xla(g, ks[1]), rtol=1e-6)
+
+
+@needs_onednn
 def test_winograd4_under_vmap_folds_the_items_into_its_batch():
     from jaxviz import ops
 

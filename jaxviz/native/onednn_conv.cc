@@ -439,6 +439,40 @@ ffi::Error Invalid(const char* what) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("jaxviz winograd: ") + what);
 }
 
+// The transformed kernel G g G^T of ops.winograd_kernel: g (R, 3) (ops.WINOGRAD[m][1]), k (3, 3, C, O)
+// -> u (R R, C, O). Each sum as XLA's dot makes that einsum's on CPU: the three products rounded,
+// added in order, zeros included, no FMA ((g0 k0 + g1 k1) + g2 k2), rows G k first, then
+// columns; so the same bits (tests/test_onednn.py). XLA's dots there took about 50 ms for a
+// 512 x 512 kernel, a cost every compiled call of a deep layer paid (bench/README.md).
+ffi::Error WinogradKernel(F32 g, F32 k, F32Out u) {
+  const auto gd = g.dimensions(), kd = k.dimensions();
+  if (gd.size() != 2 || gd[1] != 3 || kd.size() != 4 || kd[0] != 3 || kd[1] != 3 || gd[0] > 8)
+    return Invalid("kernel transform: g must be (R <= 8, 3) and k (3, 3, C, O)");
+  const long r = gd[0], c = kd[2], o = kd[3], plane = c * o;
+  const float* gp = g.typed_data();
+  const float* kp = k.typed_data();
+  float* up = u->typed_data();
+#pragma omp parallel for schedule(static)
+  for (long ci = 0; ci < c; ++ci) {
+    for (long o0 = 0; o0 < o; o0 += kLanes) {
+      const int len = static_cast<int>(std::min<long>(kLanes, o - o0));
+      Vec kv[3][3];
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) kv[i][j] = Load(kp + (i * 3 + j) * plane + ci * o + o0, len);
+      for (long p = 0; p < r; ++p) {
+        const float* gr = gp + 3 * p;
+        Vec t[3];
+        for (int j = 0; j < 3; ++j) t[j] = (gr[0] * kv[0][j] + gr[1] * kv[1][j]) + gr[2] * kv[2][j];
+        for (long q = 0; q < r; ++q) {
+          const float* gq = gp + 3 * q;
+          Store(up + (p * r + q) * plane + ci * o + o0, (gq[0] * t[0] + gq[1] * t[1]) + gq[2] * t[2], len);
+        }
+      }
+    }
+  }
+  return ffi::Error::Success();
+}
+
 // (1, 36, rows, cols) of type dt: the 36 planes of a block, rows of each plane dense, planes `plane` elements apart.
 memory::desc Planes(long rows, long cols, long plane, memory::data_type dt = memory::data_type::f32) {
   return memory::desc({1, 36, rows, cols}, dt, {36 * plane, plane, cols, 1});
@@ -721,6 +755,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluGradF32, Winograd4InReluGrad,
                               (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InPoolGradF32, Winograd4InPoolGrad,
                               (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinogradKernelF32, WinogradKernel,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnBatchedMatmulF32, BatchedMatmul,
                               ffi::Ffi::Bind()
