@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--sizes", type=_ints, default=[64, 128, 150, 224],
                    help="image sizes at --base-count filters (default 64,128,150,224)")
     p.add_argument("--counts", type=_ints, default=[64, 256, 512],
-                   help="filter counts at --base-size px (default 64,256,512); the layer must have that many filters")
+                   help="filter counts at --base-size px (default 64,256,512); a count above the layer's filters "
+                        "runs at the first deeper conv layer that has that many (block4_conv1 for 512)")
     p.add_argument("--base-size", type=int, default=64, help="size for the --counts runs (default 64)")
     p.add_argument("--base-count", type=int, default=64, help="filters for the --sizes runs (default 64)")
     p.add_argument("--steps", type=int, default=40, help="ascent steps (default 40)")
@@ -96,13 +97,9 @@ def child_render(a):
     kwargs = dict(config=AscentConfig(size=a.size, steps=a.steps, precision=a.precision))
     if a.max_bytes:
         kwargs["max_bytes"] = a.max_bytes
-    batch = None
-    try:  # how jaxviz will chunk the request (internal helper; informative only)
-        from jaxviz.ascent import DEFAULT_MAX_BYTES, batch_size_for
+    from jaxviz.ascent import DEFAULT_MAX_BYTES, chunk_size
 
-        batch = int(batch_size_for(a.layer, a.size, a.count, a.max_bytes or DEFAULT_MAX_BYTES))
-    except Exception:
-        pass
+    batch = int(chunk_size(a.layer, a.size, a.count, a.max_bytes or DEFAULT_MAX_BYTES))  # as ascend chunks
     filters = list(range(a.count))
     times, loss = [], None
     for _ in range(1 + max(0, a.repeats)):
@@ -116,8 +113,20 @@ def child_render(a):
 
 # ---------------------------------------------------------------- parent side
 
-def run_child(a, kind, **extra):
-    argv = [sys.executable, os.path.abspath(__file__), "--child", kind, "--layer", a.layer, "--steps", str(a.steps),
+def layer_for(layer: str, n: int) -> str:
+    """layer, or the first conv layer after it with at least n filters (VGG16)."""
+    from jaxviz.model import layers
+
+    convs = [l for l in layers() if l.kind == "conv"]
+    names = [l.name for l in convs]
+    for l in convs[names.index(layer):]:
+        if l.out_channels >= n:
+            return l.name
+    raise SystemExit(f"no conv layer from {layer} on has {n} filters")
+
+
+def run_child(a, kind, layer=None, **extra):
+    argv = [sys.executable, os.path.abspath(__file__), "--child", kind, "--layer", layer or a.layer, "--steps", str(a.steps),
             "--repeats", str(a.repeats), "--precision", a.precision, "--weights", a.weights,
             "--load-repeats", str(a.load_repeats)]
     if a.max_bytes:
@@ -154,7 +163,8 @@ def main(argv=None):
     load = run_child(a, "load")
     configs = [(a.base_count, s) for s in a.sizes]
     configs += [(n, a.base_size) for n in a.counts if (n, a.base_size) not in configs]
-    results = {cfg: run_child(a, "render", count=cfg[0], size=cfg[1]) for cfg in configs}
+    at = {cfg: layer_for(a.layer, cfg[0]) for cfg in configs}
+    results = {cfg: run_child(a, "render", at[cfg], count=cfg[0], size=cfg[1]) for cfg in configs}
 
     out = ["# jaxviz scaling\n"]
     out.append(f"Layer {a.layer}, {a.steps} steps, precision {a.precision}, "
@@ -163,14 +173,18 @@ def main(argv=None):
     out.extend(machine)
     out.append("")
     rows = []
+
+    def label(n, s):
+        return f"{n} x {s} px" + ("" if at[(n, s)] == a.layer else f" ({at[(n, s)]})")
+
     for (n, s), r in results.items():
         if "error" in r:
-            rows.append([f"{n} x {s} px", "error: " + r["error"], "", "", "", "", "", ""])
+            rows.append([label(n, s), "error: " + r["error"], "", "", "", "", "", ""])
             continue
         per = statistics.median(r["times"]) if r["times"] else None
         ref = per if per is not None else r["first_s"]
-        gfs = grid_flops(a.layer, s, n, a.steps) / ref / 1e9
-        rows.append([f"{n} x {s} px", fmt(r.get("batch")), fmt(r["first_s"]), fmt(per),
+        gfs = grid_flops(at[(n, s)], s, n, a.steps) / ref / 1e9
+        rows.append([label(n, s), fmt(r.get("batch")), fmt(r["first_s"]), fmt(per),
                      fmt(1000 * ref / n), fmt(gfs), fmt(r["rss_mb"], 4), fmt(r["loss_mean"], 5)])
     out.append(md_table(["filters x size", "batch (chunk)", "first s", "s per grid", "ms per image",
                          "GFLOP/s", "peak RSS MB", "final loss"], rows))
