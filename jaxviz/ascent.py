@@ -134,17 +134,30 @@ def batch_size_for(layer: str, size: int, n: int, max_bytes: int = DEFAULT_MAX_B
 # transformed tiles of 16 images stay in the 32 MB L3 cache. Off CPU, batches are
 # bounded by memory only.
 CPU_BATCH = 16
+# ... unless that leaves the layer's own Winograd calls fewer than CPU_MIN_TILES 4x4 tiles: at
+# block5 (64 px images: one tile an image) 16 images gave each 1 MB plane of a transformed
+# kernel 16 rows to multiply, and chunks of 64 ran the block5_conv1/conv3 grids 0.87-0.90x
+# the time of 16 on a Zen 5 (block4, 4 tiles an image: 0.94-0.97x, within noise; bench/README.md).
+CPU_MIN_TILES = 64
+
+
+def cpu_chunk(layer: str, size: int, spec: VGGSpec = VGG16) -> int:
+    """The built-in filters per chunk on CPU: CPU_BATCH, or enough images for CPU_MIN_TILES
+    tiles at ``layer``."""
+    at = next(l for l in layers(spec) if l.name == layer)
+    tiles = (-(-(size >> at.pools_before) // 4)) ** 2
+    return max(CPU_BATCH, -(-CPU_MIN_TILES // max(1, tiles)))
 
 
 def chunk_size(layer: str, size: int, n: int, max_bytes: int = DEFAULT_MAX_BYTES, spec: VGGSpec = VGG16,
                platform: str | None = None) -> int:
     """Filters per compiled call: the memory bound, capped on CPU at this machine's planned
-    chunk (jaxviz.plan, opt-in through JAXVIZ_PLAN) or CPU_BATCH when there is none."""
+    chunk (jaxviz.plan, opt-in through JAXVIZ_PLAN) or ``cpu_chunk`` when there is none."""
     b = batch_size_for(layer, size, n, max_bytes, spec)
     if (platform or jax.default_backend()) == "cpu":
         from jaxviz import plan
 
-        b = min(b, plan.chunk_for(layer, size, spec) or CPU_BATCH)
+        b = min(b, plan.chunk_for(layer, size, spec) or cpu_chunk(layer, size, spec))
     return b
 
 

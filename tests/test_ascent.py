@@ -109,6 +109,18 @@ def test_cpu_chunks_are_capped_for_cache_and_equal_the_whole(params):
     np.testing.assert_allclose(auto.images, whole.images, rtol=1e-5, atol=1e-3)
 
 
+def test_cpu_chunks_grow_where_the_layer_has_few_tiles_an_image():
+    """Deep layers at small sizes get enough images for CPU_MIN_TILES Winograd tiles a call."""
+    assert ascent.cpu_chunk("block4_conv1", 64) == ascent.CPU_BATCH  # 8 px: 4 tiles an image
+    assert ascent.cpu_chunk("block5_conv3", 64) == ascent.CPU_MIN_TILES  # 4 px: one tile
+    assert ascent.cpu_chunk("block5_conv3", 128) == ascent.CPU_BATCH
+    assert ascent.cpu_chunk("block5_pool", 32) == ascent.CPU_MIN_TILES  # 2 px: still one tile
+    assert ascent.chunk_size("block5_conv3", 64, 512, platform="cpu") == ascent.CPU_MIN_TILES
+    assert ascent.chunk_size("block5_conv3", 64, 20, platform="cpu") == 20  # never more than asked
+    tight = ascent.bytes_per_image("block5_conv3", 64) * 10
+    assert ascent.chunk_size("block5_conv3", 64, 512, tight, platform="cpu") == 10  # memory first
+
+
 def test_winograd_and_xla_conv_agree(params):
     cfg = AscentConfig(size=32, steps=10)
     wino = ascend(params, "block3_conv1", [0, 5], config=cfg._replace(conv="winograd"))
