@@ -216,22 +216,7 @@ def _winograd_kernel_jvp(m, primals, tangents):
     return winograd_kernel(primals[0], m), _winograd_kernel_xla(g, tangents[0].astype(jnp.float32))
 
 
-def winograd_kernel_unrolled(kernel: jax.Array, m: int = 2) -> jax.Array:
-    """G g G^T as unrolled sums of the 9 taps: one elementwise fusion.
-
-    The einsum lowers to a slow dot on XLA:CPU (up to a third of a block3 conv timed
-    alone); this form is kept as the ``wino4_unrolled`` variant for bench/engine, not
-    the default: its rounding differs, which would change the seed job's images
-    (the default stays bit-identical; its gain inside the whole ascent was not measured).
-    """
-    _, g, _ = WINOGRAD[m]
-    k = kernel.astype(jnp.float32)
-    t = [_combine(g[p], [k[i] for i in range(3)]) for p in range(m + 2)]  # (3, C, O) each
-    u = jnp.stack([_combine(g[q], [tp[j] for j in range(3)]) for tp in t for q in range(m + 2)])
-    return u
-
-
-def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2, transform=winograd_kernel) -> jax.Array:
+def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
     """3x3 SAME conv by Winograd F(m x m, 3 x 3): (m+2)^2 batched matmuls, float32.
 
     ``kernel`` may be ``Prepared`` (its transform made ahead, m = 4 only). Where oneDNN
@@ -240,11 +225,11 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2, transform=wino
     here, so the same bits; elsewhere (and for m = 2) the XLA form runs.
     """
     if isinstance(kernel, Prepared):
-        if m != 4 or transform is not winograd_kernel:
+        if m != 4:
             raise ValueError("a Prepared kernel holds the F(4x4, 3x3) transform only")
         u = kernel.u
     else:
-        u = transform(kernel, m)
+        u = winograd_kernel(kernel, m)
     if m == 4 and onednn.available():
         return lax.platform_dependent(x, u, cpu=_winograd4_onednn, default=partial(_winograd_xla, m=m))
     return _winograd_xla(x, u, m)
@@ -489,7 +474,6 @@ VARIANTS["wino4"].bias_relu = winograd4_bias_relu
 # float32 sums), the rest float32: the bfloat16 mode on CPUs with AVX512-bf16 but no AMX.
 VARIANTS["wino4_bf16"] = lambda x, kernel: VARIANTS["wino4"](x, _bf16_winograd(kernel))
 VARIANTS["wino4_bf16"].bias_relu = lambda x, kernel, *a: winograd4_bias_relu(x, _bf16_winograd(kernel), *a)
-VARIANTS["wino4_unrolled"] = _plain(with_input_vjp(partial(conv3x3_winograd, m=4, transform=winograd_kernel_unrolled)))
 VARIANTS["onednn"] = _plain(with_input_vjp(  # and the colour layer's input gradient as one matmul
     lambda x, k: conv3x3_few_out(x, k) if k.shape[-1] <= FEW_OUT_CHANNELS else onednn.conv3x3(x.astype(jnp.float32), k)))
 VARIANTS["onednn_bf16"] = _plain(with_input_vjp(lambda x, k: onednn.conv3x3(x.astype(jnp.bfloat16), k)))
