@@ -195,9 +195,9 @@ def _tile_transforms(m: int):
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
 def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
     """The transformed kernel G g G^T, shape ((m+2)^2, C, O), float32: one einsum (HIGHEST
-    precision); where oneDNN's handlers run, on CPU, a custom call with the same rounding (the
-    same bits), as XLA's dots for it took about 50 ms for a 512 x 512 kernel, paid by every
-    compiled call that prepares one (bench/README.md)."""
+    precision); where oneDNN's handlers run, on CPU, a custom call that makes each sum as XLA's
+    dot did for the einsum on a Zen 5 (the same bits there), as those dots took about 50 ms for
+    a 512 x 512 kernel, paid by every compiled call that prepares one (bench/README.md)."""
     g = jnp.asarray(WINOGRAD[m][1], jnp.float32)
     kernel = kernel.astype(jnp.float32)
     if onednn.available():

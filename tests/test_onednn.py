@@ -189,9 +189,12 @@ def test_winograd4_gives_the_xla_forms_bits(shape, monkeypatch):
 @needs_onednn
 @pytest.mark.parametrize("m", [4, 2])
 @pytest.mark.parametrize("co", [(64, 64), (3, 21), (20, 37)])  # whole vectors and tails of 8 and 16 lanes
-def test_the_kernel_transform_gives_the_einsums_bits(m, co):
-    """On CPU ops.winograd_kernel is a custom call (XLA's dots for its einsum were slow): the
-    same floats as the einsum, zeros, signed zeros, infinities and NaNs included."""
+def test_the_kernel_transform_sums_as_the_einsum_did(m, co):
+    """On CPU ops.winograd_kernel is a custom call (XLA's dots for its einsum were slow) that makes
+    each sum as XLA's dot did on a Zen 5 (products rounded, added in order, zeros included, no
+    FMA; the same bits as the einsum there): exactly numpy's sums so written, zeros, signed
+    zeros, infinities, NaNs and subnormals included; the einsum itself to float32 rounding (its
+    dot may use FMA on another CPU)."""
     from jaxviz import ops
 
     k = np.array(data(1, 1, 1, *co, seed=12)[1])
@@ -199,13 +202,19 @@ def test_the_kernel_transform_gives_the_einsums_bits(m, co):
     k[1, 1, -1] = -0.0
     k[2, 2, 0, :3] = [np.nan, np.inf, -np.inf]
     k[0, 1, 1, 1] = 1e-40  # subnormal
-    g = jnp.asarray(ops.WINOGRAD[m][1], jnp.float32)
-    want = jax.jit(ops._winograd_kernel_xla)(g, jnp.asarray(k))
+    g = np.asarray(ops.WINOGRAD[m][1], np.float32)
+    dot = lambda c, t: (c[0] * t[0] + c[1] * t[1]) + c[2] * t[2]
+    with np.errstate(all="ignore"):
+        rows = [[dot(g[p], [k[i, j] for i in range(3)]) for j in range(3)] for p in range(m + 2)]
+        want = np.stack([dot(g[q], rows[p]) for p in range(m + 2) for q in range(m + 2)])
     text = jax.jit(lambda k: ops.winograd_kernel(k, m)).lower(k).as_text()
     assert onednn.KERNEL in text and "dot_general" not in text
-    got = jax.jit(lambda k: ops.winograd_kernel(k, m))(k)
-    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+    got = np.asarray(jax.jit(lambda k: ops.winograd_kernel(k, m))(k))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
     np.testing.assert_array_equal(ops.winograd_kernel(k, m), got)  # and without jit
+    finite = jnp.asarray(np.where(np.isfinite(k), k, 0.0))
+    einsum = jax.jit(ops._winograd_kernel_xla)(jnp.asarray(g), finite)
+    np.testing.assert_allclose(ops.winograd_kernel(finite, m), einsum, rtol=1e-6, atol=1e-7)
 
 
 @needs_onednn

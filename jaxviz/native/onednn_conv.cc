@@ -440,9 +440,9 @@ ffi::Error Invalid(const char* what) {
 }
 
 // The transformed kernel G g G^T of ops.winograd_kernel: g (R, 3) (ops.WINOGRAD[m][1]), k (3, 3, C, O)
-// -> u (R R, C, O). Each sum as XLA's dot makes that einsum's on CPU: the three products rounded,
-// added in order, zeros included, no FMA ((g0 k0 + g1 k1) + g2 k2), rows G k first, then
-// columns; so the same bits (tests/test_onednn.py). XLA's dots there took about 50 ms for a
+// -> u (R R, C, O). Each sum as XLA's dot made that einsum's on a Zen 5: the three products
+// rounded, added in order, zeros included, no FMA ((g0 k0 + g1 k1) + g2 k2), rows G k first,
+// then columns; the same bits there (tests/test_onednn.py). XLA's dots took about 50 ms for a
 // 512 x 512 kernel, a cost every compiled call of a deep layer paid (bench/README.md).
 ffi::Error WinogradKernel(F32 g, F32 k, F32Out u) {
   const auto gd = g.dimensions(), kd = k.dimensions();
