@@ -275,8 +275,8 @@ def _matmul_vmap(axis_size, in_batched, a, b):
 def winograd_kernel(g: jax.Array, kernel: jax.Array) -> jax.Array:
     """G g G^T for ``ops.winograd_kernel``: g (R, 3), kernel (3, 3, C, O) float32 -> (R R, C, O),
     on every core, each sum as XLA's dot made that function's einsum on a Zen 5 (products
-    rounded, added in order, no FMA: the same bits there). Not
-    differentiable here (``ops.winograd_kernel`` is); needs ``available()``."""
+    rounded, added in order, no FMA: the same bits there). Not differentiable here
+    (``ops.winograd_kernel`` is); needs ``available()``."""
     out = jax.ShapeDtypeStruct((g.shape[0] ** 2, *kernel.shape[2:]), jnp.float32)
     return jax.ffi.ffi_call(KERNEL, out, vmap_method="sequential")(g, kernel)
 

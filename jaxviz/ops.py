@@ -198,11 +198,14 @@ def winograd_kernel(kernel: jax.Array, m: int = 2) -> jax.Array:
     precision); where oneDNN's handlers run, on CPU, a custom call that makes each sum as XLA's
     dot did for the einsum on a Zen 5 (the same bits there), as those dots took about 50 ms for
     a 512 x 512 kernel, paid by every compiled call that prepares one (bench/README.md)."""
-    g = jnp.asarray(WINOGRAD[m][1], jnp.float32)
-    kernel = kernel.astype(jnp.float32)
+    g, kernel = _g(m), kernel.astype(jnp.float32)
     if onednn.available():
         return lax.platform_dependent(g, kernel, cpu=onednn.winograd_kernel, default=_winograd_kernel_xla)
     return _winograd_kernel_xla(g, kernel)
+
+
+def _g(m: int) -> jax.Array:
+    return jnp.asarray(WINOGRAD[m][1], jnp.float32)
 
 
 def _winograd_kernel_xla(g, kernel):
@@ -212,8 +215,7 @@ def _winograd_kernel_xla(g, kernel):
 
 @winograd_kernel.defjvp
 def _winograd_kernel_jvp(m, primals, tangents):
-    g = jnp.asarray(WINOGRAD[m][1], jnp.float32)
-    return winograd_kernel(primals[0], m), _winograd_kernel_xla(g, tangents[0].astype(jnp.float32))
+    return winograd_kernel(primals[0], m), _winograd_kernel_xla(_g(m), tangents[0].astype(jnp.float32))
 
 
 def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
