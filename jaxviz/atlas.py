@@ -10,7 +10,8 @@ chunk is rendered again. ``manifest.json`` records the settings; a folder made w
 other settings is refused unless ``--force`` (which replaces it).
 
 Every chunk is rendered in rounds of ``--batch`` filters per local device, sharded
-over a 1-D mesh of the devices (see jaxviz.shard); with ``--coordinator``,
+over a 1-D mesh of the devices (see jaxviz.shard); ``--batch auto`` (the default for a
+new atlas) lets the model choose per layer, as ``jaxviz.engine.render`` does; with ``--coordinator``,
 ``--num-processes`` and ``--process-id`` (or JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID) process p of P renders the chunks i with
 i % P == p into the shared output folder, and process 0 builds the site once every
@@ -47,6 +48,7 @@ LOG = "atlas.log"
 CHUNKS = "chunks"
 TEST_DELAY_ENV = "JAXVIZ_ATLAS_TEST_DELAY"  # tests only: seconds to sleep after each PNG
 SEED_RECIPE = "seed"
+AUTO = "auto"
 
 
 class Chunk(NamedTuple):
@@ -173,17 +175,25 @@ class Atlas:
         compared once deduplicated: see ``unique_filters``)."""
         if old.get("format") != FORMAT:
             return [f"format {old.get('format')!r}"]
-        diff = [f"{k} {old.get('settings', {}).get(k)!r} -> {v!r}" for k, v in self.settings.items()
-                if old.get("settings", {}).get(k) != v]
+        theirs = old.get("settings", {})
+        diff = [f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in self.settings.items()
+                if theirs.get(k) != v and not (k == "batch" and v is None and valid_batch(theirs.get(k, AUTO)))]
         if unique_filters(old.get("layers")) != self.selection:
             diff.append("the layers or filters")
         return diff
+
+    def adopt(self, old: dict | None) -> None:
+        """A batch not given (None) becomes the folder's (an atlas resumes with the compiled shapes
+        it began with), or 'auto' for a new atlas."""
+        if self.settings["batch"] is None:
+            self.settings["batch"] = (old or {}).get("settings", {}).get("batch", AUTO) if old else AUTO
 
     def prepare(self, force: bool) -> str:
         """Check the folder's manifest against this job (or replace it); returns 'new', 'resume' or 'replaced'."""
         old = self.read_manifest() if not force else None
         if old is not None:
             diff = self.differences(old)
+            self.adopt(old)
             if diff:
                 raise JaxvizError(
                     f"{self.out} holds an atlas made with other settings ({'; '.join(diff[:4])}); "
@@ -192,6 +202,7 @@ class Atlas:
             if old.get("layers") != self.selection or old.get("chunks") != len(self.chunks):
                 self._write_manifest()  # an older version's duplicate filters: the manifest of the chunks now planned
             return "resume"
+        self.adopt(None)
         state = "new"
         if force and os.path.exists(self.manifest_path()) or force and os.path.isdir(os.path.join(self.out, CHUNKS)):
             self.remove()
@@ -365,9 +376,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--out", default="atlas", help="output folder (default atlas/)")
     p.add_argument("--chunk", type=positive_int("--chunk", 1, 4096), default=64,
                    help="filters per chunk, the unit of saving and resuming (default 64)")
-    p.add_argument("--batch", type=positive_int("--batch", 1, 4096), default=16,
-                   help="filters per device per compiled call (default 16); part of the settings, "
-                   "since it fixes the compiled shape")
+    p.add_argument("--batch", type=batch_arg, default=None,
+                   help="filters per device per compiled call, or 'auto': per layer, the model's own choice "
+                   "(on CPU the chunk measured fastest, elsewhere the memory bound). Default: the folder's "
+                   "own when resuming an atlas, else auto. Part of the settings: it fixes the compiled shapes")
     p.add_argument("--force", action="store_true", help="replace an atlas made with other settings in --out")
     p.add_argument("--animate", action="store_true",
                    help="also save each filter's ascent as LAYER/fNNN.gif (about 40 frames), shown on its page")
@@ -389,6 +401,28 @@ def build_parser() -> OneLineParser:
                    "at these settings on these devices from the rounds timed in this run")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
+
+
+def batch_arg(text: str) -> int | str:
+    """An argparse type: 'auto' or an integer 1-4096."""
+    return AUTO if text.strip().lower() == AUTO else positive_int("--batch", 1, 4096)(text)
+
+
+def valid_batch(b) -> bool:
+    return b == AUTO or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)
+
+
+def layer_batch(model, recipe, layer: str, n: int, devices: int, batch: int | str) -> int:
+    """Filters per device in each round of a chunk of ``n`` filters of ``layer``: ``batch``, or
+    with 'auto' the engine's choice for that many (``jaxviz.engine.chunk_for``), evened out so
+    the last round pads least."""
+    if batch != AUTO:
+        return batch
+    from jaxviz import engine, objectives
+
+    per_device = -(-n // devices)
+    b = engine.chunk_for(model, objectives.channel(layer, [0]), recipe, per_device, engine.DEFAULT_MAX_BYTES)
+    return -(-per_device // -(-per_device // b))
 
 
 def _check_examples(examples, path: str, model, selection, say) -> None:
@@ -466,8 +500,8 @@ def _validate(args) -> dict[str, list[int]] | None:
     for l in selection or ():
         if args.size < min_size(l):
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
-    for l, fs in (selection or {}).items():
-        check_budget(l, args.size, min(args.chunk, len(fs)), args.batch)
+    for l, fs in (selection or {}).items():  # 'auto' (or the folder's batch) is checked once known
+        check_budget(l, args.size, min(args.chunk, len(fs)), args.batch if isinstance(args.batch, int) else 1)
     _check_recipe(args.recipe)
     return selection
 
@@ -527,11 +561,12 @@ class Timings:
         return out
 
 
-def estimate_full(timings: Timings, settings: dict, round_size: int) -> tuple[float, list[str], list[str]]:
+def estimate_full(timings: Timings, settings: dict, round_sizes: dict[str, int]) -> tuple[float, list[str], list[str]]:
     """Seconds for the full atlas (every filter of every conv layer) at these settings.
 
     Per layer: compile + rounds x steady round time, with the rounds the full atlas
-    would run (chunks of --chunk filters, each in rounds of --batch x devices).
+    would run (chunks of --chunk filters, each in rounds of ``round_sizes[layer]``: the
+    layer's batch x devices).
     Layers not timed are modelled from the timed ones by their cost per step
     (relative_cost). PNG writing is added at the rate measured.
     """
@@ -540,11 +575,11 @@ def estimate_full(timings: Timings, settings: dict, round_size: int) -> tuple[fl
     if not measured:
         raise JaxvizError("nothing was rendered in this run, so there is nothing to estimate from; "
                           "use a new --out (or --force) with a few filters per layer")
-    a = sum(t for t, _ in measured.values()) / sum(relative_cost(l, size) * round_size for l in measured)
+    a = sum(t for t, _ in measured.values()) / sum(relative_cost(l, size) * round_sizes[l] for l in measured)
     compile_mean = sum(c for _, c in measured.values()) / len(measured)
     total, modelled = 0.0, []
     for layer in conv_layers(VGG16):
-        n = layer_info(layer).out_channels
+        n, round_size = layer_info(layer).out_channels, round_sizes[layer]
         rounds = sum(math.ceil(min(settings["chunk"], n - s) / round_size) for s in range(0, n, settings["chunk"]))
         if layer in measured:
             t, c = measured[layer]
@@ -600,6 +635,15 @@ def _main(argv: list[str] | None) -> int:
         atlas = Atlas(args.out, settings, selection)
         import jax
 
+        def batches_of(batch) -> dict[str, int]:
+            """Each layer's filters per device per round; VGG16's checked against the memory limit."""
+            out = {l: layer_batch(model, recipe, l, min(args.chunk, len(fs)), len(jax.local_devices()), batch)
+                   for l, fs in selection.items()}
+            for l, fs in selection.items() if _is_vgg(args) else ():
+                check_budget(l, args.size, min(args.chunk, len(fs)), out[l])
+            return out
+
+        batches_of(args.batch or AUTO)  # before anything is written
         # the manifest: process 0 takes the folder's lock, checks or writes it; the others wait for its word
         key = f"jaxviz/atlas/manifest/{os.path.abspath(args.out)}"
         if proc.index == 0:
@@ -622,7 +666,9 @@ def _main(argv: list[str] | None) -> int:
                 _wait_for_manifest(atlas, args.wait)
             elif word != "ok":
                 raise JaxvizError(f"process 0 refused the job: {word[len('error: '):]}")
+            atlas.adopt(atlas.read_manifest())
         state["atlas"] = atlas
+        batches = batches_of(atlas.settings["batch"])  # the folder's, when it had one
 
         mine = share(atlas.chunks, proc.index, proc.count)
         todo = [c for c in mine if not atlas.is_done(c)]
@@ -633,19 +679,20 @@ def _main(argv: list[str] | None) -> int:
             say(f"{who}{skipped} of {len(mine)} chunks already done in {args.out}; rendering the other {len(todo)}")
         run_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
         timings = Timings()
-        round_size = args.batch * devices
-        _render(atlas, todo, model, recipe, args, proc, devices, run_id, timings, say, gate)
+        _render(atlas, todo, model, recipe, args, batches, proc, devices, run_id, timings, say, gate)
         rendered = sum(len(c.filters) for c in todo)
         elapsed = time.perf_counter() - t_start
         say(f"{who}rendered {rendered} filters ({len(todo)} chunks, {skipped} already done) on {devices} "
             f"{jax.default_backend()} device(s) in {elapsed:.1f} s total: {rendered / elapsed:.2f} filters/s")
 
         if args.estimate and proc.index == 0:
-            total, measured, modelled = estimate_full(timings, settings, round_size)
+            sizes = {l: devices * layer_batch(model, recipe, l, min(args.chunk, layer_info(l).out_channels), devices,
+                                              settings["batch"]) for l in conv_layers(VGG16)}
+            total, measured, modelled = estimate_full(timings, settings, sizes)
             n_all = sum(layer_info(l).out_channels for l in conv_layers(VGG16))
             how = f"timed layers: {', '.join(measured)}" + (f"; modelled by cost: {', '.join(modelled)}" if modelled else "")
             say(f"estimate: the full atlas ({len(conv_layers(VGG16))} layers, {n_all} filters, {args.size} px, "
-                f"{args.steps if args.steps is not None else 'default'} steps, batch {args.batch} x {devices} device(s)) takes about {total:.0f} s "
+                f"{args.steps if args.steps is not None else 'default'} steps, batch {settings['batch']} x {devices} device(s)) takes about {total:.0f} s "
                 f"({total / 60:.1f} min, {n_all / total:.2f} filters/s) here per process ({how})")
 
         if proc.index == 0:
@@ -735,9 +782,10 @@ def progress_mark(done: float, whole: float, total: int = 1000) -> int:
     return total if whole <= 0 else max(0, min(total, round(total * done / whole)))
 
 
-def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, proc, devices: int, run_id: str,
-            timings: Timings, say, gate: WriteGate | None = None) -> int:
-    """Render and save each chunk of ``todo``; a progress bar weighted by cost gives the ETA."""
+def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[str, int], proc, devices: int,
+            run_id: str, timings: Timings, say, gate: WriteGate | None = None) -> int:
+    """Render and save each chunk of ``todo`` in rounds of ``batches[layer]`` filters per device;
+    a progress bar weighted by cost gives the ETA."""
     import jax
     import numpy as np
 
@@ -761,13 +809,13 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, proc, devices:
     done_cost = 0.0
     key = jax.random.key(args.seed)
     every = frames_every(recipe.steps) if args.animate else 0
-    runner = shard.ShardedRender(model, recipe, args.batch, every=every)
+    runner = shard.ShardedRender(model, recipe, 1, every=every)
     done_filters, n_done = 0, 0
     try:
         for c in todo:
             t0 = time.perf_counter()
             images, losses, frames = [], [], []
-            for r in runner.rounds(objectives.channel(c.layer, list(c.filters)), key):
+            for r in runner.rounds(objectives.channel(c.layer, list(c.filters)), key, batches[c.layer]):
                 images.append(r.images)
                 losses.append(r.losses)
                 frames.append(r.frames)

@@ -140,18 +140,22 @@ class ShardedRender:
         self.params = jax.device_put(model.params, NamedSharding(self.mesh, PartitionSpec()))
         self.ids = model.layer_index
 
-    def rounds(self, objective, key: jax.Array) -> Iterator[Round]:
-        """Yield each round's results as it finishes; every round has the same shape (one compile)."""
+    def rounds(self, objective, key: jax.Array, batch: int | None = None) -> Iterator[Round]:
+        """Yield each round's results as it finishes; every round has the same shape (one compile),
+        ``batch`` items per device (default: the one given at construction)."""
         from jaxviz import engine
 
         engine.check(self.model._replace(params=self.params), objective, self.recipe)
+        if batch is not None and batch < 1:
+            raise JaxvizError(f"--batch must be 1 or more, not {batch}")
+        round_size = self.round_size if batch is None else batch * self.devices
         n = len(objective)
         keys = engine.item_keys(key, objective.key_ids(self.model))
         args = objective.batched_args()
-        for start in range(0, n, self.round_size):
+        for start in range(0, n, round_size):
             t0 = time.perf_counter()
-            stop = min(n, start + self.round_size)
-            pad = self.round_size - (stop - start)
+            stop = min(n, start + round_size)
+            pad = round_size - (stop - start)
             take = lambda a: jnp.concatenate([a[start:stop]] + [a[stop - 1:stop]] * pad) if pad else a[start:stop]
             k = take(keys)
             x0 = engine.initial(self.recipe, k)

@@ -146,16 +146,54 @@ def test_rerun_skips_everything_and_other_settings_are_refused(reference, tmp_pa
     assert len(rendered_chunks(out)) == N_CHUNKS  # the log was replaced with the atlas
 
 
+def test_batch_auto_is_the_default_and_an_atlas_resumes_with_its_own(reference, tmp_path, capsys):
+    """A new atlas without --batch records 'auto' and gives the same PNGs as --batch 1; an atlas
+    made with a number resumes with it when --batch is not given; an explicit other batch is refused."""
+    no_batch = TINY[: TINY.index("--batch")]
+    auto = tmp_path / "auto"
+    assert atlas_mod.main([*no_batch, "--out", str(auto), "--quiet"]) == 0
+    assert json.loads((auto / "manifest.json").read_text())["settings"]["batch"] == "auto"
+    assert pngs(auto) == pngs(reference)
+
+    old = tmp_path / "old"
+    assert atlas_mod.main([*TINY, "--out", str(old), "--quiet"]) == 0
+    capsys.readouterr()
+    assert atlas_mod.main([*no_batch, "--out", str(old)]) == 0
+    assert "4 of 4 chunks already done" in capsys.readouterr().out
+    assert json.loads((old / "manifest.json").read_text())["settings"]["batch"] == 1
+    assert atlas_mod.main([*no_batch, "--batch", "auto", "--out", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch 1 -> 'auto'" in err and "--force" in err
+
+
+def test_layer_batch_is_the_engines_choice_per_device(params):
+    """'auto' on CPU: chunks of 16 where a layer has tiles enough (block1..4 at 64 px), 64 at block5
+    (one Winograd tile an image), split over the devices; rounds evened out; a number is kept."""
+    from jaxviz import ascent, models
+    from jaxviz.atlas import layer_batch
+    from jaxviz.engine import SEED as recipe
+
+    model = models.vgg(params)
+    assert recipe.size == 64
+    assert layer_batch(model, recipe, "block3_conv1", 64, 1, "auto") == ascent.CPU_BATCH == 16
+    assert layer_batch(model, recipe, "block5_conv1", 64, 1, "auto") == 64
+    assert layer_batch(model, recipe, "block5_conv1", 64, 4, "auto") == 16
+    assert layer_batch(model, recipe, "block3_conv1", 20, 1, "auto") == 10  # 2 rounds of 10, not 16 + 4
+    assert layer_batch(model, recipe, "block3_conv1", 3, 1, "auto") == 3
+    assert layer_batch(model, recipe, "block5_conv1", 64, 1, 7) == 7
+
+
 def test_closing_line_and_estimate(tmp_path, capsys):
     out = tmp_path / "e"
     args = ["--layers", "block1_conv1", "--filters", "0-3", "--size", "16", "--steps", "2", "--chunk", "2",
-            "--batch", "1", "--estimate", "--out", str(out)]
+            "--estimate", "--out", str(out)]
     assert atlas_mod.main(args) == 0
     text = capsys.readouterr().out
     assert "rendered 4 filters (2 chunks, 0 already done) on 1 cpu device(s) in" in text
     assert "filters/s" in text
     line = [l for l in text.splitlines() if l.startswith("estimate:")][0]
     assert "4224 filters" in line and "timed layers: block1_conv1" in line and "modelled by cost" in line
+    assert "batch auto x 1 device(s)" in line
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -175,6 +213,8 @@ def test_closing_line_and_estimate(tmp_path, capsys):
     (["--step-size", "1e39"], "--step-size must be more than 0 and at most"),
     (["--step-size", "-1"], "--step-size must be more than 0"),  # it descended, silently
     (["--chunk", "99999999999"], "--chunk must be 4096 or less"),
+    (["--batch", "0"], "--batch must be 1 or more"),
+    (["--batch", "many"], "--batch must be an integer"),
 ])
 def test_bad_input_is_one_line(argv, message, tmp_path, capsys):
     try:
