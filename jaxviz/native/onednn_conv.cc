@@ -143,17 +143,29 @@ inline void At(const Vec* m, long ms, Vec* r, long rs) {
   r[3 * rs] = (b + 8.0f * d) + m5;
 }
 
-// Unaligned loads and stores of len <= kLanes channels (a constant-size copy when whole: one instruction).
-inline Vec Load(const float* p, int len) {
+// Unaligned loads and stores of len <= kLanes channels: one instruction when whole; a part
+// (channels not a multiple of kLanes) out of line, so that the whole case keeps its vector in a
+// register (with both in one function, GCC sent every load through the stack).
+[[gnu::noinline, gnu::cold]] Vec LoadPart(const float* p, int len) {
   Vec v{};
-  if (len == kLanes) std::memcpy(&v, p, sizeof(Vec));
-  else std::memcpy(&v, p, sizeof(float) * len);
+  std::memcpy(&v, p, sizeof(float) * len);
   return v;
 }
 
+inline Vec Load(const float* p, int len) {
+  if (__builtin_expect(len != kLanes, 0)) return LoadPart(p, len);
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+[[gnu::noinline, gnu::cold]] void StorePart(float* p, const Vec& v, int len) {
+  std::memcpy(p, &v, sizeof(float) * len);
+}
+
 inline void Store(float* p, const Vec& v, int len) {
-  if (len == kLanes) std::memcpy(p, &v, sizeof(Vec));
-  else std::memcpy(p, &v, sizeof(float) * len);
+  if (__builtin_expect(len != kLanes, 0)) return StorePart(p, v, len);
+  std::memcpy(p, &v, sizeof(Vec));
 }
 
 // Store, bypassing the cache where a whole aligned vector (a streaming store): for the conv's
@@ -204,24 +216,33 @@ inline VecI LoadBytes(const uint8_t* p, int len) {
 // What the input transform reads: a tile's 6 x 6 values of one vector of channels, a column
 // at a time, for the tile (b, ty, tx) at rows 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 ..
 // 4 tx + 4 of an (N, H, W, C) image (zeros outside it).
+// Rows and columns are the tile's own, 0-5; a tile's offsets and the bits of its rows and columns
+// inside the image are worked out once in Begin, so that each of the 36 loads is one instruction
+// (with the loops unrolled, the tile's values stay in registers).
 struct Pixels {  // the image itself
   const float* x;
   long h, w, c;
   long b, ty, tx, c0;
   int len;
   bool inside;
+  unsigned rows, cols;  // bit i: the tile's row / column i lies in the image
+  long at0, row_stride;  // the offset of the tile's row 0, column 0 (outside the image at an edge)
   void Begin(long b_, long ty_, long tx_, long c0_, int len_) {
     b = b_, ty = ty_, tx = tx_, c0 = c0_, len = len_;
-    inside = ty > 0 && tx > 0 && 4 * ty + 4 < h && 4 * tx + 4 < w;
-  }
-  bool In(long row, long col) const { return inside || (row >= 0 && row < h && col >= 0 && col < w); }
-  long At(long row, long col) const { return ((b * h + row) * w + col) * c + c0; }
-  void Column(int j, Vec* d) const {
-    const long col = 4 * tx + j - 1;
+    rows = cols = 0;
     for (int i = 0; i < kTile; ++i) {
-      const long row = 4 * ty + i - 1;
-      d[i] = In(row, col) ? Load(x + At(row, col), len) : Vec{};
+      rows |= static_cast<unsigned>(4 * ty + i - 1 >= 0 && 4 * ty + i - 1 < h) << i;
+      cols |= static_cast<unsigned>(4 * tx + i - 1 >= 0 && 4 * tx + i - 1 < w) << i;
     }
+    inside = rows == 63 && cols == 63;
+    row_stride = w * c;
+    at0 = ((b * h + 4 * ty - 1) * w + 4 * tx - 1) * c + c0;
+  }
+  bool In(int i, int j) const { return inside || ((rows >> i) & (cols >> j) & 1); }
+  long At(int i, int j) const { return at0 + i * row_stride + j * c; }
+  void Column(int j, Vec* d) const {
+#pragma GCC unroll 6
+    for (int i = 0; i < kTile; ++i) d[i] = In(i, j) ? Load(x + At(i, j), len) : Vec{};
   }
 };
 
@@ -238,11 +259,8 @@ struct BiasRelu : Pixels {
     bv = Load(bias + c0, len);
   }
   void Column(int j, Vec* d) const {
-    const long col = 4 * tx + j - 1;
-    for (int i = 0; i < kTile; ++i) {
-      const long row = 4 * ty + i - 1;
-      d[i] = In(row, col) ? Relu(Load(x + At(row, col), len) + bv) : Vec{};
-    }
+#pragma GCC unroll 6
+    for (int i = 0; i < kTile; ++i) d[i] = In(i, j) ? Relu(Load(x + At(i, j), len) + bv) : Vec{};
   }
 };
 
@@ -250,14 +268,13 @@ struct BiasRelu : Pixels {
 struct ReluGrad : Pixels {
   const float* relu_out;
   void Column(int j, Vec* d) const {
-    const long col = 4 * tx + j - 1;
+#pragma GCC unroll 6
     for (int i = 0; i < kTile; ++i) {
-      const long row = 4 * ty + i - 1;
-      if (!In(row, col)) {
+      if (!In(i, j)) {
         d[i] = Vec{};
         continue;
       }
-      const long at = At(row, col);
+      const long at = At(i, j);
       d[i] = (Vec)((VecI)Load(x + at, len) & (VecI)(Load(relu_out + at, len) > 0.0f));
     }
   }
@@ -334,15 +351,18 @@ void InputTransform(Src src, long th, long tw, long t0, long nt, long ps, T* v, 
       const int len = static_cast<int>(std::min<long>(kLanes, c - c0));
       src.Begin(b, ty, tx, c0, len);
       Vec r[kTile][kTile];
+#pragma GCC unroll 6
       for (int j = 0; j < kTile; ++j) {  // column j of the tile: r[.][j] = Bt d[.][j]
         Vec d[kTile];
         src.Column(j, d);
         Bt(d, 1, &r[0][j], kTile);
       }
+#pragma GCC unroll 6
       for (int p = 0; p < kTile; ++p) {
         T* out = v + p * kTile * ps + k * c + c0;
         Vec q[kTile];
         Bt(r[p], 1, q, 1);
+#pragma GCC unroll 6
         for (int i = 0; i < kTile; ++i) StoreV(out + i * ps, q[i], len);
       }
     }
@@ -377,23 +397,31 @@ struct Output {
 inline void OutputTile(const float* mm, const Output& out, long th, long tw, long t, long k, long ps) {
   const long h = out.h, w = out.w, o = out.o, h2 = h / 2, w2 = w / 2;
   const long b = t / (th * tw), ty = (t / tw) % th, tx = t % tw;
+  // the tile's rows and columns inside the image (4 but at an edge), and the offset of its pixel 0, 0
+  const int rows = static_cast<int>(std::min<long>(4, h - 4 * ty)), cols = static_cast<int>(std::min<long>(4, w - 4 * tx));
+  const long at0 = ((b * h + 4 * ty) * w + 4 * tx) * o;
   for (long o0 = 0; o0 < o; o0 += kLanes) {
     const int len = static_cast<int>(std::min<long>(kLanes, o - o0));
     const Vec bv = out.bias ? Load(out.bias + o0, len) : Vec{};
     const Vec mb = out.mask ? Load(out.mask_bias + o0, len) : Vec{};
+    const float* mk = mm + k * o + o0;
     Vec s[4][kTile];
+#pragma GCC unroll 6
     for (int q = 0; q < kTile; ++q) {  // column q: s[.][q] = At m[.][q]
       Vec m[kTile];
-      for (int p = 0; p < kTile; ++p) m[p] = Load(mm + (p * kTile + q) * ps + k * o + o0, len);
+#pragma GCC unroll 6
+      for (int p = 0; p < kTile; ++p) m[p] = Load(mk + (p * kTile + q) * ps, len);
       At(m, 1, &s[0][q], kTile);
     }
     Vec e[4][4];
+#pragma GCC unroll 4
     for (int a = 0; a < 4; ++a) {
-      const long row = 4 * ty + a;
-      if (row >= h) break;
+      if (a >= rows) break;
       At(s[a], 1, e[a], 1);
-      for (int i = 0; i < 4 && 4 * tx + i < w; ++i) {
-        const long at = ((b * h + row) * w + 4 * tx + i) * o + o0;
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        if (i >= cols) break;
+        const long at = at0 + (a * w + i) * o + o0;
         if (out.bias) e[a][i] = Relu(e[a][i] + bv);
         if (out.mask) e[a][i] = (Vec)((VecI)e[a][i] & (VecI)(Load(out.mask + at, len) + mb > 0.0f));
         if (out.y) Stream(out.y + at, e[a][i], len);
