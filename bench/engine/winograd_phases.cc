@@ -3,13 +3,17 @@
 // RunWinograd4 does on one thread (own blocks), for one layer shape. Built and run by
 // winograd_phases.py, which passes JAXVIZ_SOURCE's directory with -I.
 //
-//   winograd_phases N H C O BLOCK REPS  ->  one line: "in mm out total" ms (best of REPS each),
-//                                           then the matmul again on a block already in cache
+//   winograd_phases N H C O BLOCK REPS KIND  ->  one line: tiles timed, then seconds of the input
+//       transform, the matmuls, the output transform, the whole (best of REPS each), and the
+//       matmuls again on a block already in cache. KIND: plain (winograd4), forward (a layer's
+//       relu(x + bias) in, its bias, relu and pool out), pool_grad (a pool's gradient in, the
+//       input relu's mask out), relu_grad (a relu's gradient in).
 #include "onednn_conv.cc"
 
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -21,30 +25,17 @@ long PlaneFloats(long floats) {  // onednn._plane: an odd number of 64-byte line
 }
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc != 7) {
-    std::fprintf(stderr, "usage: %s N H C O BLOCK REPS\n", argv[0]);
-    return 2;
-  }
-  const long n = std::atol(argv[1]), h = std::atol(argv[2]), c = std::atol(argv[3]), o = std::atol(argv[4]);
-  const long tiles = n * ((h + 3) / 4) * ((h + 3) / 4), block = std::min(std::atol(argv[5]), tiles);
-  const int reps = std::atoi(argv[6]);
-  std::mt19937 rng(0);
-  std::uniform_real_distribution<float> uniform(-1, 1);
-  std::vector<float> x(n * h * h * c), u(36 * c * o), y(n * h * h * o);
-  for (auto& v : x) v = uniform(rng);
-  for (auto& v : u) v = 0.1f * uniform(rng);
+// Times the blocks of one call of Src into `out`: best of `reps` of each phase, and the matmul again.
+template <class Src>
+void Time(Src src, Output out, long n, long c, long o, long block, int reps, const float* u, double best[5]) {
+  const long th = (src.h + 3) / 4, tw = (src.w + 3) / 4, blocks = n * th * tw / block;  // whole blocks only
   const long vs = PlaneFloats(block * c), ms = PlaneFloats(block * o);
   std::vector<float> v(36 * vs), m(36 * ms);
   dnnl::engine& engine = cpu_engine();
   dnnl::stream stream(engine);
-  memory bm(Planes(c, o, c * o), engine, u.data());
-  Pixels src{};
-  src.x = x.data(), src.h = h, src.w = h, src.c = c;
-  const Output out{y.data(), nullptr, nullptr, h, h, o};
-  const long th = (h + 3) / 4, tw = th, blocks = tiles / block;  // whole blocks only
+  memory bm(Planes(c, o, c * o), engine, const_cast<float*>(u));
   BlockMatmul mm(engine, block, c, o, vs, ms, memory::data_type::f32);
-  double best[5] = {1e9, 1e9, 1e9, 1e9, 1e9};
+  for (int k = 0; k < 5; ++k) best[k] = 1e9;
   for (int r = 0; r < reps; ++r) {
     double in = 0, mul = 0, outt = 0;
     const auto t0 = Clock::now();
@@ -64,6 +55,57 @@ int main(int argc, char** argv) {
     const double now[5] = {in, mul, outt, Seconds(t0, t1), again};
     for (int k = 0; k < 5; ++k) best[k] = std::min(best[k], now[k]);
   }
-  std::printf("%ld %.6f %.6f %.6f %.6f %.6f\n", blocks * block, best[0], best[1], best[2], best[3], best[4]);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 8) {
+    std::fprintf(stderr, "usage: %s N H C O BLOCK REPS KIND (plain, forward, pool_grad, relu_grad)\n", argv[0]);
+    return 2;
+  }
+  const long n = std::atol(argv[1]), h = std::atol(argv[2]), c = std::atol(argv[3]), o = std::atol(argv[4]);
+  const long tiles = n * ((h + 3) / 4) * ((h + 3) / 4), block = std::min(std::atol(argv[5]), tiles);
+  const int reps = std::atoi(argv[6]);
+  const std::string kind = argv[7];
+  std::mt19937 rng(0);
+  std::uniform_real_distribution<float> uniform(-1, 1);
+  auto randoms = [&](long count, float scale) {
+    std::vector<float> a(count);
+    for (auto& x : a) x = scale * uniform(rng);
+    return a;
+  };
+  const long h2 = h / 2;
+  std::vector<float> x = randoms(n * h * h * c, 1), u = randoms(36 * c * o, 0.1f), y(n * h * h * o);
+  std::vector<float> bias_c = randoms(c, 0.1f), bias_o = randoms(o, 0.1f), mask = randoms(n * h * h * o, 1);
+  std::vector<float> relu_out = randoms(n * h * h * c, 1), gp = randoms(n * h2 * h2 * c, 1), pooled(n * h2 * h2 * o);
+  std::vector<uint8_t> hits_in(n * h2 * h2 * c), hits_out(n * h2 * h2 * o);
+  for (auto& b : hits_in) b = static_cast<uint8_t>(1u << (rng() % 4));
+  Pixels pixels{};
+  pixels.x = x.data(), pixels.h = h, pixels.w = h, pixels.c = c;
+  Output plain{y.data(), nullptr, nullptr, h, h, o};
+  double best[5];
+  if (kind == "plain") {  // winograd4: the conv alone
+    Time(pixels, plain, n, c, o, block, reps, u.data(), best);
+  } else if (kind == "forward") {  // in_relu_bias_relu_pool: relu(x + bias) in, relu(y + bias) and its pool out
+    BiasRelu src{pixels};
+    src.bias = bias_c.data();
+    Output out{nullptr, bias_o.data(), pooled.data(), h, h, o};
+    out.hits = hits_out.data();
+    Time(src, out, n, c, o, block, reps, u.data(), best);
+  } else if (kind == "pool_grad") {  // in_pool_grad: the pool's gradient in, the input relu's mask out
+    PoolGrad src{};
+    src.h = h, src.w = h, src.c = c, src.gp = gp.data(), src.hits = hits_in.data(), src.h2 = h2, src.w2 = h2;
+    Output out = plain;
+    out.mask = mask.data(), out.mask_bias = bias_o.data();
+    Time(src, out, n, c, o, block, reps, u.data(), best);
+  } else if (kind == "relu_grad") {  // relu_grad: the relu's gradient in, the plain conv out
+    ReluGrad src{pixels};
+    src.relu_out = relu_out.data();
+    Time(src, plain, n, c, o, block, reps, u.data(), best);
+  } else {
+    std::fprintf(stderr, "unknown kind %s\n", kind.c_str());
+    return 2;
+  }
+  const long th = (h + 3) / 4;
+  std::printf("%ld %.6f %.6f %.6f %.6f %.6f\n", n * th * th / block * block, best[0], best[1], best[2], best[3], best[4]);
   return 0;
 }

@@ -49,26 +49,31 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--images", default="1,8", help="images per call, comma-separated")
     ap.add_argument("--block", type=int, default=onednn.OWN_TILES, help="tiles per block (default OWN_TILES)")
+    ap.add_argument("--kinds", default="plain", help="comma-separated: plain (the conv alone), forward (the fused "
+                    "layer: relu(x + bias) in, bias, relu and 2x2 pool out), pool_grad, relu_grad (its gradients)")
+    ap.add_argument("--shapes", default=None, help="H:C:O,... (default: the seed's Winograd layers at 64 px)")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     images = [int(s) for s in args.images.split(",")]
+    kinds = args.kinds.split(",")
+    shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
     with tempfile.TemporaryDirectory() as d:
         exe = build(d)
-        runs = {(n, *s): [] for n in images for s in SHAPES}
+        runs = {(kind, n, *s): [] for kind in kinds for n in images for s in shapes}
         for _ in range(args.rounds):
             for key in runs:
-                n, h, c, o = key
-                line = subprocess.run([exe, str(n), str(h), str(c), str(o), str(args.block), "3"], env=env,
+                kind, n, h, c, o = key
+                line = subprocess.run([exe, str(n), str(h), str(c), str(o), str(args.block), "3", kind], env=env,
                                       capture_output=True, text=True, check=True).stdout.split()
                 runs[key].append([int(line[0])] + [float(t) for t in line[1:]])
     print(f"one thread, blocks of {args.block} tiles (or the call's tiles, if fewer), median of {args.rounds} rounds (best of 3 each); ns per tile")
-    print(f"{'images x px  C -> O':>22} {'in':>7} {'matmul':>7} {'out':>7} {'total':>7}  matmul GFLOP/s (again)  transforms")
-    for (n, h, c, o), rs in runs.items():
+    print(f"{'kind':>9} {'images x px  C -> O':>22} {'in':>7} {'matmul':>7} {'out':>7} {'total':>7}  matmul GFLOP/s (again)  transforms")
+    for (kind, n, h, c, o), rs in runs.items():
         tiles = rs[0][0]
         med = [statistics.median(r[k] for r in rs) for k in range(1, 6)]
         ns = [1e9 * t / tiles for t in med[:4]]
         flops = 2 * 36 * tiles * c * o
-        print(f"{n:>6} x {h:>3} {c:>4} -> {o:<4} {ns[0]:7.0f} {ns[1]:7.0f} {ns[2]:7.0f} {ns[3]:7.0f}  "
+        print(f"{kind:>9} {n:>6} x {h:>3} {c:>4} -> {o:<4} {ns[0]:7.0f} {ns[1]:7.0f} {ns[2]:7.0f} {ns[3]:7.0f}  "
               f"{flops / med[1] / 1e9:8.0f} ({flops / med[4] / 1e9:4.0f}) {100 * (med[0] + med[2]) / med[3]:12.0f} %")
 
 
