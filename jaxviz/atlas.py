@@ -186,7 +186,7 @@ class Atlas:
         """A batch not given (None) becomes the folder's (an atlas resumes with the compiled shapes
         it began with), or 'auto' for a new atlas."""
         if self.settings["batch"] is None:
-            self.settings["batch"] = (old or {}).get("settings", {}).get("batch", AUTO) if old else AUTO
+            self.settings["batch"] = old.get("settings", {}).get("batch", AUTO) if old else AUTO
 
     def prepare(self, force: bool) -> str:
         """Check the folder's manifest against this job (or replace it); returns 'new', 'resume' or 'replaced'."""
@@ -809,7 +809,7 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[
     done_cost = 0.0
     key = jax.random.key(args.seed)
     every = frames_every(recipe.steps) if args.animate else 0
-    runner = shard.ShardedRender(model, recipe, 1, every=every)
+    runner = shard.ShardedRender(model, recipe, every=every)
     done_filters, n_done = 0, 0
     try:
         for c in todo:

@@ -120,35 +120,31 @@ def to_uint8(recipe, images: np.ndarray) -> np.ndarray:
 
 
 class ShardedRender:
-    """The engine's compiled run (``jaxviz.engine.run_chunk``) over a mesh, in rounds of
-    ``batch`` items per device, for any model, objective and recipe."""
+    """The engine's compiled run (``jaxviz.engine.run_chunk``) over a mesh, in rounds of a
+    number of items per device, for any model, objective and recipe."""
 
-    def __init__(self, model, recipe, batch: int, mesh: Mesh | None = None, every: int = 0):
+    def __init__(self, model, recipe, mesh: Mesh | None = None, every: int = 0):
         from jaxviz import engine
 
-        if batch < 1:
-            raise JaxvizError(f"--batch must be 1 or more, not {batch}")
         if recipe.diversity != 1:
             raise JaxvizError("the atlas renders one image per filter; use diversity 1")
         self.mesh = mesh if mesh is not None else local_mesh()
         self.devices = self.mesh.size
-        self.batch = batch
-        self.round_size = batch * self.devices
         self.split = NamedSharding(self.mesh, PartitionSpec(AXIS))
         self.model, self.recipe, self.every = model.static(), recipe, every
         self.blank, self.hyper = engine._split_optimizer(recipe)
         self.params = jax.device_put(model.params, NamedSharding(self.mesh, PartitionSpec()))
         self.ids = model.layer_index
 
-    def rounds(self, objective, key: jax.Array, batch: int | None = None) -> Iterator[Round]:
-        """Yield each round's results as it finishes; every round has the same shape (one compile),
-        ``batch`` items per device (default: the one given at construction)."""
+    def rounds(self, objective, key: jax.Array, batch: int) -> Iterator[Round]:
+        """Yield each round's results as it finishes: ``batch`` items per device, every round the
+        same shape (one compile)."""
         from jaxviz import engine
 
         engine.check(self.model._replace(params=self.params), objective, self.recipe)
-        if batch is not None and batch < 1:
+        if batch < 1:
             raise JaxvizError(f"--batch must be 1 or more, not {batch}")
-        round_size = self.round_size if batch is None else batch * self.devices
+        round_size = batch * self.devices
         n = len(objective)
         keys = engine.item_keys(key, objective.key_ids(self.model))
         args = objective.batched_args()

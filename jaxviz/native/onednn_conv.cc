@@ -217,8 +217,7 @@ inline VecI LoadBytes(const uint8_t* p, int len) {
 // at a time, for the tile (b, ty, tx) at rows 4 ty - 1 .. 4 ty + 4 and columns 4 tx - 1 ..
 // 4 tx + 4 of an (N, H, W, C) image (zeros outside it).
 // Rows and columns are the tile's own, 0-5; a tile's offsets and the bits of its rows and columns
-// inside the image are worked out once in Begin, so that each of the 36 loads is one instruction
-// (with the loops unrolled, the tile's values stay in registers).
+// inside the image are worked out once in Begin, so that each of the 36 loads is one instruction.
 struct Pixels {  // the image itself
   const float* x;
   long h, w, c;
