@@ -20,6 +20,7 @@ process count.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
@@ -405,7 +406,13 @@ def build_parser() -> OneLineParser:
 
 def batch_arg(text: str) -> int | str:
     """An argparse type: 'auto' or an integer 1-4096."""
-    return AUTO if text.strip().lower() == AUTO else positive_int("--batch", 1, 4096)(text)
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch must be an integer or 'auto', not {text!r}") from None
+    return positive_int("--batch", 1, 4096)(text)
 
 
 def valid_batch(b) -> bool:

@@ -214,7 +214,7 @@ def test_closing_line_and_estimate(tmp_path, capsys):
     (["--step-size", "-1"], "--step-size must be more than 0"),  # it descended, silently
     (["--chunk", "99999999999"], "--chunk must be 4096 or less"),
     (["--batch", "0"], "--batch must be 1 or more"),
-    (["--batch", "many"], "--batch must be an integer"),
+    (["--batch", "many"], "--batch must be an integer or 'auto'"),
 ])
 def test_bad_input_is_one_line(argv, message, tmp_path, capsys):
     try:
