@@ -650,7 +650,8 @@ def _main(argv: list[str] | None) -> int:
                 check_budget(l, args.size, min(args.chunk, len(fs)), out[l])
             return out
 
-        batches_of(args.batch or AUTO)  # before anything is written
+        asked = args.batch or AUTO
+        batches = batches_of(asked)  # before anything is written
         # the manifest: process 0 takes the folder's lock, checks or writes it; the others wait for its word
         key = f"jaxviz/atlas/manifest/{os.path.abspath(args.out)}"
         if proc.index == 0:
@@ -675,7 +676,8 @@ def _main(argv: list[str] | None) -> int:
                 raise JaxvizError(f"process 0 refused the job: {word[len('error: '):]}")
             atlas.adopt(atlas.read_manifest())
         state["atlas"] = atlas
-        batches = batches_of(atlas.settings["batch"])  # the folder's, when it had one
+        if atlas.settings["batch"] != asked:  # the folder's own batch, adopted on resuming
+            batches = batches_of(atlas.settings["batch"])
 
         mine = share(atlas.chunks, proc.index, proc.count)
         todo = [c for c in mine if not atlas.is_done(c)]
