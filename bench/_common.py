@@ -84,7 +84,12 @@ def machine_lines() -> list[str]:
         f"- load average at start: {loadavg()}",
         f"- OS: {platform.platform()}, Python {platform.python_version()}",
         f"- jaxviz tree: {git_rev()}",
-    ]
+    ] + [f"- {k}={os.environ[k]} (code paths restricted)" for k in ISA_LIMITS if os.environ.get(k)]
+
+
+# What confines each peer's code to fewer vector extensions than the CPU has (an AVX2 run on an
+# AVX-512 CPU, say): named in every table made under them.
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE", "XLA_FLAGS", "CXX")
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
