@@ -299,7 +299,9 @@ def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool 
     its place, its 2x2 max pool (``model.max_pool2``) and the pool's hits (``ops.pool_hits``:
     all its gradient needs), made in the same pass: the layer's own output is never written.
     With ``x_bias`` (C,), the conv's input is ``relu(x + x_bias)``, made as the input transform
-    reads ``x``: the layer before's bias and relu, where that layer's conv has no fused form.
+    reads ``x``: the layer before's bias and relu, where that layer's conv has no fused form;
+    then that relu's mask comes last too, ``keep``: uint8, ``x``'s shape, 1 where
+    ``x + x_bias > 0``, else 0 (all its gradient needs, a quarter of ``x``'s bytes).
     The same bits as the ops apart. Forward only; needs ``available()``."""
     if x_bias is None:
         return _winograd_public(_winograd4_bias_relu_pool if pool else _winograd4_bias_relu, (x,), (u, bias))
@@ -307,29 +309,28 @@ def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool 
     return _winograd_public(op, (x,), (u, bias, x_bias))
 
 
-def winograd4_relu_grad(relu_out: jax.Array, g: jax.Array, u: jax.Array, x: jax.Array | None = None,
-                        x_bias: jax.Array | None = None) -> jax.Array:
+def winograd4_relu_grad(relu_out: jax.Array, g: jax.Array, u: jax.Array, keep: jax.Array | None = None) -> jax.Array:
     """``winograd4(where(relu_out > 0, g, 0), u)`` in one call: a conv + relu layer's input
     gradient (``u`` the flipped kernel's transform), the relu's mask applied as the input
-    transform reads ``g``; with ``x`` and ``x_bias`` (the layer's input ``relu(x + x_bias)``,
-    ``winograd4_bias_relu``'s), that relu's mask applied as the output transform writes: the
+    transform reads ``g``; with ``keep`` (the mask of the layer's input ``relu(x + x_bias)``,
+    ``winograd4_bias_relu``'s), ``where(keep > 0, ..., 0)`` as the output transform writes: the
     gradient with respect to ``x``. The same bits as the ops apart. Needs ``available()``."""
-    if x is None:
+    if keep is None:
         return _winograd_public(_winograd4_relu_grad, (relu_out, g), (u,))
-    return _winograd_public(_winograd4_in_relu_grad, (relu_out, g, x), (u, x_bias))
+    return _winograd_public(_winograd4_in_relu_grad, (relu_out, g, keep), (u,))
 
 
-def winograd4_pool_grad(hits: jax.Array, g_pooled: jax.Array, u: jax.Array, x: jax.Array | None = None,
-                        x_bias: jax.Array | None = None, *, size: tuple[int, int]) -> jax.Array:
+def winograd4_pool_grad(hits: jax.Array, g_pooled: jax.Array, u: jax.Array, keep: jax.Array | None = None, *,
+                        size: tuple[int, int]) -> jax.Array:
     """The input gradient of ``winograd4_bias_relu(x, ..., pool=True)`` in one call, from the
     pool's hits and its cotangent, for a layer output of ``size`` (H, W): the max pool's gradient
     (each window's cotangent split between its maxima, as ``model.max_pool2``'s) and the relu's
-    mask made as the input transform reads them; ``x`` and ``x_bias`` as in
-    ``winograd4_relu_grad``. The same bits as the ops apart. Needs ``available()``."""
+    mask made as the input transform reads them; ``keep`` as in ``winograd4_relu_grad``. The
+    same bits as the ops apart. Needs ``available()``."""
     odd = (size[0] - 2 * hits.shape[-3], size[1] - 2 * hits.shape[-2])
-    if x is None:
+    if keep is None:
         return _winograd_public(_pool_grad_op(False, odd), (hits, g_pooled), (u,))
-    return _winograd_public(_pool_grad_op(True, odd), (hits, g_pooled, x), (u, x_bias))
+    return _winograd_public(_pool_grad_op(True, odd), (hits, g_pooled, keep), (u,))
 
 
 def _winograd_public(op, images: tuple, weights: tuple):
@@ -389,13 +390,14 @@ def _plane(floats: int) -> int:
     return 16 * (lines + 1 - lines % 2)
 
 
-def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple[int, int] | None = None):
+def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple[int, int] | None = None,
+                 keep: bool = False):
     """The custom call ``target`` on ``n_images`` (N, ..., C) images, the first (N, H, W, C),
     then the weights (the transformed kernel first), with its block and scratch: the conv
-    (N, H, W, O), or with ``pooled`` its pool and the pool's hits, (N, H/2, W/2, O). With
-    ``unpool`` (the odd edges' rows and columns), the first image is pooled, (N, H/2, W/2, C),
-    and the conv (N, H, W, O). Under vmap the items join the batch (one call), or, with weights
-    per item, one call per item."""
+    (N, H, W, O), or with ``pooled`` its pool and the pool's hits, (N, H/2, W/2, O); with
+    ``keep``, then the input relu's mask, uint8 (N, H, W, C). With ``unpool`` (the odd edges'
+    rows and columns), the first image is pooled, (N, H/2, W/2, C), and the conv (N, H, W, O).
+    Under vmap the items join the batch (one call), or, with weights per item, one call per item."""
 
     def call(*args):
         n, h, w, c = args[0].shape
@@ -406,21 +408,24 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
         block, slots = _block(tiles, max(c, o), _threads())
         outs = [jax.ShapeDtypeStruct((n, h // 2, w // 2, o), t) for t in (jnp.float32, jnp.uint8)] if pooled else \
             [jax.ShapeDtypeStruct((n, h, w, o), jnp.float32)]
+        outs += [jax.ShapeDtypeStruct((n, h, w, c), jnp.uint8)] if keep else []
+        results = len(outs)
         outs += [jax.ShapeDtypeStruct((36 * slots, _plane(block * c)), jnp.float32),  # two scratch buffers
                  jax.ShapeDtypeStruct((36 * slots, _plane(block * o)), jnp.float32)]
         r = jax.ffi.ffi_call(target, tuple(outs))(*args, block=block, own=int(slots > 1))
-        return (r[0], r[1]) if pooled else r[0]
+        return tuple(r[:results]) if results > 1 else r[0]
 
     op = jax.custom_batching.custom_vmap(call)
 
     @op.def_vmap
     def rule(axis_size, in_batched, *args):
         every = lambda xs, bs: tuple(a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(xs, bs))
-        batched_out = (True, True) if pooled else True
+        results = 1 + pooled + keep
+        batched_out = (True,) * results if results > 1 else True
         if any(in_batched[n_images:]):
             return jax.lax.map(lambda a: op(*a), every(args, in_batched)), batched_out
         if not any(in_batched[:n_images]):
-            return op(*args), ((False, False) if pooled else False)
+            return op(*args), ((False,) * results if results > 1 else False)
         images = every(args[:n_images], in_batched[:n_images])
         return _winograd_public(op, images, args[n_images:]), batched_out
 
@@ -431,8 +436,8 @@ _winograd4 = _winograd_op(WINOGRAD, 1)
 _winograd4_bias_relu = _winograd_op(WINOGRAD_BIAS_RELU, 1)
 _winograd4_bias_relu_pool = _winograd_op(WINOGRAD_BIAS_RELU_POOL, 1, pooled=True)
 _winograd4_relu_grad = _winograd_op(WINOGRAD_RELU_GRAD, 2)
-_winograd4_in_relu_bias_relu = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU, 1)
-_winograd4_in_relu_bias_relu_pool = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU_POOL, 1, pooled=True)
+_winograd4_in_relu_bias_relu = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU, 1, keep=True)
+_winograd4_in_relu_bias_relu_pool = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU_POOL, 1, pooled=True, keep=True)
 _winograd4_in_relu_grad = _winograd_op(WINOGRAD_IN_RELU_GRAD, 3)
 
 

@@ -267,7 +267,7 @@ def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = Fals
     the output transform writes the conv, the pool's and relu's gradients as the input transform
     reads the cotangent (``onednn.winograd4_bias_relu``,
     ``onednn.winograd4_relu_grad``, ``onednn.winograd4_pool_grad``), the input's relu and its
-    gradient as the transforms read and write, so XLA makes no pass of its own over the layer's
+    gradient as the transforms read and write (its mask kept as bytes in place of ``x``), so XLA makes no pass of its own over the layer's
     output or input either way; the same bits as the ops apart. The kernel's cotangent is zero,
     as in ``with_input_vjp``.
     """
@@ -302,30 +302,35 @@ def relu_pool_grad(hits: jax.Array, g: jax.Array, size: tuple[int, int]) -> jax.
 
 def _bias_relu_fwd(x, kernel, bias, pool, x_bias):
     def unfused(x, u, b, *x_bias):
-        x = jax.nn.relu(x + x_bias[0]) if x_bias else x
-        y = jax.nn.relu(_winograd_xla(x, u, 4) + b)
-        return (max_pool2(y), pool_hits(y)) if pool else y
+        pre = x + x_bias[0] if x_bias else x
+        y = jax.nn.relu(_winograd_xla(jax.nn.relu(pre) if x_bias else pre, u, 4) + b)
+        out = (max_pool2(y), pool_hits(y)) if pool else (y,)
+        out += ((pre > 0).astype(jnp.uint8),) if x_bias else ()
+        return out if len(out) > 1 else y
 
     fused = lambda x, u, b, *xb: onednn.winograd4_bias_relu(x, u, b, pool, *xb)
     args = (x.astype(jnp.float32), _u(kernel), bias.astype(jnp.float32))
     args += () if x_bias is None else (x_bias.astype(jnp.float32),)
     out = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
-    # the pool's hits in place of the layer's output y where pooled; x for its size and the input's relu
-    y_or_hits = out[1] if pool else out
-    return (out[0] if pool else out), (y_or_hits, x, kernel, x_bias)
+    out = out if isinstance(out, tuple) else (out,)
+    # kept for the gradient: the pool's hits in place of the layer's output y where pooled; the
+    # input relu's mask (uint8), not x; x's height and width in an array of no elements
+    y_or_hits = out[1] if pool else out[0]
+    keep = out[-1] if x_bias is not None else None
+    return out[0], (y_or_hits, keep, x[..., :0], kernel, x_bias)
 
 
 def _bias_relu_bwd(pool, res, g):
-    y_or_hits, x, kernel, x_bias = res
+    y_or_hits, keep, hw, kernel, x_bias = res
     u = _u(_flip(kernel))
-    size = x.shape[-3:-1]
-    mask = () if x_bias is None else (x.astype(jnp.float32), x_bias.astype(jnp.float32))
+    size = hw.shape[-3:-1]
+    mask = () if keep is None else (keep,)
 
     grad_out = lambda y_or_hits, g: relu_pool_grad(y_or_hits, g, size) if pool else jnp.where(y_or_hits > 0, g, 0)
 
-    def unfused(y_or_hits, g, u, *pre):
+    def unfused(y_or_hits, g, u, *keep):
         gx = _winograd_xla(grad_out(y_or_hits, g), u, 4)
-        return jnp.where(pre[0] + pre[1] > 0, gx, 0) if pre else gx
+        return jnp.where(keep[0] > 0, gx, 0) if keep else gx
 
     fused = partial(onednn.winograd4_pool_grad, size=size) if pool else onednn.winograd4_relu_grad
     args = (y_or_hits, g, u) + mask

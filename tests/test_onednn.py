@@ -297,29 +297,32 @@ def test_fused_layer_calls_give_the_bits_of_the_ops_apart(shape):
 @pytest.mark.parametrize("shape", [(2, 9, 7, 24, 40), (3, 16, 16, 64, 16)])
 def test_an_input_relu_in_the_fused_calls_gives_the_bits_of_the_ops_apart(shape):
     """With x_bias the layer's input relu(x + x_bias) is made as the input transform reads x,
-    and its gradient's mask applied as the output transform writes: the floats of XLA's relu
-    and select around the calls without it, a NaN input passing on as NaN, its gradient 0."""
+    its mask kept as bytes (every pixel, odd edges too), and the gradient's mask applied as the
+    output transform writes: the floats of XLA's relu and select around the calls without it, a
+    NaN input passing on as NaN, its gradient 0."""
     x, u, u_flip, bias, kg = _layer_data(shape, seed=14)
     x = x.at[0, 1, 1, :3].set(jnp.nan)
     x_bias = jax.random.normal(jax.random.key(15), (shape[3],))
     outs = []
     for pool in (False, True):
-        got = jax.jit(lambda x, b: onednn.winograd4_bias_relu(x, u, bias, pool, x_bias=b))(x, x_bias)
+        *got, keep = jax.jit(lambda x, b: onednn.winograd4_bias_relu(x, u, bias, pool, x_bias=b))(x, x_bias)
         want = jax.jit(lambda x, b: onednn.winograd4_bias_relu(jax.nn.relu(x + b), u, bias, pool))(x, x_bias)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        for a, b in zip(got, jax.tree.leaves(want), strict=True):
             np.testing.assert_array_equal(a, b)
+        assert keep.dtype == jnp.uint8
+        np.testing.assert_array_equal(keep, (x + x_bias > 0).astype(jnp.uint8))
         outs.append(want)
     y, (pooled, hits) = outs
     assert bool(jnp.isnan(y).any())
-    mask = lambda gx, x, b: jnp.where(x + b > 0, gx, 0)
+    mask = lambda gx, keep: jnp.where(keep > 0, gx, 0)
     g = jax.random.normal(kg, y.shape)
-    got = jax.jit(onednn.winograd4_relu_grad)(y, g, u_flip, x, x_bias)
-    want = jax.jit(lambda *a: mask(onednn.winograd4_relu_grad(*a[:3]), *a[3:]))(y, g, u_flip, x, x_bias)
+    got = jax.jit(onednn.winograd4_relu_grad)(y, g, u_flip, keep)
+    want = jax.jit(lambda *a: mask(onednn.winograd4_relu_grad(*a[:3]), a[3]))(y, g, u_flip, keep)
     np.testing.assert_array_equal(got, want)
     gp = jax.random.normal(kg, pooled.shape)
     pool_grad = partial(onednn.winograd4_pool_grad, size=shape[1:3])
-    got = jax.jit(pool_grad)(hits, gp, u_flip, x, x_bias)
-    np.testing.assert_array_equal(got, jax.jit(lambda *a: mask(pool_grad(*a[:3]), *a[3:]))(hits, gp, u_flip, x, x_bias))
+    got = jax.jit(pool_grad)(hits, gp, u_flip, keep)
+    np.testing.assert_array_equal(got, jax.jit(lambda *a: mask(pool_grad(*a[:3]), a[3]))(hits, gp, u_flip, keep))
     assert float(jnp.abs(got[0, 1, 1, :3]).max()) == 0.0 and float(jnp.abs(got).max()) > 0
 
 
@@ -362,7 +365,7 @@ def test_own_blocks_give_the_shared_blocks_bits(threads, monkeypatch):
         "relu_grad": lambda x, y, gp, h: onednn.winograd4_relu_grad(y, y - 0.5, u_flip),
         "pool_grad": lambda x, y, gp, h: onednn.winograd4_pool_grad(h, gp, u_flip, size=(17, 15)),
         "in_relu": lambda x, y, gp, h: onednn.winograd4_bias_relu(x, u, bias, x_bias=x_bias),
-        "in_pool_grad": lambda x, y, gp, h: onednn.winograd4_pool_grad(h, gp, u_flip, x, x_bias, size=(17, 15)),
+        "in_pool_grad": lambda x, y, gp, h: onednn.winograd4_pool_grad(h, gp, u_flip, (x > 0).astype(jnp.uint8), size=(17, 15)),
     }
     x_bias = jnp.linspace(-2, 2, 24)
     y = jax.nn.relu(onednn.winograd4(x, u) + bias)

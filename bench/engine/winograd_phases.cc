@@ -75,10 +75,12 @@ int main(int argc, char** argv) {
   };
   const long h2 = h / 2;
   std::vector<float> x = randoms(n * h * h * c, 1), u = randoms(36 * c * o, 0.1f), y(n * h * h * o);
-  std::vector<float> bias_c = randoms(c, 0.1f), bias_o = randoms(o, 0.1f), mask = randoms(n * h * h * o, 1);
+  std::vector<float> bias_c = randoms(c, 0.1f), bias_o = randoms(o, 0.1f);
   std::vector<float> relu_out = randoms(n * h * h * c, 1), gp = randoms(n * h2 * h2 * c, 1), pooled(n * h2 * h2 * o);
   std::vector<uint8_t> hits_in(n * h2 * h2 * c), hits_out(n * h2 * h2 * o);
   for (auto& b : hits_in) b = static_cast<uint8_t>(1u << (rng() % 4));
+  std::vector<uint8_t> keep_in(n * h * h * o), keep_out(n * h * h * c);  // an input relu's mask: read, written
+  for (auto& b : keep_in) b = static_cast<uint8_t>(rng() % 2);
   Pixels pixels{};
   pixels.x = x.data(), pixels.h = h, pixels.w = h, pixels.c = c;
   Output plain{y.data(), nullptr, nullptr, h, h, o};
@@ -87,7 +89,7 @@ int main(int argc, char** argv) {
     Time(pixels, plain, n, c, o, block, reps, u.data(), best);
   } else if (kind == "forward") {  // in_relu_bias_relu_pool: relu(x + bias) in, relu(y + bias) and its pool out
     BiasRelu src{pixels};
-    src.bias = bias_c.data();
+    src.bias = bias_c.data(), src.keep = keep_out.data();
     Output out{nullptr, bias_o.data(), pooled.data(), h, h, o};
     out.hits = hits_out.data();
     Time(src, out, n, c, o, block, reps, u.data(), best);
@@ -95,7 +97,7 @@ int main(int argc, char** argv) {
     PoolGrad src{};
     src.h = h, src.w = h, src.c = c, src.gp = gp.data(), src.hits = hits_in.data(), src.h2 = h2, src.w2 = h2;
     Output out = plain;
-    out.mask = mask.data(), out.mask_bias = bias_o.data();
+    out.keep = keep_in.data();
     Time(src, out, n, c, o, block, reps, u.data(), best);
   } else if (kind == "relu_grad") {  // relu_grad: the relu's gradient in, the plain conv out
     ReluGrad src{pixels};

@@ -250,8 +250,12 @@ inline Vec Relu(const Vec& z) { return (Vec)((VecI)z & ~(VecI)(z < 0.0f)); }
 
 // relu(x + bias): a layer's input that is the conv before it without its bias and relu (the
 // colour layer's: its own conv has no fused form), which are applied here as the tile is read.
+// With `keep`, (N, H, W, C) bytes: 1 where x + bias > 0, else 0 (a NaN 0), each pixel written by
+// the one tile whose inner 4 x 4 holds it: all the gradient of this relu needs (Output.keep),
+// a quarter of x's bytes, so that the gradient's call reads no float of x.
 struct BiasRelu : Pixels {
   const float* bias;
+  uint8_t* keep = nullptr;
   Vec bv;
   void Begin(long b_, long ty_, long tx_, long c0_, int len_) {
     Pixels::Begin(b_, ty_, tx_, c0_, len_);
@@ -259,7 +263,16 @@ struct BiasRelu : Pixels {
   }
   void Column(int j, Vec* d) const {
 #pragma GCC unroll 6
-    for (int i = 0; i < kTile; ++i) d[i] = In(i, j) ? Relu(Load(x + At(i, j), len) + bv) : Vec{};
+    for (int i = 0; i < kTile; ++i) {
+      if (!In(i, j)) {
+        d[i] = Vec{};
+        continue;
+      }
+      const long at = At(i, j);
+      const Vec z = Load(x + at, len) + bv;
+      d[i] = Relu(z);
+      if (keep && i >= 1 && i <= 4 && j >= 1 && j <= 4) StoreBytes(keep + at, (VecI)(z > 0.0f) & 1, len);
+    }
   }
 };
 
@@ -378,17 +391,15 @@ inline Vec Max(const Vec& a, const Vec& b) {
 // max(y + bias, 0) (a NaN stays NaN); with `pooled` and `hits`, (N, H/2, W/2, O), its 2x2 max
 // pool as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped) and the pool's hits
 // (PoolGrad's), y then not written (null): the next layer reads the pool, the gradient the hits.
-// With `mask`, (N, H, W, O), and `mask_bias`, y where mask + mask_bias > 0, else 0: the gradient
-// of a layer's input relu(mask + mask_bias) (BiasRelu) taken on to mask, as XLA's
-// select(pre > 0, g, 0).
+// With `keep`, (N, H, W, O) bytes (BiasRelu's), y where keep is 1, else 0: the gradient of a
+// layer's input relu(x + x_bias) taken on to x, as XLA's select(x + x_bias > 0, g, 0).
 struct Output {
   float* y;
   const float* bias;
   float* pooled;
   long h, w, o;
   uint8_t* hits = nullptr;
-  const float* mask = nullptr;
-  const float* mask_bias = nullptr;
+  const uint8_t* keep = nullptr;
 };
 
 // Output transform of tile t, row k of mm (36, nt, O): s[a][q] = sum_p At[a][p] m[p][q],
@@ -402,7 +413,6 @@ inline void OutputTile(const float* mm, const Output& out, long th, long tw, lon
   for (long o0 = 0; o0 < o; o0 += kLanes) {
     const int len = static_cast<int>(std::min<long>(kLanes, o - o0));
     const Vec bv = out.bias ? Load(out.bias + o0, len) : Vec{};
-    const Vec mb = out.mask ? Load(out.mask_bias + o0, len) : Vec{};
     const float* mk = mm + k * o + o0;
     Vec s[4][kTile];
 #pragma GCC unroll 6
@@ -422,7 +432,7 @@ inline void OutputTile(const float* mm, const Output& out, long th, long tw, lon
         if (i >= cols) break;
         const long at = at0 + (a * w + i) * o + o0;
         if (out.bias) e[a][i] = Relu(e[a][i] + bv);
-        if (out.mask) e[a][i] = (Vec)((VecI)e[a][i] & (VecI)(Load(out.mask + at, len) + mb > 0.0f));
+        if (out.keep) e[a][i] = (Vec)((VecI)e[a][i] & -LoadBytes(out.keep + at, len));
         if (out.y) Stream(out.y + at, e[a][i], len);
       }
     }
@@ -622,22 +632,24 @@ ffi::Error Winograd4(F32 x, Kernel u, F32Out y, F32Out v, F32Out m, int64_t bloc
   return RunWinograd4(PixelsOf(x), x.dimensions()[0], u, OutputOf(y, nullptr, nullptr), v, m, block, own);
 }
 
-// A conv layer's input: x itself, or with x_bias (C,) relu(x + x_bias) (BiasRelu).
+// A conv layer's input: x itself, or with x_bias (C,) relu(x + x_bias) (BiasRelu), its mask
+// written to keep, (N, H, W, C).
 template <class Run>
-ffi::Error Input(const F32& x, const F32* x_bias, Run run) {
+ffi::Error Input(const F32& x, const F32* x_bias, U8Out* keep, Run run) {
   if (!x_bias) return run(PixelsOf(x));
   auto bd = x_bias->dimensions();
-  if (bd.size() != 1 || bd[0] != x.dimensions()[3]) return Invalid("x_bias must be (C,)");
+  if (bd.size() != 1 || bd[0] != x.dimensions()[3] || !Same(x.dimensions(), (*keep)->dimensions()))
+    return Invalid("x_bias must be (C,) and keep (N, H, W, C), as x");
   BiasRelu src{PixelsOf(x)};
-  src.bias = x_bias->typed_data();
+  src.bias = x_bias->typed_data(), src.keep = (*keep)->typed_data();
   return run(src);
 }
 
 // relu(conv(input) + bias), y (N, H, W, O): a conv layer in one call; or with `pooled` and
 // `hits`, (N, H/2, W/2, O), its 2x2 max pool and the pool's hits in place of y: the layer and
-// the pool after it.
-ffi::Error Layer(F32 x, const F32* x_bias, Kernel u, F32 bias, F32Out* y, F32Out* pooled, U8Out* hits, F32Out v,
-                 F32Out m, int64_t block, int64_t own) {
+// the pool after it. With x_bias, the input relu's mask to keep (Input).
+ffi::Error Layer(F32 x, const F32* x_bias, U8Out* keep, Kernel u, F32 bias, F32Out* y, F32Out* pooled, U8Out* hits,
+                 F32Out v, F32Out m, int64_t block, int64_t own) {
   auto xd = x.dimensions();
   if (xd.size() != 4 || bias.dimensions().size() != 1) return Invalid("x must be (N, H, W, C) and bias (O,)");
   Output out{nullptr, bias.typed_data(), nullptr, xd[1], xd[2], bias.dimensions()[0]};
@@ -653,49 +665,46 @@ ffi::Error Layer(F32 x, const F32* x_bias, Kernel u, F32 bias, F32Out* y, F32Out
     }
     out.pooled = (*pooled)->typed_data(), out.hits = (*hits)->typed_data();
   }
-  return Input(x, x_bias, [&](auto src) { return RunWinograd4(src, xd[0], u, out, v, m, block, own); });
+  return Input(x, x_bias, keep, [&](auto src) { return RunWinograd4(src, xd[0], u, out, v, m, block, own); });
 }
 
 ffi::Error Winograd4BiasRelu(F32 x, Kernel u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  return Layer(x, nullptr, u, bias, &y, nullptr, nullptr, v, m, block, own);
+  return Layer(x, nullptr, nullptr, u, bias, &y, nullptr, nullptr, v, m, block, own);
 }
 
 ffi::Error Winograd4BiasReluPool(F32 x, Kernel u, F32 bias, F32Out pooled, U8Out hits, F32Out v, F32Out m,
                                  int64_t block, int64_t own) {
-  return Layer(x, nullptr, u, bias, nullptr, &pooled, &hits, v, m, block, own);
+  return Layer(x, nullptr, nullptr, u, bias, nullptr, &pooled, &hits, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluBiasRelu(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
-                                   int64_t own) {
-  return Layer(x, &x_bias, u, bias, &y, nullptr, nullptr, v, m, block, own);
+ffi::Error Winograd4InReluBiasRelu(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out y, U8Out keep, F32Out v, F32Out m,
+                                   int64_t block, int64_t own) {
+  return Layer(x, &x_bias, &keep, u, bias, &y, nullptr, nullptr, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluBiasReluPool(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out pooled, U8Out hits, F32Out v,
-                                       F32Out m, int64_t block, int64_t own) {
-  return Layer(x, &x_bias, u, bias, nullptr, &pooled, &hits, v, m, block, own);
+ffi::Error Winograd4InReluBiasReluPool(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out pooled, U8Out hits, U8Out keep,
+                                       F32Out v, F32Out m, int64_t block, int64_t own) {
+  return Layer(x, &x_bias, &keep, u, bias, nullptr, &pooled, &hits, v, m, block, own);
 }
 
-// Where a layer's input gradient goes: y, and with x and x_bias (the layer's input relu(x +
-// x_bias)) that relu's mask applied as it is written: the gradient with respect to x.
-ffi::Error GradOutput(F32Out& y, const F32* x, const F32* x_bias, Output* out) {
+// Where a layer's input gradient goes: y, and with keep (the mask of the layer's input relu(x +
+// x_bias), the forward's) that mask applied as it is written: the gradient with respect to x.
+ffi::Error GradOutput(F32Out& y, const U8* keep, Output* out) {
   *out = OutputOf(y, nullptr, nullptr);
-  if (!x) return ffi::Error::Success();
-  auto bd = x_bias->dimensions();
-  if (!Same(x->dimensions(), y->dimensions()) || bd.size() != 1 || bd[0] != y->dimensions()[3]) {
-    return Invalid("x must be the layer's input, (N, H, W, C), and x_bias (C,)");
-  }
-  out->mask = x->typed_data(), out->mask_bias = x_bias->typed_data();
+  if (!keep) return ffi::Error::Success();
+  if (!Same(keep->dimensions(), y->dimensions())) return Invalid("keep must be (N, H, W, C), as the layer's input");
+  out->keep = keep->typed_data();
   return ffi::Error::Success();
 }
 
 // conv(where(relu_out > 0, g, 0)): a conv layer's input gradient, its relu's mask applied on the way in.
-ffi::Error ReluGradOf(F32 relu_out, F32 g, const F32* x, Kernel u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
-                      int64_t block, int64_t own) {
+ffi::Error ReluGradOf(F32 relu_out, F32 g, const U8* keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
+                      int64_t own) {
   if (!Shapes(g.dimensions(), y->dimensions()) || !Same(g.dimensions(), relu_out.dimensions())) {
     return Invalid("g and relu_out must be (N, H, W, C) alike");
   }
   Output out;
-  if (auto e = GradOutput(y, x, x_bias, &out); e.failure()) return e;
+  if (auto e = GradOutput(y, keep, &out); e.failure()) return e;
   ReluGrad src{PixelsOf(g)};
   src.relu_out = relu_out.typed_data();
   return RunWinograd4(src, g.dimensions()[0], u, out, v, m, block, own);
@@ -703,8 +712,8 @@ ffi::Error ReluGradOf(F32 relu_out, F32 g, const F32* x, Kernel u, const F32* x_
 
 // The input gradient of a conv layer followed by a 2x2 max pool, y (N, H, W, O), from the
 // pool's hits and its cotangent gp, (N, H/2, W/2, C).
-ffi::Error PoolGradOf(U8 hits, F32 gp, const F32* x, Kernel u, const F32* x_bias, F32Out y, F32Out v, F32Out m,
-                      int64_t block, int64_t own) {
+ffi::Error PoolGradOf(U8 hits, F32 gp, const U8* keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
+                      int64_t own) {
   auto gd = gp.dimensions();
   auto yd = y->dimensions();
   if (gd.size() != 4 || yd.size() != 4 || !Same(gd, hits.dimensions()) || gd[0] != yd[0] || gd[1] != yd[1] / 2 ||
@@ -712,7 +721,7 @@ ffi::Error PoolGradOf(U8 hits, F32 gp, const F32* x, Kernel u, const F32* x_bias
     return Invalid("gp and hits must be (N, H/2, W/2, C) alike, and y (N, H, W, O)");
   }
   Output out;
-  if (auto e = GradOutput(y, x, x_bias, &out); e.failure()) return e;
+  if (auto e = GradOutput(y, keep, &out); e.failure()) return e;
   PoolGrad src{};
   src.h = yd[1], src.w = yd[2], src.c = gd[3];
   src.gp = gp.typed_data(), src.hits = hits.typed_data(), src.h2 = gd[1], src.w2 = gd[2];
@@ -720,21 +729,21 @@ ffi::Error PoolGradOf(U8 hits, F32 gp, const F32* x, Kernel u, const F32* x_bias
 }
 
 ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  return ReluGradOf(relu_out, g, nullptr, u, nullptr, y, v, m, block, own);
+  return ReluGradOf(relu_out, g, nullptr, u, y, v, m, block, own);
 }
 
 ffi::Error Winograd4PoolGrad(U8 hits, F32 gp, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  return PoolGradOf(hits, gp, nullptr, u, nullptr, y, v, m, block, own);
+  return PoolGradOf(hits, gp, nullptr, u, y, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, F32 x, Kernel u, F32 x_bias, F32Out y, F32Out v, F32Out m,
-                               int64_t block, int64_t own) {
-  return ReluGradOf(relu_out, g, &x, u, &x_bias, y, v, m, block, own);
-}
-
-ffi::Error Winograd4InPoolGrad(U8 hits, F32 gp, F32 x, Kernel u, F32 x_bias, F32Out y, F32Out v, F32Out m, int64_t block,
+ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, U8 keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
                                int64_t own) {
-  return PoolGradOf(hits, gp, &x, u, &x_bias, y, v, m, block, own);
+  return ReluGradOf(relu_out, g, &keep, u, y, v, m, block, own);
+}
+
+ffi::Error Winograd4InPoolGrad(U8 hits, F32 gp, U8 keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
+                               int64_t own) {
+  return PoolGradOf(hits, gp, &keep, u, y, v, m, block, own);
 }
 
 // The binding of a Winograd handler: its buffers' types, the arguments' then the results' (the
@@ -775,13 +784,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
                               (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluF32, Winograd4InReluBiasRelu,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, F32, F32>{})));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluPoolF32, Winograd4InReluBiasReluPool,
                               (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, U8, F32, F32>{})));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluPoolF32, Winograd4InReluBiasReluPool,
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, U8, U8, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluGradF32, Winograd4InReluGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, U8, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InPoolGradF32, Winograd4InPoolGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, U8, Kernel>{}, Out<F32, F32, F32>{})));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinogradKernelF32, WinogradKernel,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>());
