@@ -118,15 +118,17 @@ FEW_OUT_CHANNELS = 4
 def conv3x3_few_out(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 SAME conv with few output channels as one matmul, every pixel times the nine taps'
     kernels side by side (C -> 9 O columns), then the taps' shifted sum: 16 images of 64 px,
-    64 -> 3, in 0.47x the time of oneDNN's conv on an AVX2 Zen 3 (bench/README.md)."""
+    64 -> 3, in 0.47x the time of oneDNN's conv on an AVX2 Zen 3 (bench/README.md). Each tap
+    padded on its own, so that XLA fuses pads and sum in one pass (padding all nine at once wrote
+    them out whole first: 1.13-1.17x this conv's time on a Zen 5); the same sums either way."""
     n, h, w, c = x.shape
     o = kernel.shape[-1]
     z = _dot(x.astype(jnp.float32), jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c, 9 * o).astype(jnp.float32))
-    zp = jnp.pad(z.reshape(n, h, w, 9, o), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
+    z = z.reshape(n, h, w, 9, o)
     out = None
     for dy in range(3):
         for dx in range(3):
-            t = zp[:, dy : dy + h, dx : dx + w, 3 * dy + dx]
+            t = jnp.pad(z[..., 3 * dy + dx, :], ((0, 0), (1, 1), (1, 1), (0, 0)))[:, dy : dy + h, dx : dx + w]
             out = t if out is None else out + t
     return out
 
