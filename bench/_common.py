@@ -36,6 +36,23 @@ def grid_flops(layer: str, size: int, n: int, steps: int) -> float:
     return 2.0 * conv_macs(layer, size) * 2.0 * n * steps
 
 
+def winograd_flops(layer: str, size: int, n: int, steps: int) -> float:
+    """jaxviz's own multiplies (2 flops each) on CPU: its Winograd F(4x4, 3x3) convs below
+    ``layer`` (16 input channels or more: 36 multiplies per 4x4 tile and channel pair), forward
+    and input gradient, x images x steps. The colour layer's direct conv and the target layer's
+    one channel per image are not counted."""
+    total = 0
+    for name, cin, cout, pools in convs_up_to(layer):
+        if name == layer:
+            break
+        s = size
+        for _ in range(pools):
+            s //= 2
+        if cin >= 16:
+            total += 36 * (-(-s // 4)) ** 2 * cin * cout
+    return 2.0 * total * 2.0 * n * steps
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

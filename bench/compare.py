@@ -51,6 +51,7 @@ from _common import (  # noqa: E402
     REPO,
     fmt,
     grid_flops,
+    winograd_flops,
     machine_lines,
     matmul_peak,
     md_table,
@@ -363,6 +364,11 @@ def report(a, machine, peak, results, rss, hellos, notes):
         out.append(md_table(
             ["implementation", "warm-up s", "min s", "median s", "ratio to jaxviz_f32",
              "GFLOP/s", "% of f32 matmul peak", "final loss"], rows))
+        own = winograd_flops(layer, a.size, a.filters, a.steps)
+        if ref_med and own:
+            out.append(f"\njaxviz_f32 in its own multiplies (its Winograd layers below {layer}, as run on CPU: "
+                       f"{fmt(own / 1e12)} TFLOP a grid): {fmt(own / ref_med / 1e9)} GFLOP/s, "
+                       f"{fmt(100 * own / ref_med / 1e9 / peak['peak'], 3)} % of the f32 matmul peak")
         out.append("")
     if any(r.get("first_in_rounds") for per in results.values() for r in per.values()):
         out.append("\\* its first timed call was also its first call for that layer (no warm-up).\n")
