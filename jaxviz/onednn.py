@@ -294,10 +294,11 @@ def winograd4(x: jax.Array, u: jax.Array) -> jax.Array:
 
 def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool = False,
                         x_bias: jax.Array | None = None):
-    """``relu(winograd4(x, u) + bias)`` in one call: the bias and relu applied as the output
-    transform writes each pixel (no pass of XLA's over the layer's output). With ``pool``, in
-    its place, its 2x2 max pool (``model.max_pool2``) and the pool's hits (``ops.pool_hits``:
-    all its gradient needs), made in the same pass: the layer's own output is never written.
+    """``relu(winograd4(x, u) + bias)`` in one call, and all its gradient needs: the bias and relu
+    applied as the output transform writes each pixel (no pass of XLA's over the layer's output),
+    and the relu's mask, uint8, 1 where the output is positive (a quarter of its bytes). With
+    ``pool``, in their place, its 2x2 max pool (``model.max_pool2``) and the pool's hits
+    (``ops.pool_hits``), made in the same pass: the layer's own output is never written.
     With ``x_bias`` (C,), the conv's input is ``relu(x + x_bias)``, made as the input transform
     reads ``x``: the layer before's bias and relu, where that layer's conv has no fused form;
     then that relu's mask comes last too, ``keep``: uint8, ``x``'s shape, 1 where
@@ -309,15 +310,15 @@ def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool 
     return _winograd_public(op, (x,), (u, bias, x_bias))
 
 
-def winograd4_relu_grad(relu_out: jax.Array, g: jax.Array, u: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-    """``winograd4(where(relu_out > 0, g, 0), u)`` in one call: a conv + relu layer's input
-    gradient (``u`` the flipped kernel's transform), the relu's mask applied as the input
-    transform reads ``g``; with ``keep`` (the mask of the layer's input ``relu(x + x_bias)``,
+def winograd4_relu_grad(mask: jax.Array, g: jax.Array, u: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+    """``winograd4(where(mask > 0, g, 0), u)`` in one call: a conv + relu layer's input
+    gradient (``u`` the flipped kernel's transform, ``mask`` the relu's, ``winograd4_bias_relu``'s),
+    applied as the input transform reads ``g``; with ``keep`` (the mask of the layer's input ``relu(x + x_bias)``,
     ``winograd4_bias_relu``'s), ``where(keep > 0, ..., 0)`` as the output transform writes: the
     gradient with respect to ``x``. The same bits as the ops apart. Needs ``available()``."""
     if keep is None:
-        return _winograd_public(_winograd4_relu_grad, (relu_out, g), (u,))
-    return _winograd_public(_winograd4_in_relu_grad, (relu_out, g, keep), (u,))
+        return _winograd_public(_winograd4_relu_grad, (mask, g), (u,))
+    return _winograd_public(_winograd4_in_relu_grad, (mask, g, keep), (u,))
 
 
 def winograd4_pool_grad(hits: jax.Array, g_pooled: jax.Array, u: jax.Array, keep: jax.Array | None = None, *,
@@ -391,11 +392,12 @@ def _plane(floats: int) -> int:
 
 
 def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple[int, int] | None = None,
-                 keep: bool = False):
+                 mask: bool = False, keep: bool = False):
     """The custom call ``target`` on ``n_images`` (N, ..., C) images, the first (N, H, W, C),
     then the weights (the transformed kernel first), with its block and scratch: the conv
-    (N, H, W, O), or with ``pooled`` its pool and the pool's hits, (N, H/2, W/2, O); with
-    ``keep``, then the input relu's mask, uint8 (N, H, W, C). With ``unpool`` (the odd edges'
+    (N, H, W, O), with ``mask`` and its relu's mask, uint8 (N, H, W, O), or with ``pooled`` its
+    pool and the pool's hits, (N, H/2, W/2, O); with ``keep``, then the input relu's mask, uint8
+    (N, H, W, C). With ``unpool`` (the odd edges'
     rows and columns), the first image is pooled, (N, H/2, W/2, C), and the conv (N, H, W, O).
     Under vmap the items join the batch (one call), or, with weights per item, one call per item."""
 
@@ -407,7 +409,7 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
         tiles = n * (-(-h // 4)) * (-(-w // 4))
         block, slots = _block(tiles, max(c, o), _threads())
         outs = [jax.ShapeDtypeStruct((n, h // 2, w // 2, o), t) for t in (jnp.float32, jnp.uint8)] if pooled else \
-            [jax.ShapeDtypeStruct((n, h, w, o), jnp.float32)]
+            [jax.ShapeDtypeStruct((n, h, w, o), t) for t in (jnp.float32, jnp.uint8)[: 1 + mask]]
         outs += [jax.ShapeDtypeStruct((n, h, w, c), jnp.uint8)] if keep else []
         results = len(outs)
         outs += [jax.ShapeDtypeStruct((36 * slots, _plane(block * c)), jnp.float32),  # two scratch buffers
@@ -420,7 +422,7 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
     @op.def_vmap
     def rule(axis_size, in_batched, *args):
         every = lambda xs, bs: tuple(a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(xs, bs))
-        results = 1 + pooled + keep
+        results = 1 + (pooled or mask) + keep
         batched_out = (True,) * results if results > 1 else True
         if any(in_batched[n_images:]):
             return jax.lax.map(lambda a: op(*a), every(args, in_batched)), batched_out
@@ -433,10 +435,10 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
 
 
 _winograd4 = _winograd_op(WINOGRAD, 1)
-_winograd4_bias_relu = _winograd_op(WINOGRAD_BIAS_RELU, 1)
+_winograd4_bias_relu = _winograd_op(WINOGRAD_BIAS_RELU, 1, mask=True)
 _winograd4_bias_relu_pool = _winograd_op(WINOGRAD_BIAS_RELU_POOL, 1, pooled=True)
 _winograd4_relu_grad = _winograd_op(WINOGRAD_RELU_GRAD, 2)
-_winograd4_in_relu_bias_relu = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU, 1, keep=True)
+_winograd4_in_relu_bias_relu = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU, 1, mask=True, keep=True)
 _winograd4_in_relu_bias_relu_pool = _winograd_op(WINOGRAD_IN_RELU_BIAS_RELU_POOL, 1, pooled=True, keep=True)
 _winograd4_in_relu_grad = _winograd_op(WINOGRAD_IN_RELU_GRAD, 3)
 

@@ -306,39 +306,35 @@ def _bias_relu_fwd(x, kernel, bias, pool, x_bias):
     def unfused(x, u, b, *x_bias):
         pre = x + x_bias[0] if x_bias else x
         y = jax.nn.relu(_winograd_xla(jax.nn.relu(pre) if x_bias else pre, u, 4) + b)
-        out = (max_pool2(y), pool_hits(y)) if pool else (y,)
-        out += ((pre > 0).astype(jnp.uint8),) if x_bias else ()
-        return out if len(out) > 1 else y
+        out = (max_pool2(y), pool_hits(y)) if pool else (y, (y > 0).astype(jnp.uint8))
+        return out + ((pre > 0).astype(jnp.uint8),) if x_bias else out
 
     fused = lambda x, u, b, *xb: onednn.winograd4_bias_relu(x, u, b, pool, *xb)
     args = (x.astype(jnp.float32), _u(kernel), bias.astype(jnp.float32))
     args += () if x_bias is None else (x_bias.astype(jnp.float32),)
     out = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
-    out = out if isinstance(out, tuple) else (out,)
-    # kept for the gradient: the pool's hits in place of the layer's output y where pooled; the
-    # input relu's mask (uint8), not x; x's height and width in an array of no elements
-    y_or_hits = out[1] if pool else out[0]
-    keep = out[-1] if x_bias is not None else None
-    return out[0], (y_or_hits, keep, x[..., :0], kernel, x_bias)
+    # kept for the gradient, as bytes: the pool's hits, or the relu's mask, not the layer's output;
+    # the input relu's mask, not x; x's height and width in an array of no elements
+    keep = out[2] if x_bias is not None else None
+    return out[0], (out[1], keep, x[..., :0], kernel, x_bias)
 
 
 def _bias_relu_bwd(pool, res, g):
-    y_or_hits, keep, hw, kernel, x_bias = res
+    saved, keep, hw, kernel, x_bias = res  # saved: the pool's hits, or the relu's mask
     u = _u(_flip(kernel))
     size = hw.shape[-3:-1]
-    mask = () if keep is None else (keep,)
 
-    grad_out = lambda y_or_hits, g: relu_pool_grad(y_or_hits, g, size) if pool else jnp.where(y_or_hits > 0, g, 0)
+    grad_out = lambda saved, g: relu_pool_grad(saved, g, size) if pool else jnp.where(saved > 0, g, 0)
 
-    def unfused(y_or_hits, g, u, *keep):
-        gx = _winograd_xla(grad_out(y_or_hits, g), u, 4)
+    def unfused(saved, g, u, *keep):
+        gx = _winograd_xla(grad_out(saved, g), u, 4)
         return jnp.where(keep[0] > 0, gx, 0) if keep else gx
 
     fused = partial(onednn.winograd4_pool_grad, size=size) if pool else onednn.winograd4_relu_grad
-    args = (y_or_hits, g, u) + mask
+    args = (saved, g, u) + (() if keep is None else (keep,))
     gx = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
     # the biases' cotangents: dead code unless asked for
-    gb = jnp.sum(grad_out(y_or_hits, g), axis=tuple(range(g.ndim - 1)))
+    gb = jnp.sum(grad_out(saved, g), axis=tuple(range(g.ndim - 1)))
     gxb = None if x_bias is None else jnp.sum(gx, axis=tuple(range(gx.ndim - 1))).astype(x_bias.dtype)
     return gx.astype(g.dtype), None, gb.astype(g.dtype), gxb
 

@@ -259,15 +259,21 @@ def _layer_data(shape, seed):
 @needs_onednn
 @pytest.mark.parametrize("shape", [(2, 9, 7, 24, 40), (3, 16, 16, 64, 16)])  # odd edges, channel tails
 def test_fused_layer_calls_give_the_bits_of_the_ops_apart(shape):
-    """bias + relu (+ pool and its hits) in the output transform, the relu's (and pool's) gradient
-    in the input transform, from the hits: the floats of winograd4 and XLA's ops apart, ties and
-    NaNs included; ops' XLA form of that gradient gives the same floats as max_pool2's own."""
+    """bias + relu (and its mask as bytes, or the pool and its hits) in the output transform, the
+    relu's (and pool's) gradient in the input transform, from the mask or the hits: the floats of
+    winograd4 and XLA's ops apart, ties and NaNs included; ops' XLA form of that gradient gives
+    the same floats as max_pool2's own."""
     from jaxviz import ops
     from jaxviz.model import max_pool2
 
     x, u, u_flip, bias, kg = _layer_data(shape, seed=11)
     y = jax.jit(lambda x, u, b: jax.nn.relu(onednn.winograd4(x, u) + b))(x, u, bias)
-    np.testing.assert_array_equal(jax.jit(onednn.winograd4_bias_relu)(x, u, bias), y)
+    got, mask = jax.jit(onednn.winograd4_bias_relu)(x.at[0, 2, 2, :5].set(jnp.nan), u, bias)
+    np.testing.assert_array_equal(mask, (got > 0).astype(jnp.uint8))  # every pixel, a NaN 0
+    assert bool(jnp.isnan(got).any()) and mask.dtype == jnp.uint8
+    got, mask = jax.jit(onednn.winograd4_bias_relu)(x, u, bias)
+    np.testing.assert_array_equal(got, y)
+    np.testing.assert_array_equal(mask, (y > 0).astype(jnp.uint8))
     pooled, hits = jax.jit(lambda x, u, b: onednn.winograd4_bias_relu(x, u, b, pool=True))(x, u, bias)
     np.testing.assert_array_equal(pooled, max_pool2(y))
     np.testing.assert_array_equal(hits, ops.pool_hits(y))
@@ -275,7 +281,7 @@ def test_fused_layer_calls_give_the_bits_of_the_ops_apart(shape):
 
     g = jax.random.normal(kg, y.shape)
     want = jax.jit(lambda y, g, u: onednn.winograd4(jnp.where(y > 0, g, 0), u))(y, g, u_flip)
-    np.testing.assert_array_equal(jax.jit(onednn.winograd4_relu_grad)(y, g, u_flip), want)
+    np.testing.assert_array_equal(jax.jit(onednn.winograd4_relu_grad)(mask, g, u_flip), want)
 
     def pool_grad_apart(y, gp, u):
         return onednn.winograd4(jnp.where(y > 0, jax.vjp(max_pool2, y)[1](gp)[0], 0), u)
@@ -307,17 +313,17 @@ def test_an_input_relu_in_the_fused_calls_gives_the_bits_of_the_ops_apart(shape)
     for pool in (False, True):
         *got, keep = jax.jit(lambda x, b: onednn.winograd4_bias_relu(x, u, bias, pool, x_bias=b))(x, x_bias)
         want = jax.jit(lambda x, b: onednn.winograd4_bias_relu(jax.nn.relu(x + b), u, bias, pool))(x, x_bias)
-        for a, b in zip(got, jax.tree.leaves(want), strict=True):
+        for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)
         assert keep.dtype == jnp.uint8
         np.testing.assert_array_equal(keep, (x + x_bias > 0).astype(jnp.uint8))
         outs.append(want)
-    y, (pooled, hits) = outs
+    (y, y_mask), (pooled, hits) = outs
     assert bool(jnp.isnan(y).any())
     mask = lambda gx, keep: jnp.where(keep > 0, gx, 0)
     g = jax.random.normal(kg, y.shape)
-    got = jax.jit(onednn.winograd4_relu_grad)(y, g, u_flip, keep)
-    want = jax.jit(lambda *a: mask(onednn.winograd4_relu_grad(*a[:3]), a[3]))(y, g, u_flip, keep)
+    got = jax.jit(onednn.winograd4_relu_grad)(y_mask, g, u_flip, keep)
+    want = jax.jit(lambda *a: mask(onednn.winograd4_relu_grad(*a[:3]), a[3]))(y_mask, g, u_flip, keep)
     np.testing.assert_array_equal(got, want)
     gp = jax.random.normal(kg, pooled.shape)
     pool_grad = partial(onednn.winograd4_pool_grad, size=shape[1:3])
@@ -362,7 +368,7 @@ def test_own_blocks_give_the_shared_blocks_bits(threads, monkeypatch):
     calls = {
         "plain": lambda x, y, gp, h: onednn.winograd4(x, u),
         "bias_relu_pool": lambda x, y, gp, h: onednn.winograd4_bias_relu(x, u, bias, pool=True),
-        "relu_grad": lambda x, y, gp, h: onednn.winograd4_relu_grad(y, y - 0.5, u_flip),
+        "relu_grad": lambda x, y, gp, h: onednn.winograd4_relu_grad((y > 0).astype(jnp.uint8), y - 0.5, u_flip),
         "pool_grad": lambda x, y, gp, h: onednn.winograd4_pool_grad(h, gp, u_flip, size=(17, 15)),
         "in_relu": lambda x, y, gp, h: onednn.winograd4_bias_relu(x, u, bias, x_bias=x_bias),
         "in_pool_grad": lambda x, y, gp, h: onednn.winograd4_pool_grad(h, gp, u_flip, (x > 0).astype(jnp.uint8), size=(17, 15)),
@@ -388,7 +394,7 @@ def test_own_blocks_give_the_shared_blocks_bits(threads, monkeypatch):
 @needs_onednn
 def test_fused_layer_calls_under_vmap_fold_the_items_into_their_batch():
     x, u, u_flip, bias, kg = _layer_data((4, 8, 8, 16, 8), seed=12)
-    y = onednn.winograd4_bias_relu(x, u, bias)
+    y, mask = onednn.winograd4_bias_relu(x, u, bias)
     pooled, hits = onednn.winograd4_bias_relu(x, u, bias, pool=True)
     vp, vh = jax.jit(jax.vmap(lambda xi: onednn.winograd4_bias_relu(xi[None], u, bias, pool=True)))(x)
     np.testing.assert_array_equal(vp[:, 0], pooled)
@@ -398,8 +404,8 @@ def test_fused_layer_calls_under_vmap_fold_the_items_into_their_batch():
     one = lambda h, g: onednn.winograd4_pool_grad(h[None], g[None], u_flip, size=(8, 8))[0]
     per_image = jax.jit(jax.vmap(one))(hits, gp)
     np.testing.assert_array_equal(per_image, flat)
-    one_mask = jax.jit(jax.vmap(lambda g: onednn.winograd4_relu_grad(y[:1], g[None], u_flip)[0]))(y)  # mask unbatched
-    np.testing.assert_array_equal(one_mask, onednn.winograd4_relu_grad(jnp.broadcast_to(y[:1], y.shape), y, u_flip))
+    one_mask = jax.jit(jax.vmap(lambda g: onednn.winograd4_relu_grad(mask[:1], g[None], u_flip)[0]))(y)  # mask unbatched
+    np.testing.assert_array_equal(one_mask, onednn.winograd4_relu_grad(jnp.broadcast_to(mask[:1], y.shape), y, u_flip))
 
 
 @pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")

@@ -36,7 +36,7 @@ def candidates(n: int, h: int, c: int, o: int) -> dict:
     b = jax.random.normal(k[2], (o,)) * 0.1
     u, u_flip = ops.winograd_kernel(kernel, 4), ops.winograd_kernel(ops._flip(kernel), 4)
     b0 = jnp.linspace(-0.5, 0.5, c)
-    y = jax.jit(onednn.winograd4_bias_relu)(x, u, b)
+    y, mask = jax.jit(onednn.winograd4_bias_relu)(x, u, b)
     pooled, hits = jax.jit(lambda x: onednn.winograd4_bias_relu(x, u, b, pool=True))(x)
     g, gp = jax.random.normal(k[3], y.shape), jax.random.normal(k[4], pooled.shape)
 
@@ -62,7 +62,7 @@ def candidates(n: int, h: int, c: int, o: int) -> dict:
         "input relu, bias+relu+pool fused": (
             jax.jit(lambda x, u, b: onednn.winograd4_bias_relu(x, u, b, pool=True, x_bias=b0)), (x, u, b)),
         "relu grad apart": (jax.jit(lambda y, g, u: onednn.winograd4(jnp.where(y > 0, g, 0), u)), (y, g, u_flip)),
-        "relu grad fused": (jax.jit(onednn.winograd4_relu_grad), (y, g, u_flip)),
+        "relu grad fused": (jax.jit(onednn.winograd4_relu_grad), (mask, g, u_flip)),
         "pool+relu grad apart": (jax.jit(pool_grad_apart), (y, gp, u_flip)),
         "pool+relu grad fused": (jax.jit(pool_grad), (hits, gp, u_flip)),
     }

@@ -5,9 +5,10 @@
 //
 //   winograd_phases N H C O BLOCK REPS KIND  ->  one line: tiles timed, then seconds of the input
 //       transform, the matmuls, the output transform, the whole (best of REPS each), and the
-//       matmuls again on a block already in cache. KIND: plain (winograd4), forward (a layer's
-//       relu(x + bias) in, its bias, relu and pool out), pool_grad (a pool's gradient in, the
-//       input relu's mask out), relu_grad (a relu's gradient in).
+//       matmuls again on a block already in cache. KIND: plain (winograd4), layer (bias and relu
+//       out, with the relu's mask), forward (a layer's relu(x + bias) in, its bias, relu and pool
+//       out), pool_grad (a pool's gradient in, the input relu's mask out), relu_grad (a relu's
+//       gradient in, from its mask).
 #include "onednn_conv.cc"
 
 #include <chrono>
@@ -59,7 +60,7 @@ void Time(Src src, Output out, long n, long c, long o, long block, int reps, con
 
 int main(int argc, char** argv) {
   if (argc != 8) {
-    std::fprintf(stderr, "usage: %s N H C O BLOCK REPS KIND (plain, forward, pool_grad, relu_grad)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s N H C O BLOCK REPS KIND (plain, layer, forward, pool_grad, relu_grad)\n", argv[0]);
     return 2;
   }
   const long n = std::atol(argv[1]), h = std::atol(argv[2]), c = std::atol(argv[3]), o = std::atol(argv[4]);
@@ -76,17 +77,24 @@ int main(int argc, char** argv) {
   const long h2 = h / 2;
   std::vector<float> x = randoms(n * h * h * c, 1), u = randoms(36 * c * o, 0.1f), y(n * h * h * o);
   std::vector<float> bias_c = randoms(c, 0.1f), bias_o = randoms(o, 0.1f);
-  std::vector<float> relu_out = randoms(n * h * h * c, 1), gp = randoms(n * h2 * h2 * c, 1), pooled(n * h2 * h2 * o);
+  std::vector<float> gp = randoms(n * h2 * h2 * c, 1), pooled(n * h2 * h2 * o);
   std::vector<uint8_t> hits_in(n * h2 * h2 * c), hits_out(n * h2 * h2 * o);
   for (auto& b : hits_in) b = static_cast<uint8_t>(1u << (rng() % 4));
   std::vector<uint8_t> keep_in(n * h * h * o), keep_out(n * h * h * c);  // an input relu's mask: read, written
   for (auto& b : keep_in) b = static_cast<uint8_t>(rng() % 2);
+  std::vector<uint8_t> relu_mask(n * h * h * c);  // a relu's mask, its gradient's input
+  for (auto& b : relu_mask) b = static_cast<uint8_t>(rng() % 2);
   Pixels pixels{};
   pixels.x = x.data(), pixels.h = h, pixels.w = h, pixels.c = c;
   Output plain{y.data(), nullptr, nullptr, h, h, o};
   double best[5];
   if (kind == "plain") {  // winograd4: the conv alone
     Time(pixels, plain, n, c, o, block, reps, u.data(), best);
+  } else if (kind == "layer") {  // bias_relu: relu(y + bias) and its relu's mask out
+    std::vector<uint8_t> mask(n * h * h * o);
+    Output out{y.data(), bias_o.data(), nullptr, h, h, o};
+    out.relu_mask = mask.data();
+    Time(pixels, out, n, c, o, block, reps, u.data(), best);
   } else if (kind == "forward") {  // in_relu_bias_relu_pool: relu(x + bias) in, relu(y + bias) and its pool out
     BiasRelu src{pixels};
     src.bias = bias_c.data(), src.keep = keep_out.data();
@@ -101,7 +109,7 @@ int main(int argc, char** argv) {
     Time(src, out, n, c, o, block, reps, u.data(), best);
   } else if (kind == "relu_grad") {  // relu_grad: the relu's gradient in, the plain conv out
     ReluGrad src{pixels};
-    src.relu_out = relu_out.data();
+    src.mask = relu_mask.data();
     Time(src, plain, n, c, o, block, reps, u.data(), best);
   } else {
     std::fprintf(stderr, "unknown kind %s\n", kind.c_str());

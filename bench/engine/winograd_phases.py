@@ -49,8 +49,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--images", default="1,8", help="images per call, comma-separated")
     ap.add_argument("--block", type=int, default=onednn.OWN_TILES, help="tiles per block (default OWN_TILES)")
-    ap.add_argument("--kinds", default="plain", help="comma-separated: plain (the conv alone), forward (the fused "
-                    "layer: relu(x + bias) in, bias, relu and 2x2 pool out), pool_grad, relu_grad (its gradients)")
+    ap.add_argument("--kinds", default="plain", help="comma-separated: plain (the conv alone), layer (bias and relu "
+                    "out, and the relu's mask), forward (the fused layer: relu(x + bias) in, bias, relu and 2x2 pool "
+                    "out), pool_grad, relu_grad (their gradients)")
     ap.add_argument("--shapes", default=None, help="H:C:O,... (default: the seed's Winograd layers at 64 px)")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1")

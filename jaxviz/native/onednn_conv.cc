@@ -276,9 +276,10 @@ struct BiasRelu : Pixels {
   }
 };
 
-// A relu's gradient: x (the cotangent) where relu_out > 0, else 0, as XLA's select(pre > 0, g, 0).
+// A relu's gradient: x (the cotangent) where mask is 1, else 0: the relu's bytes (Output.relu_mask,
+// 1 where its output is positive), as XLA's select(relu_out > 0, g, 0).
 struct ReluGrad : Pixels {
-  const float* relu_out;
+  const uint8_t* mask;
   void Column(int j, Vec* d) const {
 #pragma GCC unroll 6
     for (int i = 0; i < kTile; ++i) {
@@ -287,7 +288,7 @@ struct ReluGrad : Pixels {
         continue;
       }
       const long at = At(i, j);
-      d[i] = (Vec)((VecI)Load(x + at, len) & (VecI)(Load(relu_out + at, len) > 0.0f));
+      d[i] = (Vec)((VecI)Load(x + at, len) & -LoadBytes(mask + at, len));
     }
   }
 };
@@ -388,7 +389,9 @@ inline Vec Max(const Vec& a, const Vec& b) {
 }
 
 // Where the output transform writes: y (N, H, W, O); with a bias, relu(y + bias) as XLA's
-// max(y + bias, 0) (a NaN stays NaN); with `pooled` and `hits`, (N, H/2, W/2, O), its 2x2 max
+// max(y + bias, 0) (a NaN stays NaN), and with `relu_mask`, (N, H, W, O), a byte for each value
+// written, 1 where it is positive (a NaN 0): all its relu's gradient needs (ReluGrad), a quarter
+// of y's bytes; with `pooled` and `hits`, (N, H/2, W/2, O), its 2x2 max
 // pool as model.max_pool2's max(max(a, b), max(c, d)) (odd edges dropped) and the pool's hits
 // (PoolGrad's), y then not written (null): the next layer reads the pool, the gradient the hits.
 // With `keep`, (N, H, W, O) bytes (BiasRelu's), y where keep is 1, else 0: the gradient of a
@@ -400,6 +403,7 @@ struct Output {
   long h, w, o;
   uint8_t* hits = nullptr;
   const uint8_t* keep = nullptr;
+  uint8_t* relu_mask = nullptr;
 };
 
 // Output transform of tile t, row k of mm (36, nt, O): s[a][q] = sum_p At[a][p] m[p][q],
@@ -434,6 +438,7 @@ inline void OutputTile(const float* mm, const Output& out, long th, long tw, lon
         if (out.bias) e[a][i] = Relu(e[a][i] + bv);
         if (out.keep) e[a][i] = (Vec)((VecI)e[a][i] & -LoadBytes(out.keep + at, len));
         if (out.y) Stream(out.y + at, e[a][i], len);
+        if (out.relu_mask) StoreBytes(out.relu_mask + at, (VecI)(e[a][i] > 0.0f) & 1, len);
       }
     }
     if (!out.pooled) continue;
@@ -647,16 +652,18 @@ ffi::Error Input(const F32& x, const F32* x_bias, U8Out* keep, Run run) {
 
 // relu(conv(input) + bias), y (N, H, W, O): a conv layer in one call; or with `pooled` and
 // `hits`, (N, H/2, W/2, O), its 2x2 max pool and the pool's hits in place of y: the layer and
-// the pool after it. With x_bias, the input relu's mask to keep (Input).
-ffi::Error Layer(F32 x, const F32* x_bias, U8Out* keep, Kernel u, F32 bias, F32Out* y, F32Out* pooled, U8Out* hits,
-                 F32Out v, F32Out m, int64_t block, int64_t own) {
+// the pool after it. With y, its relu's mask to mask (Output.relu_mask); with x_bias, the input
+// relu's mask to keep (Input).
+ffi::Error Layer(F32 x, const F32* x_bias, U8Out* keep, Kernel u, F32 bias, F32Out* y, U8Out* mask, F32Out* pooled,
+                 U8Out* hits, F32Out v, F32Out m, int64_t block, int64_t own) {
   auto xd = x.dimensions();
   if (xd.size() != 4 || bias.dimensions().size() != 1) return Invalid("x must be (N, H, W, C) and bias (O,)");
   Output out{nullptr, bias.typed_data(), nullptr, xd[1], xd[2], bias.dimensions()[0]};
   if (y) {
     auto yd = (*y)->dimensions();
-    if (!Shapes(xd, yd) || yd[3] != out.o) return Invalid("y must be (N, H, W, O)");
-    out.y = (*y)->typed_data();
+    if (!Shapes(xd, yd) || yd[3] != out.o || !Same(yd, (*mask)->dimensions()))
+      return Invalid("y and its mask must be (N, H, W, O)");
+    out.y = (*y)->typed_data(), out.relu_mask = (*mask)->typed_data();
   } else {
     auto pd = (*pooled)->dimensions();
     if (pd.size() != 4 || pd[0] != xd[0] || pd[1] != xd[1] / 2 || pd[2] != xd[2] / 2 || pd[3] != out.o ||
@@ -668,23 +675,24 @@ ffi::Error Layer(F32 x, const F32* x_bias, U8Out* keep, Kernel u, F32 bias, F32O
   return Input(x, x_bias, keep, [&](auto src) { return RunWinograd4(src, xd[0], u, out, v, m, block, own); });
 }
 
-ffi::Error Winograd4BiasRelu(F32 x, Kernel u, F32 bias, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  return Layer(x, nullptr, nullptr, u, bias, &y, nullptr, nullptr, v, m, block, own);
+ffi::Error Winograd4BiasRelu(F32 x, Kernel u, F32 bias, F32Out y, U8Out mask, F32Out v, F32Out m, int64_t block,
+                             int64_t own) {
+  return Layer(x, nullptr, nullptr, u, bias, &y, &mask, nullptr, nullptr, v, m, block, own);
 }
 
 ffi::Error Winograd4BiasReluPool(F32 x, Kernel u, F32 bias, F32Out pooled, U8Out hits, F32Out v, F32Out m,
                                  int64_t block, int64_t own) {
-  return Layer(x, nullptr, nullptr, u, bias, nullptr, &pooled, &hits, v, m, block, own);
+  return Layer(x, nullptr, nullptr, u, bias, nullptr, nullptr, &pooled, &hits, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluBiasRelu(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out y, U8Out keep, F32Out v, F32Out m,
-                                   int64_t block, int64_t own) {
-  return Layer(x, &x_bias, &keep, u, bias, &y, nullptr, nullptr, v, m, block, own);
+ffi::Error Winograd4InReluBiasRelu(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out y, U8Out mask, U8Out keep, F32Out v,
+                                   F32Out m, int64_t block, int64_t own) {
+  return Layer(x, &x_bias, &keep, u, bias, &y, &mask, nullptr, nullptr, v, m, block, own);
 }
 
 ffi::Error Winograd4InReluBiasReluPool(F32 x, Kernel u, F32 bias, F32 x_bias, F32Out pooled, U8Out hits, U8Out keep,
                                        F32Out v, F32Out m, int64_t block, int64_t own) {
-  return Layer(x, &x_bias, &keep, u, bias, nullptr, &pooled, &hits, v, m, block, own);
+  return Layer(x, &x_bias, &keep, u, bias, nullptr, nullptr, &pooled, &hits, v, m, block, own);
 }
 
 // Where a layer's input gradient goes: y, and with keep (the mask of the layer's input relu(x +
@@ -697,16 +705,16 @@ ffi::Error GradOutput(F32Out& y, const U8* keep, Output* out) {
   return ffi::Error::Success();
 }
 
-// conv(where(relu_out > 0, g, 0)): a conv layer's input gradient, its relu's mask applied on the way in.
-ffi::Error ReluGradOf(F32 relu_out, F32 g, const U8* keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
+// conv(where(mask > 0, g, 0)): a conv layer's input gradient, its relu's mask applied on the way in.
+ffi::Error ReluGradOf(U8 mask, F32 g, const U8* keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
                       int64_t own) {
-  if (!Shapes(g.dimensions(), y->dimensions()) || !Same(g.dimensions(), relu_out.dimensions())) {
-    return Invalid("g and relu_out must be (N, H, W, C) alike");
+  if (!Shapes(g.dimensions(), y->dimensions()) || !Same(g.dimensions(), mask.dimensions())) {
+    return Invalid("g and the relu's mask must be (N, H, W, C) alike");
   }
   Output out;
   if (auto e = GradOutput(y, keep, &out); e.failure()) return e;
   ReluGrad src{PixelsOf(g)};
-  src.relu_out = relu_out.typed_data();
+  src.mask = mask.typed_data();
   return RunWinograd4(src, g.dimensions()[0], u, out, v, m, block, own);
 }
 
@@ -728,17 +736,17 @@ ffi::Error PoolGradOf(U8 hits, F32 gp, const U8* keep, Kernel u, F32Out y, F32Ou
   return RunWinograd4(src, gd[0], u, out, v, m, block, own);
 }
 
-ffi::Error Winograd4ReluGrad(F32 relu_out, F32 g, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
-  return ReluGradOf(relu_out, g, nullptr, u, y, v, m, block, own);
+ffi::Error Winograd4ReluGrad(U8 mask, F32 g, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
+  return ReluGradOf(mask, g, nullptr, u, y, v, m, block, own);
 }
 
 ffi::Error Winograd4PoolGrad(U8 hits, F32 gp, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block, int64_t own) {
   return PoolGradOf(hits, gp, nullptr, u, y, v, m, block, own);
 }
 
-ffi::Error Winograd4InReluGrad(F32 relu_out, F32 g, U8 keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
+ffi::Error Winograd4InReluGrad(U8 mask, F32 g, U8 keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
                                int64_t own) {
-  return ReluGradOf(relu_out, g, &keep, u, y, v, m, block, own);
+  return ReluGradOf(mask, g, &keep, u, y, v, m, block, own);
 }
 
 ffi::Error Winograd4InPoolGrad(U8 hits, F32 gp, U8 keep, Kernel u, F32Out y, F32Out v, F32Out m, int64_t block,
@@ -776,19 +784,19 @@ using Out = Types<Rets...>;  // the outputs, then the two scratch buffers (float
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4F32, Winograd4,
                               (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluF32, Winograd4BiasRelu,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32>{}, Out<F32, U8, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4BiasReluPoolF32, Winograd4BiasReluPool,
                               (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32>{}, Out<F32, U8, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4ReluGradF32, Winograd4ReluGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, Kernel>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4PoolGradF32, Winograd4PoolGrad,
                               (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluF32, Winograd4InReluBiasRelu,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, U8, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, U8, U8, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluBiasReluPoolF32, Winograd4InReluBiasReluPool,
                               (WinogradBinding(ffi::Ffi::Bind(), In<F32, Kernel, F32, F32>{}, Out<F32, U8, U8, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InReluGradF32, Winograd4InReluGrad,
-                              (WinogradBinding(ffi::Ffi::Bind(), In<F32, F32, U8, Kernel>{}, Out<F32, F32, F32>{})));
+                              (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, U8, Kernel>{}, Out<F32, F32, F32>{})));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizWinograd4InPoolGradF32, Winograd4InPoolGrad,
                               (WinogradBinding(ffi::Ffi::Bind(), In<U8, F32, U8, Kernel>{}, Out<F32, F32, F32>{})));
 
