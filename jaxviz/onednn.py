@@ -312,10 +312,11 @@ def winograd4_bias_relu(x: jax.Array, u: jax.Array, bias: jax.Array, pool: bool 
 
 def winograd4_relu_grad(mask: jax.Array, g: jax.Array, u: jax.Array, keep: jax.Array | None = None) -> jax.Array:
     """``winograd4(where(mask > 0, g, 0), u)`` in one call: a conv + relu layer's input
-    gradient (``u`` the flipped kernel's transform, ``mask`` the relu's, ``winograd4_bias_relu``'s),
-    applied as the input transform reads ``g``; with ``keep`` (the mask of the layer's input ``relu(x + x_bias)``,
-    ``winograd4_bias_relu``'s), ``where(keep > 0, ..., 0)`` as the output transform writes: the
-    gradient with respect to ``x``. The same bits as the ops apart. Needs ``available()``."""
+    gradient (``u`` the flipped kernel's transform, ``mask`` the relu's from
+    ``winograd4_bias_relu``), the mask applied as the input transform reads ``g``; with ``keep``
+    (the mask of the layer's input ``relu(x + x_bias)``, also ``winograd4_bias_relu``'s),
+    ``where(keep > 0, ..., 0)`` as the output transform writes: the gradient with respect to
+    ``x``. The same bits as the ops apart. Needs ``available()``."""
     if keep is None:
         return _winograd_public(_winograd4_relu_grad, (mask, g), (u,))
     return _winograd_public(_winograd4_in_relu_grad, (mask, g, keep), (u,))
@@ -397,9 +398,9 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
     then the weights (the transformed kernel first), with its block and scratch: the conv
     (N, H, W, O), with ``mask`` and its relu's mask, uint8 (N, H, W, O), or with ``pooled`` its
     pool and the pool's hits, (N, H/2, W/2, O); with ``keep``, then the input relu's mask, uint8
-    (N, H, W, C). With ``unpool`` (the odd edges'
-    rows and columns), the first image is pooled, (N, H/2, W/2, C), and the conv (N, H, W, O).
-    Under vmap the items join the batch (one call), or, with weights per item, one call per item."""
+    (N, H, W, C). With ``unpool`` (the odd edges' rows and columns), the first image is pooled,
+    (N, H/2, W/2, C), and the conv (N, H, W, O). Under vmap the items join the batch (one call),
+    or, with weights per item, one call per item."""
 
     def call(*args):
         n, h, w, c = args[0].shape

@@ -265,13 +265,13 @@ def winograd4_bias_relu(x: jax.Array, kernel, bias: jax.Array, pool: bool = Fals
     layer's input is ``relu(x + x_bias)`` (the layer before, without its bias and relu).
 
     Where oneDNN runs, on CPU, forward and input gradient are one custom call each: bias, relu
-    and pool (and the pool's hits, kept for the gradient in place of the layer's output) made as
-    the output transform writes the conv, the pool's and relu's gradients as the input transform
-    reads the cotangent (``onednn.winograd4_bias_relu``,
+    and pool made as the output transform writes the conv, the pool's and relu's gradients as the
+    input transform reads the cotangent (``onednn.winograd4_bias_relu``,
     ``onednn.winograd4_relu_grad``, ``onednn.winograd4_pool_grad``), the input's relu and its
-    gradient as the transforms read and write (its mask kept as bytes in place of ``x``), so XLA makes no pass of its own over the layer's
-    output or input either way; the same bits as the ops apart. The kernel's cotangent is zero,
-    as in ``with_input_vjp``.
+    gradient as the transforms read and write, so XLA makes no pass of its own over the layer's
+    output or input either way; the same bits as the ops apart. The gradient keeps bytes, not the
+    forward's floats: the pool's hits or the relu's mask in place of the layer's output, the input
+    relu's mask in place of ``x``. The kernel's cotangent is zero, as in ``with_input_vjp``.
     """
     return _bias_relu_fwd(x, kernel, bias, pool, x_bias)[0]
 
