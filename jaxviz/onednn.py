@@ -401,6 +401,7 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
     (N, H, W, C). With ``unpool`` (the odd edges' rows and columns), the first image is pooled,
     (N, H/2, W/2, C), and the conv (N, H, W, O). Under vmap the items join the batch (one call),
     or, with weights per item, one call per item."""
+    results = 1 + (pooled or mask) + keep  # outputs, less the two scratch buffers
 
     def call(*args):
         n, h, w, c = args[0].shape
@@ -412,7 +413,6 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
         outs = [jax.ShapeDtypeStruct((n, h // 2, w // 2, o), t) for t in (jnp.float32, jnp.uint8)] if pooled else \
             [jax.ShapeDtypeStruct((n, h, w, o), t) for t in (jnp.float32, jnp.uint8)[: 1 + mask]]
         outs += [jax.ShapeDtypeStruct((n, h, w, c), jnp.uint8)] if keep else []
-        results = len(outs)
         outs += [jax.ShapeDtypeStruct((36 * slots, _plane(block * c)), jnp.float32),  # two scratch buffers
                  jax.ShapeDtypeStruct((36 * slots, _plane(block * o)), jnp.float32)]
         r = jax.ffi.ffi_call(target, tuple(outs))(*args, block=block, own=int(slots > 1))
@@ -423,7 +423,6 @@ def _winograd_op(target: str, n_images: int, pooled: bool = False, unpool: tuple
     @op.def_vmap
     def rule(axis_size, in_batched, *args):
         every = lambda xs, bs: tuple(a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(xs, bs))
-        results = 1 + (pooled or mask) + keep
         batched_out = (True,) * results if results > 1 else True
         if any(in_batched[n_images:]):
             return jax.lax.map(lambda a: op(*a), every(args, in_batched)), batched_out
