@@ -234,7 +234,7 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array, m: int = 2) -> jax.Array:
         u = kernel.u
     else:
         u = winograd_kernel(kernel, m)
-    if m == 4 and onednn.available():
+    if m == 4 and onednn.winograd_runs(u.dtype):
         return lax.platform_dependent(x, u, cpu=_winograd4_onednn, default=partial(_winograd_xla, m=m))
     return _winograd_xla(x, u, m)
 
@@ -312,7 +312,8 @@ def _bias_relu_fwd(x, kernel, bias, pool, x_bias):
     fused = lambda x, u, b, *xb: onednn.winograd4_bias_relu(x, u, b, pool, *xb)
     args = (x.astype(jnp.float32), _u(kernel), bias.astype(jnp.float32))
     args += () if x_bias is None else (x_bias.astype(jnp.float32),)
-    out = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
+    runs = onednn.winograd_runs(args[1].dtype)
+    out = lax.platform_dependent(*args, cpu=fused, default=unfused) if runs else unfused(*args)
     # kept for the gradient, as bytes: the pool's hits, or the relu's mask, not the layer's output;
     # the input relu's mask, not x; x's height and width in an array of no elements
     keep = out[2] if x_bias is not None else None
@@ -332,7 +333,7 @@ def _bias_relu_bwd(pool, res, g):
 
     fused = partial(onednn.winograd4_pool_grad, size=size) if pool else onednn.winograd4_relu_grad
     args = (saved, g, u) + (() if keep is None else (keep,))
-    gx = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.available() else unfused(*args)
+    gx = lax.platform_dependent(*args, cpu=fused, default=unfused) if onednn.winograd_runs(u.dtype) else unfused(*args)
     # the biases' cotangents: dead code unless asked for
     gb = jnp.sum(grad_out(saved, g), axis=tuple(range(g.ndim - 1)))
     gxb = None if x_bias is None else jnp.sum(gx, axis=tuple(range(gx.ndim - 1))).astype(x_bias.dtype)
@@ -567,7 +568,8 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     "oneDNN"); with AVX512-bf16 but no AMX, Winograd with bfloat16 matmul inputs
     (``wino4_bf16``: on a Zen 5 0.62-0.70x the time of oneDNN's bf16 conv and 0.76-0.87x
     float32's, final losses as close to float32's, bench/README.md); ``winograd`` asks for
-    that anywhere (XLA's conv for colour inputs). ``onednn`` asks for the same
+    that anywhere (XLA's conv for colour inputs; the ops' XLA form where oneDNN has no bf16
+    matmul, ``onednn.winograd_runs``, as on AVX2 only). ``onednn`` asks for the same
     in bfloat16 and oneDNN's float32 conv everywhere in float32 (slower than Winograd
     at block3/4 there). Otherwise, in bfloat16 layers with fewer than
     BF16_MIN_IN_CHANNELS inputs stay float32 and get the float32 choice (``winograd``:
@@ -585,7 +587,7 @@ def choice(precision: str, algorithm: str = "auto", platform: str | None = None)
     if algorithm == "onednn":
         return onednn_bf16 if precision == "bfloat16" else ("onednn", "onednn", 0)
     if precision == "bfloat16":
-        if algorithm == "winograd":  # bf16 matmul inputs (oneDNN's call on CPU, XLA's dot elsewhere)
+        if algorithm == "winograd":  # bf16 matmul inputs (oneDNN's call where it has a bf16 matmul, else XLA's dot)
             return ("xla", "wino4_bf16", WINOGRAD_MIN_IN_CHANNELS)
         if not on_cpu:
             return ("xla", "xla_bf16", BF16_MIN_IN_CHANNELS)

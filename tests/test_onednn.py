@@ -66,6 +66,29 @@ def test_bfloat16_conv_rounds_its_inputs_and_accumulates_in_float32():
 
 
 @needs_onednn
+def test_winograd_runs_says_whether_the_call_takes_a_bfloat16_kernel_here():
+    """winograd_runs(bfloat16) is True exactly where the call runs with a bf16 kernel (oneDNN 3.2
+    has no bf16 matmul on AVX2 only), and the ops then run the XLA form: same bits as it."""
+    from jaxviz import ops
+
+    x, k = data(2, 12, 12, 16, 8, seed=3)
+    u = ops.winograd_kernel(k, 4).astype(jnp.bfloat16)
+    try:
+        np.asarray(onednn.winograd4(x, u))
+        works = True
+    except jax.errors.JaxRuntimeError as e:
+        assert "primitive descriptor" in str(e)
+        works = False
+    assert onednn.winograd_runs(jnp.bfloat16) is works
+    assert onednn.winograd_runs(jnp.float32)
+    if works:
+        assert {"avx512f", "amx_bf16"} & cpu_flags()
+        return
+    y = jax.jit(lambda x, u: ops.conv3x3_winograd(x, ops.Prepared(k, u, u), 4))(x, u)
+    np.testing.assert_array_equal(y, ops._winograd_xla(x, u, 4))
+
+
+@needs_onednn
 def test_leading_dimensions_and_vmap_give_the_unbatched_results():
     x, k = data(6, 6, 6, 8, 4, seed=2)
     flat = onednn.conv3x3(x, k)

@@ -844,3 +844,22 @@ extern "C" int jaxviz_onednn_impl(int bf16, long n, long h, long w, long c, long
     return 1;
   }
 }
+
+// For the loader: which impl oneDNN chose for a Winograd block's matmul (BlockMatmul's), float32
+// or bfloat16 inputs; 1 where it has none (oneDNN 3.2 has no bfloat16 matmul on AVX2 only).
+extern "C" int jaxviz_matmul_impl(int bf16, long rows, long c, long o, char* out, int size) {
+  try {
+    dnnl::engine& engine = cpu_engine();
+    const auto in = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+    const long vs = bf16 ? 2 * rows * c : rows * c;
+    BlockMatmul mm(engine, rows, c, o, vs, rows * o, in);
+    std::string s = mm.pd.impl_info_str();
+    if (size > 0) {
+      s.copy(out, size - 1);
+      out[std::min<size_t>(s.size(), size - 1)] = 0;
+    }
+    return 0;
+  } catch (const std::exception&) {
+    return 1;
+  }
+}
