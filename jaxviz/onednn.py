@@ -185,18 +185,19 @@ def implementation(shape: tuple[int, int, int, int], out_channels: int, dtype=jn
     return "unavailable" if bad else buf.value.decode()
 
 
-@functools.lru_cache(maxsize=None)
 def winograd_runs(dtype=jnp.float32) -> bool:
     """Whether the Winograd calls run here with a transformed kernel of ``dtype``: float32 wherever
     the handlers load; bfloat16 only where oneDNN has a bfloat16 matmul (none on AVX2 only in
     oneDNN 3.2, where its primitive cannot be made), else the ops' XLA form runs it."""
-    lib = _library()
-    if lib is None:
-        return False
-    if jnp.dtype(dtype) != jnp.bfloat16:
-        return True
+    return available() and (jnp.dtype(dtype) != jnp.bfloat16 or _bf16_matmul())
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_matmul() -> bool:
+    """Whether oneDNN makes a Winograd block's matmul on bfloat16 inputs here."""
     buf = ctypes.create_string_buffer(256)
-    return not lib.jaxviz_matmul_impl(1, ctypes.c_long(96), ctypes.c_long(64), ctypes.c_long(64), buf, ctypes.c_int(256))
+    return not _library().jaxviz_matmul_impl(1, ctypes.c_long(96), ctypes.c_long(64), ctypes.c_long(64), buf,
+                                             ctypes.c_int(256))
 
 
 @jax.custom_batching.custom_vmap
