@@ -68,7 +68,7 @@ def test_bfloat16_conv_rounds_its_inputs_and_accumulates_in_float32():
 @needs_onednn
 def test_winograd_runs_says_whether_the_call_takes_a_bfloat16_kernel_here():
     """winograd_runs(bfloat16) is True exactly where the call runs with a bf16 kernel (oneDNN 3.2
-    has no bf16 matmul on AVX2 only), and the ops then run the XLA form: same bits as it."""
+    has no bf16 matmul on AVX2 only); where it does not, the ops run the XLA form (its bits)."""
     from jaxviz import ops
 
     x, k = data(2, 12, 12, 16, 8, seed=3)

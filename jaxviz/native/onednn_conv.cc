@@ -824,6 +824,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxvizOnednnConvBF16, Conv3x3<ffi::DataType::BF16>
 // For the loader: how many threads a parallel region here gets (own blocks need a scratch slot each).
 extern "C" int jaxviz_max_threads() { return omp_get_max_threads(); }
 
+// s into out (size bytes), cut short and NUL-terminated; 0.
+int CopyOut(const std::string& s, char* out, int size) {
+  if (size > 0) {
+    s.copy(out, size - 1);
+    out[std::min<size_t>(s.size(), size - 1)] = 0;
+  }
+  return 0;
+}
+
 // For the loader: which impl oneDNN chose for a shape (a diagnostic, not used by the conv).
 extern "C" int jaxviz_onednn_impl(int bf16, long n, long h, long w, long c, long o, char* out, int size) {
   try {
@@ -834,12 +843,7 @@ extern "C" int jaxviz_onednn_impl(int bf16, long n, long h, long w, long c, long
         memory::desc({n, c, h, w}, dt, memory::format_tag::nhwc),
         memory::desc({o, c, 3, 3}, dt, memory::format_tag::any),
         memory::desc({n, o, h, w}, memory::data_type::f32, memory::format_tag::nhwc), {1, 1}, {1, 1}, {1, 1});
-    std::string s = pd.impl_info_str();
-    if (size > 0) {
-      s.copy(out, size - 1);
-      out[std::min<size_t>(s.size(), size - 1)] = 0;
-    }
-    return 0;
+    return CopyOut(pd.impl_info_str(), out, size);
   } catch (const std::exception&) {
     return 1;
   }
@@ -853,12 +857,7 @@ extern "C" int jaxviz_matmul_impl(int bf16, long rows, long c, long o, char* out
     const auto in = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
     const long vs = bf16 ? 2 * rows * c : rows * c;
     BlockMatmul mm(engine, rows, c, o, vs, rows * o, in);
-    std::string s = mm.pd.impl_info_str();
-    if (size > 0) {
-      s.copy(out, size - 1);
-      out[std::min<size_t>(s.size(), size - 1)] = 0;
-    }
-    return 0;
+    return CopyOut(mm.pd.impl_info_str(), out, size);
   } catch (const std::exception&) {
     return 1;
   }
