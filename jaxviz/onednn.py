@@ -80,11 +80,12 @@ def _cache_dir() -> Path:
 
 
 def cpu_signature() -> bytes:
-    """This CPU's model and flags: what code compiled for the CPU it runs on (-march=native; the
-    library here, XLA's executables in ``compile_cache``) is valid for."""
+    """This CPU's model (name, family, number) and flags: what code compiled for the CPU it runs on
+    (-march=native, which tunes by family and model; the library here, XLA's executables in
+    ``compile_cache``) is valid for."""
     try:
         with open("/proc/cpuinfo", "rb") as f:
-            return b"".join(sorted({l for l in f if l.startswith((b"model name", b"flags"))}))
+            return b"".join(sorted({l for l in f if l.startswith((b"model", b"cpu family", b"flags"))}))
     except OSError:
         return b""
 

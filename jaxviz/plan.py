@@ -67,24 +67,32 @@ def cache_path() -> Path | None:
     return Path(base) / "jaxviz" / "plan.json"
 
 
+def cpu_model(cpuinfo: str) -> str:
+    """The first CPU's model name, family, model number and vector flags in ``/proc/cpuinfo``'s
+    text: two EPYCs share the name "AMD EPYC" and their flags here (a Zen 4 and a Zen 5), not their
+    family and model."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if not key and fields:
+            break  # the end of the first processor's block
+        fields.setdefault(key, value.strip())
+    flags = set(fields.get("flags", "").split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    parts = [fields.get("model name", ""), fields.get("cpu family", ""), fields.get("model", ""), "+".join(sorted(flags))]
+    return " ".join(p for p in parts if p)
+
+
 def machine() -> str:
     """CPU model + jaxlib version: a plan is valid only where both match."""
-    model = _platform.processor() or _platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("cpu family") or line.startswith("model\t"):
-                    model += " " + line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    model += " " + "+".join(sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
-                    break
+            model = cpu_model(f.read())
     except OSError:
-        pass
+        model = ""
     import jaxlib
 
+    model = model or _platform.processor() or _platform.machine()
     return f"{model} | jaxlib {jaxlib.__version__} | {os.cpu_count()} cpus | {TIMING}"
 
 

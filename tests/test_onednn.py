@@ -456,3 +456,16 @@ def test_the_build_cache_is_jaxvizs_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec says
     monkeypatch.setenv("HOME", str(tmp_path))
     assert onednn._cache_dir() == tmp_path / ".cache" / "jaxviz" / "onednn"
+
+
+def test_cpu_signature_holds_model_family_and_flags():
+    # compiled code (-march=native tunes by family and model) is keyed by these lines
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    sig = onednn.cpu_signature()
+    for prefix in (b"model name", b"model\t", b"cpu family", b"flags"):
+        wanted = {l for l in lines if l.startswith(prefix)}
+        assert all(l in sig for l in wanted), prefix

@@ -14,6 +14,19 @@ def plan_file(tmp_path, monkeypatch):
     return path
 
 
+def _cpuinfo(model: int) -> str:
+    block = (f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {model}\n"
+             "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 sha_ni\n")
+    return "\n".join(block.format(i) for i in range(2))
+
+
+def test_cpu_model_tells_cpus_of_one_name_apart():
+    zen3, zen4 = plan.cpu_model(_cpuinfo(1)), plan.cpu_model(_cpuinfo(17))
+    assert zen4 == "AMD EPYC 25 17 avx2+avx512_bf16+avx512f"
+    assert zen3 != zen4  # the plan of one is not read on the other
+    assert plan.cpu_model("") == ""
+
+
 def test_cache_path_env(monkeypatch, tmp_path):
     monkeypatch.setenv(plan.ENV, "off")
     assert plan.cache_path() is None
