@@ -44,6 +44,7 @@ def winograd_flops(layer: str, size: int, n: int, steps: int) -> float:
 
 
 CUSTOM = "custom calls (Winograd, oneDNN)"
+CONTAINERS = ("while", "conditional", "call")  # their events span their body's ops, counted on their own
 
 
 def kind(name: str) -> str:
@@ -79,6 +80,8 @@ def main():
     for e in events:
         # XLA's ops have lower-case names (fusion.3, ffi_call.12); the runtime's and Python's do not
         if e.get("ph") != "X" or not e["name"][:1].islower() or e["name"].startswith("end: "):
+            continue
+        if kind(e["name"]) in CONTAINERS:
             continue
         by_op[e["name"]] += e["dur"] / 1e3
         by_kind[kind(e["name"])] += e["dur"] / 1e3
