@@ -21,9 +21,9 @@ def _cpuinfo(model: int) -> str:
 
 
 def test_cpu_model_tells_cpus_of_one_name_apart():
-    zen3, zen4 = plan.cpu_model(_cpuinfo(1)), plan.cpu_model(_cpuinfo(17))
-    assert zen4 == "AMD EPYC 25 17 avx2+avx512_bf16+avx512f"
-    assert zen3 != zen4  # the plan of one is not read on the other
+    model1, model17 = plan.cpu_model(_cpuinfo(1)), plan.cpu_model(_cpuinfo(17))
+    assert model17 == "AMD EPYC 25 17 avx2+avx512_bf16+avx512f"
+    assert model1 != model17  # one's plan is not read on the other
     assert plan.cpu_model("") == ""
 
 
