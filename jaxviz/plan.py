@@ -69,7 +69,7 @@ def cache_path() -> Path | None:
 
 def cpu_model(cpuinfo: str) -> str:
     """The first CPU's model name, family, model number and vector flags in ``/proc/cpuinfo``'s
-    text: two EPYCs share the name "AMD EPYC" and their flags here (a Zen 4 and a Zen 5), not their
+    text (or ``onednn.cpu_signature``'s lines of it): two EPYCs share the name "AMD EPYC" and their flags here (a Zen 4 and a Zen 5), not their
     family and model."""
     fields = {}
     for line in cpuinfo.splitlines():
@@ -85,14 +85,11 @@ def cpu_model(cpuinfo: str) -> str:
 
 def machine() -> str:
     """CPU model + jaxlib version: a plan is valid only where both match."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = cpu_model(f.read())
-    except OSError:
-        model = ""
     import jaxlib
 
-    model = model or _platform.processor() or _platform.machine()
+    from jaxviz.onednn import cpu_signature
+
+    model = cpu_model(cpu_signature().decode(errors="replace")) or _platform.processor() or _platform.machine()
     return f"{model} | jaxlib {jaxlib.__version__} | {os.cpu_count()} cpus | {TIMING}"
 
 
