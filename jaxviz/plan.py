@@ -69,8 +69,8 @@ def cache_path() -> Path | None:
 
 def cpu_model(cpuinfo: str) -> str:
     """The first CPU's model name, family, model number and vector flags in ``/proc/cpuinfo``'s
-    text (or ``onednn.cpu_signature``'s lines of it): two EPYCs share the name "AMD EPYC" and their flags here (a Zen 4 and a Zen 5), not their
-    family and model."""
+    text (or ``onednn.cpu_signature``'s lines of it): two EPYCs here (a Zen 4 and a Zen 5) share
+    the name "AMD EPYC" and these flags, not their family and model."""
     fields = {}
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
