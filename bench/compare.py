@@ -325,8 +325,9 @@ def report(a, machine, peaks, results, rss, hellos, notes):
     out.append("# jaxviz vs peers: filter-visualization grids\n")
     out.append(
         f"Settings: layers {', '.join(a.layers)}; {a.filters} filters, {a.size} px, {a.steps} steps; "
-        f"{a.warmup} warm-up call(s) then {a.rounds} interleaved round(s) per layer "
-        f"(keras_seed: {a.seed_warmup} warm-up, {a.seed_rounds} round(s)); all peers start from the same images.\n"
+        f"{a.warmup} warm-up call(s) then {a.rounds} interleaved round(s) per layer"
+        + (f" (keras_seed: {a.seed_warmup} warm-up, {a.seed_rounds} round(s))" if "keras_seed" in a.peers else "")
+        + "; all peers start from the same images.\n"
     )
     out.extend(machine)
     out.append(
