@@ -214,6 +214,7 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
                           f"not {type(objective).__name__}")
     checks.settings(recipe.size, recipe.steps)
     checks.integer("diversity", recipe.diversity, 1, 1024)
+    _check_parts(recipe)
     optim.check(recipe.optimizer)
     for part in (recipe.optimizer, recipe.transforms, recipe.param):
         for name, v in (part._asdict().items() if hasattr(part, "_asdict") else ()):
@@ -235,6 +236,22 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
         raise JaxvizError(f"steps must be 0 or more, not {recipe.steps}")
     if recipe.diversity < 1:
         raise JaxvizError(f"diversity must be 1 or more images per objective, not {recipe.diversity}")
+
+
+def _check_parts(recipe: Recipe) -> None:
+    """The recipe's parts are of the kinds the engine runs (not None, a class or a name)."""
+    def made(v) -> bool:  # an instance with build(), not the class itself
+        return hasattr(v, "build") and not isinstance(v, type)
+
+    if not made(recipe.param):
+        raise JaxvizError(f"recipe.param must be a parameterization such as jaxviz.param.SeedStart(), Fourier() "
+                          f"or Pixel(), not {checks._show(recipe.param)}")
+    if recipe.transforms is not None and not isinstance(recipe.transforms, Robustness):
+        raise JaxvizError(f"recipe.transforms must be a jaxviz.transforms.Robustness(...) or None, "
+                          f"not {checks._show(recipe.transforms)}")
+    if not (made(recipe.optimizer) or isinstance(recipe.optimizer, optax.GradientTransformation)):
+        raise JaxvizError(f"recipe.optimizer must be jaxviz.optim.SeedAscent(step), Adam(lr) or an optax "
+                          f"GradientTransformation such as optax.sgd(5.0), not {checks._show(recipe.optimizer)}")
 
 
 def at_size(model: Model, names: tuple[str, ...], size: int, raw: bool) -> Model:

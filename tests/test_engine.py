@@ -141,6 +141,18 @@ def test_start_and_objective_types_are_checked(model):
         jaxviz.render(model, obj, TINY, progress=5)
 
 
+def test_recipe_parts_of_the_wrong_kind_are_one_line(model):
+    """None, a name or a class in a recipe's part was an AttributeError from deep in the engine."""
+    from jaxviz.param import Fourier
+
+    obj = channel("block1_conv1", [0])
+    for bad, what in [(dict(param=None), "recipe.param"), (dict(param=Fourier), "recipe.param"),
+                      (dict(transforms="x"), "recipe.transforms"), (dict(optimizer="adam"), "recipe.optimizer"),
+                      (dict(optimizer=optim.Adam), "recipe.optimizer"), (dict(optimizer=optax.adam), "recipe.optimizer")]:
+        with pytest.raises(JaxvizError, match=what):
+            engine.render(model, obj, TINY._replace(**bad))
+
+
 def test_raw_recipes_check_positions_without_the_models_preprocess():
     """The layer table is taken through ``preprocess`` (here it doubles the image); the seed
     recipe feeds raw pixels, so at 16 px the layer is 16x16, not the table's 32x32."""
