@@ -31,6 +31,20 @@ def rgb_to_uint8(images) -> np.ndarray:
     return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def pixels(what: str, image) -> np.ndarray:
+    """``image`` as uint8: uint8 as it is, other integers within 0-255; floats (an RGB image in
+    [0, 1] would come out black), bools and values outside 0-255 (they would wrap) are refused."""
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return a
+    if not np.issubdtype(a.dtype, np.integer):
+        raise JaxvizError(f"{what} takes uint8 pixels (0-255), not {a.dtype}; convert raw images with "
+                          "jaxviz.deprocess, RGB in [0, 1] with np.round(x * 255).astype(np.uint8)")
+    if a.size and (a.min() < 0 or a.max() > 255):
+        raise JaxvizError(f"{what} takes pixels 0-255, not values from {a.min()} to {a.max()}")
+    return a.astype(np.uint8)
+
+
 def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     """Tiles (N, h, w, 3) uint8 in reading order: filter i at row i // cols, column i % cols.
 
@@ -40,11 +54,9 @@ def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or not len(images):
         raise JaxvizError(f"make_grid takes tiles (N, h, w, 3) with N 1 or more, not an array of shape {images.shape}")
+    images = pixels("make_grid", images)
     n, h, w, c = images.shape
-    if cols < 1:
-        raise JaxvizError(f"cols must be 1 or more, not {cols}")
-    if margin < 0:
-        raise JaxvizError(f"margin must be 0 or more, not {margin}")
+    cols, margin = checks.integer("cols", cols, 1), checks.integer("margin", margin, 0)
     shape = checks.grid_shape(n, h, w, cols, margin, c)
     checks.grid_memory(*shape)
     grid = np.zeros(shape, np.uint8)
@@ -62,6 +74,8 @@ def atomic_write(path: str | os.PathLike, write) -> str:
     temporary file.
     """
     path = os.fspath(path)
+    if not path:
+        raise JaxvizError("the output file name is empty; give a path such as out/grid.png")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -87,10 +101,10 @@ def save_png(path: str | os.PathLike, image) -> str:
     """Save a uint8 (H, W, 3) image (or grey (H, W), RGBA (H, W, 4)) as PNG, atomically; returns the path."""
     from PIL import Image
 
-    image = np.asarray(image, np.uint8)
-    if not (image.ndim == 2 or image.ndim == 3 and image.shape[-1] in (3, 4)):
+    image = np.asarray(image)
+    if not (image.ndim == 2 or image.ndim == 3 and image.shape[-1] in (3, 4)) or not image.size:
         raise JaxvizError(f"save_png takes one image (H, W, 3), (H, W) or (H, W, 4), not an array of shape {image.shape}")
-    img = Image.fromarray(image)
+    img = Image.fromarray(pixels("save_png", image))
     return atomic_write(path, lambda f: img.save(f, format="PNG", optimize=False))
 
 
@@ -112,7 +126,7 @@ def save_animation(path: str | os.PathLike, frames, duration_ms: int = 80) -> st
     """
     from PIL import Image
 
-    frames = np.asarray(frames, np.uint8)
+    frames = pixels("save_animation", frames)
     fmt = os.fspath(path).rsplit(".", 1)[-1].lower()
     if fmt not in ANIMATION_FORMATS:
         raise JaxvizError(f"animations are written as .gif or .webp, not .{fmt}")

@@ -86,3 +86,27 @@ def test_grid_and_png_refuse_other_shapes_and_grids_too_large_for_memory(tmp_pat
     assert not (tmp_path / "x.png").exists()
     save_png(tmp_path / "grey.png", np.zeros((8, 8), np.uint8))  # grey and RGBA images still save
     save_png(tmp_path / "rgba.png", np.zeros((8, 8, 4), np.uint8))
+
+
+def test_pixels_that_are_not_uint8_are_refused_not_cast(tmp_path):
+    """A float image in [0, 1] was cast to uint8 (all black), 300 wrapped to 44, bools came out black."""
+    from jaxviz.image import save_animation
+
+    for bad in (np.full((4, 4, 3), 0.7, np.float32), np.zeros((4, 4, 3), bool)):
+        with pytest.raises(JaxvizError, match="save_png takes uint8 pixels"):
+            save_png(tmp_path / "x.png", bad)
+        with pytest.raises(JaxvizError, match="make_grid takes uint8 pixels"):
+            make_grid(bad[None])
+        with pytest.raises(JaxvizError, match="save_animation takes uint8 pixels"):
+            save_animation(tmp_path / "x.gif", bad[None])
+    with pytest.raises(JaxvizError, match="pixels 0-255, not values from 0 to 300"):
+        save_png(tmp_path / "x.png", np.array([[0, 300]]))
+    with pytest.raises(JaxvizError, match="save_png takes one image"):
+        save_png(tmp_path / "x.png", np.zeros((0, 4, 3), np.uint8))  # was PIL's ValueError
+    with pytest.raises(JaxvizError, match="cols must be an integer"):
+        make_grid(np.zeros((2, 4, 4, 3), np.uint8), cols=2.5)  # was a TypeError from range()
+    with pytest.raises(JaxvizError, match="file name is empty"):
+        save_png("", np.zeros((4, 4, 3), np.uint8))  # was a temporary file in the current folder's parent
+    assert os.listdir(tmp_path) == []
+    save_png(tmp_path / "ints.png", np.full((4, 4, 3), 255, np.int64))  # integers within 0-255 still save
+    assert Image.open(tmp_path / "ints.png").getpixel((0, 0)) == (255, 255, 255)
