@@ -30,6 +30,15 @@ def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, 
     """
     from jaxviz.weights import resolve_weights
 
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise JaxvizError(f"weights must be the path of a Keras h5 file, or None for the default, "
+                          f"not {type(weights).__name__}")
+    try:
+        floating = jnp.issubdtype(dtype, jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:  # integer weights would be truncated (mostly to 0): every filter dead
+        raise JaxvizError(f"dtype must be a floating type such as jnp.float32 or jnp.bfloat16, not {dtype!r}")
     path = resolve_weights(weights, download=download, progress=progress, origin="the weights argument of load_params")
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), load_keras_h5(path))
 

@@ -341,3 +341,17 @@ def test_load_params_from_python_does_not_speak_of_the_command_line(tmp_path):
         jaxviz.load_params(missing, download=False)
     msg = str(e.value)
     assert str(missing) in msg and "weights argument of load_params" in msg and "--weights" not in msg
+
+
+def test_load_params_refuses_a_weights_argument_that_is_no_path_and_integer_dtypes():
+    """load_params(5) was a TypeError from os.fspath; dtype=np.int32 truncated every weight
+    (mostly to 0) and rendered dead filters without a word; dtype="foo" was numpy's TypeError."""
+    import numpy as np
+
+    import jaxviz
+
+    with pytest.raises(JaxvizError, match="weights must be the path of a Keras h5 file, or None"):
+        jaxviz.load_params(5, download=False)
+    for bad in (np.int32, "foo", object):
+        with pytest.raises(JaxvizError, match="dtype must be a floating type"):
+            jaxviz.load_params(dtype=bad, download=False)
