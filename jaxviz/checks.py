@@ -64,6 +64,8 @@ def filter_list(filters, channels: int | None = None, layer: str = "the layer") 
     """
     if isinstance(filters, (str, bytes)):
         raise JaxvizError(f"filters must be a list of integers such as [0, 5, 9], not the string {filters!r}")
+    if _array_like(filters):  # a JAX array (jnp.arange(8)): as numpy's
+        filters = np.asarray(filters)
     if isinstance(filters, np.ndarray):
         if filters.ndim != 1:
             raise JaxvizError(f"filters must be a flat list of integers, not an array of shape {filters.shape}")
@@ -76,8 +78,8 @@ def filter_list(filters, channels: int | None = None, layer: str = "the layer") 
         raise JaxvizError(f"filters must be a list of integers such as [0, 5, 9], not {_show(filters)}") from None
     out = []
     for f in items:
-        if isinstance(f, np.ndarray) and f.ndim == 0:
-            f = f[()]
+        if (isinstance(f, np.ndarray) or _array_like(f)) and np.ndim(f) == 0:
+            f = np.asarray(f)[()]
         out.append(integer("each filter", f))
     if channels is not None:
         for f in out:
@@ -265,6 +267,11 @@ def _range(lo, hi) -> str:
     if lo is not None and hi is not None:
         return f"{lo} to {hi}"
     return f"{lo} or more" if lo is not None else f"{hi} or less"
+
+
+def _array_like(v) -> bool:
+    """An array of another library (JAX's, say): not numpy's, not a Python number or sequence."""
+    return hasattr(v, "__array__") and not isinstance(v, (np.ndarray, np.generic, numbers.Number, list, tuple))
 
 
 def _show(v) -> str:

@@ -340,6 +340,7 @@ class Objective:
         kind = np.asarray(w).dtype if np.ndim(w) == 0 and not isinstance(w, (bool, np.bool_, str, bytes)) else None
         if kind is None or not (jnp.issubdtype(kind, jnp.integer) or jnp.issubdtype(kind, jnp.floating)):
             return NotImplemented
+        checks.real("an objective's weight", float(w))  # NaN or inf: every image non-finite, told only at the end
         parts = self._parts()
         return Objective(Sum(tuple(p[0] for p in parts), tuple(float(w) * p[1] for p in parts)),
                          tuple(p[2] for p in parts))
@@ -356,7 +357,7 @@ class Objective:
 def _indices(n, what: str) -> np.ndarray:
     from jaxviz.checks import filter_list
 
-    if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
+    if np.ndim(n) == 0 and not isinstance(n, (str, bytes)):  # one index: 3, np.int64(3), jnp.int32(3)
         n = [n]
     return np.asarray(filter_list(n), np.int32).reshape(-1)
 
@@ -372,12 +373,18 @@ def channel(layer: str, n, dead_filter: str = "none", redirect_steps: Optional[i
 
 def neuron(layer: str, n, y: Optional[int] = None, x: Optional[int] = None) -> Objective:
     """Channel(s) ``n`` of ``layer`` at one position (y, x); the centre by default."""
+    y, x = (None if v is None else checks.integer(name, v) for name, v in (("neuron y", y), ("neuron x", x)))
     return Objective(Neuron(layer, y, x), _indices(n, "channel"))
 
 
 def direction(layer: str, vectors) -> Objective:
     """The mean over H, W of the dot product of ``layer``'s activation with each vector (N, C) or (C,)."""
-    v = np.asarray(vectors, np.float32)
+    try:
+        v = np.asarray(vectors, np.float32)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or v.ndim == 0 or not np.isfinite(v).all():
+        raise JaxvizError(f"direction vectors must be finite numbers, (C,) or (N, C), not {checks._show(vectors)}")
     return Objective(Direction(layer), v.reshape((-1, v.shape[-1])))
 
 
@@ -398,7 +405,7 @@ def total_variation() -> Objective:
 
 def l2(constant: float = 0.5) -> Objective:
     """The RMS distance of the image from ``constant`` (subtract it to keep values moderate)."""
-    return Objective(L2(float(constant)))
+    return Objective(L2(checks.real("l2's constant", constant)))
 
 
 def diversity_term(layer: str) -> Objective:
@@ -439,6 +446,8 @@ def parse(text: str, filters=None) -> Objective:
     from jaxviz.cli_args import expand_spans, parse_filters
 
     usage = "use LAYER:N, neuron:LAYER:N, deepdream:LAYER or logit:N (N: 5, 0-63 or 0,5,9)"
+    if not isinstance(text, str):
+        raise JaxvizError(f"an objective's text must be a str; {usage}; not {checks._show(text)}")
 
     def parse_filters_list(t):
         try:

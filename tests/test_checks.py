@@ -90,6 +90,10 @@ def test_filter_list_refuses(filters, message):
 def test_filter_list_accepts_ranges_and_int_arrays():
     assert checks.filter_list(range(3), 64) == [0, 1, 2]
     assert checks.filter_list(np.arange(3, dtype=np.int32), 64) == [0, 1, 2]
+    assert checks.filter_list(jnp.arange(3), 64) == [0, 1, 2]  # JAX arrays too (were "must be an integer")
+    assert checks.filter_list([jnp.int32(4)], 64) == [4]
+    with pytest.raises(JaxvizError, match="not a bool array"):
+        checks.filter_list(jnp.array([True, False]), 64)
     assert checks.filter_list([np.int64(5)], 64) == [5]
 
 

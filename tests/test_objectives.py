@@ -89,6 +89,26 @@ def test_channel_indices_must_be_integers(bad):
         o.channel("block1_conv1", bad)
 
 
+def test_constructors_check_their_arguments_at_once():
+    """Each was a TypeError, ValueError or AttributeError from numpy or Python, or (NaN, inf)
+    a whole run refused only at its end; JAX arrays of channels were refused."""
+    bad = [(lambda: o.neuron("block1_conv1", 1, y=3.5, x=2), "neuron y must be an integer"),
+           (lambda: o.neuron("block1_conv1", [1, 2], y=0, x=[3, 4]), "neuron x must be an integer"),
+           (lambda: o.direction("block1_conv1", "abc"), "direction vectors must be finite numbers"),
+           (lambda: o.direction("block1_conv1", 2.0), "direction vectors must be finite numbers"),
+           (lambda: o.direction("block1_conv1", np.full(4, np.nan)), "direction vectors must be finite numbers"),
+           (lambda: o.l2("a"), "l2's constant must be a number"),
+           (lambda: o.l2(float("nan")), "l2's constant must be a finite number"),
+           (lambda: float("inf") * o.channel("block1_conv1", 1), "objective's weight must be a finite number"),
+           (lambda: o.parse(None), "objective's text must be a str")]
+    for make, message in bad:
+        with pytest.raises(JaxvizError, match=message):
+            make()
+    assert o.channel("block1_conv1", jnp.arange(3)).args.tolist() == [0, 1, 2]
+    assert o.channel("block1_conv1", jnp.int32(5)).args.tolist() == [5]
+    assert o.neuron("block1_conv1", 1, y=np.int64(2), x=3).term.y == 2
+
+
 def test_model_specific_errors(topped):
     with pytest.raises(JaxvizError, match="not spatial .* use neuron"):
         o.Channel("fc1").check(topped, np.asarray([0]))
