@@ -285,11 +285,11 @@ class Atlas:
     def write_chunk(self, c: Chunk, images, losses, seconds: float, devices: int, process: int,
                     gate: WriteGate | None = None, frames=None) -> dict:
         """Write the chunk's PNGs (and animations), then its record (each atomically, each inside ``gate``)."""
-        from jaxviz.image import atomic_write, save_animation, save_png
+        from jaxviz.image import atomic_write, make_folder, save_animation, save_png
 
         gate = gate or WriteGate()
         delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
-        os.makedirs(os.path.join(self.out, c.layer), exist_ok=True)
+        make_folder(os.path.join(self.out, c.layer))
         digests = []
         for i, (f, img) in enumerate(zip(c.filters, images)):
             if frames is not None:
@@ -304,7 +304,7 @@ class Atlas:
                "losses": [float(x) for x in losses], "files": [png_name(f) for f in c.filters],
                "sha256": digests, "seconds": round(seconds, 4), "devices": devices, "process": process}
         path = self.record_path(c)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_folder(os.path.dirname(path))
         data = json.dumps(rec).encode()
         with gate:
             atomic_write(path, lambda fh: fh.write(data))

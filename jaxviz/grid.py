@@ -314,13 +314,13 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
     a failure part-way still tells what is on disk."""
     import numpy as np
 
-    from jaxviz.image import atomic_write, make_grid, save_animation, save_png, webp_supported
+    from jaxviz.image import atomic_write, make_folder, make_grid, save_animation, save_png, webp_supported
 
     gate = gate or WriteGate()
     paths = [] if paths is None else paths
     if args.tiles:
         folder = os.path.join(args.out, layer)
-        os.makedirs(folder, exist_ok=True)
+        make_folder(folder)
         per = len(images) // max(1, len(filters))  # images per filter (--diversity)
         for i, tile in enumerate(images):
             f = filters[i // per]

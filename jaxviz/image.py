@@ -67,6 +67,16 @@ def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     return grid
 
 
+def make_folder(path: str | os.PathLike) -> str:
+    """``os.makedirs(path, exist_ok=True)``, or one JaxvizError (a file in the way, no permission)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise JaxvizError(f"cannot create folder {os.fspath(path)} ({why}); move it, or choose another --out") from None
+    return os.fspath(path)
+
+
 def atomic_write(path: str | os.PathLike, write) -> str:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
 

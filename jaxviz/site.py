@@ -18,7 +18,7 @@ import html
 import os
 from typing import Mapping, NamedTuple, Sequence
 
-from jaxviz.image import atomic_write
+from jaxviz.image import atomic_write, make_folder
 
 STRIP = 16  # thumbnails per layer on the index
 
@@ -89,7 +89,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_folder(os.path.dirname(path))
     data = text.encode("utf-8")
     if os.path.exists(path):
         with open(path, "rb") as f:

@@ -79,14 +79,14 @@ class SiteExamples(NamedTuple):
 
     def write(self, out: str, filters: dict | None = None) -> list:
         """Write the patch PNGs of ``filters`` ({layer: [filter, ...]}, default all) under ``out``."""
-        from jaxviz.image import save_png
+        from jaxviz.image import make_folder, save_png
 
         paths = []
         filters = filters or {l: range(t.shape[0]) for l, t in self.thumbs.items()}
         for l, fs in filters.items():
             if l not in self.thumbs:
                 continue
-            os.makedirs(os.path.join(out, l, "examples"), exist_ok=True)
+            make_folder(os.path.join(out, l, "examples"))
             t = self.thumbs[l]
             for f in (f for f in fs if f < t.shape[0]):
                 for j in range(len(self.entries(l, f))):

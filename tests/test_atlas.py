@@ -408,6 +408,16 @@ def test_bad_weights_leave_no_manifest_and_no_folder(tmp_path, capsys):
     assert os.listdir(out) == []
 
 
+def test_a_file_where_a_layer_folder_goes_is_one_line(tmp_path, capsys):
+    """A file named like a layer (or chunks/) in --out was a FileExistsError traceback, exit 1."""
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "block1_conv1").write_text("x")
+    assert atlas_mod.main([*TINY, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create folder" in err[0] and "a file is in the way" in err[0]
+
+
 def test_malformed_records_are_rendered_again(reference, tmp_path):
     import shutil
 

@@ -148,6 +148,15 @@ def test_unwritable_out(tmp_path, capsys):
     assert "cannot write to output folder" in capsys.readouterr().err
 
 
+def test_a_file_where_the_tiles_folder_goes_is_one_line(tmp_path, capsys):
+    """--tiles with a file named like the layer in --out was a FileExistsError traceback, exit 1."""
+    (tmp_path / "block1_conv1").write_text("x")
+    assert grid.main(["--layers", "block1_conv1", *TINY, "--tiles", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create folder" in err[0] and "a file is in the way" in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["block1_conv1"]
+
+
 def test_ctrl_c_exits_130_and_names_completed_layers(tmp_path, capsys, monkeypatch):
     calls = []
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from jaxviz.errors import JaxvizError
-from jaxviz.image import atomic_write, deprocess, deprocess_batch, make_grid, save_png
+from jaxviz.image import atomic_write, deprocess, deprocess_batch, make_folder, make_grid, save_png
 
 
 def book_deprocess(x):
@@ -110,3 +110,11 @@ def test_pixels_that_are_not_uint8_are_refused_not_cast(tmp_path):
     assert os.listdir(tmp_path) == []
     save_png(tmp_path / "ints.png", np.full((4, 4, 3), 255, np.int64))  # integers within 0-255 still save
     assert Image.open(tmp_path / "ints.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_make_folder_is_one_line_where_a_file_is_in_the_way(tmp_path):
+    (tmp_path / "f").write_text("x")
+    for path in (tmp_path / "f", tmp_path / "f" / "sub"):
+        with pytest.raises(JaxvizError, match="a file is in the way"):
+            make_folder(path)
+    assert make_folder(tmp_path / "a" / "b") == str(tmp_path / "a" / "b") and (tmp_path / "a" / "b").is_dir()
