@@ -239,7 +239,7 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
 
 
 def _check_parts(recipe: Recipe) -> None:
-    """The recipe's parts are of the kinds the engine runs (not None, a class or a name)."""
+    """The recipe's parts are of the kinds the engine runs (not None, a class or a name), its zooms above 0."""
     def made(v) -> bool:  # an instance with build(), not the class itself
         return hasattr(v, "build") and not isinstance(v, type)
 
@@ -249,6 +249,10 @@ def _check_parts(recipe: Recipe) -> None:
     if recipe.transforms is not None and not isinstance(recipe.transforms, Robustness):
         raise JaxvizError(f"recipe.transforms must be a jaxviz.transforms.Robustness(...) or None, "
                           f"not {checks._show(recipe.transforms)}")
+    scale = None if recipe.transforms is None else recipe.transforms.scale
+    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 <= scale < 1):
+        raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "
+                          f"not {checks._show(scale)}")
     if not (made(recipe.optimizer) or isinstance(recipe.optimizer, optax.GradientTransformation)):
         raise JaxvizError(f"recipe.optimizer must be jaxviz.optim.SeedAscent(step), Adam(lr) or an optax "
                           f"GradientTransformation such as optax.sgd(5.0), not {checks._show(recipe.optimizer)}")

@@ -10,6 +10,7 @@ from jaxviz import engine, optim
 from jaxviz.ascent import AscentConfig, ascend
 from jaxviz.engine import SEED, Recipe
 from jaxviz.errors import JaxvizError
+from jaxviz.transforms import Robustness
 from jaxviz.models import vgg
 from jaxviz.objectives import channel, deepdream, neuron
 from jaxviz.param import Pixel
@@ -148,7 +149,9 @@ def test_recipe_parts_of_the_wrong_kind_are_one_line(model):
     obj = channel("block1_conv1", [0])
     for bad, what in [(dict(param=None), "recipe.param"), (dict(param=Fourier), "recipe.param"),
                       (dict(transforms="x"), "recipe.transforms"), (dict(optimizer="adam"), "recipe.optimizer"),
-                      (dict(optimizer=optim.Adam), "recipe.optimizer"), (dict(optimizer=optax.adam), "recipe.optimizer")]:
+                      (dict(optimizer=optim.Adam), "recipe.optimizer"), (dict(optimizer=optax.adam), "recipe.optimizer"),
+                      (dict(transforms=Robustness(scale=5.0)), "scale"), (dict(transforms=Robustness(scale=-0.1)), "scale"),
+                      (dict(transforms=Robustness(scale="0.1")), "scale")]:
         with pytest.raises(JaxvizError, match=what):
             engine.render(model, obj, TINY._replace(**bad))
 
