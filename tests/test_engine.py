@@ -10,10 +10,10 @@ from jaxviz import engine, optim
 from jaxviz.ascent import AscentConfig, ascend
 from jaxviz.engine import SEED, Recipe
 from jaxviz.errors import JaxvizError
-from jaxviz.transforms import Robustness
 from jaxviz.models import vgg
 from jaxviz.objectives import channel, deepdream, neuron
 from jaxviz.param import Pixel
+from jaxviz.transforms import Robustness
 
 TINY = SEED._replace(size=16, steps=3)
 
