@@ -222,6 +222,10 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
                 checks.real(name, v, -checks.F32_MAX, checks.F32_MAX)
             elif isinstance(v, int) and not isinstance(v, bool):
                 checks.integer(name, v, 0, checks.MAX_SIZE)
+    scale = None if recipe.transforms is None else recipe.transforms.scale
+    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 <= scale < 1):
+        raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "
+                          f"not {checks._show(scale)}")
     known = {l.name for l in model.layers}
     names = tuple(n for n in objective.term.layers() if n in known)
     for name in names:
@@ -239,7 +243,7 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
 
 
 def _check_parts(recipe: Recipe) -> None:
-    """The recipe's parts are of the kinds the engine runs (not None, a class or a name), its zooms above 0."""
+    """The recipe's parts are of the kinds the engine runs (not None, a class or a name)."""
     def made(v) -> bool:  # an instance with build(), not the class itself
         return hasattr(v, "build") and not isinstance(v, type)
 
@@ -249,10 +253,6 @@ def _check_parts(recipe: Recipe) -> None:
     if recipe.transforms is not None and not isinstance(recipe.transforms, Robustness):
         raise JaxvizError(f"recipe.transforms must be a jaxviz.transforms.Robustness(...) or None, "
                           f"not {checks._show(recipe.transforms)}")
-    scale = None if recipe.transforms is None else recipe.transforms.scale
-    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 <= scale < 1):
-        raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "
-                          f"not {checks._show(scale)}")
     if not (made(recipe.optimizer) or isinstance(recipe.optimizer, optax.GradientTransformation)):
         raise JaxvizError(f"recipe.optimizer must be jaxviz.optim.SeedAscent(step), Adam(lr) or an optax "
                           f"GradientTransformation such as optax.sgd(5.0), not {checks._show(recipe.optimizer)}")
