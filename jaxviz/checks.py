@@ -26,17 +26,17 @@ ENV_MAX_MEMORY = "JAXVIZ_MAX_MEMORY"  # bytes (suffix K, M, G, T allowed): lower
 def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
     """``value`` as an int in [lo, hi]; bools, floats, strings and other types are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise JaxvizError(f"{name} must be an integer, not {_show(value)}")
+        raise JaxvizError(f"{name} must be an integer, not {show(value)}")
     v = int(value)
     if lo is not None and v < lo or hi is not None and v > hi:
-        raise JaxvizError(f"{name} must be {_range(lo, hi)}, not {_show(v)}")
+        raise JaxvizError(f"{name} must be {_range(lo, hi)}, not {show(v)}")
     return v
 
 
 def real(name: str, value, lo: float | None = None, hi: float | None = None, positive: bool = False) -> float:
     """``value`` as a finite float in [lo, hi] (and > 0 with ``positive``); NaN and inf are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise JaxvizError(f"{name} must be a number, not {_show(value)}")
+        raise JaxvizError(f"{name} must be a number, not {show(value)}")
     v = float(value)
     if not math.isfinite(v):
         raise JaxvizError(f"{name} must be a finite number, not {v}")
@@ -75,7 +75,7 @@ def filter_list(filters, channels: int | None = None, layer: str = "the layer") 
     try:
         items = list(filters)
     except TypeError:
-        raise JaxvizError(f"filters must be a list of integers such as [0, 5, 9], not {_show(filters)}") from None
+        raise JaxvizError(f"filters must be a list of integers such as [0, 5, 9], not {show(filters)}") from None
     out = []
     for f in items:
         if (isinstance(f, np.ndarray) or _array_like(f)) and np.ndim(f) == 0:
@@ -141,7 +141,7 @@ def grid_memory(height: int, width: int, channels: int = 3) -> None:
 def params_for(params, layer: str, conv_names) -> None:
     """``params`` holds a kernel and a bias for every conv layer up to and including ``layer``."""
     if not isinstance(params, Mapping):
-        raise JaxvizError(f"params must be the dict of weights from jaxviz.load_params(), not {_show(params)}")
+        raise JaxvizError(f"params must be the dict of weights from jaxviz.load_params(), not {show(params)}")
     for name in conv_names:
         p = params.get(name)
         if not isinstance(p, Mapping) or "kernel" not in p or "bias" not in p:
@@ -274,6 +274,7 @@ def _array_like(v) -> bool:
     return hasattr(v, "__array__") and not isinstance(v, (np.ndarray, np.generic, numbers.Number, list, tuple))
 
 
-def _show(v) -> str:
+def show(v) -> str:
+    """``v``'s repr for an error line, cut to 40 characters."""
     s = repr(v)
     return s if len(s) <= 40 else s[:37] + "..."

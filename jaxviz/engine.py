@@ -225,7 +225,7 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     scale = None if recipe.transforms is None else recipe.transforms.scale
     if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 <= scale < 1):
         raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "
-                          f"not {checks._show(scale)}")
+                          f"not {checks.show(scale)}")
     known = {l.name for l in model.layers}
     names = tuple(n for n in objective.term.layers() if n in known)
     for name in names:
@@ -249,13 +249,13 @@ def _check_parts(recipe: Recipe) -> None:
 
     if not made(recipe.param):
         raise JaxvizError(f"recipe.param must be a parameterization such as jaxviz.param.SeedStart(), Fourier() "
-                          f"or Pixel(), not {checks._show(recipe.param)}")
+                          f"or Pixel(), not {checks.show(recipe.param)}")
     if recipe.transforms is not None and not isinstance(recipe.transforms, Robustness):
         raise JaxvizError(f"recipe.transforms must be a jaxviz.transforms.Robustness(...) or None, "
-                          f"not {checks._show(recipe.transforms)}")
+                          f"not {checks.show(recipe.transforms)}")
     if not (made(recipe.optimizer) or isinstance(recipe.optimizer, optax.GradientTransformation)):
         raise JaxvizError(f"recipe.optimizer must be jaxviz.optim.SeedAscent(step), Adam(lr) or an optax "
-                          f"GradientTransformation such as optax.sgd(5.0), not {checks._show(recipe.optimizer)}")
+                          f"GradientTransformation such as optax.sgd(5.0), not {checks.show(recipe.optimizer)}")
 
 
 def at_size(model: Model, names: tuple[str, ...], size: int, raw: bool) -> Model:

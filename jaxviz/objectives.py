@@ -384,7 +384,7 @@ def direction(layer: str, vectors) -> Objective:
     except (TypeError, ValueError):
         v = None
     if v is None or v.ndim == 0 or not np.isfinite(v).all():
-        raise JaxvizError(f"direction vectors must be finite numbers, (C,) or (N, C), not {checks._show(vectors)}")
+        raise JaxvizError(f"direction vectors must be finite numbers, (C,) or (N, C), not {checks.show(vectors)}")
     return Objective(Direction(layer), v.reshape((-1, v.shape[-1])))
 
 
@@ -447,7 +447,7 @@ def parse(text: str, filters=None) -> Objective:
 
     usage = "use LAYER:N, neuron:LAYER:N, deepdream:LAYER or logit:N (N: 5, 0-63 or 0,5,9)"
     if not isinstance(text, str):
-        raise JaxvizError(f"an objective's text must be a str; {usage}; not {checks._show(text)}")
+        raise JaxvizError(f"an objective's text must be a str; {usage}; not {checks.show(text)}")
 
     def parse_filters_list(t):
         try:
