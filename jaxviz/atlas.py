@@ -35,8 +35,8 @@ from typing import NamedTuple, Sequence
 from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, parse_filters,
-    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
+    OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, make_out_dir, model_name, parse_filters,
+    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
@@ -373,7 +373,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--recipe", default=SEED_RECIPE,
                    help="rendering recipe: 'seed' (the book's, sharded over devices) or another recipe of "
                    "jaxviz.render, e.g. 'lucid', rendered on the default device (default seed)")
-    p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
+    p.add_argument("--weights", default=None, type=weights_file, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
     p.add_argument("--out", default="atlas", help="output folder (default atlas/)")
     p.add_argument("--chunk", type=positive_int("--chunk", 1, 4096), default=64,
                    help="filters per chunk, the unit of saving and resuming (default 64)")
@@ -632,6 +632,7 @@ def _main(argv: list[str] | None) -> int:
         # the weights load before anything is written: a bad file leaves the folder as it was
         model, weights_name, weights_id = _load_model(args, not args.quiet and proc.index == 0)
         selection = selection or _select(args, model)
+        check_out_paths(args.out, files=(MANIFEST, LOG, "index.html"), folders=[CHUNKS, *selection])
         if examples is not None:
             _check_examples(examples, args.examples, model, selection, say if proc.index == 0 else (lambda *a: None))
         recipe = _recipe(args)

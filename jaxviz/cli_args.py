@@ -105,6 +105,18 @@ def check_out_dir(path: str) -> str:
     return path
 
 
+def check_out_paths(out: str, files=(), folders=()) -> None:
+    """Refuse, before any work, a folder where the command writes the file ``out/NAME`` of
+    ``files``, or a file where it makes the folder ``out/NAME`` of ``folders``: found only at
+    writing, either would fail after the work, with part of the output written."""
+    for name in files:
+        if os.path.isdir(path := os.path.join(out, name)):
+            raise JaxvizError(f"cannot write {path}: a folder is in the way; move it, or choose another --out")
+    for name in folders:
+        if os.path.lexists(path := os.path.join(out, name)) and not os.path.isdir(path):
+            raise JaxvizError(f"cannot create folder {path}: a file is in the way; move it, or choose another --out")
+
+
 def make_out_dir(path: str) -> str:
     """Create the output folder (after ``check_out_dir`` passed)."""
     try:
@@ -118,6 +130,15 @@ def model_name(text: str) -> str:
     """An argparse type: a --model name, not blank (blank would silently load VGG16 as a non-VGG model)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("--model is empty; use vgg16, vgg19, keras:NAME or package.module:function")
+    return text
+
+
+def weights_file(text: str) -> str:
+    """An argparse type: a --weights path, not blank (blank, an unset shell variable, say,
+    would silently mean the default weights)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("--weights is empty; give a weights file, or leave --weights out "
+                                         "for the default weights")
     return text
 
 

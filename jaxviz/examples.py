@@ -276,7 +276,7 @@ def write_summary(summary: Summary, out: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    from jaxviz.cli_args import OneLineParser, model_name, positive_int
+    from jaxviz.cli_args import OneLineParser, model_name, positive_int, weights_file
 
     p = OneLineParser(prog="python -m jaxviz.examples",
                       description="Find the images of a folder that excite each channel of some layers most "
@@ -295,7 +295,7 @@ def build_parser():
                    help="skip images whose shorter side is below this (default: the layers' minimum input)")
     p.add_argument("--model", default="vgg16", type=model_name,
                    help="vgg16 (default), vgg19, keras:NAME or package.module:function (as python -m jaxviz.grid)")
-    p.add_argument("--weights", default=None, help="the model's weights (default: the embedded VGG16 weights)")
+    p.add_argument("--weights", default=None, type=weights_file, help="the model's weights (default: the embedded VGG16 weights)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -303,7 +303,7 @@ def build_parser():
 def _validate(args):
     """Everything checkable before any work or any file is written."""
     from jaxviz import imagefolder
-    from jaxviz.cli_args import check_out_dir
+    from jaxviz.cli_args import check_out_dir, check_out_paths
     from jaxviz.model import VGG16, VGG19, layers as spec_layers, min_size
 
     names = None if args.layers.strip() == "all" else [t.strip() for t in args.layers.split(",") if t.strip()]
@@ -325,6 +325,7 @@ def _validate(args):
         raise JaxvizError(f"weights file {args.weights} does not exist; give a Keras h5 file with --weights")
     imagefolder.list_images(args.images)
     check_out_dir(args.out)
+    check_out_paths(args.out, files=(SUMMARY_NPZ, SUMMARY_JSON, STATE))
     return names
 
 

@@ -15,8 +15,8 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, filters_for, make_out_dir, model_name, parse_filters,
-    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
+    OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, make_out_dir, model_name, parse_filters,
+    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz import checks, compile_cache
@@ -82,7 +82,7 @@ def build_parser() -> OneLineParser:
                    "in float32 on CPU, and in bfloat16 with bf16 matmul inputs on CPUs with AVX512-bf16 and no AMX), "
                    "xla (XLA's own conv, the default elsewhere), onednn (oneDNN's, the default in bfloat16 on CPUs "
                    "with AMX) (default auto)")
-    p.add_argument("--weights", default=None, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
+    p.add_argument("--weights", default=None, type=weights_file, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
     p.add_argument("--out", default="jaxviz-out", help="output folder (default jaxviz-out/)")
     p.add_argument("--tiles", action="store_true", help="also save each tile as its own PNG in OUT/LAYER/")
     p.add_argument("--npz", action="store_true", help="also save raw float results and the settings used as OUT/LAYER.npz")
@@ -346,6 +346,14 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
     return paths
 
 
+def _check_paths(args, names: list[str]) -> None:
+    """Refuse, before any work, a folder or file in the way of what ``_save_layer`` writes."""
+    from jaxviz.image import webp_supported
+
+    kinds = ["png"] + ["npz"] * bool(args.npz) + (["gif", "webp"] if webp_supported() else ["gif"]) * args.animate
+    check_out_paths(args.out, files=[f"{n}.{k}" for n in names for k in kinds], folders=names if args.tiles else ())
+
+
 def _written_so_far(done: list[str], failed: str, partial: list[str]) -> str:
     """What --out holds after grid ``failed`` went wrong: the grids ``done`` before it, and
     the ``partial`` files of ``failed`` itself written before the failure (tiles, say)."""
@@ -385,6 +393,7 @@ def _main(argv: list[str] | None) -> int:
         jobs = _jobs(args, model, planned)
         for _, fs, _ in jobs:  # before any work, for every model: the grid image itself must fit
             checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
+        _check_paths(args, [name for name, _, _ in jobs])
         recipe = _recipe(args)
         created[0] = not os.path.isdir(args.out)
         make_out_dir(args.out)

@@ -418,6 +418,17 @@ def test_a_file_where_a_layer_folder_goes_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "cannot create folder" in err[0] and "a file is in the way" in err[0]
 
 
+def test_a_folder_where_the_manifest_goes_is_one_line(tmp_path, capsys):
+    """manifest.json as a folder: 'unreadable, pass --force', then --force crashed unlinking it."""
+    out = tmp_path / "a"
+    (out / "manifest.json").mkdir(parents=True)
+    for force in ([], ["--force"]):
+        assert atlas_mod.main([*TINY, "--out", str(out), "--quiet", *force]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "manifest.json: a folder is in the way" in err[0]
+        assert os.listdir(out) == ["manifest.json"]
+
+
 def test_malformed_records_are_rendered_again(reference, tmp_path):
     import shutil
 

@@ -187,6 +187,8 @@ def _cli(capsys, *argv):
     ("weights", "weights file"),
     ("k", "--k must be 1 or more"),
     ("huge", "need about"),
+    ("blank_weights", "--weights is empty"),
+    ("in_the_way", "examples.json: a folder is in the way"),  # was found after the work, examples.npz written
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
     imgs = tmp_path / "imgs"
@@ -210,11 +212,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
         args["k"] = "0"
     elif case == "huge":  # refused from an estimate before any work (it ran out of memory after 22 s)
         args["k"] = "1000000"
+    elif case == "blank_weights":
+        extra = ["--weights", ""]
+    elif case == "in_the_way":
+        (tmp_path / "busy" / "examples.json").mkdir(parents=True)
+        args["out"] = str(tmp_path / "busy")
     argv = [x for k, v in args.items() for x in (f"--{k}", v)] + extra
     rc, err = _cli(capsys, *argv)
     assert rc == 2
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+    if case == "in_the_way":
+        assert os.listdir(tmp_path / "busy") == ["examples.json"]
 
 
 def test_cli_no_usable_image_leaves_nothing(tmp_path, capsys):

@@ -118,6 +118,7 @@ def run_main(argv):
     # found by probing the command line with absurd input
     (["--model", "tests.tiny_model:broken"], "failed (RuntimeError: no weights here)"),
     (["--model", ""], "--model is empty"),
+    (["--weights", ""], "--weights is empty"),  # meant the default weights: an unset variable, unnoticed
     (["--layers", ""], "--layers is empty"),
     (["--filters", ""], "malformed --filters ''"),
     (["--layers", "block1_conv1", "--filters", "0-1", "--margin", "1000000000"], "use a smaller --size, --margin or --cols"),
@@ -155,6 +156,16 @@ def test_a_file_where_the_tiles_folder_goes_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot create folder" in err[0] and "a file is in the way" in err[0]
     assert sorted(os.listdir(tmp_path)) == ["block1_conv1"]
+
+
+def test_a_folder_where_a_grid_goes_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """It failed at writing, after the render, with the grids before it written."""
+    (tmp_path / "block1_conv2.png").mkdir()
+    monkeypatch.setattr(jaxviz, "render", lambda *a, **k: pytest.fail("rendered"))
+    assert grid.main(["--layers", "block1_conv1,block1_conv2", *TINY, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "block1_conv2.png: a folder is in the way" in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["block1_conv2.png"]
 
 
 def test_ctrl_c_exits_130_and_names_completed_layers(tmp_path, capsys, monkeypatch):
