@@ -33,6 +33,26 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> i
     return v
 
 
+def flag(name: str, value) -> bool:
+    """``value`` as a bool; anything else is refused (a string such as "no" would count as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise JaxvizError(f"{name} must be True or False, not {show(value)}")
+    return bool(value)
+
+
+def field(name: str, value, default):
+    """A recipe part's field checked as the kind of its ``default``: a flag, an integer 0 to
+    MAX_SIZE, a number finite in float32; without a default, by the value's own kind."""
+    kind = value if default is None else default
+    if isinstance(kind, (bool, np.bool_)):
+        return flag(name, value) if default is not None else value
+    if isinstance(kind, numbers.Integral):
+        return integer(name, value, 0, MAX_SIZE)
+    if isinstance(kind, numbers.Real):
+        return real(name, value, -F32_MAX, F32_MAX)
+    return value
+
+
 def real(name: str, value, lo: float | None = None, hi: float | None = None, positive: bool = False) -> float:
     """``value`` as a finite float in [lo, hi] (and > 0 with ``positive``); NaN and inf are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -254,6 +274,8 @@ def lucid_settings(config) -> None:
         real(name, getattr(config, name))
     if config.redirect_steps is not None:
         integer("redirect_steps", config.redirect_steps, 0, MAX_STEPS)
+    for name in ("decorrelate", "transforms"):
+        flag(name, getattr(config, name))
 
 
 # helpers -----------------------------------------------------------------------------

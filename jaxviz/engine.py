@@ -217,11 +217,9 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     _check_parts(recipe)
     optim.check(recipe.optimizer)
     for part in (recipe.optimizer, recipe.transforms, recipe.param):
+        defaults = getattr(part, "_field_defaults", {})
         for name, v in (part._asdict().items() if hasattr(part, "_asdict") else ()):
-            if isinstance(v, float):
-                checks.real(name, v, -checks.F32_MAX, checks.F32_MAX)
-            elif isinstance(v, int) and not isinstance(v, bool):
-                checks.integer(name, v, 0, checks.MAX_SIZE)
+            checks.field(name, v, defaults.get(name))
     scale = None if recipe.transforms is None else recipe.transforms.scale
     if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 <= scale < 1):
         raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "

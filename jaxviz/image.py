@@ -46,14 +46,16 @@ def pixels(what: str, image) -> np.ndarray:
 
 
 def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
-    """Tiles (N, h, w, 3) uint8 in reading order: filter i at row i // cols, column i % cols.
+    """Tiles (N, h, w, 3) uint8 (or RGBA, (N, h, w, 4)) in reading order: filter i at row
+    i // cols, column i % cols.
 
     Black margins of ``margin`` px sit between tiles (not around the edge), as in the
     seed: width = cols * w + (cols - 1) * margin.
     """
     images = np.asarray(images)
-    if images.ndim != 4 or not len(images):
-        raise JaxvizError(f"make_grid takes tiles (N, h, w, 3) with N 1 or more, not an array of shape {images.shape}")
+    if images.ndim != 4 or not len(images) or images.shape[-1] not in (3, 4):
+        raise JaxvizError(f"make_grid takes tiles (N, h, w, 3) or (N, h, w, 4) with N 1 or more, not an array "
+                          f"of shape {images.shape}")
     images = pixels("make_grid", images)
     n, h, w, c = images.shape
     cols, margin = checks.integer("cols", cols, 1), checks.integer("margin", margin, 0)

@@ -351,7 +351,7 @@ class Objective:
         return self * -1.0
 
     def __sub__(self, other: "Objective") -> "Objective":
-        return self + (-other)
+        return self + (-other) if isinstance(other, Objective) else NotImplemented
 
 
 def _indices(n, what: str) -> np.ndarray:

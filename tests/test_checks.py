@@ -206,6 +206,25 @@ def test_ascend_and_lucid_check_filters_before_converting(params):
         lucid(params, "block1_conv1", "10", config=LucidConfig(size=16, steps=1))
 
 
+def test_recipe_fields_are_checked_as_the_kind_of_their_defaults(params):
+    """A string flag counted as true ("no" turned the transforms on), a float pad reached jnp.pad."""
+    from jaxviz.lucid import lucid
+    from jaxviz.param import Fourier
+    from jaxviz.transforms import Robustness
+
+    for field in ("decorrelate", "transforms"):
+        with pytest.raises(JaxvizError, match=f"{field} must be True or False, not 'no'"):
+            lucid(params, "block1_conv1", [0], config=LucidConfig(size=16, steps=1, **{field: "no"}))
+    for part, message in ((dict(param=Fourier(decorrelate=1)), "decorrelate must be True or False, not 1"),
+                          (dict(transforms=Robustness(pad=2.5)), "pad must be an integer, not 2.5"),
+                          (dict(transforms=Robustness(rotate="10")), "rotate must be a number, not '10'")):
+        with pytest.raises(JaxvizError) as e:
+            jaxviz.render(params, "block1_conv1:0", jaxviz.SEED._replace(size=16, steps=1, **part))
+        assert message in one_line(e)
+    assert checks.field("x", 3, None) == 3 and checks.field("x", 0.5, 1.0) == 0.5  # unchanged when right
+    assert checks.field("name", "abc", "default") == "abc"  # other kinds: as they are
+
+
 def test_finite_refuses_bfloat16_too():
     with pytest.raises(JaxvizError, match="not finite"):
         checks.finite("the values", np.array([1.0, np.inf], jnp.bfloat16))

@@ -76,7 +76,8 @@ def test_unwritable_folder_is_one_error(tmp_path):
 
 
 def test_grid_and_png_refuse_other_shapes_and_grids_too_large_for_memory(tmp_path):
-    for bad in (np.zeros((0, 8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)):
+    for bad in (np.zeros((0, 8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), np.zeros((2, 8, 8, 5), np.uint8),
+                np.zeros((2, 8, 8, 1), np.uint8)):  # 1 or 5 channels made grids that save_png refused
         with pytest.raises(JaxvizError, match="make_grid takes tiles"):
             make_grid(bad)
     with pytest.raises(JaxvizError, match="use a smaller --size, --margin or --cols"):
@@ -86,6 +87,7 @@ def test_grid_and_png_refuse_other_shapes_and_grids_too_large_for_memory(tmp_pat
     assert not (tmp_path / "x.png").exists()
     save_png(tmp_path / "grey.png", np.zeros((8, 8), np.uint8))  # grey and RGBA images still save
     save_png(tmp_path / "rgba.png", np.zeros((8, 8, 4), np.uint8))
+    save_png(tmp_path / "rgba-grid.png", make_grid(np.zeros((3, 8, 8, 4), np.uint8), cols=2))
 
 
 def test_pixels_that_are_not_uint8_are_refused_not_cast(tmp_path):

@@ -180,6 +180,8 @@ def test_weights_may_be_numpy_or_jax_scalars():
         assert (o.channel("block1_conv1", [0]) * w).term.weights == (float(w),)
     with pytest.raises(TypeError):
         o.channel("block1_conv1", [0]) * jnp.ones(2)
+    with pytest.raises(TypeError, match="unsupported operand type.*'Objective' and 'str'"):
+        o.channel("block1_conv1", [0]) - "a"  # was "bad operand type for unary -: 'str'"
 
 
 def test_layers_must_hold_one_images_activations():
