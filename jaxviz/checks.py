@@ -45,7 +45,7 @@ def field(name: str, value, default):
     MAX_SIZE, a number finite in float32; without a default, by the value's own kind."""
     kind = value if default is None else default
     if isinstance(kind, (bool, np.bool_)):
-        return flag(name, value) if default is not None else value
+        return flag(name, value)
     if isinstance(kind, numbers.Integral):
         return integer(name, value, 0, MAX_SIZE)
     if isinstance(kind, numbers.Real):
