@@ -181,12 +181,12 @@ def parse_bytes(text: str) -> int:
         scale = 1024 ** ("KMGT".index(t[-1]) + 1)
         t = t[:-1]
     try:
-        v = float(t)
+        v = float(t) * scale
     except ValueError:
         v = float("nan")
-    if not math.isfinite(v) or v <= 0:
+    if not math.isfinite(v) or v < 1:  # 1e300T overflows to infinity; 1e-3 would be a limit of 0 bytes
         raise JaxvizError(f"{ENV_MAX_MEMORY}={text!r} is not a size; use bytes, or a number with K, M, G or T")
-    return int(v * scale)
+    return int(v)
 
 
 def host_memory() -> int:
