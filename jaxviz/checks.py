@@ -21,6 +21,7 @@ MAX_STEPS = 1_000_000  # steps; at a few ms per step at the smallest size, hours
 F32_MAX = float(np.finfo(np.float32).max)  # a larger step size is infinity once in float32
 MAX_SEED = 2**32 - 1  # seeds are 0 to 2**32 - 1 (jax.random.key takes them without overflow)
 ENV_MAX_MEMORY = "JAXVIZ_MAX_MEMORY"  # bytes (suffix K, M, G, T allowed): lowers the memory limit
+OFF = ("0", "off", "no", "false", "none")  # the values that turn a JAXVIZ_ switch off (any case)
 
 
 def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
@@ -51,6 +52,12 @@ def field(name: str, value, default):
     if isinstance(kind, numbers.Real):
         return real(name, value, -F32_MAX, F32_MAX)
     return value
+
+
+def off(text: str | None) -> bool:
+    """Whether an environment switch's value (``JAXVIZ_ONEDNN``, ``JAXVIZ_COMPILE_CACHE``,
+    ``JAXVIZ_PLAN``) turns it off: one set of words for all, so ``off`` never reads as on."""
+    return (text or "").strip().lower() in OFF
 
 
 def real(name: str, value, lo: float | None = None, hi: float | None = None, positive: bool = False) -> float:
