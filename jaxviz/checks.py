@@ -60,6 +60,14 @@ def off(text: str | None) -> bool:
     return (text or "").strip().lower() in OFF
 
 
+def function(name: str, value, optional: bool = False):
+    """``value`` if it is callable (or None, with ``optional``): a model's ``fn``, ``preprocess``
+    or ``min_size`` that is not would fail only later, inside a render, with Python's TypeError."""
+    if not (callable(value) or optional and value is None):
+        raise JaxvizError(f"{name} must be a function{' or None' if optional else ''}, not {show(value)}")
+    return value
+
+
 def real(name: str, value, lo: float | None = None, hi: float | None = None, positive: bool = False) -> float:
     """``value`` as a finite float in [lo, hi] (and > 0 with ``positive``); NaN and inf are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
