@@ -241,6 +241,18 @@ def test_bad_distributed_environment_is_one_line(env, message, tmp_path, capsys,
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("layer", ["../evil", "chunks"])
+def test_a_layer_name_that_is_no_folder_of_out_is_refused(layer, tmp_path, capsys):
+    """A model's layer "../evil" had the atlas write its PNGs and pages (index.html too) into OUT's
+    parent; "chunks" mixed its images with the atlas's chunk records."""
+    out = tmp_path / "out"
+    code = atlas_mod.main(["--model", "tests.tiny_model:build_paths", "--layers", layer, "--filters", "0",
+                           "--size", "16", "--steps", "1", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"layer {layer!r} cannot be a folder of --out" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sharded_over_four_devices_equals_one_device(reference, tmp_path):
     out = tmp_path / "four"
     r = run_cli([*TINY, "--out", str(out)], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
