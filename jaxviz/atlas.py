@@ -35,8 +35,8 @@ from typing import NamedTuple, Sequence
 from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, make_out_dir, model_name, parse_filters,
-    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
+    OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, make_out_dir,
+    model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
@@ -471,6 +471,7 @@ def _select(args, model=None) -> dict[str, list[int]]:
         selection = {}
         for l in names:
             info = model.layer(l)
+            check_layer_folder(l, (CHUNKS, MANIFEST, LOG, "index.html"))
             if not info.spatial:
                 raise JaxvizError(f"layer {l} is not spatial (shape {info.shape}); the atlas renders channels of "
                                   "spatial layers")

@@ -21,6 +21,7 @@ MAX_STEPS = 1_000_000  # steps; at a few ms per step at the smallest size, hours
 F32_MAX = float(np.finfo(np.float32).max)  # a larger step size is infinity once in float32
 MAX_SEED = 2**32 - 1  # seeds are 0 to 2**32 - 1 (jax.random.key takes them without overflow)
 ENV_MAX_MEMORY = "JAXVIZ_MAX_MEMORY"  # bytes (suffix K, M, G, T allowed): lowers the memory limit
+OFF = ("0", "off", "no", "false", "none")  # the values that turn a JAXVIZ_ switch off (any case)
 
 
 def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
@@ -50,6 +51,20 @@ def field(name: str, value, default):
         return integer(name, value, 0, MAX_SIZE)
     if isinstance(kind, numbers.Real):
         return real(name, value, -F32_MAX, F32_MAX)
+    return value
+
+
+def off(text: str | None) -> bool:
+    """Whether an environment switch's value (``JAXVIZ_ONEDNN``, ``JAXVIZ_COMPILE_CACHE``,
+    ``JAXVIZ_PLAN``) turns it off: one set of words for all, so ``off`` never reads as on."""
+    return (text or "").strip().lower() in OFF
+
+
+def function(name: str, value, optional: bool = False):
+    """``value`` if it is callable (or None, with ``optional``): a model's ``fn``, ``preprocess``
+    or ``min_size`` that is not would fail only later, inside a render, with Python's TypeError."""
+    if not (callable(value) or optional and value is None):
+        raise JaxvizError(f"{name} must be a function{' or None' if optional else ''}, not {show(value)}")
     return value
 
 
@@ -181,12 +196,12 @@ def parse_bytes(text: str) -> int:
         scale = 1024 ** ("KMGT".index(t[-1]) + 1)
         t = t[:-1]
     try:
-        v = float(t)
+        v = float(t) * scale
     except ValueError:
         v = float("nan")
-    if not math.isfinite(v) or v <= 0:
+    if not math.isfinite(v) or v < 1:  # 1e300T overflows to infinity; 1e-3 would be a limit of 0 bytes
         raise JaxvizError(f"{ENV_MAX_MEMORY}={text!r} is not a size; use bytes, or a number with K, M, G or T")
-    return int(v * scale)
+    return int(v)
 
 
 def host_memory() -> int:

@@ -117,6 +117,19 @@ def check_out_paths(out: str, files=(), folders=()) -> None:
             raise JaxvizError(f"cannot create folder {path}: a file is in the way; move it, or choose another --out")
 
 
+def check_layer_folder(name: str, reserved=()) -> str:
+    """Refuse a layer ``name`` that as the folder ``OUT/name`` would not be a folder of its own
+    inside OUT: absolute, with a ``..``, ``.`` or empty part, or one of the command's own
+    ``reserved`` names (a model's layer ``..`` had the atlas write its images and pages into
+    OUT's parent, and ``/tmp/x`` into /tmp/x)."""
+    parts = name.split("/")
+    if os.path.isabs(name) or "\0" in name or any(p in ("", ".", "..") for p in parts) or parts[0] in reserved \
+            or os.sep != "/" and os.sep in name:
+        raise JaxvizError(f"layer {name!r} cannot be a folder of --out, where this command writes OUT/LAYER/; "
+                          "rename the layer in the model, or leave it out of --layers")
+    return name
+
+
 def make_out_dir(path: str) -> str:
     """Create the output folder (after ``check_out_dir`` passed)."""
     try:

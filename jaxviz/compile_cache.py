@@ -24,7 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-ENV = "JAXVIZ_COMPILE_CACHE"  # "0" (or off, no, false): never
+ENV = "JAXVIZ_COMPILE_CACHE"  # "0" (or off, no, false, none): never
 MAX_BYTES = 1 << 30  # the folder's size at most (JAX evicts the least recently used entries)
 OK, REFUSED = "reload-ok", "reload-refused"
 
@@ -45,7 +45,9 @@ def use() -> Path | None:
     """Point JAX's persistent compilation cache at ``folder()`` before anything compiles; the
     folder, or None where it is off, set up by the user already, not writable, or refused by
     this CPU (then nothing changes)."""
-    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "no", "false"):
+    from jaxviz.checks import off
+
+    if off(os.environ.get(ENV)):
         return None
     import jax
 

@@ -31,8 +31,9 @@ def _decode(names) -> list[str]:
     return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _read_layer_groups(f) -> dict[str, list[np.ndarray]]:
-    """Layer name -> its weight arrays in file order, for any supported layout."""
+def _read_layer_groups(f) -> dict[str, list]:
+    """Layer name -> its weight datasets in file order, for any supported layout. Not read yet:
+    a file can declare a dataset of terabytes, so ``_checked`` reads each once its shape is right."""
     root = f["model_weights"] if "model_weights" in f else f
     if "layer_names" in root.attrs:
         out = {}
@@ -40,16 +41,25 @@ def _read_layer_groups(f) -> dict[str, list[np.ndarray]]:
             g = root[name]
             wnames = _decode(g.attrs.get("weight_names", []))
             if wnames:
-                out[name] = [np.asarray(g[w]) for w in wnames]
+                out[name] = [_dataset(g, w) for w in wnames]
         return out
     if "layers" in root:  # Keras 3 .weights.h5
         out = {}
         for name, g in root["layers"].items():
             if "vars" in g and len(g["vars"]):
                 v = g["vars"]
-                out[name] = [np.asarray(v[k]) for k in sorted(v, key=int)]
+                out[name] = [_dataset(v, k) for k in sorted(v, key=int)]
         return out
     raise KeyError("no 'layer_names' attribute, 'model_weights' group or 'layers' group")
+
+
+def _dataset(group, name: str):
+    import h5py
+
+    d = group[name]
+    if not isinstance(d, h5py.Dataset) or d.shape is None:  # a group, or a dataset of no shape (h5py.Empty)
+        raise TypeError(f"{d.name} is not an array")
+    return d
 
 
 def _kernel_bias(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +115,11 @@ def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np
             raise JaxvizError(
                 f"cannot read Keras layers from {path} ({e}); it may be truncated or not a Keras file; {fix}"
             ) from None
+        return _params(path, groups, spec, dtype, fix)
+
+
+def _params(path: str, groups: dict, spec: VGGSpec | None, dtype, fix: str) -> dict:
+    """``load_keras_h5``'s params from the file's layer datasets (the file still open)."""
     convs = [n for n in groups if _CONV.match(n)]
     if not convs:
         found = ", ".join(list(groups)[:6]) or "none"
@@ -148,6 +163,10 @@ def _checked(path, name, arrays, kshape, dtype, fix) -> dict:
         )
     if not (np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
         raise JaxvizError(f"{path}: layer {name} has non-float weights ({kernel.dtype}); {fix}")
+    try:
+        kernel, bias = np.asarray(kernel), np.asarray(bias)
+    except OSError as e:
+        raise JaxvizError(f"{path}: cannot read layer {name} ({e}); the file is damaged; {fix}") from None
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, by layer
         kernel, bias = kernel.astype(dtype), bias.astype(dtype)
     for what, a in (("kernel", kernel), ("bias", bias)):

@@ -258,8 +258,9 @@ def _check_parts(recipe: Recipe) -> None:
 
 def at_size(model: Model, names: tuple[str, ...], size: int, raw: bool) -> Model:
     """``model`` with the named layers' shapes taken at ``size`` px, the size a recipe feeds it
-    (``raw``: without ``preprocess``); one line where the model cannot take that size."""
-    if not names or size == model.input_size and not raw:  # the layer table was taken through preprocess
+    (``raw``: without ``preprocess``); one line where the model cannot take that size, or where a
+    layer is not floating point."""
+    if not names:
         return model
     leaves, tree = jax.tree.flatten(model.params)
     shapes = _shapes(model.static(), names, size, raw, tree, tuple((np.shape(a), jnp.result_type(a)) for a in leaves))
@@ -269,11 +270,16 @@ def at_size(model: Model, names: tuple[str, ...], size: int, raw: bool) -> Model
 
 @functools.lru_cache(maxsize=256)
 def _shapes(static: Model, names, size, raw, tree, leaves) -> dict:
-    """{name: shape} at ``size`` px, by ``jax.eval_shape`` (nothing runs), once per model and size."""
+    """{name: shape} at ``size`` px, by ``jax.eval_shape`` (nothing runs), once per model and size; a layer of
+    integers or bools is refused (its gradient is zero: the images would stay the start's noise, silently)."""
     params = jax.tree.unflatten(tree, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
     out = eval_shapes(lambda p, x: static.activations(p, x if raw else static.preprocess(x), names), params, size,
                       f"model {static.name}", f"the recipe feeds it {size} px images (its size and its transforms' "
                       f"padding), and its layers were taken at {static.input_size} px; render at a size it accepts")
+    for n in names:
+        if not jnp.issubdtype(out[n].dtype, jnp.floating):
+            raise JaxvizError(f"layer {n} of model {static.name} gives {out[n].dtype} activations; objectives need "
+                              "floating-point ones (they ascend its gradient): cast it, or name another layer")
     return {n: tuple(out[n].shape) for n in names}
 
 

@@ -30,6 +30,7 @@ from jaxviz.errors import JaxvizError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 SHOW = 5  # names kept per skip reason
+MAX_ASPECT = 16  # longer side / shorter side past which only the crop's region is resized (resize_crop)
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
@@ -113,9 +114,12 @@ def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
     img = Image.fromarray(rgb)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    if nh * nw > MAX_ASPECT * size * size:  # a thin image (1 x 100000 px at 224) resized whole was gigabytes
+        box = (left / s, top / s, (left + size) / s, (top + size) / s)  # the crop, in the image's own pixels
+        return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0))
     if (nh, nw) != (h, w):
         img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    top, left = (nh - size) // 2, (nw - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 

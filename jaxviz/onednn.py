@@ -35,7 +35,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-ENV = "JAXVIZ_ONEDNN"  # "0": never use oneDNN (the pure-XLA convs run)
+from jaxviz import checks
+
+ENV = "JAXVIZ_ONEDNN"  # "0" (or off, no, false, none): never use oneDNN (the pure-XLA convs run)
 SOURCE = Path(__file__).parent / "native" / "onednn_conv.cc"
 TARGETS = {jnp.dtype(jnp.float32): "jaxviz_onednn_conv_f32", jnp.dtype(jnp.bfloat16): "jaxviz_onednn_conv_bf16"}
 MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip install onednn-cpu-gomp onednn-devel-cpu-gomp; "
@@ -126,7 +128,7 @@ def _build(prefix: Path) -> Path:
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """(the loaded handlers, registered with XLA, or None; why building or loading them failed,
     or None when they loaded or oneDNN is off or absent here). Once per process, silently."""
-    if os.environ.get(ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
+    if checks.off(os.environ.get(ENV)) or not sys.platform.startswith("linux"):
         return None, None
     prefix = _prefix()
     if prefix is None:

@@ -15,8 +15,8 @@ a guess on the next. Decisions, each from medians of interleaved timings:
   every chunk, the lowest time per image. XLA's conv timed alone beat Winograd at 64
   channels on a Sapphire Rapids, yet the ascent ran 2x slower with it: for experiments.
 
-``JAXVIZ_PLAN``: unset or ``off``: no plan, the built-in constants (``ascent.CPU_BATCH``,
-``ops.choice``); ``auto``: the cache file ``$XDG_CACHE_HOME/jaxviz/plan.json``
+``JAXVIZ_PLAN``: unset or ``off`` (or ``0``, ``no``, ``false``, ``none``): no plan, the built-in
+constants (``ascent.CPU_BATCH``, ``ops.choice``); ``auto``: the cache file ``$XDG_CACHE_HOME/jaxviz/plan.json``
 (``~/.cache``); any other value: that file. Timings are keyed by CPU model + jaxlib
 version. ``JAXVIZ_PLAN=auto python -m jaxviz.plan`` rebuilds this machine's entry.
 """
@@ -38,7 +38,6 @@ ENV = "JAXVIZ_PLAN"
 CHUNKS = (8, 16, 32, 64)
 CONVS = ("wino4",)  # timed by default; ALL_CONVS with --convs
 ALL_CONVS = ("wino4", "xla")
-OFF = ("", "off", "0", "none", "false")
 AUTO = ("auto", "on", "1")
 TIMING = "ascent chunks"  # how chunks are timed: part of the key, so older timings are redone
 STEPS = 40  # ascent steps per timed chunk: the seed's; with fewer, the per-call work (kernel transforms, start
@@ -58,8 +57,10 @@ class Shape(NamedTuple):
 
 def cache_path() -> Path | None:
     """The plan file, or None when ``JAXVIZ_PLAN`` is unset or off."""
+    from jaxviz.checks import off
+
     env = os.environ.get(ENV, "").strip()
-    if env.lower() in OFF:
+    if not env or off(env):
         return None
     if env.lower() not in AUTO:
         return Path(env).expanduser()

@@ -35,14 +35,29 @@ class Process(NamedTuple):
     count: int = 1
 
 
-def _env_int(name: str) -> int | None:
+MAX_PROCESSES = 1 << 16  # the command line's bound on --num-processes
+
+
+def _env_int(name: str, lo: int) -> int | None:
+    """An integer from the environment, checked as the command line checks its option
+    (JAX_NUM_PROCESSES=0 made a range "0--1" in the error line)."""
     text = os.environ.get(name)
     if text is None or text == "":
         return None
     try:
-        return int(text)
+        v = int(text)
     except ValueError:
         raise JaxvizError(f"environment variable {name}={text!r} is not an integer") from None
+    return checks.integer(f"environment variable {name}", v, lo, MAX_PROCESSES)
+
+
+def _address(text: str) -> str:
+    """``HOST:PORT``, checked before JAX takes it: without a port JAX failed with an IndexError."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise JaxvizError(f"the coordinator {text!r} (--coordinator or JAX_COORDINATOR_ADDRESS) is not HOST:PORT; "
+                          "give process 0's address and a free port, e.g. 10.0.0.1:12345")
+    return text
 
 
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -56,8 +71,12 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
     before anything else touches a device.
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
-    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES", 1)
+    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID", 0)
+    if coordinator is not None:
+        _address(coordinator)
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise JaxvizError(f"--process-id {process_id} must be in 0-{num_processes - 1} for --num-processes {num_processes}")
     if not auto and coordinator is None and (num_processes is None or num_processes == 1):
         if process_id not in (None, 0):
             raise JaxvizError(f"--process-id {process_id} needs --num-processes and --coordinator")
@@ -70,8 +89,6 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
                 f"a multi-process run needs {', '.join(missing)} (or JAX_COORDINATOR_ADDRESS, "
                 "JAX_NUM_PROCESSES, JAX_PROCESS_ID); e.g. --coordinator 10.0.0.1:12345 --num-processes 2 --process-id 0"
             )
-        if not 0 <= process_id < num_processes:
-            raise JaxvizError(f"--process-id {process_id} must be in 0-{num_processes - 1} for --num-processes {num_processes}")
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)

@@ -202,6 +202,9 @@ def test_closing_line_and_estimate(tmp_path, capsys):
     (["--size", "8", "--layers", "block5_conv1"], "too small"),
     (["--recipe", "nope"], "recipe"),
     (["--process-id", "1"], "--num-processes"),
+    (["--num-processes", "1", "--process-id", "1"], "--process-id 1 must be in 0-0"),  # was: needs --num-processes
+    (["--coordinator", "localhost", "--num-processes", "1", "--process-id", "0"], "is not HOST:PORT"),  # IndexError
+    (["--coordinator", "localhost:http", "--num-processes", "2", "--process-id", "0"], "is not HOST:PORT"),
     # issue 12: limits before any work, huge numbers and NaN refused
     (["--size", "100000"], "needs about"),
     (["--steps", "10000000000"], "--steps must be 1000000 or less"),
@@ -223,6 +226,31 @@ def test_bad_input_is_one_line(argv, message, tmp_path, capsys):
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_NUM_PROCESSES": "0", "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES must be 1 to 65536, not 0"),  # "0--1"
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "-1"}, "JAX_PROCESS_ID must be 0 to 65536, not -1"),
+])
+def test_bad_distributed_environment_is_one_line(env, message, tmp_path, capsys, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = atlas_mod.main(["--coordinator", "localhost:1234", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("layer", ["../evil", "chunks"])
+def test_a_layer_name_that_is_no_folder_of_out_is_refused(layer, tmp_path, capsys):
+    """A model's layer "../evil" had the atlas write its PNGs and pages (index.html too) into OUT's
+    parent; "chunks" mixed its images with the atlas's chunk records."""
+    out = tmp_path / "out"
+    code = atlas_mod.main(["--model", "tests.tiny_model:build_paths", "--layers", layer, "--filters", "0",
+                           "--size", "16", "--steps", "1", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"layer {layer!r} cannot be a folder of --out" in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sharded_over_four_devices_equals_one_device(reference, tmp_path):

@@ -132,6 +132,12 @@ def test_memory_limit_and_env():
     assert 0 < checks.host_memory()
 
 
+@pytest.mark.parametrize("text", ["1e300T", "1e-3", "0.0001K"])
+def test_max_memory_overflowing_or_below_a_byte_is_not_a_size(text):
+    with pytest.raises(JaxvizError, match="is not a size"):  # was an OverflowError, or a limit of 0 bytes
+        checks.parse_bytes(text)
+
+
 def test_run_budget_refuses_a_huge_size_at_once():
     with pytest.raises(JaxvizError) as e:
         checks.run_budget("block1_conv1", 100000, 64, 1, env={})

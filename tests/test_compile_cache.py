@@ -34,7 +34,7 @@ def test_use_points_jax_at_a_folder_per_cpu_and_version(updates, monkeypatch, tm
     assert (path / compile_cache.OK).exists() and not (path / compile_cache.REFUSED).exists()
 
 
-@pytest.mark.parametrize("value", ["0", "off", "No"])
+@pytest.mark.parametrize("value", ["0", "off", "No", "none"])
 def test_off(updates, monkeypatch, value):
     monkeypatch.setenv(compile_cache.ENV, value)
     assert compile_cache.use() is None and not updates

@@ -145,6 +145,31 @@ def test_wrong_shape_names_layer(tmp_path):
         load_keras_h5(tmp_path / "w.h5", spec=SMALL16)
 
 
+def test_a_huge_declared_shape_is_refused_before_reading(tmp_path):
+    """A dataset declaring 256 TiB (chunked, nothing stored) was read whole first: a MemoryError."""
+    write_legacy(tmp_path / "w.h5", random_params(SMALL16))
+    with h5py.File(tmp_path / "w.h5", "a") as f:
+        g = f["block2_conv1"]
+        del g["block2_conv1_W_1:0"]
+        g.create_dataset("block2_conv1_W_1:0", shape=(1 << 20, 1 << 20, 64), dtype="f4", chunks=True)
+    with pytest.raises(JaxvizError, match=r"block2_conv1 has kernel \(1048576, 1048576, 64\).*expected"):
+        load_keras_h5(tmp_path / "w.h5", spec=SMALL16)
+
+
+@pytest.mark.parametrize("odd", ["group", "empty"])
+def test_a_weight_that_is_no_array_is_refused(tmp_path, odd):
+    write_legacy(tmp_path / "w.h5", random_params(SMALL16))
+    with h5py.File(tmp_path / "w.h5", "a") as f:
+        g = f["block2_conv1"]
+        del g["block2_conv1_b_1:0"]
+        if odd == "group":
+            g.create_group("block2_conv1_b_1:0")
+        else:
+            g.create_dataset("block2_conv1_b_1:0", data=h5py.Empty("f4"))
+    with pytest.raises(JaxvizError, match="block2_conv1_b_1:0 is not an array"):
+        load_keras_h5(tmp_path / "w.h5", spec=SMALL16)
+
+
 def test_missing_layer_names_layer(tmp_path):
     w = random_params(SMALL16)
     del w["block3_conv2"]

@@ -105,6 +105,26 @@ def test_resize_crop_takes_the_centre_of_the_shorter_side(tmp_path):
     assert up.shape == (32, 32, 3) and tuple(up[16, 16]) == (200, 100, 50)
 
 
+def test_a_thin_image_is_not_resized_whole(monkeypatch):
+    """1 x 100000 px at 224 was first resized to 224 x 22,400,000 px (15 GB); now only the crop's region is."""
+    resize = Image.Image.resize
+
+    def bounded(self, size, *args, **kwargs):
+        assert size[0] * size[1] <= 16 * 224 * 224, f"resized whole to {size}"
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", bounded)
+    thin = np.zeros((1, 100000, 3), np.uint8)
+    thin[:, 50000] = 255  # at this scale the crop spans source pixels 49999.5-50000.5
+    out = imagefolder.resize_crop(thin, 224)
+    assert out.shape == (224, 224, 3) and out.max() > 200 and out.min() < 60  # the white pixel, at the crop's side
+    wide = np.random.default_rng(0).integers(0, 255, (10, 400, 3), np.uint8)  # past MAX_ASPECT: about the same
+    monkeypatch.setattr(imagefolder, "MAX_ASPECT", 10**9)
+    whole = imagefolder.resize_crop(wide, 32)
+    monkeypatch.setattr(imagefolder, "MAX_ASPECT", 16)
+    assert np.abs(imagefolder.resize_crop(wide, 32).astype(int) - whole).mean() < 1
+
+
 def test_stream_batches_in_order_and_resumes_at_start(tmp_path):
     for i in range(7):
         Image.fromarray(_rgb(9, 9, (i * 30, 0, 0))).save(tmp_path / f"{i}.png")

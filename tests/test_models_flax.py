@@ -211,6 +211,43 @@ def test_adapters_refuse_bad_input_sizes_and_outputs_in_one_line():
     assert "\n" not in str(e.value)
 
 
+def test_adapters_refuse_wrong_types_in_one_line():
+    """Each of these failed later, deep in a render, with Python's TypeError (or silently made a
+    model of no layers, or of the layers "c", "o", ... of the string "conv")."""
+    w = jax.random.normal(jax.random.key(4), (3, 5))
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    cases = [
+        (lambda: from_function(5, w, input_size=8), "fn must be a function, not 5"),
+        (lambda: from_function(lambda p, x: x @ p, w, input_size=8, min_size=3), "min_size must be a function or None"),
+        (lambda: from_function(lambda p, x: x @ p, w, layers="output", input_size=8), "not the string 'output'"),
+        (lambda: from_function(lambda p, x: None, w, input_size=8), "returns no array"),
+        (lambda: from_function(lambda p, x: {}, w, input_size=8), "returns no array"),
+        (lambda: from_linen("net", variables, input_size=SIZE), "from_linen needs a flax.linen Module, not 'net'"),
+        (lambda: from_linen(LinenNet(), variables, input_size=SIZE, apply_kwargs=[("train", False)]),
+         "apply_kwargs must be a dict"),
+        (lambda: from_linen(LinenNet(), variables, input_size=SIZE, min_size=8), "min_size must be a function"),
+        (lambda: from_nnx(LinenNet(), input_size=SIZE), "from_nnx needs a flax.nnx Module, not LinenNet()"),
+        (lambda: from_nnx(NNXNet(nnx.Rngs(0)), input_size=SIZE, preprocess=2), "preprocess must be a function"),
+    ]
+    for make, message in cases:
+        with pytest.raises(JaxvizError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+            make()
+        assert "\n" not in str(e.value)
+    assert from_function(lambda p, x: x @ p, w, layers=["output", "output"], input_size=8).layers == (
+        from_function(lambda p, x: x @ p, w, input_size=8).layers)  # one layer, not two of one name
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.complex64])
+def test_a_layer_that_is_not_floating_point_is_refused(dtype):
+    """Integer and bool layers have no gradient: the images stayed the start's noise, silently
+    (complex ones failed in jax.grad)."""
+    m = from_function(lambda p, x: {"a": (x * p).astype(dtype), "b": x * p}, jnp.float32(3.0), input_size=8)
+    with pytest.raises(JaxvizError, match=f"layer a of model function gives {jnp.dtype(dtype)} activations; "
+                                          "objectives need floating-point ones"):
+        engine.render(m, channel("a", 0), RECIPE._replace(size=8))
+    assert engine.render(m, channel("b", 0), RECIPE._replace(size=8, steps=1)).images.shape == (1, 8, 8, 3)
+
+
 def test_a_logits_name_that_is_no_layer_is_refused_at_once():
     variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
     with pytest.raises(JaxvizError, match="logits='hed' names no layer of LinenNet; its layers: stem"):

@@ -98,6 +98,24 @@ def test_batch_norm_runs_on_moving_statistics():
     np.testing.assert_array_equal(out["drop"], out["bn"])  # dropout off
 
 
+def test_from_keras_refuses_bad_input_sizes_and_preprocess_in_one_line():
+    inputs = keras.Input((None, None, 3))
+    net = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="c")(inputs))
+    cases = [(0, None, "input_size must be 1 to"),  # was 224, silently
+             (-5, None, "input_size must be 1 to"),  # reached Keras
+             ("16", None, "input_size must be an integer"),  # a TypeError from inside JAX
+             (2, None, "failed on a 2x2x3 input"),  # Keras' ValueError
+             (16, 3, "preprocess must be a function")]
+    for size, pre, message in cases:
+        with pytest.raises(JaxvizError, match=message) as e:
+            from_keras(net, pre, input_size=size)
+        assert "\n" not in str(e.value)
+    inputs = keras.Input((8, 8, 3))
+    fixed = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="c")(inputs))
+    with pytest.raises(JaxvizError, match="input_size=16, but Keras model .* takes 8 px images only"):
+        from_keras(fixed, input_size=16)  # was ignored: 8 px
+
+
 def test_load_specs_and_their_errors(tmp_path):
     assert load().name == "vgg16" and load("VGG16").layer("block5_pool").shape == (7, 7, 512)
     with pytest.raises(JaxvizError, match="unknown model 'resnet'; use vgg16, vgg19, keras:NAME"):
@@ -106,6 +124,8 @@ def test_load_specs_and_their_errors(tmp_path):
         load("keras:ResNet5")
     with pytest.raises(JaxvizError, match="weights file .*missing.h5 does not exist"):
         load("keras:ResNet50", tmp_path / "missing.h5")
+    with pytest.raises(JaxvizError, match="weights file .* is a folder"):  # was: does not exist
+        load("keras:ResNet50", tmp_path)
     with pytest.raises(JaxvizError, match="cannot import 'no_such_pkg.mod'"):
         load("no_such_pkg.mod:make")
     with pytest.raises(JaxvizError, match="has no function 'nope'"):

@@ -106,9 +106,10 @@ def test_the_implementation_is_named():
     assert name != "unavailable" and ":" in name, name
 
 
-def test_zero_in_the_environment_turns_it_off():
+@pytest.mark.parametrize("value", ["0", "off"])  # off was read as on: the same words as JAXVIZ_COMPILE_CACHE's
+def test_zero_in_the_environment_turns_it_off(value):
     code = "from jaxviz import onednn, ops; print(onednn.available(), ops.choice('float32', 'auto', 'cpu')[1])"
-    env = dict(os.environ, JAXVIZ_ONEDNN="0", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAXVIZ_ONEDNN=value, JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "wino4"]

@@ -30,6 +30,9 @@ def test_cpu_model_tells_cpus_of_one_name_apart():
 def test_cache_path_env(monkeypatch, tmp_path):
     monkeypatch.setenv(plan.ENV, "off")
     assert plan.cache_path() is None
+    for value in ("no", "None"):  # the words JAXVIZ_ONEDNN and JAXVIZ_COMPILE_CACHE take for off (no was a file ./no)
+        monkeypatch.setenv(plan.ENV, value)
+        assert plan.cache_path() is None
     assert plan.chunk_for("block3_conv1", 16) is None
     assert plan.conv_choice(8, 64, 64) is None
     monkeypatch.setenv(plan.ENV, str(tmp_path / "p.json"))

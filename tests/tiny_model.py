@@ -31,7 +31,7 @@ def build_paths():
     def fn(p, x):
         h = jax.nn.relu(jax.lax.conv_general_dilated(x[None], p, (1, 1), "SAME",
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))[0])
-        return {"stem/conv": h, "../evil": 2 * h}
+        return {"stem/conv": h, "../evil": 2 * h, "chunks": 3 * h}
 
     return from_function(fn, kernel, input_size=16)
 

@@ -83,6 +83,11 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
     (LayerInfo(name='output', shape=(8, 8, 3)),)
     """
     checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
+    checks.function("fn", fn)
+    checks.function("preprocess", preprocess)
+    checks.function("min_size", min_size, optional=True)
+    if isinstance(layers, str):  # "conv1" would be the layers "c", "o", ...
+        raise JaxvizError(f"layers must be a list of layer names such as [{layers!r}], not the string {layers!r}")
     order: list = []  # fn's own order (eval_shape's dicts come back sorted)
 
     def every(p, x):
@@ -92,11 +97,14 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
 
     shapes = eval_shapes(every, params, input_size, "the model function", "check input_size and preprocess")
     names = [k for k in order if isinstance(shapes[k], jax.ShapeDtypeStruct)]
+    if not names:  # None, {} or only other values: a model with no layer to render
+        raise JaxvizError("the model function returns no array; return a dict of named activations "
+                          "({name: array}) or one array")
     if layers is not None:
         missing = [n for n in layers if n not in names]
         if missing:
-            raise JaxvizError(f"the model function returns no layer {missing[0]!r}; it returns: {', '.join(names)}")
-        names = list(layers)
+            raise JaxvizError(f"the model function returns no layer {missing[0]!r}; it returns: {', '.join(map(str, names))}")
+        names = list(dict.fromkeys(layers))  # a layer named twice is one layer
 
     def activations(p, x, wanted):
         out = _as_dict(fn(p, x))

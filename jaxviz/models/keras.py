@@ -22,8 +22,9 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LOGITS, LayerInfo, Model, identity
+from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity
 from jaxviz.models.function import searched_min_size
 
 
@@ -63,9 +64,14 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     if not model.built or not getattr(model, "inputs", None):
         raise JaxvizError(f"Keras model {model.name} has no inputs yet; build it with keras.Input(...) "
                           f"(or call it once on an image batch) before handing it to jaxviz")
-    preprocess = preprocess or identity
+    preprocess = checks.function("preprocess", preprocess or identity)
+    if input_size is not None:  # 0 was taken for "not given" (224), -5 reached Keras
+        checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
     fixed = tuple(model.input_shape[1:3]) if isinstance(model.input_shape, tuple) else (None, None)
     if fixed[0] is not None and fixed[0] == fixed[1]:
+        if input_size not in (None, fixed[0]):
+            raise JaxvizError(f"input_size={input_size}, but Keras model {model.name} takes {fixed[0]} px images "
+                              f"only; leave input_size out")
         input_size = fixed[0]
     input_size = input_size or 224
     trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
@@ -109,8 +115,8 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     names = tuple(layers)
     if has_logits:  # keep forward order: logits just before the softmax layer
         names = tuple(n for n in layers if n != last.name) + (LOGITS, last.name)
-    x = jax.ShapeDtypeStruct((input_size, input_size, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda p, x: activations(p, preprocess(x), names), params, x)
+    shapes = eval_shapes(lambda p, x: activations(p, preprocess(x), names), params, input_size,
+                         f"Keras model {model.name}", "check input_size and preprocess")
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in names)
     if fixed[0] is not None:
         min_size = lambda n: input_size  # noqa: E731  (a fixed input takes that size only)
@@ -150,7 +156,8 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
         raise JaxvizError(f"unknown keras.applications model {name!r}; choose one of: {', '.join(applications())}")
     is_file = weights is not None and str(weights) != "imagenet"
     if is_file and not Path(weights).is_file():
-        raise JaxvizError(f"weights file {weights} does not exist; give a Keras weights file of {name}")
+        why = "is a folder" if Path(weights).is_dir() else "does not exist"
+        raise JaxvizError(f"weights file {weights} {why}; give a Keras weights file of {name}")
     tops = [include_top] if include_top is not None else ([False, True] if is_file else [False])
     error = None
     for top in tops:

@@ -80,6 +80,10 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
     "head") to expose as ``logits`` for ``class_logit``. Layers: every submodule output that
     is an array, in the order they are computed, with shapes at ``input_size`` px.
     """
+    if not isinstance(module, nn.Module):
+        raise JaxvizError(f"from_linen needs a flax.linen Module, not {checks.show(module)}")
+    if apply_kwargs is not None and not isinstance(apply_kwargs, dict):
+        raise JaxvizError(f"apply_kwargs must be a dict such as {{'train': False}}, not {checks.show(apply_kwargs)}")
     kwargs = dict(apply_kwargs or {})
 
     def forward(p, x, recorder: Recorder):
@@ -108,6 +112,8 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
         return out
 
     checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
+    checks.function("preprocess", preprocess)
+    checks.function("min_size", min_size, optional=True)
     # it fails e.g. where batch norm, left in training mode, tries to update its statistics
     shapes = eval_shapes(every, variables, input_size, type(module).__name__, "pass apply_kwargs that put it in "
                          "eval mode (e.g. {'train': False}) and check input_size")

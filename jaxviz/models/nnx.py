@@ -20,6 +20,7 @@ import flax.nnx as nnx
 import jax
 
 from jaxviz import checks
+from jaxviz.errors import JaxvizError
 from jaxviz.models.base import LOGITS, Model, eval_shapes, identity
 from jaxviz.models.function import searched_min_size
 from jaxviz.models.linen import Recorder, layer_table, unbatch
@@ -62,6 +63,8 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
     ``class_logit``. Layers: every submodule output that is an array, in the order they are
     computed, with shapes at ``input_size`` px. The user's module is not modified.
     """
+    if not isinstance(module, nnx.Module):  # a linen Module too: from_linen takes those
+        raise JaxvizError(f"from_nnx needs a flax.nnx Module, not {checks.show(module)}")
     evaluated = nnx.view(module, deterministic=True, use_running_average=True, raise_if_not_found=False)
     graphdef, state = nnx.split(evaluated)
 
@@ -80,6 +83,8 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
         return {n: out[n] for n in names}
 
     checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
+    checks.function("preprocess", preprocess)
+    checks.function("min_size", min_size, optional=True)
     order: list = []  # the order layers are computed in (eval_shape's dicts come back sorted)
 
     def every(p, x):
