@@ -47,6 +47,7 @@ FORMAT = "jaxviz-atlas/1"
 MANIFEST = "manifest.json"
 LOG = "atlas.log"
 CHUNKS = "chunks"
+OWN_FILES = (MANIFEST, LOG, "index.html")  # the atlas's files at the top of --out (beside CHUNKS and the layers)
 TEST_DELAY_ENV = "JAXVIZ_ATLAS_TEST_DELAY"  # tests only: seconds to sleep after each PNG
 SEED_RECIPE = "seed"
 AUTO = "auto"
@@ -227,7 +228,7 @@ class Atlas:
             layers |= set(old["layers"]) if isinstance(old, dict) and isinstance(old.get("layers"), dict) else set()
         except (OSError, ValueError):
             pass
-        for name in (MANIFEST, LOG, "index.html"):
+        for name in OWN_FILES:
             try:
                 os.unlink(os.path.join(self.out, name))
             except FileNotFoundError:
@@ -471,7 +472,7 @@ def _select(args, model=None) -> dict[str, list[int]]:
         selection = {}
         for l in names:
             info = model.layer(l)
-            check_layer_folder(l, (CHUNKS, MANIFEST, LOG, "index.html"))
+            check_layer_folder(l, (CHUNKS, *OWN_FILES))
             if not info.spatial:
                 raise JaxvizError(f"layer {l} is not spatial (shape {info.shape}); the atlas renders channels of "
                                   "spatial layers")
@@ -633,7 +634,7 @@ def _main(argv: list[str] | None) -> int:
         # the weights load before anything is written: a bad file leaves the folder as it was
         model, weights_name, weights_id = _load_model(args, not args.quiet and proc.index == 0)
         selection = selection or _select(args, model)
-        check_out_paths(args.out, files=(MANIFEST, LOG, "index.html"), folders=[CHUNKS, *selection])
+        check_out_paths(args.out, files=OWN_FILES, folders=[CHUNKS, *selection])
         if examples is not None:
             _check_examples(examples, args.examples, model, selection, say if proc.index == 0 else (lambda *a: None))
         recipe = _recipe(args)
