@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import os
+from urllib.parse import quote
 from typing import Mapping, NamedTuple, Sequence
 
 from jaxviz.image import atomic_write, make_folder
@@ -80,6 +81,17 @@ def _esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
+def url(path: str) -> str:
+    """A relative path as an attribute's URL: percent-encoded (a layer or file name with a
+    space, '#', '?' or '%' would otherwise link elsewhere), its '/' kept, HTML-escaped."""
+    return _esc(quote(path, safe="/"))
+
+
+def _up(layer: str) -> str:
+    """From a layer's folder back to the atlas root: one '../' per level ("block1/conv2": two)."""
+    return "../" * (layer.count("/") + 1)
+
+
 def _page(title: str, body: str) -> str:
     return (
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -112,7 +124,7 @@ def _animation(settings: Mapping, e: FilterEntry, layer: str) -> str:
     if not settings.get("animate") or not e.image.endswith(".png"):
         return ""
     gif = e.image[: -len(".png")] + ".gif"
-    return (f"<figure class=\"ascent\"><img class=\"px\" id=\"animation\" src=\"{_esc(gif)}\" "
+    return (f"<figure class=\"ascent\"><img class=\"px\" id=\"animation\" src=\"{url(gif)}\" "
             f"alt=\"{_esc(layer)} filter {e.filter}, the ascent\"><figcaption>the ascent</figcaption></figure>")
 
 
@@ -141,14 +153,14 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
              f"<p class=\"settings\">{len(layers)} layers, {total} filters; {summary}</p>"]
     for name, entries in layers:
         thumbs = "".join(
-            f"<a href=\"{_esc(name)}/{filter_page_name(e.filter)}\" title=\"{_esc(name)} filter {e.filter}\">"
-            f"<img class=\"px\" src=\"{_esc(name)}/{_esc(e.image)}\" alt=\"{_esc(name)} filter {e.filter}\" "
+            f"<a href=\"{url(name)}/{filter_page_name(e.filter)}\" title=\"{_esc(name)} filter {e.filter}\">"
+            f"<img class=\"px\" src=\"{url(name)}/{url(e.image)}\" alt=\"{_esc(name)} filter {e.filter}\" "
             f"width=\"48\" height=\"48\"></a>"
             for e in entries[:STRIP]
         )
-        more = f" <a href=\"{_esc(name)}/index.html\">all {len(entries)} &rarr;</a>" if len(entries) > STRIP else ""
+        more = f" <a href=\"{url(name)}/index.html\">all {len(entries)} &rarr;</a>" if len(entries) > STRIP else ""
         parts.append(
-            f"<section class=\"layer\" id=\"{_esc(name)}\"><h2><a class=\"layer-link\" href=\"{_esc(name)}/index.html\">"
+            f"<section class=\"layer\" id=\"{_esc(name)}\"><h2><a class=\"layer-link\" href=\"{url(name)}/index.html\">"
             f"{_esc(name)}</a> <span class=\"settings\">{len(entries)} filters</span></h2>"
             f"<div class=\"strip\">{thumbs}{more}</div></section>"
         )
@@ -170,15 +182,16 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
         folder = os.path.join(out, name)
         prev_l = layers[li - 1][0] if li > 0 else None
         next_l = layers[li + 1][0] if li + 1 < len(layers) else None
-        nav = ["<nav>", "<a id=\"up\" href=\"../index.html\">&uarr; atlas</a>",
+        up = _up(name)
+        nav = ["<nav>", f"<a id=\"up\" href=\"{up}index.html\">&uarr; atlas</a>",
                f"<strong>{_esc(name)}</strong>", "<span class=\"spacer\"></span>"]
-        nav.append(f"<a id=\"prev\" rel=\"prev\" href=\"../{_esc(prev_l)}/index.html\">&larr; {_esc(prev_l)}</a>"
+        nav.append(f"<a id=\"prev\" rel=\"prev\" href=\"{up}{url(prev_l)}/index.html\">&larr; {_esc(prev_l)}</a>"
                    if prev_l else "<span>&larr;</span>")
-        nav.append(f"<a id=\"next\" rel=\"next\" href=\"../{_esc(next_l)}/index.html\">{_esc(next_l)} &rarr;</a>"
+        nav.append(f"<a id=\"next\" rel=\"next\" href=\"{up}{url(next_l)}/index.html\">{_esc(next_l)} &rarr;</a>"
                    if next_l else "<span>&rarr;</span>")
         nav.append("</nav>")
         cells = "".join(
-            f"<figure><a href=\"{filter_page_name(e.filter)}\"><img class=\"px\" src=\"{_esc(e.image)}\" "
+            f"<figure><a href=\"{filter_page_name(e.filter)}\"><img class=\"px\" src=\"{url(e.image)}\" "
             f"alt=\"{_esc(name)} filter {e.filter}\" title=\"filter {e.filter}, activation {_activation(e.activation)}\">"
             f"</a><figcaption><span>{e.filter}</span><span>{_activation(e.activation)}</span></figcaption>"
             f"{ex_strip(name, e.filter)}</figure>"
@@ -196,13 +209,13 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
             links = []
             if i > 0:
                 pl, pe = order[i - 1]
-                href = filter_page_name(pe.filter) if pl == name else f"../{_esc(pl)}/{filter_page_name(pe.filter)}"
+                href = filter_page_name(pe.filter) if pl == name else f"{up}{url(pl)}/{filter_page_name(pe.filter)}"
                 links.append(f"<a id=\"prev\" rel=\"prev\" href=\"{href}\">&larr; {_esc(pl)} {pe.filter}</a>")
             else:
                 links.append("<span>&larr;</span>")
             if i + 1 < len(order):
                 nl, ne = order[i + 1]
-                href = filter_page_name(ne.filter) if nl == name else f"../{_esc(nl)}/{filter_page_name(ne.filter)}"
+                href = filter_page_name(ne.filter) if nl == name else f"{up}{url(nl)}/{filter_page_name(ne.filter)}"
                 links.append(f"<a id=\"next\" rel=\"next\" href=\"{href}\">{_esc(nl)} {ne.filter} &rarr;</a>")
             else:
                 links.append("<span>&rarr;</span>")
@@ -210,11 +223,11 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
             rows += [r for r in info_rows if r[1] not in (None, "")]
             dl = "".join(f"<dt>{_esc(k)}</dt><dd class=\"{_esc(k.replace(' ', '-'))}\">{_esc(v)}</dd>" for k, v in rows)
             body = (
-                "<nav><a href=\"../index.html\">atlas</a>"
+                f"<nav><a href=\"{up}index.html\">atlas</a>"
                 f"<a id=\"up\" href=\"index.html\">&uarr; {_esc(name)}</a>"
                 f"<strong>filter {e.filter}</strong><span class=\"spacer\"></span>{''.join(links)}</nav>\n"
                 f"<h1>{_esc(name)} filter <span id=\"filter-index\">{e.filter}</span></h1>\n"
-                f"<div class=\"filter\"><img class=\"px\" id=\"image\" src=\"{_esc(e.image)}\" "
+                f"<div class=\"filter\"><img class=\"px\" id=\"image\" src=\"{url(e.image)}\" "
                 f"alt=\"{_esc(name)} filter {e.filter}\">{_animation(settings, e, name)}<dl>{dl}</dl></div>\n"
                 f"{ex_section(name, e.filter, folder)}{ex_css}"
                 "<p class=\"hint\"><kbd>&larr;</kbd> <kbd>&rarr;</kbd> previous/next filter, "

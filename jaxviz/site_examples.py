@@ -17,10 +17,12 @@ import os
 import re
 import zipfile
 from typing import NamedTuple
+from urllib.parse import quote
 
 import numpy as np
 
 from jaxviz.errors import JaxvizError
+from jaxviz.site import url
 
 STRIP = 3  # patches per filter on the layer page
 
@@ -94,11 +96,12 @@ class SiteExamples(NamedTuple):
         return paths
 
     def _link(self, image: str, page_dir: str) -> str:
+        """The whole image's URL from the page's folder (HTML-escaped)."""
         target = os.path.join(self.meta["folder"], image)
         try:
-            return os.path.relpath(target, os.path.abspath(page_dir)).replace(os.sep, "/")
+            return url(os.path.relpath(target, os.path.abspath(page_dir)).replace(os.sep, "/"))
         except ValueError:  # another drive (Windows)
-            return "file://" + target
+            return _esc("file:///" + quote(os.path.abspath(target).replace(os.sep, "/").lstrip("/"), safe="/:"))
 
     def filter_html(self, layer: str, f: int, page_dir: str) -> str:
         """A filter page's "dataset examples" section ('' if the summary has none for it)."""
@@ -106,8 +109,8 @@ class SiteExamples(NamedTuple):
         if not ex:
             return ""
         cells = "".join(
-            f"<figure><a href=\"{_esc(self._link(e['image'], page_dir))}\" title=\"{_esc(e['image'])}\">"
-            f"<img class=\"px\" src=\"{_esc(patch_name(f, j))}\" alt=\"example {j + 1}: {_esc(e['image'])}\"></a>"
+            f"<figure><a href=\"{self._link(e['image'], page_dir)}\" title=\"{_esc(e['image'])}\">"
+            f"<img class=\"px\" src=\"{url(patch_name(f, j))}\" alt=\"example {j + 1}: {_esc(e['image'])}\"></a>"
             f"<figcaption><span>{j + 1}</span><span class=\"example-activation\">{e['activation']:.4g}</span>"
             f"</figcaption></figure>"
             for j, e in enumerate(ex))
@@ -121,7 +124,7 @@ class SiteExamples(NamedTuple):
     def strip_html(self, layer: str, f: int) -> str:
         """The first few patches of filter ``f``, for its cell on the layer page."""
         ex = self.entries(layer, f)[:STRIP]
-        imgs = "".join(f"<img class=\"px\" src=\"{_esc(patch_name(f, j))}\" alt=\"\" "
+        imgs = "".join(f"<img class=\"px\" src=\"{url(patch_name(f, j))}\" alt=\"\" "
                        f"title=\"{_esc(e['image'])}: {e['activation']:.4g}\">" for j, e in enumerate(ex))
         return f"<div class=\"example-strip\">{imgs}</div>" if imgs else ""
 

@@ -253,6 +253,17 @@ def test_a_layer_name_that_is_no_folder_of_out_is_refused(layer, tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_nested_layer_name_gets_nested_pages_that_link_back(tmp_path):
+    """A linen path "stem/conv" is the folder OUT/stem/conv: its pages climb two levels to the index."""
+    out = tmp_path / "out"
+    code = atlas_mod.main(["--model", "tests.tiny_model:build_paths", "--layers", "stem/conv", "--filters", "0-1",
+                           "--size", "16", "--steps", "1", "--quiet", "--out", str(out)])
+    assert code == 0
+    page = (out / "stem" / "conv" / "f000.html").read_text()
+    assert 'href="../../index.html"' in page and 'href="f001.html"' in page and (out / "stem" / "conv" / "f000.png").is_file()
+    assert 'href="stem/conv/index.html"' in (out / "index.html").read_text()
+
+
 def test_sharded_over_four_devices_equals_one_device(reference, tmp_path):
     out = tmp_path / "four"
     r = run_cli([*TINY, "--out", str(out)], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})

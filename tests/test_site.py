@@ -1,0 +1,62 @@
+"""jaxviz.site: every link and image of the static site resolves, whatever the layer names."""
+import os
+from html.parser import HTMLParser
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from jaxviz.site import FilterEntry, build_site
+from jaxviz.site_examples import SiteExamples
+
+# a flat name, a linen path (nested folders), and names a URL would cut at '#', '?' or '%'
+LAYERS = ["conv_0", "block1/conv2", "odd #1?%20 name", "deep/er/layer x"]
+
+
+class Links(HTMLParser):
+    """The href and src values of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls = []
+
+    def handle_starttag(self, tag, attrs):
+        self.urls += [v for k, v in attrs if k in ("href", "src") and v is not None]
+
+
+def _targets(out):
+    """(page, url, file the url names) for every relative link and image of every page under out."""
+    for folder, _, files in os.walk(out):
+        for name in (f for f in files if f.endswith(".html")):
+            page = os.path.join(folder, name)
+            links = Links()
+            with open(page, encoding="utf-8") as f:
+                links.feed(f.read())
+            for u in links.urls:
+                parts = urlsplit(u)
+                assert not parts.scheme and not parts.netloc, (page, u)
+                yield page, u, os.path.normpath(os.path.join(folder, unquote(parts.path)))
+
+
+def test_every_link_and_image_resolves(tmp_path):
+    out, data = tmp_path / "atlas", tmp_path / "my images"
+    data.mkdir()
+    (data / "cat #1.png").write_bytes(b"x")
+    entry = {"image": "cat #1.png", "activation": 1.0, "y": 0, "x": 0, "box": [0, 0, 1, 1]}
+    meta = {"folder": str(data), "settings": {"folder": str(data), "size": 16, "model": "m"}, "images_used": 1,
+            "layers": {l: {"channels": [[entry]] * 2} for l in LAYERS}}
+    examples = SiteExamples(meta, {l: np.zeros((2, 1, 4, 4, 3), np.uint8) for l in LAYERS})
+    layers = [(l, [FilterEntry(f, 1.0, f"f{f:03d}.png") for f in range(2)]) for l in LAYERS]
+    for l, entries in layers:
+        os.makedirs(out / l, exist_ok=True)
+        for e in entries:
+            (out / l / e.image).write_bytes(b"x")
+    build_site(str(out), layers, {"animate": False}, examples=examples)
+
+    seen = list(_targets(out))
+    assert len(seen) > 10 * len(LAYERS)
+    missing = [(os.path.relpath(p, out), u) for p, u, target in seen if not os.path.isfile(target)]
+    assert not missing
+    nested = (out / "deep" / "er" / "layer x" / "f001.html").read_text()
+    assert 'href="../../../index.html"' in nested and "cat%20%231.png" in nested
+    # the links run through every page, across layers: the next filter after block1/conv2's last
+    assert 'href="../../odd%20%231%3F%2520%20name/f000.html"' in (out / "block1" / "conv2" / "f001.html").read_text()
