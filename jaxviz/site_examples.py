@@ -134,6 +134,25 @@ CSS = (".example-strip { display: flex; gap: 2px; margin-top: 2px; } "
        ".examples { max-width: 900px; }")
 
 
+def _check(meta: dict, thumbs: dict) -> None:
+    """Raise ValueError unless ``meta`` and ``thumbs`` have the form ``examples.write_summary``
+    gives them: a summary edited by hand or by another tool would otherwise fail inside a
+    page's HTML, after the atlas's work."""
+    ok = isinstance(meta.get("folder"), str) and isinstance(meta.get("images_used"), int) and \
+        isinstance(s := meta.get("settings"), dict) and isinstance(s.get("folder"), str) and \
+        isinstance(s.get("size"), int) and isinstance(meta["layers"], dict)
+    for l, info in meta["layers"].items() if ok else ():
+        ch, t = info.get("channels") if isinstance(info, dict) else None, thumbs[l]
+        ok = isinstance(ch, list) and t.dtype == np.uint8 and t.ndim == 5 and t.shape[0] == len(ch) and all(
+            isinstance(c, list) and len(c) <= t.shape[1] and all(
+                isinstance(e, dict) and isinstance(e.get("image"), str) and
+                isinstance(e.get("activation"), (int, float)) for e in c) for c in ch)
+        if not ok:
+            break
+    if not ok:
+        raise ValueError("not the form python -m jaxviz.examples writes")
+
+
 def load(path: str) -> SiteExamples:
     """The summary at ``path``: a folder holding examples.npz and examples.json, or either file."""
     from jaxviz.examples import SUMMARY_JSON, SUMMARY_NPZ
@@ -149,6 +168,8 @@ def load(path: str) -> SiteExamples:
             meta = json.load(fh)
         with np.load(npz, allow_pickle=False) as z:
             thumbs = {l: z[f"{l}/thumbs"] for l in meta["layers"]}
+        _check(meta, thumbs)
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        raise JaxvizError(f"the dataset examples summary at {folder} is unreadable ({type(e).__name__}); {fix}") from None
+        raise JaxvizError(f"the dataset examples summary at {folder} is unreadable or malformed ({type(e).__name__}); "
+                          f"{fix}") from None
     return SiteExamples(meta, thumbs)

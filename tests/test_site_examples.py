@@ -1,8 +1,12 @@
 """jaxviz.site_examples: dataset example patches in the atlas site, and their removal on rebuilds."""
-import numpy as np
+import json
 
+import numpy as np
+import pytest
+
+from jaxviz.errors import JaxvizError
 from jaxviz.site import FilterEntry, build_site
-from jaxviz.site_examples import SiteExamples
+from jaxviz.site_examples import SiteExamples, load
 
 
 def _examples(folder, k: int, filters: int = 2) -> SiteExamples:
@@ -41,3 +45,28 @@ def test_a_rebuild_with_other_examples_leaves_no_stale_patches(tmp_path):
     build_site(str(out), layers, {}, examples=None)
     assert _patches(out) is None  # the emptied folder goes too
     assert (outside / "f000_2.png").exists()
+
+
+def _summary(folder, meta, thumbs):
+    folder.mkdir(exist_ok=True)
+    (folder / "examples.json").write_text(json.dumps(meta))
+    np.savez(folder / "examples.npz", **{"conv/thumbs": thumbs})
+    return folder
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.pop("settings"),
+    lambda m: m.update(layers=5),
+    lambda m: m["layers"]["conv"].update(channels=3),
+    lambda m: m["layers"]["conv"]["channels"][0][0].pop("activation"),
+    lambda m: m["layers"]["conv"]["channels"][1][0].update(image=5),
+    lambda m: m["layers"]["conv"]["channels"].append([]),  # 3 filters, thumbnails of 2
+])
+def test_a_malformed_summary_is_refused_when_loaded(edit, tmp_path):
+    """A summary edited by hand failed inside the atlas's pages (TypeError, KeyError), after its work."""
+    meta = _examples(tmp_path, 2).meta
+    good = load(_summary(tmp_path / "good", meta, np.zeros((2, 2, 4, 4, 3), np.uint8)))
+    assert good.entries("conv", 1)[0]["image"] == "a.png"
+    edit(meta)
+    with pytest.raises(JaxvizError, match="unreadable or malformed"):
+        load(_summary(tmp_path / "bad", meta, np.zeros((2, 2, 4, 4, 3), np.uint8)))
