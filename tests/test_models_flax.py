@@ -184,6 +184,20 @@ def test_min_size_is_searched_where_the_downsampling_bound_fails():
         engine.render(m, deepdream("fc"), RECIPE._replace(size=4, steps=1))
 
 
+@pytest.mark.parametrize("answer, message", [(lambda n: None, "returned None"), (lambda n: 3.5, "returned 3.5"),
+                                             (lambda n: 0, "returned 0"), (lambda n: {}[n], "failed (KeyError")])
+def test_a_models_own_min_size_is_checked_when_asked(answer, message):
+    """A min_size giving None or a float, or raising, failed in a size comparison with Python's TypeError."""
+    kernel = jax.random.normal(jax.random.key(7), (3, 3, 3, 2))
+    m = from_function(lambda p, x: {"conv": x @ p[0, 0]}, kernel, input_size=8, min_size=answer)
+    with pytest.raises(JaxvizError, match=f"the model's min_size\\('conv'\\) {message.replace('(', '.')}") as e:
+        engine.render(m, deepdream("conv"), RECIPE._replace(size=8, steps=1))
+    assert "\n" not in str(e.value)
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    linen = from_linen(LinenNet(), variables, input_size=SIZE, min_size=lambda n: np.int64(4))
+    assert linen.min_size("stem") == 4 and type(linen.min_size("stem")) is int
+
+
 def test_linen_module_left_in_training_mode_gets_one_line():
     variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
     with pytest.raises(JaxvizError) as e:

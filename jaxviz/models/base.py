@@ -10,10 +10,12 @@ The engine passes ``model.params`` as traced data and the rest of the model as a
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 
 # The conventional name of the pre-softmax layer of a model with a classifier; ``class_logit`` reads it.
@@ -95,6 +97,23 @@ def identity(x: jax.Array) -> jax.Array:
 def unit_min_size(name: str) -> int:
     """A ``min_size`` for models with no downsampling constraint."""
     return 1
+
+
+def user_min_size(fn: Callable[[str], int]) -> Callable[[str], int]:
+    """A model's own ``min_size``, its answer checked: an int from 1 px up. One that returned
+    None or a float, or raised, failed later in a size comparison with Python's TypeError."""
+    def min_size(name: str) -> int:
+        try:
+            v = fn(name)
+        except Exception as e:
+            raise JaxvizError(f"the model's min_size({name!r}) failed ({first_line(e)}); "
+                              "it must give every layer's smallest input side in px") from None
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= v <= checks.MAX_SIZE:
+            raise JaxvizError(f"the model's min_size({name!r}) returned {checks.show(v)}; it must return the "
+                              f"layer's smallest input side in px, an int from 1 to {checks.MAX_SIZE}")
+        return int(v)
+
+    return min_size
 
 
 def first_line(e: BaseException) -> str:

@@ -13,7 +13,7 @@ import jax
 
 from jaxviz.errors import JaxvizError
 from jaxviz import checks
-from jaxviz.models.base import LayerInfo, Model, eval_shapes, identity, layer_shapes
+from jaxviz.models.base import LayerInfo, Model, eval_shapes, identity, layer_shapes, user_min_size
 
 OUTPUT = "output"
 
@@ -112,4 +112,4 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
 
     table = layer_shapes(activations, params, tuple(names), input_size, preprocess)
     return Model(name, params, activations, table, preprocess,
-                 min_size or searched_min_size(activations, params, table, input_size, preprocess), input_size)
+                 user_min_size(min_size) if min_size else searched_min_size(activations, params, table, input_size, preprocess), input_size)

@@ -16,7 +16,7 @@ import jax
 
 from jaxviz import checks
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity
+from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity, user_min_size
 from jaxviz.models.function import OUTPUT, searched_min_size
 
 
@@ -119,4 +119,4 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
                          "eval mode (e.g. {'train': False}) and check input_size")
     table = layer_table(shapes, order, logits, type(module).__name__)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
-                 min_size or searched_min_size(activations, variables, table, input_size, preprocess), input_size)
+                 user_min_size(min_size) if min_size else searched_min_size(activations, variables, table, input_size, preprocess), input_size)
