@@ -127,6 +127,11 @@ def test_cli(plan_file, capsys, monkeypatch):
     assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
     out = capsys.readouterr().out
     assert "block2_conv1 @ 16px: chunk 16 (ms per image: 8: 3.0, 16: 2.0); convs 16x64x64:xla" in out
+    assert plan.main(["--layers", "block3_conv1", "--size", "16", "--show"]) == 0
+    assert "block3_conv1 @ 16px: chunk not measured;" in capsys.readouterr().out  # said "chunk None"
+    plan_file.write_text("{damaged")
+    assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
+    assert "no timings for this machine (unreadable" in capsys.readouterr().out and plan_file.read_text() == "{damaged"
     assert plan.main(["--layers", "nope", "--show"]) == 2
     assert "valid layers" in capsys.readouterr().err
     assert plan.main(["--convs", "fft", "--show"]) == 2
