@@ -231,6 +231,12 @@ def _isatty(stream) -> bool:
         return False
 
 
+def _shown(p) -> str:
+    """A path for a message: quoted where blank space at its ends would not show (JAXVIZ_WEIGHTS=" ")."""
+    text = os.fspath(p)
+    return repr(text) if text != text.strip() else text
+
+
 def resolve_weights(
     path: str | os.PathLike | None = None,
     *,
@@ -257,7 +263,7 @@ def resolve_weights(
         why = _why_unusable(p)
         if why:
             raise JaxvizError(
-                f"weights file {p} given with {origin} is {why}; pass the path of an existing "
+                f"weights file {_shown(p)} given with {origin} is {why}; pass the path of an existing "
                 f"Keras VGG16 .h5 file, or leave {origin} out to use the default weights"
             )
         return p
@@ -266,7 +272,7 @@ def resolve_weights(
         why = _why_unusable(p)
         if why:
             raise JaxvizError(
-                f"weights file {p} named by {ENV_WEIGHTS} is {why}; set {ENV_WEIGHTS} to an existing "
+                f"weights file {_shown(p)} named by {ENV_WEIGHTS} is {why}; set {ENV_WEIGHTS} to an existing "
                 f"Keras VGG16 .h5 file, or unset it to use the default weights"
             )
         return p

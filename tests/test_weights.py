@@ -179,6 +179,8 @@ def test_missing_env_path_is_an_error(tmp_path, home, closed_url):
     with pytest.raises(JaxvizError, match="JAXVIZ_WEIGHTS") as e:
         _resolve(places, home, closed_url, None, missing)
     assert str(missing) in str(e.value)
+    with pytest.raises(JaxvizError, match="weights file ' ' named by JAXVIZ_WEIGHTS is missing"):
+        _resolve(places, home, closed_url, None, " ")  # blank: said "weights file   named by"
 
 
 def test_explicit_folder_is_an_error(tmp_path, home, closed_url):
