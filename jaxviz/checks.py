@@ -312,6 +312,6 @@ def _array_like(v) -> bool:
 
 
 def show(v) -> str:
-    """``v``'s repr for an error line, cut to 40 characters."""
-    s = repr(v)
+    """``v``'s repr for an error line: on one line (an array's spans several), cut to 40 characters."""
+    s = " ".join(repr(v).split())
     return s if len(s) <= 40 else s[:37] + "..."

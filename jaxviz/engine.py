@@ -310,6 +310,8 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
             start = jnp.asarray(start, jnp.float32)
         except (TypeError, ValueError):
             raise JaxvizError(f"start must be an array of shape {want}, not {type(start).__name__}") from None
+        if not jnp.isfinite(start).all():  # said later that the images "came out" not finite
+            raise JaxvizError("start holds NaN or infinity; give finite start parameters")
         if d != 1:
             raise JaxvizError(f"start replaces the start of one image per item: it needs diversity 1, not {d}")
         if start.shape != want:

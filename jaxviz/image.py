@@ -16,7 +16,14 @@ def deprocess(x: jax.Array) -> jax.Array:
     """The seed's deprocess of one raw image into uint8 (pure, vmappable).
 
     x - mean, / (std + 1e-5), x 0.1, + 0.5, clip [0, 1], x 255, truncated to uint8.
+    An image holding NaN or infinity, which would come out black, is refused where its values
+    are known (outside jit and vmap).
     """
+    if not isinstance(x, jax.core.Tracer):
+        a = np.asarray(x)
+        if a.size and jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
+            raise JaxvizError("deprocess takes a finite raw image; this one holds NaN or infinity "
+                              "(it would come out black)")
     x = x - x.mean()
     x = x / (x.std() + 1e-5)
     x = jnp.clip(x * 0.1 + 0.5, 0.0, 1.0) * 255.0
@@ -88,6 +95,9 @@ def atomic_write(path: str | os.PathLike, write) -> str:
     path = os.fspath(path)
     if not path:
         raise JaxvizError("the output file name is empty; give a path such as out/grid.png")
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):  # its temporary file went into the parent folder
+        raise JaxvizError(f"cannot write {path}: it names a folder; give a file name such as "
+                          f"{os.path.join(path, 'grid.png')}")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)

@@ -359,7 +359,10 @@ def _indices(n, what: str) -> np.ndarray:
 
     if np.ndim(n) == 0 and not isinstance(n, (str, bytes)):  # one index: 3, np.int64(3), jnp.int32(3)
         n = [n]
-    return np.asarray(filter_list(n), np.int32).reshape(-1)
+    out = filter_list(n)
+    for i in out:  # past int32 (10**30) failed in numpy's conversion with OverflowError
+        checks.integer(f"a {what} index", i, 0, np.iinfo(np.int32).max)
+    return np.asarray(out, np.int32).reshape(-1)
 
 
 def channel(layer: str, n, dead_filter: str = "none", redirect_steps: Optional[int] = None) -> Objective:
@@ -383,9 +386,13 @@ def direction(layer: str, vectors) -> Objective:
         v = np.asarray(vectors, np.float32)
     except (TypeError, ValueError):
         v = None
-    if v is None or v.ndim == 0 or not np.isfinite(v).all():
+    if v is None or not 1 <= v.ndim <= 2 or v.size == 0 or not np.isfinite(v).all():
         raise JaxvizError(f"direction vectors must be finite numbers, (C,) or (N, C), not {checks.show(vectors)}")
-    return Objective(Direction(layer), v.reshape((-1, v.shape[-1])))
+    v = v.reshape((-1, v.shape[-1]))
+    zero = np.flatnonzero(~v.any(axis=1))
+    if zero.size:  # its objective is 0 for every image: nothing to ascend, the start image comes back
+        raise JaxvizError(f"direction vector {zero[0]} is all zeros; give each direction a nonzero vector")
+    return Objective(Direction(layer), v)
 
 
 def deepdream(layer: str) -> Objective:

@@ -27,6 +27,10 @@ def test_deprocess_matches_the_book():
         got = np.asarray(deprocess(jnp.asarray(x[i]))).astype(int)
         assert np.abs(got - book_deprocess(x[i])).max() <= 1
     assert deprocess_batch(jnp.asarray(x)).dtype == jnp.uint8
+    x[1, 4, 4, 0] = np.nan  # would come out all black
+    with pytest.raises(JaxvizError, match="deprocess takes a finite raw image"):
+        deprocess(x[1])
+    assert np.asarray(deprocess_batch(jnp.asarray(x)))[1].max() == 0  # under vmap and jit values are not known
 
 
 def test_grid_layout_reading_order_and_black_margins():
@@ -73,6 +77,10 @@ def test_existing_file_replaced_only_when_complete(tmp_path):
 def test_unwritable_folder_is_one_error(tmp_path):
     with pytest.raises(JaxvizError, match="cannot write"):
         save_png(tmp_path / "missing" / "x.png", np.zeros((2, 2, 3), np.uint8))
+    for folder in (str(tmp_path), str(tmp_path / "new") + "/"):  # the temporary file went into the parent
+        with pytest.raises(JaxvizError, match="it names a folder; give a file name such as"):
+            save_png(folder, np.zeros((2, 2, 3), np.uint8))
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_grid_and_png_refuse_other_shapes_and_grids_too_large_for_memory(tmp_path):

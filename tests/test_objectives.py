@@ -97,13 +97,19 @@ def test_constructors_check_their_arguments_at_once():
            (lambda: o.direction("block1_conv1", "abc"), "direction vectors must be finite numbers"),
            (lambda: o.direction("block1_conv1", 2.0), "direction vectors must be finite numbers"),
            (lambda: o.direction("block1_conv1", np.full(4, np.nan)), "direction vectors must be finite numbers"),
+           (lambda: o.direction("block1_conv1", np.zeros(0)), "direction vectors must be finite numbers"),
+           (lambda: o.direction("block1_conv1", np.ones((2, 2, 2))), r"not array\(\[\[\[1\., 1\.\], \[1\., 1\.\]\]"),
+           (lambda: o.direction("block1_conv1", [[1, 0], [0, 0]]), "direction vector 1 is all zeros"),
+           (lambda: o.channel("block1_conv1", 10**30), "a channel index must be 0 to 2147483647"),
+           (lambda: o.class_logit([1, -1]), "a class index must be 0 to"),
            (lambda: o.l2("a"), "l2's constant must be a number"),
            (lambda: o.l2(float("nan")), "l2's constant must be a finite number"),
            (lambda: float("inf") * o.channel("block1_conv1", 1), "objective's weight must be a finite number"),
            (lambda: o.parse(None), "objective's text must be a str")]
     for make, message in bad:
-        with pytest.raises(JaxvizError, match=message):
+        with pytest.raises(JaxvizError, match=message) as e:
             make()
+        assert "\n" not in str(e.value)
     assert o.channel("block1_conv1", jnp.arange(3)).args.tolist() == [0, 1, 2]
     assert o.channel("block1_conv1", jnp.int32(5)).args.tolist() == [5]
     assert o.neuron("block1_conv1", 1, y=np.int64(2), x=3).term.y == 2
