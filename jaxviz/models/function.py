@@ -112,4 +112,5 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
 
     table = layer_shapes(activations, params, tuple(names), input_size, preprocess)
     return Model(name, params, activations, table, preprocess,
-                 user_min_size(min_size) if min_size else searched_min_size(activations, params, table, input_size, preprocess), input_size)
+                 user_min_size(min_size) if min_size
+                 else searched_min_size(activations, params, table, input_size, preprocess), input_size)

@@ -119,4 +119,5 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
                          "eval mode (e.g. {'train': False}) and check input_size")
     table = layer_table(shapes, order, logits, type(module).__name__)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
-                 user_min_size(min_size) if min_size else searched_min_size(activations, variables, table, input_size, preprocess), input_size)
+                 user_min_size(min_size) if min_size
+                 else searched_min_size(activations, variables, table, input_size, preprocess), input_size)

@@ -95,4 +95,5 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
     shapes = eval_shapes(every, state, input_size, type(module).__name__, "check input_size and preprocess")
     table = layer_table(shapes, order, logits, type(module).__name__)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
-                 user_min_size(min_size) if min_size else searched_min_size(activations, state, table, input_size, preprocess), input_size)
+                 user_min_size(min_size) if min_size
+                 else searched_min_size(activations, state, table, input_size, preprocess), input_size)
