@@ -138,19 +138,24 @@ def _check(meta: dict, thumbs: dict) -> None:
     """Raise ValueError unless ``meta`` and ``thumbs`` have the form ``examples.write_summary``
     gives them: a summary edited by hand or by another tool would otherwise fail inside a
     page's HTML, after the atlas's work."""
-    ok = isinstance(meta.get("folder"), str) and isinstance(meta.get("images_used"), int) and \
-        isinstance(s := meta.get("settings"), dict) and isinstance(s.get("folder"), str) and \
-        isinstance(s.get("size"), int) and isinstance(meta["layers"], dict)
+    s = meta.get("settings")
+    ok = isinstance(meta.get("folder"), str) and isinstance(meta.get("images_used"), int) and isinstance(s, dict) \
+        and isinstance(s.get("folder"), str) and isinstance(s.get("size"), int) and isinstance(meta["layers"], dict)
     for l, info in meta["layers"].items() if ok else ():
-        ch, t = info.get("channels") if isinstance(info, dict) else None, thumbs[l]
-        ok = isinstance(ch, list) and t.dtype == np.uint8 and t.ndim == 5 and t.shape[0] == len(ch) and all(
-            isinstance(c, list) and len(c) <= t.shape[1] and all(
-                isinstance(e, dict) and isinstance(e.get("image"), str) and
-                isinstance(e.get("activation"), (int, float)) for e in c) for c in ch)
+        channels, t = info.get("channels") if isinstance(info, dict) else None, thumbs[l]
+        ok = isinstance(channels, list) and t.dtype == np.uint8 and t.ndim == 5 and t.shape[0] == len(channels) \
+            and all(_entries(c, t.shape[1]) for c in channels)
         if not ok:
             break
     if not ok:
         raise ValueError("not the form python -m jaxviz.examples writes")
+
+
+def _entries(c, k: int) -> bool:
+    """Whether ``c`` is one filter's list of at most ``k`` examples, each with its image and activation."""
+    return isinstance(c, list) and len(c) <= k and all(
+        isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("activation"), (int, float))
+        for e in c)
 
 
 def load(path: str) -> SiteExamples:
