@@ -122,6 +122,8 @@ def test_load_specs_and_their_errors(tmp_path):
         load("resnet")
     with pytest.raises(JaxvizError, match="unknown keras.applications model 'ResNet5'; choose one of: .*ResNet50"):
         load("keras:ResNet5")
+    with pytest.raises(JaxvizError, match="unknown keras.applications model 5; choose one of"):
+        keras_application(5)  # was Python's TypeError from getattr
     with pytest.raises(JaxvizError, match="weights file .*missing.h5 does not exist"):
         load("keras:ResNet50", tmp_path / "missing.h5")
     with pytest.raises(JaxvizError, match="weights file .* is a folder"):  # was: does not exist

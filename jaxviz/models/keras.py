@@ -151,7 +151,7 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
     model has a ``logits`` layer.
     """
     keras = _keras()
-    builder = getattr(keras.applications, name, None)
+    builder = getattr(keras.applications, name, None) if isinstance(name, str) else None
     if builder is None or not name[:1].isupper():
         raise JaxvizError(f"unknown keras.applications model {name!r}; choose one of: {', '.join(applications())}")
     is_file = weights is not None and str(weights) != "imagenet"
