@@ -11,7 +11,6 @@ examples=...)`` calls the two.
 """
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -22,13 +21,9 @@ from urllib.parse import quote
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.site import url
+from jaxviz.site import _esc, url  # one HTML escape and one URL form for the whole site
 
 STRIP = 3  # patches per filter on the layer page
-
-
-def _esc(x) -> str:
-    return html.escape(str(x), quote=True)
 
 
 def patch_name(f: int, j: int) -> str:
