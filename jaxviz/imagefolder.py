@@ -99,8 +99,8 @@ def load_rgb(path: str, min_side: int = 1) -> np.ndarray:
         raise Unusable(REASONS[0]) from None
     except Image.DecompressionBombError:  # over twice Pillow's MAX_IMAGE_PIXELS: not decoded at all
         raise Unusable(REASONS[3]) from None
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
-        raise Unusable(REASONS[1]) from None
+    except Exception:  # OSError, ValueError, ...; also a plugin's own (a DDS of an unknown pixel format:
+        raise Unusable(REASONS[1]) from None  # NotImplementedError): one bad file must not end the pass
     if min(rgb.shape[:2]) < min_side:
         raise Unusable(REASONS[2])
     return rgb

@@ -1,3 +1,6 @@
+import io
+import struct
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -93,6 +96,16 @@ def test_bad_files_are_skipped_with_counts_and_names(tmp_path):
     assert sorted(skipped.names["unreadable or truncated"]) == ["t2.png", "trunc.jpg"]
     line = skipped.describe()
     assert line.startswith("skipped 5 files") and "tiny.png" in line and "\n" not in line
+
+
+def test_a_decoder_failing_in_its_own_way_skips_the_file(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(8, 8)).save(buf, "DDS")
+    data = bytearray(buf.getvalue())
+    data[80:84] = struct.pack("<I", 0)  # the pixel format's flags: Pillow raises NotImplementedError
+    (tmp_path / "odd.png").write_bytes(bytes(data))
+    with pytest.raises(imagefolder.Unusable, match="unreadable"):
+        imagefolder.load_rgb(str(tmp_path / "odd.png"))
 
 
 def test_resize_crop_takes_the_centre_of_the_shorter_side(tmp_path):
