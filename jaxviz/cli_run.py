@@ -81,10 +81,13 @@ def install_startup_handlers() -> None:
     imports JAX, before any work or file exists; main() replaces the handlers when the work
     starts. Also where the process inherited SIGINT ignored (a script's background job: Python
     then installs no handler of its own, and Ctrl-C would do nothing). Elsewhere (the library
-    in someone's program) nothing is installed."""
+    in someone's program) nothing is installed. There, too, standard output escapes what its
+    encoding cannot write (a file name's non-UTF-8 bytes) instead of raising."""
     command = launched_command()
     if command is None or threading.current_thread() is not threading.main_thread():
         return
+    if getattr(sys.stdout, "errors", None) == "strict":  # a path or file name that is no UTF-8, printed
+        sys.stdout.reconfigure(errors="backslashreplace")  # as \udcNN, not a UnicodeEncodeError after the work
     line = (COMMANDS[command] + "\n").encode()
 
     def startup_exit(*_):

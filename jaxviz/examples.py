@@ -81,7 +81,7 @@ def _scores(model, params, layers: tuple, images):
 
 
 def _settings(model, folder, names, layers, config, min_side) -> dict:
-    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return dict(model=model.name, weights=fingerprint(model.params), folder=os.path.abspath(folder),
                 files=len(names), files_sha=digest, layers=list(layers), k=config.k, size=config.size,
                 min_side=min_side, thumb=config.thumb)

@@ -78,13 +78,15 @@ def image_name(f: int) -> str:
 
 
 def _esc(x) -> str:
-    return html.escape(str(x), quote=True)
+    """Text for HTML; a file name's bytes that are no UTF-8 (Python's surrogates) as \\udcNN."""
+    return html.escape(str(x).encode("utf-8", "backslashreplace").decode(), quote=True)
 
 
 def url(path: str) -> str:
     """A relative path as an attribute's URL: percent-encoded (a layer or file name with a
-    space, '#', '?' or '%' would otherwise link elsewhere), its '/' kept, HTML-escaped."""
-    return _esc(quote(path, safe="/"))
+    space, '#', '?' or '%' would otherwise link elsewhere; a name's bytes that are no UTF-8
+    as themselves), its '/' kept, HTML-escaped."""
+    return _esc(quote(path, safe="/", errors="surrogateescape"))
 
 
 def _up(layer: str) -> str:

@@ -142,3 +142,17 @@ def test_a_background_job_with_sigint_ignored_still_stops_on_sigint(tmp_path, co
         if p.poll() is None:
             p.kill()
     assert p.returncode == 130 and err.strip().splitlines()[-1] == f"{command}: interrupted", err
+
+
+def test_a_path_that_is_no_utf8_is_printed_escaped_in_a_strict_locale(tmp_path):
+    """With a strict UTF-8 standard output (en_US.UTF-8; C.UTF-8 escapes on its own), printing
+    an --out folder whose bytes are no UTF-8 raised UnicodeEncodeError after the work was done."""
+    import os
+
+    out = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONIOENCODING="utf-8:strict")
+    p = subprocess.run([sys.executable, "-m", "jaxviz.grid", "--layers", "block1_conv1", "--filters", "0", "--size",
+                        "16", "--steps", "1", "--out", out], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "caf\\udce9/block1_conv1.png" in p.stdout and os.path.exists(os.path.join(out, b"block1_conv1.png"))

@@ -163,6 +163,36 @@ def test_summary_files_and_site(tmp_path, model):
         site_examples.load(str(tmp_path))
 
 
+def test_image_names_that_are_no_utf8_are_summarized_and_linked(tmp_path, model):
+    """A file name's bytes that are no UTF-8 (an old archive's latin-1 names) came to Python
+    as surrogates: the pass ended in a UnicodeEncodeError, and so would the site's pages."""
+    from urllib.parse import unquote
+
+    from jaxviz.site import FilterEntry, build_site, image_name
+
+    folder = _noise_folder(tmp_path / "imgs", 2, seed=3)
+    try:
+        os.rename(folder / "img01.png", os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    except OSError:
+        pytest.skip("this file system takes UTF-8 names only")
+    name = os.fsdecode(b"caf\xe9.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    s = examples.collect(model, str(folder), ["block1_conv1"], examples.Config(k=2, size=SIZE, batch=2, thumb=12),
+                         out=str(out))
+    assert name in s.names
+    ex = site_examples.load(str(out))
+    site = tmp_path / "site"
+    (site / "block1_conv1").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(site / "block1_conv1" / image_name(0))
+    build_site(str(site), [("block1_conv1", [FilterEntry(0, 1.0, image_name(0))])], {}, examples=ex)
+    page = (site / "block1_conv1" / "f000.html").read_text(encoding="utf-8")
+    assert "caf\\udce9.png" in page  # shown escaped
+    link = next(h for h in page.split('href="')[1:] if h.split('"')[0].endswith("caf%E9.png")).split('"')[0]
+    assert os.path.samefile(os.path.join(site / "block1_conv1", unquote(link, errors="surrogateescape")),
+                            os.path.join(folder, name))
+
+
 def test_no_usable_image_is_one_error(tmp_path, model):
     (tmp_path / "a.png").write_text("nope")
     Image.new("RGB", (1, 1)).save(tmp_path / "b.png")
