@@ -7,7 +7,7 @@ resumable pass of ``jaxviz.examples`` relies on.
 
 Every image is read robustly: EXIF orientation applied, grayscale/palette/CMYK
 converted to RGB, transparency composited on white, 16-bit PNGs scaled to 8 bits.
-Files that cannot be used (not an image, unreadable, truncated, smaller than
+Files that cannot be used (not an image, a pipe or device, unreadable, truncated, smaller than
 ``min_side`` on their shorter side, larger than Pillow decodes) are skipped and counted;
 ``Skipped`` keeps the count and the first few names per reason. Usable images are resized
 so that their shorter side is ``size`` and centre-cropped to ``size`` x ``size``.
@@ -21,6 +21,7 @@ they are used (decoded once, at most ``workers`` at a time, then resized), and
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, NamedTuple, Sequence
 
@@ -90,6 +91,12 @@ def load_rgb(path: str, min_side: int = 1) -> np.ndarray:
     """The image at ``path`` as uint8 (H, W, 3) RGB, upright; raises Unusable."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a broken link, say
+        raise Unusable(REASONS[1]) from None
+    if not regular:  # a named pipe or a device behind the name: reading it could wait for good
+        raise Unusable(REASONS[0])
     try:
         with Image.open(path) as img:
             img.load()

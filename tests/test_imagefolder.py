@@ -1,5 +1,7 @@
 import io
+import os
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -164,3 +166,22 @@ def test_images_over_twice_pillows_pixel_limit_are_skipped_as_too_large(tmp_path
     batches = list(imagefolder.stream(str(tmp_path), ["huge.png", "ok.png"], 16, 4, skipped=skipped))
     assert [i for b in batches for i in b.indices] == [1]
     assert skipped.counts["too large"] == 1 and skipped.describe() == "skipped 1 file: 1 too large (huge.png)"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
+def test_a_named_pipe_or_device_is_skipped_not_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read waits for a writer that never comes
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    outcome = []
+    for name in ("pipe.png", "zero.jpg"):
+        t = threading.Thread(target=lambda n=name: outcome.append(_reason(tmp_path / n)), daemon=True)
+        t.start()
+        t.join(20)
+    assert outcome == ["not an image", "not an image"]
+
+
+def _reason(path):
+    try:
+        imagefolder.load_rgb(str(path))
+    except imagefolder.Unusable as e:
+        return str(e)
