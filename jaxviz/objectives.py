@@ -446,6 +446,11 @@ def split_text(text: str) -> tuple[str, str, str | None]:
     return (kind, layer, ns) if sep else (kind, rest, None)
 
 
+def _plain(text: str) -> str:
+    """Text suggested in an error line: as it is, or its repr where it holds a newline or the like."""
+    return text if text.isprintable() else repr(text)
+
+
 def parse(text: str, filters=None) -> Objective:
     """An objective from text: ``LAYER:N`` or ``channel:LAYER:N`` (N: 5, 0-63, 0,5,9), ``neuron:LAYER:N``,
     ``deepdream:LAYER``, ``logit:N``. ``filters`` stands in for a missing N. N follows the layer's
@@ -463,7 +468,7 @@ def parse(text: str, filters=None) -> Objective:
             head, _, tail = text.strip().partition(":")
             kind_typo = difflib.get_close_matches(head.lower(), KINDS, n=1, cutoff=0.6)
             if kind_typo:  # dream:conv2
-                named = f" (did you mean {kind_typo[0]}:{tail}?)"
+                named = f" (did you mean {_plain(kind_typo[0] + ':' + tail)}?)"
             elif re.search(r"[A-Za-z_]", t):
                 named = " (a layer whose name holds ':' takes N after its last ':', e.g. stem:conv:0-3)"
             else:
@@ -485,7 +490,7 @@ def parse(text: str, filters=None) -> Objective:
         return class_logit(parse_filters_list(layer))
     picked = parse_filters_list(ns) if ns is not None else filters
     if picked is None:
-        raise JaxvizError(f"objective {text!r} names no channel; add :N, e.g. {layer}:0-15")
+        raise JaxvizError(f"objective {text!r} names no channel; add :N, e.g. {_plain(layer + ':0-15')}")
     return (neuron if kind == "neuron" else channel)(layer, picked)
 
 

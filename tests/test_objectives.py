@@ -79,8 +79,14 @@ def test_text_spelling():
     assert o.parse("deepdream:block4_conv1").term == o.DeepDream("block4_conv1")
     np.testing.assert_array_equal(o.parse("logit:1,7").args, [1, 7])
     np.testing.assert_array_equal(o.parse("block1_conv1", filters=[2]).args, [2])
-    with pytest.raises(JaxvizError, match="names no channel"):
+    with pytest.raises(JaxvizError, match="names no channel; add :N, e.g. block1_conv1:0-15"):
         o.parse("block1_conv1")
+    with pytest.raises(JaxvizError) as e:  # a newline in the text stays escaped: one line
+        o.parse("block1\nconv1")
+    assert "\n" not in str(e.value)
+    with pytest.raises(JaxvizError) as e:
+        o.parse("chanel:0\n1")
+    assert "\n" not in str(e.value) and "did you mean 'channel:0\\n1'?" in str(e.value)
 
 
 @pytest.mark.parametrize("bad", [1.5, "10", True, [True, False], [0.5]])
