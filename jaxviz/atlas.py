@@ -40,7 +40,7 @@ from jaxviz.cli_args import (
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, error_line
 from jaxviz.model import VGG16, conv_layers, layer_info, layers as all_layers, min_size
 
 FORMAT = "jaxviz-atlas/1"
@@ -745,7 +745,7 @@ def _main(argv: list[str] | None) -> int:
         failed = False
         return code
     except JaxvizError as e:
-        print(f"jaxviz.atlas: error: {e}", file=sys.stderr)
+        print(error_line("jaxviz.atlas", e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted_line(), file=sys.stderr)

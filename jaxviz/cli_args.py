@@ -7,7 +7,7 @@ import os
 import re
 import tempfile
 
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, error_line
 from jaxviz.model import VGG16, VGGSpec, conv_layers, layer_info
 
 
@@ -244,4 +244,4 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, error_line(self.prog, message) + "\n")

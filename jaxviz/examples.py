@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxviz import compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, error_line
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
 
@@ -437,7 +437,7 @@ def _run(args) -> int:
         close_bar()
         if ui["created"]:
             remove_if_empty(args.out)  # nothing is left behind by a run that found no usable image
-        print(f"jaxviz.examples: error: {e}", file=sys.stderr)
+        print(error_line("jaxviz.examples", e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         close_bar()

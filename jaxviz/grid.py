@@ -20,7 +20,7 @@ from jaxviz.cli_args import (
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz import checks, compile_cache
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, error_line
 from jaxviz.model import min_size
 
 LUCID_STEPS = 512  # jaxviz.lucid.LUCID_STEPS (not imported here: jax loads only after parsing)
@@ -424,7 +424,7 @@ def _main(argv: list[str] | None) -> int:
         compile_cache.for_command()
         return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
-        print(f"jaxviz.grid: error: {e}", file=sys.stderr)
+        print(error_line("jaxviz.grid", e), file=sys.stderr)
         if created[0]:
             remove_if_empty(args.out)
         return 2

@@ -326,7 +326,9 @@ def main(argv=None) -> int:
 def _error(message: str) -> int:
     """Print ``message`` as the command's one error line (``jaxviz.plan: error: ...``, the
     prefix grid, atlas and examples use) and return the bad-input status, 2."""
-    print(f"jaxviz.plan: error: {message}", file=sys.stderr)
+    from jaxviz.errors import error_line
+
+    print(error_line("jaxviz.plan", message), file=sys.stderr)
     return 2
 
 

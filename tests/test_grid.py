@@ -123,6 +123,7 @@ def run_main(argv):
     (["--filters", ""], "malformed --filters ''"),
     (["--layers", "block1_conv1", "--filters", "0-1", "--margin", "1000000000"], "use a smaller --size, --margin or --cols"),
     (["--objective", "dream:block1_conv1"], "malformed channel list 'block1_conv1'"),
+    (["--weights", "/no\nsuch.h5"], "weights file /no\\nsuch.h5 given with --weights is missing"),  # was two lines
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "out"
