@@ -306,6 +306,8 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
         start = initial(recipe, keys)
     else:
         want = jax.eval_shape(lambda k: initial(recipe, k), keys).shape
+        if np.iscomplexobj(start):  # cast, it would lose its imaginary part with only a warning
+            raise JaxvizError(f"start holds complex numbers; give real start parameters of shape {want}")
         try:
             start = jnp.asarray(start, jnp.float32)
         except (TypeError, ValueError):

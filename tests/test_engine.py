@@ -136,6 +136,8 @@ def test_start_and_objective_types_are_checked(model):
         engine.render(model, obj, TINY, start=np.full((2, 24, 24, 3), 128.0))
     with pytest.raises(JaxvizError, match="start must be an array"):
         engine.render(model, obj, TINY, start="abc")
+    with pytest.raises(JaxvizError, match="start holds complex numbers"):  # cast to real with only a warning
+        engine.render(model, obj, TINY, start=np.full((2, 16, 16, 3), 128 + 1j))
     with pytest.raises(JaxvizError, match="start holds NaN or infinity"):  # said the images "came out" not finite
         engine.render(model, obj, TINY, start=np.full((2, 16, 16, 3), np.nan))
     with pytest.raises(JaxvizError, match="objective must be a jaxviz.objectives objective"):
