@@ -96,6 +96,8 @@ def machine() -> str:
 
 def _read(path: Path) -> dict:
     try:
+        if not path.is_file():  # missing, or a pipe whose read would wait for good
+            return {}
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
@@ -125,8 +127,9 @@ def writable(path: Path) -> Path:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK)) and not path.is_dir()
-        why = "a folder" if path.is_dir() else "not writable"
+        ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK) and path.is_file())
+        why = "a folder" if path.is_dir() else "not a regular file" if path.exists() and not path.is_file() \
+            else "not writable"
     except OSError as e:
         ok, why = False, e.strerror or str(e)
     if not ok:

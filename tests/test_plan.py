@@ -1,4 +1,5 @@
 import json
+import os
 
 import jax
 import pytest
@@ -164,6 +165,12 @@ def test_cli_numbers_a_folder_and_malformed_entries(plan_file, tmp_path, monkeyp
     monkeypatch.setenv(plan.ENV, str(tmp_path))  # a folder
     assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
     assert "(a folder)" in capsys.readouterr().err
+    if hasattr(os, "mkfifo"):  # a named pipe: reading it waited for good
+        os.mkfifo(tmp_path / "pipe.json")
+        monkeypatch.setenv(plan.ENV, str(tmp_path / "pipe.json"))
+        assert plan.load() == {}
+        assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
+        assert "(not a regular file)" in capsys.readouterr().err
     monkeypatch.setenv(plan.ENV, str(plan_file))
     plan_file.write_text(json.dumps({plan.machine(): {"block2_conv1@16/x/ascent": 0.1, "block2_conv1@16/8/ascent": "s",
                                                       "block2_conv1@16/16/ascent": 0.2}}))
