@@ -128,6 +128,10 @@ def test_load_specs_and_their_errors(tmp_path):
         load("keras:ResNet50", tmp_path / "missing.h5")
     with pytest.raises(JaxvizError, match="weights file .* is a folder"):  # was: does not exist
         load("keras:ResNet50", tmp_path)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.h5")
+        with pytest.raises(JaxvizError, match="weights file .*pipe.h5 is not a regular file"):  # was: does not exist
+            load("keras:ResNet50", tmp_path / "pipe.h5")
     with pytest.raises(JaxvizError, match="cannot import 'no_such_pkg.mod'"):
         load("no_such_pkg.mod:make")
     with pytest.raises(JaxvizError, match="has no function 'nope'"):

@@ -156,7 +156,8 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
         raise JaxvizError(f"unknown keras.applications model {name!r}; choose one of: {', '.join(applications())}")
     is_file = weights is not None and str(weights) != "imagenet"
     if is_file and not Path(weights).is_file():
-        why = "is a folder" if Path(weights).is_dir() else "does not exist"
+        p = Path(weights)
+        why = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
         raise JaxvizError(f"weights file {weights} {why}; give a Keras weights file of {name}")
     tops = [include_top] if include_top is not None else ([False, True] if is_file else [False])
     error = None
