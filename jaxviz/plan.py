@@ -128,8 +128,8 @@ def writable(path: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK) and path.is_file())
-        why = "a folder" if path.is_dir() else "not a regular file" if path.exists() and not path.is_file() \
-            else "not writable"
+        why = ("a folder" if path.is_dir() else "not writable" if path.is_file() or not path.exists()
+               else "not a regular file")
     except OSError as e:
         ok, why = False, e.strerror or str(e)
     if not ok:
