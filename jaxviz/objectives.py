@@ -103,12 +103,22 @@ class Term:
     def check(self, model: Model, args) -> None:
         """Raise a one-line JaxvizError if the term cannot apply to ``model`` with ``args``."""
         for name in self.layers():
-            model.layer(name)
+            _layer(model, name)
+
+
+def _layer(model: Model, layer: str):
+    """The layer's LayerInfo, if it has an output to maximize; else one line (an empty
+    output's mean is NaN, which would only surface as images that "came out not finite")."""
+    info = model.layer(layer)
+    if 0 in info.shape:
+        raise JaxvizError(f"layer {layer} of model {model.name} has an empty output (shape {info.shape} at "
+                          f"{model.input_size} px), nothing to maximize; give the model a larger input_size or pick another layer")
+    return info
 
 
 def _per_image(model: Model, layer: str):
     """The layer's LayerInfo, if its shape is one image's (C,) or (H, W, C); else one line."""
-    info = model.layer(layer)
+    info = _layer(model, layer)
     if len(info.shape) not in (1, 3):
         raise JaxvizError(f"layer {layer} has shape {info.shape} for one image; objectives need (C,) or (H, W, C): "
                           "make the model return one image's activations (no batch axis)")

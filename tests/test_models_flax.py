@@ -236,6 +236,10 @@ def test_adapters_refuse_wrong_types_in_one_line():
         (lambda: from_function(lambda p, x: x @ p, w, layers="output", input_size=8), "not the string 'output'"),
         (lambda: from_function(lambda p, x: None, w, input_size=8), "returns no array"),
         (lambda: from_function(lambda p, x: {}, w, input_size=8), "returns no array"),
+        # keys that no objective text, --layers or file name can spell (a TypeError in a render before)
+        (lambda: from_function(lambda p, x: {3: x @ p}, w, input_size=8), "returns a layer keyed 3;"),
+        (lambda: from_function(lambda p, x: {("a", 1): x @ p}, w, input_size=8), "layer keyed ('a', 1);"),
+        (lambda: from_function(lambda p, x: {"": x @ p}, w, input_size=8), "returns a layer keyed '';"),
         (lambda: from_linen("net", variables, input_size=SIZE), "from_linen needs a flax.linen Module, not 'net'"),
         (lambda: from_linen(LinenNet(), variables, input_size=SIZE, apply_kwargs=[("train", False)]),
          "apply_kwargs must be a dict"),

@@ -209,6 +209,22 @@ def test_layers_must_hold_one_images_activations():
             o.Channel(layer).check(m, np.asarray([0]))
 
 
+def test_a_layer_with_an_empty_output_is_refused_by_every_objective():
+    """No rows, or no channels, at the model's input size: a neuron took an IndexError, a
+    channel said "out of range ... (0--1)", deepdream's NaN came out as "not finite" images."""
+    import jaxviz
+    from jaxviz.models import from_function
+
+    m = from_function(lambda p, x: {"rows": (x * p)[:0], "chans": (x * p)[..., :0], "ok": x * p}, jnp.float32(2.0),
+                      input_size=8)
+    for objective in ("rows:0", "neuron:rows:0", "chans:0", "deepdream:rows", o.direction("chans", np.ones(3))):
+        with pytest.raises(JaxvizError, match=r"layer (rows|chans) of model function has an empty output \(shape "
+                                              r"\((0, 8, 3|8, 8, 0)\) at 8 px\)") as e:
+            jaxviz.render(m, objective, jaxviz.SEED._replace(size=8, steps=1))
+        assert "\n" not in str(e.value)
+    assert jaxviz.render(m, "ok:0", jaxviz.SEED._replace(size=8, steps=1)).tiles.shape == (1, 8, 8, 3)
+
+
 def test_class_logit_on_a_model_without_a_classifier_gives_a_hint_for_that_model():
     """A non-VGG model is not told about VGG's top: it is told how to name a logits layer."""
     from jaxviz.models import from_function
