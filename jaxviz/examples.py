@@ -31,6 +31,7 @@ import numpy as np
 from jaxviz import compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.errors import JaxvizError, error_line
+from jaxviz.models.base import traceable
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
 
@@ -145,6 +146,7 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     from jaxviz import imagefolder, topk
 
     layers = check_layers(model, layers, config.size)
+    traceable(model, layers, config.size)  # before the pass: the receptive fields need the gradient after it
     gate = gate or WriteGate()
     if config.k < 1 or config.batch < 1 or config.thumb < 1:
         raise JaxvizError("k, batch and thumb must be 1 or more")

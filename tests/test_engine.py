@@ -171,3 +171,27 @@ def test_raw_recipes_check_positions_without_the_models_preprocess():
     engine.render(m, neuron("c1", [0], y=15, x=15), TINY._replace(steps=1))
     with pytest.raises(JaxvizError, match=r"neuron y=20 is outside c1 \(16x16 at 16 px\)"):
         engine.render(m, neuron("c1", [0], y=20, x=0), TINY._replace(steps=1))
+
+
+def test_a_model_that_cannot_be_differentiated_is_one_line_and_other_errors_pass_through(monkeypatch):
+    """A jax.pure_callback in the model raised JAX's ValueError from inside the step's tracing;
+    it is the model's code, so one line names it. An error in a chunk that the model's own
+    gradient does not explain (a bug of the engine's, say) still propagates as it was."""
+    from jaxviz.models import from_function
+
+    host = lambda a: np.asarray(a) * 2
+    fn = lambda p, x: {"c": jax.pure_callback(host, jax.ShapeDtypeStruct(x.shape, jnp.float32), x * p)}
+    m = from_function(fn, jnp.float32(2.0), input_size=8)
+    for recipe in (SEED._replace(size=8, steps=1), jaxviz.LUCID._replace(size=8, steps=1)):
+        with pytest.raises(JaxvizError, match=r"model function, up to c, cannot be differentiated with respect "
+                                              r"to its input image \(ValueError: Pure callbacks do not support JVP") as e:
+            engine.render(m, channel("c", [0]), recipe)
+        assert "\n" not in str(e.value)
+
+    def broken(*args):
+        raise RuntimeError("not the model's")
+
+    monkeypatch.setattr(engine, "run_chunk", broken)
+    fine = from_function(lambda p, x: {"c": x * p}, jnp.float32(2.0), input_size=8)
+    with pytest.raises(RuntimeError, match="not the model's"):
+        engine.render(fine, channel("c", [0]), SEED._replace(size=8, steps=1))

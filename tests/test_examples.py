@@ -200,6 +200,37 @@ def test_no_usable_image_is_one_error(tmp_path, model):
         examples.collect(model, str(tmp_path), ["block1_pool"], examples.Config(size=SIZE))
 
 
+def _callback_model(differentiable: bool):
+    """A model whose layer is a host callback: without a custom_jvp it has no gradient; with
+    one but no vmap_method it cannot be batched."""
+    import jax.numpy as jnp
+
+    from jaxviz.models import from_function
+
+    host = lambda a: np.maximum(np.asarray(a), 0)
+    call = lambda y: jax.pure_callback(host, jax.ShapeDtypeStruct(y.shape, jnp.float32), y)
+    if differentiable:
+        call = jax.custom_jvp(call)
+        call.defjvp(lambda primals, tangents: (call(primals[0]), tangents[0]))
+    return from_function(lambda p, x: {"c": call(x * p)}, jnp.float32(2.0), input_size=SIZE)
+
+
+@pytest.mark.parametrize("differentiable, message", [
+    (False, r"model function, up to c, cannot be differentiated with respect to its input image \(ValueError"),
+    (True, r"model function, up to c, cannot be batched with jax.vmap \(NotImplementedError"),
+])
+def test_a_model_that_cannot_be_differentiated_or_batched_is_refused_before_the_pass(tmp_path, differentiable,
+                                                                                      message):
+    """Either failed with a traceback from inside JAX: at the first batch (vmap), or after the whole
+    pass over the folder, in the receptive fields (the gradient). Now one line, nothing written."""
+    folder = _noise_folder(tmp_path / "images", 2)
+    with pytest.raises(JaxvizError, match=message) as e:
+        examples.collect(_callback_model(differentiable), str(folder), ["c"], examples.Config(size=SIZE),
+                         out=str(tmp_path / "out"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
 def _cli(capsys, *argv):
     try:
         rc = examples.main(list(argv))

@@ -142,3 +142,29 @@ def layer_shapes(activations, params, names: tuple[str, ...], size: int, preproc
     out = eval_shapes(lambda p, x: activations(p, preprocess(x), tuple(names)), params, size, "the model",
                       "check input_size and preprocess")
     return tuple(LayerInfo(n, tuple(out[n].shape)) for n in names)
+
+
+def traceable(model: Model, names, size: int, raw: bool = False) -> None:
+    """A one-line JaxvizError where the model's own code cannot be differentiated with respect to its
+    input image, or batched with ``jax.vmap``, at the named layers (a ``jax.pure_callback`` without a
+    ``custom_jvp`` or a ``vmap_method``, say): both by tracing alone, nothing runs. The engine asks it
+    after a chunk fails, to tell the model's fault from its own (whose error then propagates)."""
+    import jax.numpy as jnp
+
+    known = {l.name for l in model.layers}
+    names = tuple(n for n in names if n in known)
+    forward = lambda x, p: model.activations(p, x if raw else model.preprocess(x), names)
+    total = lambda x, p: sum(jnp.sum(a.astype(jnp.float32)) for a in forward(x, p).values())
+    x = jax.ShapeDtypeStruct((size, size, 3), jnp.float32)
+    what = f"model {model.name}, up to {', '.join(names) or 'its layers'},"
+    try:
+        jax.eval_shape(jax.grad(total), x, model.params)
+    except Exception as e:
+        raise JaxvizError(f"{what} cannot be differentiated with respect to its input image ({first_line(e)}); "
+                          "jaxviz needs that gradient: write those layers in JAX operations (or give a "
+                          "callback a custom_jvp)") from None
+    try:
+        jax.eval_shape(jax.vmap(forward, (0, None)), jax.ShapeDtypeStruct((2,) + x.shape, x.dtype), model.params)
+    except Exception as e:
+        raise JaxvizError(f"{what} cannot be batched with jax.vmap ({first_line(e)}); jaxviz runs many images "
+                          "at once: make those layers vmappable (a pure_callback needs a vmap_method)") from None
