@@ -240,6 +240,7 @@ def test_adapters_refuse_wrong_types_in_one_line():
         (lambda: from_function(lambda p, x: {3: x @ p}, w, input_size=8), "returns a layer keyed 3;"),
         (lambda: from_function(lambda p, x: {("a", 1): x @ p}, w, input_size=8), "layer keyed ('a', 1);"),
         (lambda: from_function(lambda p, x: {"": x @ p}, w, input_size=8), "returns a layer keyed '';"),
+        (lambda: from_function(lambda p, x: {"a\nb": x @ p}, w, input_size=8), "returns a layer keyed 'a\\\\nb';"),
         (lambda: from_linen("net", variables, input_size=SIZE), "from_linen needs a flax.linen Module, not 'net'"),
         (lambda: from_linen(LinenNet(), variables, input_size=SIZE, apply_kwargs=[("train", False)]),
          "apply_kwargs must be a dict"),

@@ -100,9 +100,9 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
     if not names:  # None, {} or only other values: a model with no layer to render
         raise JaxvizError("the model function returns no array; return a dict of named activations "
                           "({name: array}) or one array")
-    odd = [k for k in names if not isinstance(k, str) or not k.strip()]
-    if odd:  # objectives, --layers and file names all name a layer by its text
-        raise JaxvizError(f"the model function returns a layer keyed {odd[0]!r}; key every layer by a non-empty "
+    odd = [k for k in names if not isinstance(k, str) or not k.strip() or not k.isprintable()]
+    if odd:  # objectives, --layers, file names and one-line errors all name a layer by its text
+        raise JaxvizError(f"the model function returns a layer keyed {odd[0]!r}; key every layer by a printable "
                           "name, such as 'conv1'")
     if layers is not None:
         missing = [n for n in layers if n not in names]
