@@ -256,6 +256,24 @@ def test_adapters_refuse_wrong_types_in_one_line():
         from_function(lambda p, x: x @ p, w, input_size=8).layers)  # one layer, not two of one name
 
 
+def test_weights_holding_nan_or_infinity_are_refused_naming_the_array():
+    """A diverged model's weights: every image came out NaN, said only as "not finite" (and the
+    dataset examples said "the units do not depend on the input")."""
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    bad = {**variables, "params": {**variables["params"], "down": {**variables["params"]["down"],
+                                                                   "bias": jnp.full((16,), jnp.inf)}}}
+    net = NNXNet(nnx.Rngs(0))
+    net.stem.kernel[...] = net.stem.kernel[...].at[0, 0, 0, :3].set(jnp.nan)
+    cases = [(lambda: from_linen(LinenNet(), bad, input_size=SIZE), r"LinenNet hold 16 .* in \['params'\]\['down'\]\['bias'\]"),
+             (lambda: from_nnx(net, input_size=SIZE), r"NNXNet hold 3 .* in \['stem'\]\['kernel'\]"),
+             (lambda: from_function(lambda p, x: x @ p, jnp.ones((3, 2)).at[0, 0].set(jnp.nan), input_size=8),
+              r"the model function hold 1 NaN or infinite value\(s\) in its one array")]
+    for make, message in cases:
+        with pytest.raises(JaxvizError, match="the weights of .*" + message) as e:
+            make()
+        assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.complex64])
 def test_a_layer_that_is_not_floating_point_is_refused(dtype):
     """Integer and bool layers have no gradient: the images stayed the start's noise, silently

@@ -116,6 +116,17 @@ def test_from_keras_refuses_bad_input_sizes_and_preprocess_in_one_line():
         from_keras(fixed, input_size=16)  # was ignored: 8 px
 
 
+def test_weights_holding_nan_are_refused_naming_the_array():
+    """A diverged model's weights: every image came out NaN, said only as "not finite"."""
+    inputs = keras.Input((None, None, 3))
+    net = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="c")(inputs))
+    kernel = net.get_layer("c").kernel
+    kernel.assign(np.where(np.arange(kernel.shape[-1]) == 1, np.nan, np.asarray(kernel)))
+    with pytest.raises(JaxvizError, match=r"the weights of Keras model .* hold 27 NaN or infinite value\(s\) in "
+                                          r"\[0\]\[0\]; load finite weights"):
+        from_keras(net, input_size=16)
+
+
 def test_load_specs_and_their_errors(tmp_path):
     assert load().name == "vgg16" and load("VGG16").layer("block5_pool").shape == (7, 7, 512)
     with pytest.raises(JaxvizError, match="unknown model 'resnet'; use vgg16, vgg19, keras:NAME"):

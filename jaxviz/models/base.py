@@ -122,6 +122,20 @@ def first_line(e: BaseException) -> str:
     return type(e).__name__ + (": " + text.splitlines()[0] if text else "")
 
 
+def finite_weights(params, what: str) -> None:
+    """One JaxvizError naming the first floating-point leaf of ``params`` that holds NaN or infinity
+    (a diverged training run's weights): every image would come out NaN, which the engine could only
+    call "not finite", and the dataset examples' gradient zero."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.isfinite(leaf).all()):
+            count = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf, np.float32))))
+            raise JaxvizError(f"the weights of {what} hold {count} NaN or infinite value(s) in "
+                              f"{jax.tree_util.keystr(path) or 'its one array'}; load finite weights")
+
+
 def eval_shapes(fn, params, size: int, what: str, hint: str):
     """``jax.eval_shape`` of ``fn(params, x)`` for one (size, size, 3) float32 image (nothing
     runs); where the model's own code fails on it, one JaxvizError naming ``what``, the

@@ -13,7 +13,7 @@ import jax
 
 from jaxviz.errors import JaxvizError
 from jaxviz import checks
-from jaxviz.models.base import LayerInfo, Model, eval_shapes, identity, layer_shapes, user_min_size
+from jaxviz.models.base import LayerInfo, Model, eval_shapes, finite_weights, identity, layer_shapes, user_min_size
 
 OUTPUT = "output"
 
@@ -95,6 +95,7 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
         order.extend(out)
         return out
 
+    finite_weights(params, "the model function")
     shapes = eval_shapes(every, params, input_size, "the model function", "check input_size and preprocess")
     names = [k for k in order if isinstance(shapes[k], jax.ShapeDtypeStruct)]
     if not names:  # None, {} or only other values: a model with no layer to render

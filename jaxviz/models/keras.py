@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxviz import checks
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity
+from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, finite_weights, identity
 from jaxviz.models.function import searched_min_size
 
 
@@ -115,6 +115,7 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     names = tuple(layers)
     if has_logits:  # keep forward order: logits just before the softmax layer
         names = tuple(n for n in layers if n != last.name) + (LOGITS, last.name)
+    finite_weights(params, f"Keras model {model.name}")
     shapes = eval_shapes(lambda p, x: activations(p, preprocess(x), names), params, input_size,
                          f"Keras model {model.name}", "check input_size and preprocess")
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in names)

@@ -16,7 +16,7 @@ import jax
 
 from jaxviz import checks
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, identity, user_min_size
+from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, finite_weights, identity, user_min_size
 from jaxviz.models.function import OUTPUT, searched_min_size
 
 
@@ -115,6 +115,7 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
     checks.function("preprocess", preprocess)
     checks.function("min_size", min_size, optional=True)
     # it fails e.g. where batch norm, left in training mode, tries to update its statistics
+    finite_weights(variables, type(module).__name__)
     shapes = eval_shapes(every, variables, input_size, type(module).__name__, "pass apply_kwargs that put it in "
                          "eval mode (e.g. {'train': False}) and check input_size")
     table = layer_table(shapes, order, logits, type(module).__name__)

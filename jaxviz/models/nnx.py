@@ -21,7 +21,7 @@ import jax
 
 from jaxviz import checks
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LOGITS, Model, eval_shapes, identity, user_min_size
+from jaxviz.models.base import LOGITS, Model, eval_shapes, finite_weights, identity, user_min_size
 from jaxviz.models.function import searched_min_size
 from jaxviz.models.linen import Recorder, layer_table, unbatch
 
@@ -92,6 +92,7 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
         order.extend(out)
         return out
 
+    finite_weights(state, type(module).__name__)
     shapes = eval_shapes(every, state, input_size, type(module).__name__, "check input_size and preprocess")
     table = layer_table(shapes, order, logits, type(module).__name__)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
