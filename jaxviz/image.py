@@ -34,8 +34,10 @@ deprocess_batch = jax.jit(jax.vmap(deprocess))
 
 
 def rgb_to_uint8(images) -> np.ndarray:
-    """RGB images in [0, 1] -> uint8, round(x * 255) (the quality recipe's images)."""
-    return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    """RGB images in [0, 1] -> uint8, round(x * 255) (the quality recipe's images). NaN casts
+    without numpy's RuntimeWarning: callers refuse non-finite results in their own one line."""
+    with np.errstate(invalid="ignore"):
+        return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
 def pixels(what: str, image) -> np.ndarray:

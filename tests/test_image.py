@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from jaxviz.errors import JaxvizError
-from jaxviz.image import atomic_write, deprocess, deprocess_batch, make_folder, make_grid, save_png
+from jaxviz.image import atomic_write, deprocess, deprocess_batch, make_folder, make_grid, rgb_to_uint8, save_png
 
 
 def book_deprocess(x):
@@ -128,3 +128,15 @@ def test_make_folder_is_one_line_where_a_file_is_in_the_way(tmp_path):
         with pytest.raises(JaxvizError, match="a file is in the way"):
             make_folder(path)
     assert make_folder(tmp_path / "a" / "b") == str(tmp_path / "a" / "b") and (tmp_path / "a" / "b").is_dir()
+
+
+def test_rgb_to_uint8_rounds_and_casts_nan_without_numpy_warning():
+    """A NaN image (refused by the caller in its own one line) printed numpy's "invalid value
+    encountered in cast" RuntimeWarning before that line, in the atlas."""
+    import warnings
+
+    x = np.asarray([[[0.0, 0.5, 1.2]]], np.float32)
+    assert rgb_to_uint8(x).tolist() == [[[0, 128, 255]]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rgb_to_uint8(np.full((2, 2, 3), np.nan, np.float32)).dtype == np.uint8
