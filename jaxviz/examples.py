@@ -175,6 +175,10 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         scores = jax.device_get(_scores(static, params, layers, jnp.asarray(x)))
         for l in layers:
             v, y, xx = (a[:n] for a in scores[l])
+            if not np.isfinite(v).all():  # NaN would rank anywhere in the top k, silently
+                bad = names[b.indices[int(np.argmin(np.isfinite(v).all(axis=tuple(range(1, v.ndim)))))]]
+                raise JaxvizError(f"layer {l} of model {model.name} gives NaN or infinite activations on "
+                                  f"{os.path.join(folder, bad)}; check the model and its weights")
             tops[l] = topk.merge(tops[l], v, b.indices, y, xx)
         position, used, batches = b.end, used + n, batches + 1
         if state and batches % config.save_every == 0:

@@ -231,6 +231,22 @@ def test_a_model_that_cannot_be_differentiated_or_batched_is_refused_before_the_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_giving_nan_on_an_image_is_one_line_naming_the_image(tmp_path):
+    """NaN activations were ranked into the top k silently, and the pass failed only at its end,
+    in the receptive fields, saying the units "do not depend on the input"."""
+    import jax.numpy as jnp
+
+    from jaxviz.models import from_function
+
+    folder = _noise_folder(tmp_path / "images", 3)
+    Image.new("RGB", (SIZE, SIZE), (255, 255, 255)).save(folder / "white.png")
+    fn = lambda p, x: {"c": x * p * jnp.where(x.mean() > 0.99, jnp.nan, 1.0)}
+    model = from_function(fn, jnp.float32(2.0), input_size=SIZE)
+    with pytest.raises(JaxvizError, match=r"layer c of model function gives NaN or infinite activations on "
+                                          r".*images/white.png; check the model"):
+        examples.collect(model, str(folder), ["c"], examples.Config(size=SIZE, batch=2))
+
+
 def _cli(capsys, *argv):
     try:
         rc = examples.main(list(argv))
