@@ -339,8 +339,8 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
                                   jax.tree.map(lambda a: a[sl], args), keys[sl], start[sl]))
         except JaxvizError:
             raise
-        except Exception:
-            traceable(model, objective.term.layers(), recipe.size, recipe.param.build(1).raw)
+        except Exception as e:
+            traceable(model, objective.term.layers(), recipe.size, recipe.param.build(1).raw, e)
             raise
         if progress is not None:
             jax.block_until_ready(outs[-1])

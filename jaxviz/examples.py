@@ -172,7 +172,11 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         n = len(b.indices)
         x = b.images if n == config.batch else np.concatenate(
             [b.images, np.zeros((config.batch - n,) + b.images.shape[1:], np.float32)])
-        scores = jax.device_get(_scores(static, params, layers, jnp.asarray(x)))
+        try:
+            scores = jax.device_get(_scores(static, params, layers, jnp.asarray(x)))
+        except Exception as e:
+            traceable(model, layers, config.size, error=e)
+            raise
         for l in layers:
             v, y, xx = (a[:n] for a in scores[l])
             if not np.isfinite(v).all():  # NaN would rank anywhere in the top k, silently

@@ -304,3 +304,28 @@ def test_a_global_pool_does_not_raise_the_minimum_size_of_later_layers():
 
     m = from_function(fn, jnp.float32(0.0), input_size=16)
     assert m.layer("se").shape == (1, 1, 4) and [m.min_size(n) for n in ("down", "se", "scaled")] == [2, 2, 2]
+
+
+def test_a_layer_inside_nn_remat_is_one_line_in_a_render_and_in_the_examples_pass(tmp_path):
+    """Its output, caught inside the checkpoint's own trace, leaked out: JAX's UnexpectedTracerError
+    from the step's compile (and from the examples pass's first batch)."""
+    from PIL import Image
+
+    import jaxviz
+    from jaxviz import examples
+
+    class Remat(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.relu(nn.remat(nn.Conv)(4, (3, 3), name="rc")(x))
+
+    net = Remat()
+    model = from_linen(net, net.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))), input_size=SIZE)
+    message = r"a layer of model Remat \(rc\) is computed inside a JAX transformation of the model's own"
+    for recipe in (jaxviz.SEED, jaxviz.LUCID):
+        with pytest.raises(JaxvizError, match=message):
+            jaxviz.render(model, "rc:0", recipe._replace(size=SIZE, steps=1))
+    Image.new("RGB", (SIZE, SIZE), (90, 30, 200)).save(tmp_path / "a.png")
+    with pytest.raises(JaxvizError, match=message):
+        examples.collect(model, str(tmp_path), ["rc"], examples.Config(size=SIZE))
+    assert jaxviz.render(model, "output:0", jaxviz.SEED._replace(size=SIZE, steps=1)).tiles.shape == (1, SIZE, SIZE, 3)

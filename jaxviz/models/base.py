@@ -158,11 +158,12 @@ def layer_shapes(activations, params, names: tuple[str, ...], size: int, preproc
     return tuple(LayerInfo(n, tuple(out[n].shape)) for n in names)
 
 
-def traceable(model: Model, names, size: int, raw: bool = False) -> None:
+def traceable(model: Model, names, size: int, raw: bool = False, error: Optional[Exception] = None) -> None:
     """A one-line JaxvizError where the model's own code cannot be differentiated with respect to its
     input image, or batched with ``jax.vmap``, at the named layers (a ``jax.pure_callback`` without a
     ``custom_jvp`` or a ``vmap_method``, say): both by tracing alone, nothing runs. The engine asks it
-    after a chunk fails, to tell the model's fault from its own (whose error then propagates)."""
+    after a chunk fails with ``error``, to tell the model's fault from its own (whose error then
+    propagates); a tracer leaked out of a transformation inside the model is the model's too."""
     import jax.numpy as jnp
 
     known = {l.name for l in model.layers}
@@ -182,3 +183,7 @@ def traceable(model: Model, names, size: int, raw: bool = False) -> None:
     except Exception as e:
         raise JaxvizError(f"{what} cannot be batched with jax.vmap ({first_line(e)}); jaxviz runs many images "
                           "at once: make those layers vmappable (a pure_callback needs a vmap_method)") from None
+    if isinstance(error, jax.errors.UnexpectedTracerError):  # a layer read from inside nn.remat, nn.scan, ...
+        raise JaxvizError(f"a layer of model {model.name} ({', '.join(names)}) is computed inside a JAX "
+                          "transformation of the model's own (nn.remat, nn.scan, jax.checkpoint, ...), so its "
+                          "output cannot be read from outside it; name a layer outside that transformation") from None
