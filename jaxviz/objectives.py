@@ -112,7 +112,8 @@ def _layer(model: Model, layer: str):
     info = model.layer(layer)
     if 0 in info.shape:
         raise JaxvizError(f"layer {layer} of model {model.name} has an empty output (shape {info.shape} at "
-                          f"{model.input_size} px), nothing to maximize; give the model a larger input_size or pick another layer")
+                          f"{model.input_size} px), nothing to maximize; give the model a larger input_size or "
+                          "pick another layer")
     return info
 
 

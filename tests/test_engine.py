@@ -183,8 +183,8 @@ def test_a_model_that_cannot_be_differentiated_is_one_line_and_other_errors_pass
     fn = lambda p, x: {"c": jax.pure_callback(host, jax.ShapeDtypeStruct(x.shape, jnp.float32), x * p)}
     m = from_function(fn, jnp.float32(2.0), input_size=8)
     for recipe in (SEED._replace(size=8, steps=1), jaxviz.LUCID._replace(size=8, steps=1)):
-        with pytest.raises(JaxvizError, match=r"model function, up to c, cannot be differentiated with respect "
-                                              r"to its input image \(ValueError: Pure callbacks do not support JVP") as e:
+        message = r"model function, up to c, cannot be differentiated with respect to its input image \(ValueError"
+        with pytest.raises(JaxvizError, match=message) as e:
             engine.render(m, channel("c", [0]), recipe)
         assert "\n" not in str(e.value)
 

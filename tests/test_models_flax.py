@@ -264,7 +264,8 @@ def test_weights_holding_nan_or_infinity_are_refused_naming_the_array():
                                                                    "bias": jnp.full((16,), jnp.inf)}}}
     net = NNXNet(nnx.Rngs(0))
     net.stem.kernel[...] = net.stem.kernel[...].at[0, 0, 0, :3].set(jnp.nan)
-    cases = [(lambda: from_linen(LinenNet(), bad, input_size=SIZE), r"LinenNet hold 16 .* in \['params'\]\['down'\]\['bias'\]"),
+    cases = [(lambda: from_linen(LinenNet(), bad, input_size=SIZE),
+              r"LinenNet hold 16 .* in \['params'\]\['down'\]\['bias'\]"),
              (lambda: from_nnx(net, input_size=SIZE), r"NNXNet hold 3 .* in \['stem'\]\['kernel'\]"),
              (lambda: from_function(lambda p, x: x @ p, jnp.ones((3, 2)).at[0, 0].set(jnp.nan), input_size=8),
               r"the model function hold 1 NaN or infinite value\(s\) in its one array")]
