@@ -330,3 +330,32 @@ def test_a_layer_inside_nn_remat_is_one_line_in_a_render_and_in_the_examples_pas
     with pytest.raises(JaxvizError, match=message):
         examples.collect(model, str(tmp_path), ["rc"], examples.Config(size=SIZE))
     assert jaxviz.render(model, "output:0", jaxviz.SEED._replace(size=SIZE, steps=1)).tiles.shape == (1, SIZE, SIZE, 3)
+
+
+def test_a_linen_model_with_nn_scan_is_made_and_its_layers_outside_the_scan_render():
+    """from_linen failed outright (UnexpectedTracerError, as "failed on a 16x16x3 input"): the
+    layer table caught the scan body's outputs, whose tracers cannot leave the scan."""
+    import jaxviz
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return nn.relu(nn.Conv(4, (3, 3), name="conv")(x)), None
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (1, 1), name="stem")(x)
+            scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)
+            return scan(name="blocks")(x, None)[0]
+
+    net = Net()
+    model = from_linen(net, net.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))), input_size=SIZE)
+    names = [l.name for l in model.layers]
+    assert names[0] == "stem" and names[-1] == "output"
+    recipe = jaxviz.SEED._replace(size=SIZE, steps=1)
+    for name in ("stem", "output"):
+        assert jaxviz.render(model, f"{name}:0", recipe).tiles.shape == (1, SIZE, SIZE, 3)
+    for name in names[1:-1]:  # the scan body's, where the table still lists one: one line
+        with pytest.raises(JaxvizError, match=r"is computed inside a JAX transformation of the model's own"):
+            jaxviz.render(model, f"{name}:0", recipe)

@@ -49,7 +49,19 @@ class Recorder:
             forward()
         except _Done:
             pass
+        if self.wanted is None:  # the layer table: not the outputs caught inside the model's own nn.scan, nn.remat, ...
+            self.out = {k: v for k, v in self.out.items() if _outside(v)}
         return self.out
+
+
+def _outside(value: jax.Array) -> bool:
+    """Whether ``value`` belongs to the pass's own trace, not to one of a JAX transformation inside the
+    model (the body of an ``nn.scan``, say), whose tracers cannot be used outside it."""
+    try:
+        jax.numpy.negative(value)
+    except jax.errors.UnexpectedTracerError:
+        return False
+    return True
 
 
 def unbatch(out: dict, alias: Optional[str]) -> dict:
