@@ -146,15 +146,13 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     from jaxviz import imagefolder, topk
 
     layers = check_layers(model, layers, config.size)
-    traceable(model, layers, config.size)  # before the pass: the receptive fields need the gradient after it
+    traceable(model, layers, config.size)  # one line where jax.grad or jax.vmap cannot take the model
     gate = gate or WriteGate()
     if config.k < 1 or config.batch < 1 or config.thumb < 1:
         raise JaxvizError("k, batch and thumb must be 1 or more")
     names = imagefolder.list_images(folder)
     min_side = config.min_side if config.min_side is not None else max(model.min_size(l) for l in layers)
     settings = _settings(model, folder, names, layers, config, min_side)
-    if out:
-        os.makedirs(out, exist_ok=True)
     state = os.path.join(out, STATE) if out else None
     resumed = _load_state(state, settings) if state and os.path.exists(state) else None
     if resumed:
@@ -163,6 +161,10 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         fields = {}
         position, used, skipped = 0, 0, imagefolder.Skipped.empty()
         tops = {l: topk.empty(model.layer(l).channels, config.k) for l in layers}
+    # before the pass, which may take hours: a layer whose units do not depend on the input fails here
+    fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
+    if out:
+        os.makedirs(out, exist_ok=True)
     static, params = model.static(), model.params
     if progress:
         progress(position, len(names))
@@ -187,21 +189,18 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         position, used, batches = b.end, used + n, batches + 1
         if state and batches % config.save_every == 0:
             with gate:
-                _save_state(state, settings, position, used, skipped, tops)
+                _save_state(state, settings, position, used, skipped, tops, fields)
         if state:  # an interrupt saves the state at this batch (the gate's final write)
-            gate.final_write = functools.partial(_save_state, state, settings, position, used, skipped.copy(), dict(tops))
+            gate.final_write = functools.partial(_save_state, state, settings, position, used, skipped.copy(),
+                                                 dict(tops), fields)
         if progress:
             progress(position, len(names))
     position = len(names)
     if used == 0:
         raise JaxvizError(f"no usable image in {folder}: {skipped.describe()}; give JPEG/PNG images of at "
                           f"least {min_side} px")
-    if state:
-        gate.final_write = None
-        with gate:
-            _save_state(state, settings, position, used, skipped, tops)
-    fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
     if state:  # a rerun after the end needs neither the images' pass nor the fields again
+        gate.final_write = None
         with gate:
             _save_state(state, settings, position, used, skipped, tops, fields)
     boxes = {l: _boxes(tops[l], fields[l], config.size) for l in layers}

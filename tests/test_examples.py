@@ -231,6 +231,22 @@ def test_a_model_that_cannot_be_differentiated_or_batched_is_refused_before_the_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_layer_that_does_not_depend_on_the_input_fails_before_the_pass(tmp_path, monkeypatch):
+    """Its receptive field (a gradient) was taken after the pass over every image: an hour's pass,
+    then the error. The fields now come first; nothing is read or written before the error."""
+    import jax.numpy as jnp
+
+    from jaxviz import imagefolder
+    from jaxviz.models import from_function
+
+    folder = _noise_folder(tmp_path / "images", 2)
+    model = from_function(lambda p, x: {"c": jnp.zeros((4, 4, 2)) + p}, jnp.float32(1.0), input_size=SIZE)
+    monkeypatch.setattr(imagefolder, "stream", lambda *a, **k: pytest.fail("the pass started"))
+    with pytest.raises(JaxvizError, match="the units of c do not depend on the input"):
+        examples.collect(model, str(folder), ["c"], examples.Config(size=SIZE), out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_model_giving_nan_on_an_image_is_one_line_naming_the_image(tmp_path):
     """NaN activations were ranked into the top k silently, and the pass failed only at its end,
     in the receptive fields, saying the units "do not depend on the input"."""
