@@ -116,6 +116,23 @@ def test_from_keras_refuses_bad_input_sizes_and_preprocess_in_one_line():
         from_keras(fixed, input_size=16)  # was ignored: 8 px
 
 
+def test_a_model_nested_as_a_layer_is_left_out_and_a_vector_input_is_one_line():
+    """The usual transfer-learning shape (a base model called as a layer): the whole model failed
+    ("Output with path 1 is not connected to inputs"); a (N, 10) input was an IndexError."""
+    inputs = keras.Input((None, None, 3))
+    inner_in = keras.Input((None, None, 3))
+    base = keras.Model(inner_in, keras.layers.Conv2D(4, 3, name="inner_conv")(inner_in), name="base")
+    h = keras.layers.Conv2D(4, 3, name="top")(base(inputs))
+    model = from_keras(keras.Model(inputs, keras.layers.ReLU(name="head")(h)), input_size=16)
+    assert [l.name for l in model.layers] == ["top", "head"]
+    r = engine.render(model, channel("head", [0, 1]), engine.SEED._replace(size=16, steps=2))
+    assert np.isfinite(np.asarray(r.images)).all()
+    assert [l.name for l in from_keras(base, input_size=16).layers] == ["inner_conv"]
+    vector = keras.Input((10,))
+    with pytest.raises(JaxvizError, match=r"takes inputs of shape \(None, 10\); jaxviz renders models of images"):
+        from_keras(keras.Model(vector, keras.layers.Dense(3)(vector)))
+
+
 def test_weights_holding_nan_are_refused_naming_the_array():
     """A diverged model's weights: every image came out NaN, said only as "not finite"."""
     inputs = keras.Input((None, None, 3))

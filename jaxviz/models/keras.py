@@ -67,6 +67,9 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     preprocess = checks.function("preprocess", preprocess or identity)
     if input_size is not None:  # 0 was taken for "not given" (224), -5 reached Keras
         checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
+    if isinstance(model.input_shape, tuple) and len(model.input_shape) != 4:  # (N, 10): an IndexError below
+        raise JaxvizError(f"Keras model {model.name} takes inputs of shape {model.input_shape}; jaxviz renders "
+                          "models of images, (N, H, W, channels)")
     fixed = tuple(model.input_shape[1:3]) if isinstance(model.input_shape, tuple) else (None, None)
     if fixed[0] is not None and fixed[0] == fixed[1]:
         if input_size not in (None, fixed[0]):
@@ -77,8 +80,10 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
     index = {id(v): ("t", i) for i, v in enumerate(trainable)}
     index.update({id(v): ("n", i) for i, v in enumerate(non_trainable)})
+    # a model nested as a layer gives its own graph's output, not its call's here ("not connected to
+    # inputs" for the whole model): left out; from_keras(that model) renders its layers
     layers = {l.name: l for l in model.layers
-              if not isinstance(l, keras.layers.InputLayer) and _single_output(l) is not None}
+              if not isinstance(l, (keras.layers.InputLayer, keras.Model)) and _single_output(l) is not None}
     last = model.layers[-1]
     has_logits = (isinstance(last, keras.layers.Dense) and getattr(last.activation, "__name__", "") == "softmax"
                   and LOGITS not in layers)
