@@ -49,7 +49,7 @@ class Recorder:
             forward()
         except _Done:
             pass
-        if self.wanted is None:  # the layer table: not the outputs caught inside the model's own nn.scan, nn.remat, ...
+        if self.wanted is None:  # the layer table: not the outputs caught inside the model's own nn.scan
             self.out = {k: v for k, v in self.out.items() if _outside(v)}
         return self.out
 
