@@ -28,7 +28,7 @@ from jax import lax
 
 from jaxviz import checks, optim, transforms
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LayerInfo, Model, eval_shapes, traceable
+from jaxviz.models.base import LayerInfo, Model, eval_shapes, model_errors
 from jaxviz.objectives import Objective, Probe, Term
 from jaxviz.param import Fourier, SeedStart
 from jaxviz.transforms import Robustness
@@ -334,14 +334,9 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     outs = []
     for c in range(chunks):
         sl = slice(c * b, (c + 1) * b)
-        try:
+        with model_errors(model, objective.term.layers(), recipe.size, recipe.param.build(1).raw):
             outs.append(run_chunk(static, model.params, objective.term, blank, every, hyper,
                                   jax.tree.map(lambda a: a[sl], args), keys[sl], start[sl]))
-        except JaxvizError:
-            raise
-        except Exception as e:
-            traceable(model, objective.term.layers(), recipe.size, recipe.param.build(1).raw, e)
-            raise
         if progress is not None:
             jax.block_until_ready(outs[-1])
             progress(min(n, (c + 1) * b) - c * b)

@@ -31,7 +31,7 @@ import numpy as np
 from jaxviz import compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.errors import JaxvizError, error_line
-from jaxviz.models.base import traceable
+from jaxviz.models.base import model_errors, traceable
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
 
@@ -162,7 +162,8 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         position, used, skipped = 0, 0, imagefolder.Skipped.empty()
         tops = {l: topk.empty(model.layer(l).channels, config.k) for l in layers}
     # before the pass, which may take hours: a layer whose units do not depend on the input fails here
-    fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
+    with model_errors(model, layers, config.size):
+        fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
     if out:
         os.makedirs(out, exist_ok=True)
     static, params = model.static(), model.params
@@ -174,11 +175,8 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         n = len(b.indices)
         x = b.images if n == config.batch else np.concatenate(
             [b.images, np.zeros((config.batch - n,) + b.images.shape[1:], np.float32)])
-        try:
+        with model_errors(model, layers, config.size):
             scores = jax.device_get(_scores(static, params, layers, jnp.asarray(x)))
-        except Exception as e:
-            traceable(model, layers, config.size, error=e)
-            raise
         for l in layers:
             v, y, xx = (a[:n] for a in scores[l])
             if not np.isfinite(v).all():  # NaN would rank anywhere in the top k, silently

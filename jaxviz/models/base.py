@@ -10,6 +10,7 @@ The engine passes ``model.params`` as traced data and the rest of the model as a
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -187,3 +188,16 @@ def traceable(model: Model, names, size: int, raw: bool = False, error: Optional
         raise JaxvizError(f"a layer of model {model.name} ({', '.join(names)}) is computed inside a JAX "
                           "transformation of the model's own (nn.remat, nn.scan, jax.checkpoint, ...), so its "
                           "output cannot be read from outside it; name a layer outside that transformation") from None
+
+
+@contextlib.contextmanager
+def model_errors(model: Model, names, size: int, raw: bool = False):
+    """Around work that traces ``model`` (a step, a batch, a gradient): an error in it that the
+    model's own code explains becomes :func:`traceable`'s one line; any other propagates as it was."""
+    try:
+        yield
+    except JaxvizError:
+        raise
+    except Exception as e:
+        traceable(model, names, size, raw, e)
+        raise
