@@ -31,7 +31,7 @@ import numpy as np
 from jaxviz import compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.errors import JaxvizError, error_line
-from jaxviz.models.base import model_errors, traceable
+from jaxviz.models.base import model_errors
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
 
@@ -114,6 +114,7 @@ def _save_state(path, settings, position, used, skipped, tops, fields=None) -> N
                            skipped=dict(counts=skipped.counts, names=skipped.names),
                            fields={l: f._asdict() for l, f in (fields or {}).items()}))
     arrays = {f"{l}/{f}": getattr(t, f) for l, t in tops.items() for f in t._fields}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, lambda fh: np.savez(fh, meta=np.asarray(meta), **arrays))
 
 
@@ -146,7 +147,6 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     from jaxviz import imagefolder, topk
 
     layers = check_layers(model, layers, config.size)
-    traceable(model, layers, config.size)  # one line where jax.grad or jax.vmap cannot take the model
     gate = gate or WriteGate()
     if config.k < 1 or config.batch < 1 or config.thumb < 1:
         raise JaxvizError("k, batch and thumb must be 1 or more")
@@ -161,11 +161,10 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
         fields = {}
         position, used, skipped = 0, 0, imagefolder.Skipped.empty()
         tops = {l: topk.empty(model.layer(l).channels, config.k) for l in layers}
-    # before the pass, which may take hours: a layer whose units do not depend on the input fails here
+    # before the pass, which may take hours: a layer whose units do not depend on the input, or that
+    # jax.grad cannot take, fails here (the folder is made at the first write, so nothing is left)
     with model_errors(model, layers, config.size):
         fields = {l: fields.get(l) or topk.receptive_field(model, l, config.size) for l in layers}
-    if out:
-        os.makedirs(out, exist_ok=True)
     static, params = model.static(), model.params
     if progress:
         progress(position, len(names))
@@ -205,6 +204,7 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     thumbs = _thumbnails(folder, names, tops, boxes, fields, config)
     summary = Summary(os.path.abspath(folder), names, tops, fields, boxes, thumbs, used, skipped, settings)
     if out:
+        os.makedirs(out, exist_ok=True)
         with gate:  # both summary files or neither
             write_summary(summary, out)
     return summary
