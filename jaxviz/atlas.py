@@ -40,7 +40,7 @@ from jaxviz.cli_args import (
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
-from jaxviz.errors import JaxvizError, error_line
+from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.model import VGG16, conv_layers, layer_info, layers as all_layers, min_size
 
 FORMAT = "jaxviz-atlas/1"
@@ -741,7 +741,8 @@ def _main(argv: list[str] | None) -> int:
         old_handler = None
     failed = True
     try:
-        code = run_interruptible(work, gate, interrupted)
+        with quiet_notices(args.quiet):
+            code = run_interruptible(work, gate, interrupted)
         failed = False
         return code
     except JaxvizError as e:

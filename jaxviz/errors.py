@@ -1,4 +1,8 @@
-"""The one exception type jaxviz raises for bad input."""
+"""The one exception type jaxviz raises for bad input, and how it says everything else."""
+import contextlib
+import logging
+
+LOG = logging.getLogger("jaxviz")
 
 
 class JaxvizError(Exception):
@@ -14,3 +18,22 @@ def error_line(command: str, message) -> str:
     path or name the message quotes is escaped (``\\n``), so the line stays one line."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
     return f"{command}: error: {text}"
+
+
+def notice(text: str) -> None:
+    """Say ``text`` (a fallback taken, a slow first use) as a warning of the "jaxviz" logger: with
+    no logging set up Python prints it alone on stderr; the commands' ``--quiet`` raises the
+    logger's level, and a program can do the same or route it to its own handlers."""
+    LOG.warning(text)
+
+
+@contextlib.contextmanager
+def quiet_notices(quiet: bool = True):
+    """Within: no ``notice`` is said when ``quiet`` (a command's ``--quiet``); the level is put back after."""
+    old = LOG.level
+    if quiet:
+        LOG.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        LOG.setLevel(old)

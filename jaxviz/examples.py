@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxviz import compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
-from jaxviz.errors import JaxvizError, error_line
+from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.models.base import model_errors
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
@@ -439,7 +439,8 @@ def _run(args) -> int:
 
     try:
         compile_cache.for_command()
-        return run_interruptible(work, gate, interrupted)
+        with quiet_notices(args.quiet):
+            return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
         close_bar()
         if ui["created"]:

@@ -20,7 +20,7 @@ from jaxviz.cli_args import (
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz import checks, compile_cache
-from jaxviz.errors import JaxvizError, error_line
+from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.model import min_size
 
 LUCID_STEPS = 512  # jaxviz.lucid.LUCID_STEPS (not imported here: jax loads only after parsing)
@@ -422,7 +422,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         planned = _validate(args)  # before JAX loads: bad values are told at once
         compile_cache.for_command()
-        return run_interruptible(work, gate, interrupted)
+        with quiet_notices(args.quiet):
+            return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
         print(error_line("jaxviz.grid", e), file=sys.stderr)
         if created[0]:

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz import checks
+from jaxviz.errors import notice
 
 ENV = "JAXVIZ_ONEDNN"  # "0" (or off, no, false, none): never use oneDNN (the pure-XLA convs run)
 SOURCE = Path(__file__).parent / "native" / "onednn_conv.cc"
@@ -148,7 +149,7 @@ def _library() -> ctypes.CDLL | None:
     is said once on stderr (XLA's convs run instead)."""
     lib, error = _load()
     if error:
-        print(f"jaxviz: oneDNN conv unavailable ({error}); using XLA's convs", file=sys.stderr)
+        notice(f"jaxviz: oneDNN conv unavailable ({error}); using XLA's convs")
     return lib
 
 

@@ -34,6 +34,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxviz.errors import notice
+
 ENV = "JAXVIZ_PLAN"
 CHUNKS = (8, 16, 32, 64)
 CONVS = ("wino4",)  # timed by default; ALL_CONVS with --convs
@@ -248,8 +250,8 @@ def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs
     missing = [s for s in shapes if not any(k.startswith(s.key() + "/") for k in timings)]
     if missing:
         writable(path or cache_path())
-        print(f"jaxviz: timing {len(missing)} conv shape(s) on this CPU once "
-              f"(cached in {path or cache_path()}; {ENV}=off to skip)", file=sys.stderr, flush=True)
+        notice(f"jaxviz: timing {len(missing)} conv shape(s) on this CPU once "
+               f"(cached in {path or cache_path()}; {ENV}=off to skip)")
         timings = {**timings, **measure(missing, chunks, convs, reps=reps)}
         save(timings, path)
     return timings
@@ -260,8 +262,8 @@ def ensure_chunks(layer: str, size: int, path: Path | None = None, reps: int = 3
     timings = load(path)
     if best_chunk(timings, layer, size) is None:
         writable(path or cache_path())
-        print(f"jaxviz: timing the ascent at {layer} ({size} px) in chunks of {', '.join(map(str, chunks))} "
-              f"on this CPU once (cached in {path or cache_path()}; {ENV}=off to skip)", file=sys.stderr, flush=True)
+        notice(f"jaxviz: timing the ascent at {layer} ({size} px) in chunks of {', '.join(map(str, chunks))} "
+               f"on this CPU once (cached in {path or cache_path()}; {ENV}=off to skip)")
         timings = {**timings, **measure_chunks(layer, size, chunks, reps)}
         save(timings, path)
     return timings

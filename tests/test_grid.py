@@ -333,3 +333,20 @@ def test_onednn_with_an_unwritable_cache_folder_names_the_folder(tmp_path):
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert str(blocker / "jaxviz" / "onednn") in err[0] and "XDG_CACHE_HOME" in err[0] and "pip install" not in err[0]
     assert not out.exists()
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_the_fallback_notice(tmp_path, quiet):
+    """oneDNN's handlers fail to build (no compiler): the notice is one line, and none under --quiet."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "cache"), CXX="/bin/false")
+    env.pop("JAXVIZ_CACHE", None)
+    argv = [sys.executable, "-m", "jaxviz.grid", "--layers", "block1_conv1", *TINY, "--out", str(tmp_path / "out")]
+    proc = subprocess.run(argv + ["--quiet"] * quiet, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "block1_conv1.png").exists()
+    notices = [l for l in proc.stderr.splitlines() if "oneDNN conv unavailable" in l]
+    if quiet:
+        assert proc.stderr == proc.stdout == ""
+    else:
+        assert len(notices) == 1, proc.stderr
