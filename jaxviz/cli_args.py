@@ -77,11 +77,12 @@ def filters_for(layer: str, filters: list[tuple[int, int]] | None, spec: VGGSpec
 
 
 def expand_spans(spans: list[tuple[int, int]], limit: int = 1 << 20) -> list[int]:
-    """Spans from :func:`parse_filters` as a list, refusing more than ``limit`` entries before expanding."""
+    """Spans from :func:`parse_filters` as a list, each number once in its first place (``0-3,2``
+    is 0, 1, 2, 3, as ``--filters`` reads it), refusing more than ``limit`` entries before expanding."""
     count = sum(b - a + 1 for a, b in spans)
     if count > limit:
         raise JaxvizError(f"{count} channels asked for; at most {limit} at once")
-    return [f for a, b in spans for f in range(a, b + 1)]
+    return list(dict.fromkeys(f for a, b in spans for f in range(a, b + 1)))
 
 
 def check_out_dir(path: str) -> str:

@@ -78,6 +78,8 @@ def test_text_spelling():
     assert o.parse("neuron:block4_conv1:5").term == o.Neuron("block4_conv1")
     assert o.parse("deepdream:block4_conv1").term == o.DeepDream("block4_conv1")
     np.testing.assert_array_equal(o.parse("logit:1,7").args, [1, 7])
+    np.testing.assert_array_equal(o.parse("block1_conv1:0-3,2").args, [0, 1, 2, 3])  # as --filters: each once
+    np.testing.assert_array_equal(o.parse("logit:7,1,7").args, [7, 1])
     np.testing.assert_array_equal(o.parse("block1_conv1", filters=[2]).args, [2])
     with pytest.raises(JaxvizError, match="names no channel; add :N, e.g. block1_conv1:0-15"):
         o.parse("block1_conv1")
