@@ -160,9 +160,10 @@ def layer_shapes(activations, params, names: tuple[str, ...], size: int, preproc
 
 
 def traceable(model: Model, names, size: int, raw: bool = False, error: Optional[Exception] = None) -> None:
-    """A one-line JaxvizError where the model's own code cannot be differentiated with respect to its
-    input image, or batched with ``jax.vmap``, at the named layers (a ``jax.pure_callback`` without a
-    ``custom_jvp`` or a ``vmap_method``, say): both by tracing alone, nothing runs. The engine asks it
+    """A one-line JaxvizError where the model's own code fails on a ``size`` px image, or cannot be
+    differentiated with respect to its input image, or batched with ``jax.vmap``, at the named
+    layers (a ``jax.pure_callback`` without a ``custom_jvp`` or a ``vmap_method``, say): all by
+    tracing alone, nothing runs. The engine asks it
     after a chunk fails with ``error``, to tell the model's fault from its own (whose error then
     propagates); a tracer leaked out of a transformation inside the model is the model's too."""
     import jax.numpy as jnp
@@ -173,6 +174,8 @@ def traceable(model: Model, names, size: int, raw: bool = False, error: Optional
     total = lambda x, p: sum(jnp.sum(a.astype(jnp.float32)) for a in forward(x, p).values())
     x = jax.ShapeDtypeStruct((size, size, 3), jnp.float32)
     what = f"model {model.name}, up to {', '.join(names) or 'its layers'},"
+    eval_shapes(lambda p, x: forward(x, p), model.params, size, f"model {model.name}",  # a wrong size first
+                f"its layers were taken at {model.input_size} px; give a size it accepts")
     try:
         jax.eval_shape(jax.grad(total), x, model.params)
     except Exception as e:
