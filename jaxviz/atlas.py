@@ -363,7 +363,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--layers", default="all",
                    help="layers, comma-separated, or 'all' (VGG: every conv layer; other models: every spatial layer)")
     p.add_argument("--filters", default="all", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default all)")
-    p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=64, help="image size in pixels (default 64)")
+    p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=None,
+                   help="image size in pixels (default 64; a model that takes only its own input size: that)")
     p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help="gradient ascent steps (default 40 for the seed recipe, the recipe's own default otherwise)")
     p.add_argument("--step-size", type=rate("--step-size"), default=None,
@@ -487,6 +488,8 @@ def _select(args, model=None) -> dict[str, list[int]]:
 
 def _validate(args) -> dict[str, list[int]] | None:
     """Check the settings before any work; VGG16's selection too (other models' once loaded: None)."""
+    args.size_given = args.size is not None
+    args.size = 64 if args.size is None else args.size
     if args.estimate and not _is_vgg(args):
         raise JaxvizError("--estimate models the full VGG16 atlas; drop it for other models")
     if args.examples is not None and not os.path.exists(args.examples):
@@ -525,6 +528,21 @@ def _recipe(args):
     if args.step_size is not None:
         raise JaxvizError(f"--step-size applies to the seed recipe only, not {args.recipe}")
     return LUCID._replace(size=args.size, steps=LUCID.steps if args.steps is None else args.steps)
+
+
+def _fit_size(model, selection: dict, recipe, say):
+    """No --size, and a model that cannot take the default but takes only its own input size: the
+    recipe at that size (without its transforms' padding, which grows the images past it), said."""
+    from jaxviz import objectives
+    from jaxviz.engine import fitted
+
+    for layer, fs in selection.items():
+        fit = fitted(model, objectives.channel(layer, fs[:1]), recipe)
+        if fit != recipe:
+            padding = " and no padding in the transforms" if fit.transforms != recipe.transforms else ""
+            say(f"model {model.name} takes only {fit.size} px images: rendering at --size {fit.size}{padding}")
+            return fit
+    return recipe
 
 
 def _load_model(args, progress: bool):
@@ -638,6 +656,9 @@ def _main(argv: list[str] | None) -> int:
         if examples is not None:
             _check_examples(examples, args.examples, model, selection, say if proc.index == 0 else (lambda *a: None))
         recipe = _recipe(args)
+        if not (args.size_given or _is_vgg(args)):
+            recipe = _fit_size(model, selection, recipe, say if proc.index == 0 else (lambda *a: None))
+            args.size = recipe.size
         settings = {"model": args.model.strip(), "recipe": args.recipe, "size": args.size, "steps": args.steps,
                     "step_size": args.step_size, "seed": args.seed, "precision": args.precision,
                     "batch": args.batch, "chunk": args.chunk, "weights_name": weights_name,

@@ -240,6 +240,27 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
         raise JaxvizError(f"diversity must be 1 or more images per objective, not {recipe.diversity}")
 
 
+def fitted(model: Model, objective: Objective, recipe: Recipe) -> Recipe:
+    """``recipe`` where it can run on ``model``; else, for a model that takes only its own
+    ``input_size`` (a flatten before a dense head, say), the recipe at that size with no
+    padding in its transforms (padding grows the images past it), where that one can run.
+    A command line's default when its user names no size; the first error stands otherwise."""
+    try:
+        check(model, objective, recipe)
+        return recipe
+    except JaxvizError as error:
+        first = error
+    pads = recipe.transforms._replace(pad=0) if recipe.transforms is not None else None
+    fit = recipe._replace(size=model.input_size, transforms=pads)
+    if fit == recipe:
+        raise first
+    try:
+        check(model, objective, fit)
+    except JaxvizError:
+        raise first from None
+    return fit
+
+
 def _check_parts(recipe: Recipe) -> None:
     """The recipe's parts are of the kinds the engine runs (not None, a class or a name)."""
     def made(v) -> bool:  # an instance with build(), not the class itself

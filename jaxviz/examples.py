@@ -294,8 +294,9 @@ def build_parser():
                    help="layers, comma-separated, or 'all' (every conv and pool layer) (default block3_conv1,block4_conv1)")
     p.add_argument("--out", default="examples", help="output folder (default examples/)")
     p.add_argument("--k", type=positive_int("--k", 1), default=9, help="examples kept per channel (default 9)")
-    p.add_argument("--size", type=positive_int("--size", 1), default=224,
-                   help="input size: shorter side resized to it, then centre-cropped (default 224)")
+    p.add_argument("--size", type=positive_int("--size", 1), default=None,
+                   help="input size: shorter side resized to it, then centre-cropped (default 224; a model "
+                   "that takes only its own input size: that)")
     p.add_argument("--batch", type=positive_int("--batch", 1), default=16, help="images per forward pass (default 16)")
     p.add_argument("--thumb", type=positive_int("--thumb", 1), default=48, help="thumbnail side in px (default 48)")
     p.add_argument("--min-side", type=positive_int("--min-side", 1), default=None,
@@ -307,12 +308,28 @@ def build_parser():
     return p
 
 
+def _fit_size(model, layers, size: int, say) -> int:
+    """No --size, and a model that cannot take the default but takes only its own input size (a
+    flatten before a dense head): that size, said; else ``size``."""
+    from jaxviz.engine import SEED, fitted
+    from jaxviz.objectives import channel
+
+    for layer in layers:
+        fit = fitted(model, channel(layer, [0]), SEED._replace(size=size)).size
+        if fit != size:
+            say(f"model {model.name} takes only {fit} px images: reading them at --size {fit}")
+            return fit
+    return size
+
+
 def _validate(args):
     """Everything checkable before any work or any file is written."""
     from jaxviz import imagefolder
     from jaxviz.cli_args import check_out_dir, check_out_paths
     from jaxviz.model import VGG16, VGG19, layers as spec_layers, min_size
 
+    args.size_given = args.size is not None
+    args.size = 224 if args.size is None else args.size
     names = None if args.layers.strip() == "all" else [t.strip() for t in args.layers.split(",") if t.strip()]
     if names == []:
         raise JaxvizError("--layers is empty; give layer names such as block3_conv1,block4_conv1 or 'all'")
@@ -410,6 +427,8 @@ def _run(args) -> int:
         model = models.load(args.model, args.weights)
         if layers is None:  # 'all' of a model loaded here: its spatial layers
             layers = [l.name for l in model.layers if l.spatial]
+        if not (args.size_given or args.model.strip().lower() in ("vgg16", "vgg19")):
+            args.size = _fit_size(model, layers, args.size, say)
         layers = check_layers(model, layers, args.size)
         config = Config(k=args.k, size=args.size, batch=args.batch, thumb=args.thumb, min_side=args.min_side)
         check_memory(model, layers, config)

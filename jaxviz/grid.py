@@ -72,6 +72,9 @@ def build_parser() -> OneLineParser:
     q.add_argument("--diversity", type=positive_int("--diversity", 1, 1024), default=None,
                    help="images per filter, pushed apart by Lucid's diversity term; tiles go filter by filter "
                    "(default 1)")
+    q.add_argument("--pad", type=positive_int("--pad", 0, 4096), default=None,
+                   help="grey padding (px) the transforms add on each side before the model sees an image "
+                   "(default 12; 0 for a model that takes only its own input size)")
     q.add_argument("--no-transforms", action="store_true", default=None,
                    help="turn off transformation robustness (pad, jitter, scale, rotate)")
     p.add_argument("--seed", type=positive_int("--seed", 0, MAX_SEED), default=0, help="random seed of the start images (default 0)")
@@ -90,7 +93,7 @@ def build_parser() -> OneLineParser:
     return p
 
 
-LUCID_OPTIONS = ("lr", "param", "dead_filter", "diversity", "no_transforms")
+LUCID_OPTIONS = ("lr", "param", "dead_filter", "diversity", "pad", "no_transforms")
 
 
 def _lucid_config(args):
@@ -99,7 +102,7 @@ def _lucid_config(args):
         return None
     from jaxviz.lucid import LucidConfig
 
-    given = dict(lr=args.lr, param=args.param, dead_filter=args.dead_filter, diversity=args.diversity)
+    given = dict(lr=args.lr, param=args.param, dead_filter=args.dead_filter, diversity=args.diversity, pad=args.pad)
     config = LucidConfig(size=args.size, steps=args.steps, precision=args.precision,
                          **{k: v for k, v in given.items() if v is not None})
     return config._replace(transforms=False) if args.no_transforms else config
@@ -133,6 +136,7 @@ def _validate(args) -> list[tuple[str, object]]:
             raise JaxvizError(f"--conv onednn: oneDNN's conv could not be built here: {error}; or use --conv auto")
         if why := ops.why_not(args.precision, args.conv):
             raise JaxvizError(f"--conv {args.conv} --precision {args.precision}: {why}")
+    args.size_given = args.size is not None
     if args.size is None:
         args.size = 128 if args.recipe == "lucid" else 64
     if args.steps is None:
@@ -221,6 +225,25 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
         jobs.append((layer, fs, for_layer(layer, fs)))
     files = dict((text, name) for name, text in _file_names(names))  # "stem/conv" -> stem-conv.png
     return [(files[layer], fs, obj) for layer, fs, obj in jobs]
+
+
+def _fit_size(args, model, jobs, say) -> None:
+    """No --size (nor --pad), and a model that cannot take the default but takes only its own input
+    size: render at that size (with the quality recipe, with --pad 0: padding grows the images past
+    it), saying so; a model that takes neither fails with the default's line."""
+    from jaxviz.engine import fitted
+
+    recipe = _recipe(args)
+    for _, _, objective in jobs:
+        fit = fitted(model, objective, recipe)
+        if fit != recipe:
+            args.size = fit.size
+            padded = fit.transforms != recipe.transforms
+            if padded:
+                args.pad = 0
+            say(f"model {model.name} takes only {fit.size} px images: rendering at --size {fit.size}"
+                + (" --pad 0" if padded else ""))
+            return
 
 
 def _recipe(args):
@@ -391,6 +414,8 @@ def _main(argv: list[str] | None) -> int:
             _print_layers(model)
             return 0
         jobs = _jobs(args, model, planned)
+        if not (args.size_given or args.pad is not None or _is_vgg(args)):
+            _fit_size(args, model, jobs, say)
         for _, fs, _ in jobs:  # before any work, for every model: the grid image itself must fit
             checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
         _check_paths(args, [name for name, _, _ in jobs])

@@ -264,6 +264,19 @@ def test_a_nested_layer_name_gets_nested_pages_that_link_back(tmp_path):
     assert 'href="stem/conv/index.html"' in (out / "index.html").read_text()
 
 
+@pytest.mark.parametrize("recipe", ["seed", "lucid"])
+def test_a_model_of_one_input_size_gets_its_atlas_at_it_when_no_size_is_given(tmp_path, capsys, recipe):
+    """A flatten before a dense head (16 px only): the default 64 px would fail; rerun, it resumes."""
+    out = tmp_path / "out"
+    argv = ["--model", "tests.tiny_model:build_fixed", "--layers", "conv", "--filters", "0-1", "--steps", "2",
+            "--recipe", recipe, "--out", str(out)]
+    assert atlas_mod.main(argv) == 0
+    assert "takes only 16 px images: rendering at --size 16" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["settings"]["size"] == 16
+    assert Image.open(out / "conv" / "f001.png").size == (16, 16)
+    assert atlas_mod.main(argv) == 0 and "already done" in capsys.readouterr().out
+
+
 def test_sharded_over_four_devices_equals_one_device(reference, tmp_path):
     out = tmp_path / "four"
     r = run_cli([*TINY, "--out", str(out)], {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})

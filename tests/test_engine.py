@@ -130,6 +130,22 @@ def test_a_fixed_size_model_at_another_size_is_one_line():
     assert "\n" not in str(e.value)
 
 
+def test_fitted_takes_a_fixed_size_model_to_its_size_and_no_padding():
+    from jaxviz.models import from_function
+
+    w = jax.random.normal(jax.random.key(1), (8 * 8 * 3, 4))
+    fixed = from_function(lambda p, x: {"img": x, "fc": x.reshape(-1) @ p}, w, input_size=8)
+    any_size = from_function(lambda p, x: {"img": x * p}, jnp.float32(1.0), input_size=8)
+    lucid = engine.LUCID._replace(size=12)
+    assert engine.fitted(any_size, deepdream("img"), lucid) == lucid  # it runs: unchanged
+    fit = engine.fitted(fixed, deepdream("fc"), lucid)
+    assert fit == lucid._replace(size=8, transforms=lucid.transforms._replace(pad=0))
+    assert engine.render(fixed, deepdream("fc"), fit._replace(steps=1)).images.shape == (1, 8, 8, 3)
+    assert engine.fitted(fixed, deepdream("fc"), SEED) == SEED._replace(size=8)
+    with pytest.raises(JaxvizError, match="unknown layer"):  # nothing fits: the first error
+        engine.fitted(fixed, deepdream("nope"), SEED)
+
+
 def test_start_and_objective_types_are_checked(model):
     obj = channel("block1_conv1", [0, 3])
     with pytest.raises(JaxvizError, match=r"start has shape \(2, 24, 24, 3\); .* \(2, 16, 16, 3\)"):

@@ -329,6 +329,20 @@ def test_cli_no_usable_image_leaves_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_of_one_input_size_reads_at_it_when_no_size_is_given(tmp_path, capsys):
+    """A flatten before a dense head (16 px only): at the default 224 px it failed, blamed on its
+    gradient ("cannot be differentiated"); a --size given is kept, the line naming the size."""
+    folder = _noise_folder(tmp_path / "imgs", 3, seed=3)
+    argv = ["--model", "tests.tiny_model:build_fixed", "--images", str(folder), "--layers", "conv", "--k", "2"]
+    assert examples.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "takes only 16 px images: reading them at --size 16" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / examples.SUMMARY_JSON).read_text())["settings"]["size"] == 16
+    rc, err = _cli(capsys, *argv, "--size", "20", "--out", str(tmp_path / "out20"))
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "failed on a 20x20x3 input" in err and "taken at 16 px" in err and "differentiated" not in err
+    assert not (tmp_path / "out20").exists()
+
+
 def test_cli_writes_the_summary(tmp_path, capsys):
     folder = _noise_folder(tmp_path / "imgs", 3, seed=3)
     rc = examples.main(["--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2",

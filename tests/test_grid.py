@@ -74,6 +74,26 @@ def test_npz_of_the_quality_recipe_records_only_its_settings(tmp_path):
     assert float(d["lucid_lr"]) == 0.05 and str(d["recipe"]) == "lucid" and int(d["steps"]) == 1
 
 
+@pytest.mark.parametrize("recipe", ["seed", "lucid"])
+def test_a_model_of_one_input_size_renders_at_it_when_no_size_is_given(tmp_path, capsys, recipe):
+    """A flatten before a dense head: the default size (64, or 128 and a 12 px padding) would fail."""
+    out = tmp_path / "out"
+    fixed = ["--model", "tests.tiny_model:build_fixed", "--steps", "2", "--recipe", recipe, "--out", str(out)]
+    assert run_main([*fixed, "--layers", "conv", "--filters", "0-1", "--cols", "2", "--npz"]) == 0
+    said = capsys.readouterr().out
+    assert "takes only 16 px images: rendering at --size 16" + (" --pad 0" if recipe == "lucid" else "") in said
+    assert Image.open(out / "conv.png").size == (2 * 16 + 5, 16)
+    d = np.load(out / "conv.npz")
+    assert int(d["size"]) == 16 and np.isfinite(d["images"]).all() and d["images"].std() > 0
+    if recipe == "lucid":
+        assert int(d["lucid_pad"]) == 0
+    assert run_main([*fixed, "--objective", "logit:3", "--quiet"]) == 0  # the head's units too
+    assert Image.open(out / "logit-3.png").size == (16, 16)
+    assert run_main([*fixed, "--layers", "conv", "--size", "20"]) == 2  # a size given is kept: one line
+    err = capsys.readouterr().err
+    assert f"failed on a {20 + 24 * (recipe == 'lucid')}x" in err and "taken at 16 px" in err
+
+
 def run_main(argv):
     try:
         return grid.main(argv)

@@ -56,3 +56,18 @@ def build_colon():
     model = build()
     return from_function(lambda p, x: {"stem:conv": model.activations(p, x, ("conv",))["conv"]}, model.params,
                          input_size=16)
+
+
+def build_fixed():
+    """A classifier's shape: a flatten before a dense head, so it takes only its own 16 px input."""
+    from jaxviz.models import from_function
+
+    k1, k2 = jax.random.split(jax.random.key(1))
+    params = {"conv": jax.random.normal(k1, (3, 3, 3, 4)) * 0.3, "dense": jax.random.normal(k2, (16 * 16 * 4, 5)) * 0.03}
+
+    def fn(p, x):
+        h = jax.nn.relu(jax.lax.conv_general_dilated(x[None], p["conv"], (1, 1), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0])
+        return {"conv": h, "logits": h.reshape(-1) @ p["dense"]}
+
+    return from_function(fn, params, input_size=16)
