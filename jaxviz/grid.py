@@ -125,6 +125,8 @@ def _validate(args) -> list[tuple[str, object]]:
         for name in LUCID_OPTIONS:
             if getattr(args, name) is not None:
                 raise JaxvizError(f"--{name.replace('_', '-')} applies to --recipe lucid only")
+    if args.no_transforms and args.pad is not None:
+        raise JaxvizError("--pad is the transforms' padding, and --no-transforms turns them off; give one or the other")
     if args.recipe == "lucid" and args.conv != "auto":
         raise JaxvizError("--conv applies to --recipe seed only")
     if args.conv != "auto" or args.precision != "float32":

@@ -110,6 +110,8 @@ def run_main(argv):
     (["--filters", "1-x"], "malformed --filters"),
     (["--filters", "5-2"], "malformed --filters"),
     (["--recipe", "lucid", "--conv", "xla"], "--conv applies to --recipe seed only"),
+    (["--recipe", "lucid", "--pad", "3", "--no-transforms"], "give one or the other"),
+    (["--pad", "3"], "--pad applies to --recipe lucid only"),
     # issue 11: any model, objectives
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--model", "tests.tiny_model:build", "--precision", "bfloat16"], "apply to the VGG models only"),
