@@ -146,7 +146,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
 @functools.lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL | None:
     """The loaded handlers (once per process), or None where oneDNN cannot run; a failed build
-    is said once on stderr (XLA's convs run instead)."""
+    is said once, as a notice (``errors.notice``; XLA's convs run instead)."""
     lib, error = _load()
     if error:
         notice(f"jaxviz: oneDNN conv unavailable ({error}); using XLA's convs")

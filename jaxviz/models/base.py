@@ -163,9 +163,9 @@ def traceable(model: Model, names, size: int, raw: bool = False, error: Optional
     """A one-line JaxvizError where the model's own code fails on a ``size`` px image, or cannot be
     differentiated with respect to its input image, or batched with ``jax.vmap``, at the named
     layers (a ``jax.pure_callback`` without a ``custom_jvp`` or a ``vmap_method``, say): all by
-    tracing alone, nothing runs. The engine asks it
-    after a chunk fails with ``error``, to tell the model's fault from its own (whose error then
-    propagates); a tracer leaked out of a transformation inside the model is the model's too."""
+    tracing alone, nothing runs. The engine asks it after a chunk fails with ``error``, to tell the
+    model's fault from its own (whose error then propagates); a tracer leaked out of a
+    transformation inside the model is the model's too."""
     import jax.numpy as jnp
 
     known = {l.name for l in model.layers}
