@@ -64,6 +64,26 @@ def test_keras_application_with_random_weights_renders_an_inner_layer():
     assert "\n" not in str(e.value) and "block_2_add" in str(e.value) and "valid layers" in str(e.value)
 
 
+def test_a_weights_file_with_the_classifier_top_keeps_it(tmp_path, capsys):
+    """Keras loads a file with the top into a model without one, dropping the classifier silently:
+    tried without the top first, a full file had no logits. Now with the top first; a file without
+    the top still loads (into a model without one), and the CLI renders a class at the top's 224 px."""
+    from jaxviz import grid
+
+    top, notop = tmp_path / "top.weights.h5", tmp_path / "notop.weights.h5"
+    keras.applications.MobileNetV2(weights=None, include_top=True).save_weights(str(top))
+    keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(None, None, 3)).save_weights(str(notop))
+    full = keras_application("MobileNetV2", str(top))
+    assert full.input_size == 224 and full.layer("logits").shape == (1000,)
+    base = keras_application("MobileNetV2", str(notop))
+    assert "logits" not in {l.name for l in base.layers} and base.layer("block_2_add").spatial
+    out = tmp_path / "out"
+    assert grid.main(["--model", "keras:MobileNetV2", "--weights", str(top), "--objective", "logit:3",
+                      "--steps", "1", "--out", str(out)]) == 0
+    assert "takes only 224 px images: rendering at --size 224" in capsys.readouterr().out
+    assert (out / "logit-3.png").is_file()
+
+
 def test_softmax_classifier_gets_a_logits_layer():
     # seeded: with some random kernels all four relu channels are dead on the seed's grey start
     # (about 1 init in 16), and the logits cannot move

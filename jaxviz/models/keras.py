@@ -152,9 +152,9 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
 
     ``weights``: None (random initialization), "imagenet" (Keras downloads them: needs the
     internet once) or a Keras weights file (with or without the classifier top; tried
-    without first). Without the top the model takes any input size (layer shapes at
-    ``input_size``, default 224); with it (``include_top=True``) the size is fixed, and the
-    model has a ``logits`` layer.
+    with it first). Without the top the model takes any input size (layer shapes at
+    ``input_size``, default 224); with it (``include_top=True``, or a file holding the top) the
+    size is fixed, and the model has a ``logits`` layer.
     """
     keras = _keras()
     builder = getattr(keras.applications, name, None) if isinstance(name, str) else None
@@ -165,7 +165,9 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
         p = Path(weights)
         why = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
         raise JaxvizError(f"weights file {weights} {why}; give a Keras weights file of {name}")
-    tops = [include_top] if include_top is not None else ([False, True] if is_file else [False])
+    # with the top first: Keras loads a file with the top into a model without one, silently
+    # dropping the classifier, but refuses a file without the top for a model with one
+    tops = [include_top] if include_top is not None else ([True, False] if is_file else [False])
     error = None
     for top in tops:
         shape = None if top else (None, None, 3)
@@ -175,8 +177,8 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # Keras' own download talk:
                 warnings.simplefilter("ignore")  # a failure is the one line below
                 model = builder(weights=None if is_file else weights, include_top=top, input_shape=shape)
-            if is_file:
-                model.load_weights(str(weights))
+                if is_file:
+                    model.load_weights(str(weights))
             break
         except Exception as e:  # download failure, wrong file: one line, below
             error = e
