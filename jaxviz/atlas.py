@@ -531,8 +531,8 @@ def _recipe(args):
 
 
 def _fit_size(model, selection: dict, recipe, say):
-    """No --size, and a model that cannot take the default but takes only its own input size: the
-    recipe at that size (without its transforms' padding, which grows the images past it), said."""
+    """No --size, and a model that cannot take the default size: the recipe at its own input size
+    (without its transforms' padding where it takes that size only), said (``engine.fitted``)."""
     from jaxviz import objectives
     from jaxviz.engine import fitted
 
@@ -540,7 +540,8 @@ def _fit_size(model, selection: dict, recipe, say):
         fit = fitted(model, objectives.channel(layer, fs[:1]), recipe)
         if fit != recipe:
             padding = " and no padding in the transforms" if fit.transforms != recipe.transforms else ""
-            say(f"model {model.name} takes only {fit.size} px images: rendering at --size {fit.size}{padding}")
+            say(f"model {model.name} cannot take {recipe.size} px images: rendering at its input size, "
+                f"--size {fit.size}{padding}")
             return fit
     return recipe
 

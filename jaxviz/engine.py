@@ -241,24 +241,27 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
 
 
 def fitted(model: Model, objective: Objective, recipe: Recipe) -> Recipe:
-    """``recipe`` where it can run on ``model``; else, for a model that takes only its own
-    ``input_size`` (a flatten before a dense head, say), the recipe at that size with no
-    padding in its transforms (padding grows the images past it), where that one can run.
-    A command line's default when its user names no size; the first error stands otherwise."""
+    """``recipe`` where it can run on ``model``; else the recipe at the model's own ``input_size``
+    (a model with a larger minimum size), or at that size with no padding in its transforms (a
+    model that takes only that size, such as a flatten before a dense head: padding grows the
+    images past it), the first that can run. A command line's default when its user names no
+    size; the first error stands where neither runs."""
     try:
         check(model, objective, recipe)
         return recipe
     except JaxvizError as error:
         first = error
-    pads = recipe.transforms._replace(pad=0) if recipe.transforms is not None else None
-    fit = recipe._replace(size=model.input_size, transforms=pads)
-    if fit == recipe:
-        raise first
-    try:
-        check(model, objective, fit)
-    except JaxvizError:
-        raise first from None
-    return fit
+    at_input = recipe._replace(size=model.input_size)
+    unpadded = at_input._replace(transforms=recipe.transforms and recipe.transforms._replace(pad=0))
+    for fit in dict.fromkeys((at_input, unpadded)):
+        if fit == recipe:
+            continue
+        try:
+            check(model, objective, fit)
+            return fit
+        except JaxvizError:
+            pass
+    raise first
 
 
 def _check_parts(recipe: Recipe) -> None:

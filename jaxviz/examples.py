@@ -309,15 +309,15 @@ def build_parser():
 
 
 def _fit_size(model, layers, size: int, say) -> int:
-    """No --size, and a model that cannot take the default but takes only its own input size (a
-    flatten before a dense head): that size, said; else ``size``."""
+    """No --size, and a model that cannot take the default ``size`` (a flatten before a dense head
+    takes its own input size only): its input size, said (``engine.fitted``); else ``size``."""
     from jaxviz.engine import SEED, fitted
     from jaxviz.objectives import channel
 
     for layer in layers:
         fit = fitted(model, channel(layer, [0]), SEED._replace(size=size)).size
         if fit != size:
-            say(f"model {model.name} takes only {fit} px images: reading them at --size {fit}")
+            say(f"model {model.name} cannot take {size} px images: reading them at its input size, --size {fit}")
             return fit
     return size
 

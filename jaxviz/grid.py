@@ -230,9 +230,10 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
 
 
 def _fit_size(args, model, jobs, say) -> None:
-    """No --size (nor --pad), and a model that cannot take the default but takes only its own input
-    size: render at that size (with the quality recipe, with --pad 0: padding grows the images past
-    it), saying so; a model that takes neither fails with the default's line."""
+    """No --size (nor --pad), and a model that cannot take the default size: render at its own input
+    size (with the quality recipe, with --pad 0 where it takes that size only: padding grows the
+    images past it), saying so (``engine.fitted``); a model that takes neither fails with the
+    default's line."""
     from jaxviz.engine import fitted
 
     recipe = _recipe(args)
@@ -243,8 +244,8 @@ def _fit_size(args, model, jobs, say) -> None:
             padded = fit.transforms != recipe.transforms
             if padded:
                 args.pad = 0
-            say(f"model {model.name} takes only {fit.size} px images: rendering at --size {fit.size}"
-                + (" --pad 0" if padded else ""))
+            say(f"model {model.name} cannot take {recipe.size} px images: rendering at its input size, --size "
+                f"{fit.size}" + (" --pad 0" if padded else ""))
             return
 
 

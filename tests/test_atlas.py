@@ -271,7 +271,7 @@ def test_a_model_of_one_input_size_gets_its_atlas_at_it_when_no_size_is_given(tm
     argv = ["--model", "tests.tiny_model:build_fixed", "--layers", "conv", "--filters", "0-1", "--steps", "2",
             "--recipe", recipe, "--out", str(out)]
     assert atlas_mod.main(argv) == 0
-    assert "takes only 16 px images: rendering at --size 16" in capsys.readouterr().out
+    assert "cannot take 64 px images: rendering at its input size, --size 16" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["settings"]["size"] == 16
     assert Image.open(out / "conv" / "f001.png").size == (16, 16)
     assert atlas_mod.main(argv) == 0 and "already done" in capsys.readouterr().out

@@ -144,6 +144,9 @@ def test_fitted_takes_a_fixed_size_model_to_its_size_and_no_padding():
     assert engine.fitted(fixed, deepdream("fc"), SEED) == SEED._replace(size=8)
     with pytest.raises(JaxvizError, match="unknown layer"):  # nothing fits: the first error
         engine.fitted(fixed, deepdream("nope"), SEED)
+    large = from_function(lambda p, x: {"img": x * p}, jnp.float32(1.0), input_size=40, min_size=lambda name: 30)
+    assert engine.fitted(large, deepdream("img"), SEED._replace(size=16)) == SEED._replace(size=40)
+    assert engine.fitted(large, deepdream("img"), lucid._replace(size=16)) == lucid._replace(size=40)  # padded still
 
 
 def test_start_and_objective_types_are_checked(model):

@@ -335,7 +335,7 @@ def test_a_model_of_one_input_size_reads_at_it_when_no_size_is_given(tmp_path, c
     folder = _noise_folder(tmp_path / "imgs", 3, seed=3)
     argv = ["--model", "tests.tiny_model:build_fixed", "--images", str(folder), "--layers", "conv", "--k", "2"]
     assert examples.main([*argv, "--out", str(tmp_path / "out")]) == 0
-    assert "takes only 16 px images: reading them at --size 16" in capsys.readouterr().out
+    assert "cannot take 224 px images: reading them at its input size, --size 16" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / examples.SUMMARY_JSON).read_text())["settings"]["size"] == 16
     rc, err = _cli(capsys, *argv, "--size", "20", "--out", str(tmp_path / "out20"))
     assert rc == 2 and len(err.splitlines()) == 1, err

@@ -81,7 +81,9 @@ def test_a_model_of_one_input_size_renders_at_it_when_no_size_is_given(tmp_path,
     fixed = ["--model", "tests.tiny_model:build_fixed", "--steps", "2", "--recipe", recipe, "--out", str(out)]
     assert run_main([*fixed, "--layers", "conv", "--filters", "0-1", "--cols", "2", "--npz"]) == 0
     said = capsys.readouterr().out
-    assert "takes only 16 px images: rendering at --size 16" + (" --pad 0" if recipe == "lucid" else "") in said
+    default = 128 if recipe == "lucid" else 64
+    assert f"cannot take {default} px images: rendering at its input size, --size 16" + \
+        (" --pad 0" if recipe == "lucid" else "") in said
     assert Image.open(out / "conv.png").size == (2 * 16 + 5, 16)
     d = np.load(out / "conv.npz")
     assert int(d["size"]) == 16 and np.isfinite(d["images"]).all() and d["images"].std() > 0

@@ -80,7 +80,7 @@ def test_a_weights_file_with_the_classifier_top_keeps_it(tmp_path, capsys):
     out = tmp_path / "out"
     assert grid.main(["--model", "keras:MobileNetV2", "--weights", str(top), "--objective", "logit:3",
                       "--steps", "1", "--out", str(out)]) == 0
-    assert "takes only 224 px images: rendering at --size 224" in capsys.readouterr().out
+    assert "cannot take 64 px images: rendering at its input size, --size 224" in capsys.readouterr().out
     assert (out / "logit-3.png").is_file()
 
 
