@@ -364,7 +364,7 @@ def build_parser() -> OneLineParser:
                    help="layers, comma-separated, or 'all' (VGG: every conv layer; other models: every spatial layer)")
     p.add_argument("--filters", default="all", help="filters per layer: a range 0-63, a list 0,5,9, or 'all' (default all)")
     p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=None,
-                   help="image size in pixels (default 64; a model that takes only its own input size: that)")
+                   help="image size in pixels (default 64; a model that cannot take it: its input size)")
     p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help="gradient ascent steps (default 40 for the seed recipe, the recipe's own default otherwise)")
     p.add_argument("--step-size", type=rate("--step-size"), default=None,

@@ -296,7 +296,7 @@ def build_parser():
     p.add_argument("--k", type=positive_int("--k", 1), default=9, help="examples kept per channel (default 9)")
     p.add_argument("--size", type=positive_int("--size", 1), default=None,
                    help="input size: shorter side resized to it, then centre-cropped (default 224; a model "
-                   "that takes only its own input size: that)")
+                   "that cannot take it: its input size)")
     p.add_argument("--batch", type=positive_int("--batch", 1), default=16, help="images per forward pass (default 16)")
     p.add_argument("--thumb", type=positive_int("--thumb", 1), default=48, help="thumbnail side in px (default 48)")
     p.add_argument("--min-side", type=positive_int("--min-side", 1), default=None,

@@ -52,7 +52,8 @@ def build_parser() -> OneLineParser:
                    help="also write each grid's ascent as OUT/NAME.gif (and .webp where Pillow can), about 40 frames")
     p.add_argument("--cols", type=positive_int("--cols", 1), default=8, help="tiles per grid row (default 8)")
     p.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=None,
-                   help="tile size in pixels (default 64; 128 with --recipe lucid)")
+                   help="tile size in pixels (default 64; 128 with --recipe lucid; a model that cannot take it: "
+                   "its input size)")
     p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
     p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help=f"gradient ascent steps (default 40; {LUCID_STEPS} with --recipe lucid)")
