@@ -355,10 +355,11 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     args = jax.tree.map(lambda a: padded(jnp.asarray(a)), args)
     keys, start = padded(keys), padded(start)
     static, (blank, hyper) = model.static(), _split_optimizer(recipe)
+    layers, raw = objective.term.layers(), recipe.param.build(1).raw  # what a failed chunk's check traces
     outs = []
     for c in range(chunks):
         sl = slice(c * b, (c + 1) * b)
-        with model_errors(model, objective.term.layers(), recipe.size, recipe.param.build(1).raw):
+        with model_errors(model, layers, recipe.size, raw):
             outs.append(run_chunk(static, model.params, objective.term, blank, every, hyper,
                                   jax.tree.map(lambda a: a[sl], args), keys[sl], start[sl]))
         if progress is not None:
