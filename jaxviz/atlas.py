@@ -35,8 +35,8 @@ from typing import NamedTuple, Sequence
 from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, make_out_dir,
-    model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
+    OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, fit_default_size,
+    make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz.folder_lock import FolderLock
@@ -530,22 +530,6 @@ def _recipe(args):
     return LUCID._replace(size=args.size, steps=LUCID.steps if args.steps is None else args.steps)
 
 
-def _fit_size(model, selection: dict, recipe, say):
-    """No --size, and a model that cannot take the default size: the recipe at its own input size
-    (without its transforms' padding where it takes that size only), said (``engine.fitted``)."""
-    from jaxviz import objectives
-    from jaxviz.engine import fitted
-
-    for layer, fs in selection.items():
-        fit = fitted(model, objectives.channel(layer, fs[:1]), recipe)
-        if fit != recipe:
-            padding = " and no padding in the transforms" if fit.transforms != recipe.transforms else ""
-            say(f"model {model.name} cannot take {recipe.size} px images: rendering at its input size, "
-                f"--size {fit.size}{padding}")
-            return fit
-    return recipe
-
-
 def _load_model(args, progress: bool):
     """(model, weights name, weights id) of --model and --weights; nothing is written before this."""
     from jaxviz import models
@@ -658,7 +642,11 @@ def _main(argv: list[str] | None) -> int:
             _check_examples(examples, args.examples, model, selection, say if proc.index == 0 else (lambda *a: None))
         recipe = _recipe(args)
         if not (args.size_given or _is_vgg(args)):
-            recipe = _fit_size(model, selection, recipe, say if proc.index == 0 else (lambda *a: None))
+            from jaxviz.objectives import channel
+
+            recipe = fit_default_size(model, [channel(layer, fs[:1]) for layer, fs in selection.items()], recipe,
+                                      say if proc.index == 0 else (lambda *a: None),
+                                      unpadded=" and no padding in the transforms")
             args.size = recipe.size
         settings = {"model": args.model.strip(), "recipe": args.recipe, "size": args.size, "steps": args.steps,
                     "step_size": args.step_size, "seed": args.seed, "precision": args.precision,

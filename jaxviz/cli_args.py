@@ -201,6 +201,23 @@ def rate(name: str):
     return parse
 
 
+def fit_default_size(model, objectives, recipe, say, verb: str = "rendering", unpadded: str = " --pad 0"):
+    """No --size given, and a model that cannot take the default size (a flatten before a dense head
+    takes its own input size only): ``recipe`` at the model's input size, without its transforms'
+    padding where it takes that size only (``engine.fitted``), said in one line; else ``recipe``.
+    A model that takes neither fails with the default size's error."""
+    from jaxviz.engine import fitted
+
+    for objective in objectives:
+        fit = fitted(model, objective, recipe)
+        if fit != recipe:
+            pad = unpadded if fit.transforms != recipe.transforms else ""
+            say(f"model {model.name} cannot take {recipe.size} px images: {verb} at its input size, "
+                f"--size {fit.size}{pad}")
+            return fit
+    return recipe
+
+
 def check_budget(layer: str, size: int, n: int, batch: int) -> None:
     """Refuse up front a layer whose estimated memory exceeds the limit (jaxviz.checks.run_budget)."""
     from jaxviz import checks

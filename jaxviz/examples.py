@@ -308,20 +308,6 @@ def build_parser():
     return p
 
 
-def _fit_size(model, layers, size: int, say) -> int:
-    """No --size, and a model that cannot take the default ``size`` (a flatten before a dense head
-    takes its own input size only): its input size, said (``engine.fitted``); else ``size``."""
-    from jaxviz.engine import SEED, fitted
-    from jaxviz.objectives import channel
-
-    for layer in layers:
-        fit = fitted(model, channel(layer, [0]), SEED._replace(size=size)).size
-        if fit != size:
-            say(f"model {model.name} cannot take {size} px images: reading them at its input size, --size {fit}")
-            return fit
-    return size
-
-
 def _validate(args):
     """Everything checkable before any work or any file is written."""
     from jaxviz import imagefolder
@@ -422,13 +408,17 @@ def _run(args) -> int:
         layers = _validate(args)
         ui["created"] = not os.path.exists(args.out)
         from jaxviz import models
-        from jaxviz.cli_args import make_out_dir
+        from jaxviz.cli_args import fit_default_size, make_out_dir
 
         model = models.load(args.model, args.weights)
         if layers is None:  # 'all' of a model loaded here: its spatial layers
             layers = [l.name for l in model.layers if l.spatial]
         if not (args.size_given or args.model.strip().lower() in ("vgg16", "vgg19")):
-            args.size = _fit_size(model, layers, args.size, say)
+            from jaxviz.engine import SEED
+            from jaxviz.objectives import channel
+
+            args.size = fit_default_size(model, [channel(layer, [0]) for layer in layers],
+                                         SEED._replace(size=args.size), say, verb="reading them").size
         layers = check_layers(model, layers, args.size)
         config = Config(k=args.k, size=args.size, batch=args.batch, thumb=args.thumb, min_side=args.min_side)
         check_memory(model, layers, config)

@@ -15,8 +15,8 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, make_out_dir, model_name, parse_filters,
-    parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
+    OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir, model_name,
+    parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
 from jaxviz import checks, compile_cache
@@ -230,26 +230,6 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
     return [(files[layer], fs, obj) for layer, fs, obj in jobs]
 
 
-def _fit_size(args, model, jobs, say) -> None:
-    """No --size (nor --pad), and a model that cannot take the default size: render at its own input
-    size (with the quality recipe, with --pad 0 where it takes that size only: padding grows the
-    images past it), saying so (``engine.fitted``); a model that takes neither fails with the
-    default's line."""
-    from jaxviz.engine import fitted
-
-    recipe = _recipe(args)
-    for _, _, objective in jobs:
-        fit = fitted(model, objective, recipe)
-        if fit != recipe:
-            args.size = fit.size
-            padded = fit.transforms != recipe.transforms
-            if padded:
-                args.pad = 0
-            say(f"model {model.name} cannot take {recipe.size} px images: rendering at its input size, --size "
-                f"{fit.size}" + (" --pad 0" if padded else ""))
-            return
-
-
 def _recipe(args):
     """The engine's recipe of the command line."""
     from jaxviz.engine import SEED
@@ -419,7 +399,9 @@ def _main(argv: list[str] | None) -> int:
             return 0
         jobs = _jobs(args, model, planned)
         if not (args.size_given or args.pad is not None or _is_vgg(args)):
-            _fit_size(args, model, jobs, say)
+            recipe = _recipe(args)
+            fit = fit_default_size(model, [objective for *_, objective in jobs], recipe, say)
+            args.size, args.pad = fit.size, 0 if fit.transforms != recipe.transforms else args.pad
         for _, fs, _ in jobs:  # before any work, for every model: the grid image itself must fit
             checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
         _check_paths(args, [name for name, _, _ in jobs])
