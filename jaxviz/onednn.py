@@ -117,7 +117,11 @@ def _build(prefix: Path) -> Path:
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise OSError(f"compiling {SOURCE.name} failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
+            lines = r.stderr.strip().splitlines()
+            if any("No space left on device" in l for l in lines):  # the linker's line; gcc ends on "ld returned 1"
+                raise OSError(f"compiling {SOURCE.name}: no space left on device in {out.parent} or the temporary "
+                              "folder; free some space, or point JAXVIZ_CACHE (or TMPDIR) at another folder")
+            raise OSError(f"compiling {SOURCE.name} failed: {lines[-1] if lines else f'exit status {r.returncode}'}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

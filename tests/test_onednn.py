@@ -470,3 +470,24 @@ def test_cpu_signature_holds_model_family_and_flags():
     for prefix in (b"model name", b"model\t", b"cpu family", b"flags"):
         wanted = {l for l in lines if l.startswith(prefix)}
         assert all(l in sig for l in wanted), prefix
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_a_full_disk_is_named_not_the_linkers_last_line(tmp_path, monkeypatch):
+    """A full cache folder: gcc's last line is "collect2: error: ld returned 1 exit status", which
+    was all the notice said; the cause, and where to point instead, are named now."""
+    cxx = tmp_path / "cxx"
+    cxx.write_text("#!/bin/sh\necho '/usr/bin/ld: final link failed: No space left on device' >&2\n"
+                   "echo 'collect2: error: ld returned 1 exit status' >&2\nexit 1\n")
+    cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    with pytest.raises(OSError) as e:
+        onednn._build(onednn._prefix())
+    message = str(e.value)
+    assert "no space left" in message and str(tmp_path / "j" / "onednn") in message and "JAXVIZ_CACHE" in message
+    assert "collect2" not in message and "\n" not in message
+    assert not list((tmp_path / "j").rglob("*.tmp"))
+    cxx.write_text("#!/bin/sh\necho 'x.cc:1: error: expected ;' >&2\nexit 1\n")
+    with pytest.raises(OSError, match=r"failed: x.cc:1: error: expected ;$"):  # other errors: the last line, as text
+        onednn._build(onednn._prefix())
