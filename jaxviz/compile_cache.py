@@ -13,19 +13,26 @@ Some CPUs refuse every executable XLA:CPU reloads, logging an error each time (t
 taken for missing CPU features, jax-ml/jax#38445); so before the first use of a folder, one
 tiny program is compiled, serialized and loaded back, quietly, and the folder remembers the
 answer (``reload-ok`` or ``reload-refused``).
+
+The cache only saves time: a folder with under ``MIN_FREE`` bytes free is not used, and an entry
+JAX cannot write or read (a disk that fills during the run) is skipped without its warning, one
+per program, a dozen in a grid.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 ENV = "JAXVIZ_COMPILE_CACHE"  # "0" (or off, no, false, none): never
 MAX_BYTES = 1 << 30  # the folder's size at most (JAX evicts the least recently used entries)
+MIN_FREE = 64 << 20  # bytes free in its file system for the cache to be used (an entry: up to ~0.2 MB here)
 OK, REFUSED = "reload-ok", "reload-refused"
 
 
@@ -56,7 +63,7 @@ def use() -> Path | None:
     try:
         path = folder()
         path.mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK):  # JAX would warn at every entry it cannot write
+        if not os.access(path, os.W_OK) or shutil.disk_usage(path).free < MIN_FREE:  # JAX would warn at every entry
             return None
         if not (path / OK).exists():
             if (path / REFUSED).exists():
@@ -67,6 +74,7 @@ def use() -> Path | None:
                 return None
     except OSError:
         return None
+    warnings.filterwarnings("ignore", r"Error (writing|reading) persistent compilation cache entry", UserWarning)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if importlib.util.find_spec("filelock"):  # JAX evicts with it; without, the size is not capped

@@ -1,7 +1,9 @@
 """jaxviz.compile_cache: the commands' persistent compilation cache."""
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import jax
 import pytest
@@ -70,6 +72,27 @@ def test_a_read_only_cache_is_no_cache(updates, monkeypatch):
     monkeypatch.setattr(compile_cache.os, "access", lambda path, mode: mode != os.W_OK)
     monkeypatch.setattr(compile_cache, "_reloads", lambda: pytest.fail("probed a folder it cannot write"))
     assert compile_cache.use() is None and not updates
+
+
+def test_a_nearly_full_disk_is_no_cache(updates, monkeypatch):
+    """A cache folder on a full disk: JAX warned once per program it could not write (a dozen in a grid)."""
+    usage = shutil.disk_usage(os.getcwd())
+    monkeypatch.setattr(compile_cache.shutil, "disk_usage", lambda p: usage._replace(free=compile_cache.MIN_FREE - 1))
+    monkeypatch.setattr(compile_cache, "_reloads", lambda: pytest.fail("probed a folder with no room"))
+    assert compile_cache.use() is None and not updates
+
+
+def test_entries_it_cannot_write_are_skipped_without_a_warning_each(updates, monkeypatch):
+    """A disk filling during the run: JAX's warning per entry is not shown; other warnings are."""
+    monkeypatch.setattr(compile_cache, "_reloads", lambda: True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert compile_cache.use() is not None
+        warnings.warn("Error writing persistent compilation cache entry for 'jit__run': OSError: [Errno 28] "
+                      "No space left on device", UserWarning)
+        warnings.warn("Error reading persistent compilation cache entry for 'jit__run': EOFError", UserWarning)
+        warnings.warn("another warning", UserWarning)
+    assert [str(w.message) for w in seen] == ["another warning"]
 
 
 def test_anything_logged_while_loading_back_counts_as_refused(monkeypatch, capfd):
