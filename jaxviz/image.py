@@ -88,11 +88,11 @@ def make_folder(path: str | os.PathLike) -> str:
     return os.fspath(path)
 
 
-def atomic_write(path: str | os.PathLike, write) -> str:
+def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --out") -> str:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
 
     An interruption leaves ``path`` as it was (absent or the old file) and removes the
-    temporary file.
+    temporary file. A failed write is one JaxvizError ending in ``fix``, what the user can do.
     """
     path = os.fspath(path)
     if not path:
@@ -104,7 +104,7 @@ def atomic_write(path: str | os.PathLike, write) -> str:
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise JaxvizError(f"cannot write to {folder} ({e.strerror}); choose a writable folder with --out") from None
+        raise JaxvizError(f"cannot write to {folder} ({e.strerror}); check free space and permissions, or {fix}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -116,7 +116,7 @@ def atomic_write(path: str | os.PathLike, write) -> str:
         except FileNotFoundError:
             pass
         if isinstance(e, OSError):
-            raise JaxvizError(f"cannot write {path} ({e}); check free space and permissions, or choose another --out") from None
+            raise JaxvizError(f"cannot write {path} ({e}); check free space and permissions, or {fix}") from None
         raise
     return path
 

@@ -149,7 +149,8 @@ def save(timings: dict, path: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = _read(path)
     data[machine()] = timings
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()),
+                 fix=f"set {ENV} to another file, auto or off")
 
 
 def time_conv(conv: str, shape: Shape, batch: int) -> callable:

@@ -97,6 +97,24 @@ def test_unwritable_plan_is_one_error_before_any_timing(tmp_path, monkeypatch):
     assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
 
 
+def test_a_full_disk_names_the_plans_setting_not_an_out_option(plan_file, monkeypatch, capsys):
+    """The plan file's write failing (a full disk): one line naming JAXVIZ_PLAN (it said
+    "choose another --out", an option python -m jaxviz.plan does not have), nothing left behind."""
+    import jaxviz.image
+
+    def full(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jaxviz.image.os, "replace", full)
+    with pytest.raises(JaxvizError, match=r"No space left on device.*set JAXVIZ_PLAN to another file") as e:
+        plan.save({"x/1/xla": 1.0})
+    assert "--out" not in str(e.value)
+    assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxviz.plan: error: ") and "JAXVIZ_PLAN" in err and len(err.splitlines()) == 1
+    assert os.listdir(plan_file.parent) == []
+
+
 def test_damaged_cache_is_rebuilt(plan_file):
     plan_file.write_text("{not json")
     assert plan.load() == {}
