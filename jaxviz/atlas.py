@@ -38,7 +38,7 @@ from jaxviz.cli_args import (
     OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, fit_default_size,
     make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
-from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
+from jaxviz.cli_run import WriteGate, exit_command, printer, run_interruptible
 from jaxviz.folder_lock import FolderLock
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.model import VGG16, conv_layers, layer_info, layers as all_layers, min_size
@@ -617,7 +617,7 @@ def _main(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     started = time.time()
     args = build_parser().parse_args(argv)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    say = printer(args.quiet)
     state: dict = {"atlas": None, "proc": None, "lock": None, "created": False}
     gate = WriteGate()
 

@@ -100,6 +100,22 @@ def install_startup_handlers() -> None:
         signal.signal(s, startup_exit)
 
 
+def printer(quiet: bool) -> Callable[..., None]:
+    """A command's ``say``: its arguments printed on stdout as a line, flushed; nothing when quiet.
+    Stdout is the run's log, not its product: where it cannot be written (a pipe whose reader has
+    gone, as ``| head -1``; a full disk), stdout is pointed at os.devnull and the run goes on,
+    where it ended in a traceback with its work half done."""
+    def say(*args) -> None:
+        try:
+            print(*args, flush=True)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())  # what stays in the buffer is flushed there at exit
+            os.close(null)
+
+    return (lambda *a: None) if quiet else say
+
+
 def exit_command(code: int) -> None:
     """Leave the process with ``code`` once a command's work is over. Python's teardown resets
     every handler it installed to the default, and a SIGINT in those last tenths of a second

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from jaxviz import compile_cache
-from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
+from jaxviz.cli_run import WriteGate, exit_command, printer, run_interruptible
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.models.base import model_errors
 
@@ -396,7 +396,7 @@ def _run(args) -> int:
     """``main``'s work for parsed arguments, in a worker thread (``run_interruptible``)."""
     from jaxviz.cli_args import remove_if_empty
 
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    say = printer(args.quiet)
     ui = {"bar": None, "created": False}
     gate = WriteGate()
 

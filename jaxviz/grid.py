@@ -18,7 +18,7 @@ from jaxviz.cli_args import (
     OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir, model_name,
     parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
-from jaxviz.cli_run import WriteGate, exit_command, run_interruptible
+from jaxviz.cli_run import WriteGate, exit_command, printer, run_interruptible
 from jaxviz import checks, compile_cache
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.model import min_size
@@ -387,7 +387,7 @@ def _main(argv: list[str] | None) -> int:
     except BaseException:
         signal.signal(signal.SIGTERM, old)
         raise
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    say = printer(args.quiet)
     done: list[str] = []
     created = [False]  # whether this run made --out (removed again, when empty, after a failure)
     gate = WriteGate()

@@ -156,3 +156,28 @@ def test_a_path_that_is_no_utf8_is_printed_escaped_in_a_strict_locale(tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr
     assert "caf\\udce9/block1_conv1.png" in p.stdout and os.path.exists(os.path.join(out, b"block1_conv1.png"))
+
+
+@pytest.mark.parametrize("stdout", ["closed pipe", "full disk"])
+def test_a_stdout_that_cannot_be_written_does_not_end_the_run(tmp_path, stdout):
+    """``python -m jaxviz.grid ... | head -1`` (the reader gone) or ``> /dev/full``: the paths
+    printed as each PNG is written failed with a traceback (exit 1) after the first grid; now the
+    run goes on without its log, writes every grid, and exits 0 with nothing on stderr."""
+    import os
+
+    argv = [sys.executable, "-m", "jaxviz.grid", "--layers", "block1_conv1,block1_conv2", "--filters", "0",
+            "--size", "16", "--steps", "1", "--out", str(tmp_path)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if stdout == "full disk":
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full here")
+        with open("/dev/full", "w") as full:
+            p = subprocess.run(argv, cwd=ROOT, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+        code, err = p.returncode, p.stderr
+    else:
+        p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdout.close()  # the reader goes before anything is printed
+        err = p.stderr.read()
+        code = p.wait(timeout=300)
+    assert code == 0 and err == "", err
+    assert sorted(os.listdir(tmp_path)) == ["block1_conv1.png", "block1_conv2.png"]
