@@ -36,7 +36,8 @@ from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, fit_default_size,
-    make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
+    make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
+    remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import WriteGate, exit_command, printer, run_interruptible
 from jaxviz.folder_lock import FolderLock
