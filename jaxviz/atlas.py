@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -39,7 +38,9 @@ from jaxviz.cli_args import (
     make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
     remove_stale_temporaries, weights_file,
 )
-from jaxviz.cli_run import WriteGate, exit_command, printer, run_interruptible
+from jaxviz.cli_run import (
+    WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_as_interrupt,
+)
 from jaxviz.folder_lock import FolderLock
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.model import VGG16, conv_layers, layer_info, layers as all_layers, min_size
@@ -746,10 +747,7 @@ def _main(argv: list[str] | None) -> int:
         print("\n" + interrupted_line(), file=sys.stderr)
         release(failed=True)
 
-    try:  # SIGTERM stops like Ctrl-C; only possible in the main thread
-        old_handler = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    except ValueError:
-        old_handler = None
+    old_handlers = stop_as_interrupt()
     failed = True
     try:
         with quiet_notices(args.quiet):
@@ -764,8 +762,7 @@ def _main(argv: list[str] | None) -> int:
         return 130
     finally:
         release(failed)
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        restore_handlers(old_handlers)
         if state["proc"] is not None and state["proc"].count > 1:
             from jaxviz import shard
 

@@ -57,6 +57,16 @@ class WriteGate:
         return True
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop a command as Ctrl-C does: SIGINT, SIGTERM, and SIGHUP (its terminal
+    closed: it used to kill the process where it stood, an examples pass losing up to 19 batches)
+    unless the process inherited SIGHUP ignored, as under ``nohup``: then the run outlives it."""
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or signal.getsignal(hup) is signal.SIG_IGN:
+        return signal.SIGINT, signal.SIGTERM
+    return signal.SIGINT, signal.SIGTERM, hup
+
+
 COMMANDS = {"jaxviz.grid": "jaxviz.grid: interrupted; completed layers: none",
             "jaxviz.atlas": "jaxviz.atlas: interrupted",
             "jaxviz.examples": "jaxviz.examples: interrupted",
@@ -96,7 +106,7 @@ def install_startup_handlers() -> None:
         finally:
             os._exit(EXIT_INTERRUPTED)
 
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in stop_signals():
         signal.signal(s, startup_exit)
 
 
@@ -121,7 +131,7 @@ def exit_command(code: int) -> None:
     every handler it installed to the default, and a SIGINT in those last tenths of a second
     would kill the process (status -2, after the work was done and said so); ignored signals
     stay ignored through teardown, so they are ignored from here on."""
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in stop_signals():
         signal.signal(s, signal.SIG_IGN)
     sys.exit(code)
 
@@ -130,10 +140,26 @@ def _raise_interrupt(*_):
     raise KeyboardInterrupt
 
 
+def stop_as_interrupt() -> dict:
+    """From here on SIGTERM and SIGHUP (``stop_signals`` but SIGINT, which Python makes a
+    KeyboardInterrupt already) raise KeyboardInterrupt, as Ctrl-C does; in the main thread only
+    (elsewhere nothing changes). The handlers they had, for ``restore_handlers``."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _raise_interrupt) for s in stop_signals() if s != signal.SIGINT}
+
+
+def restore_handlers(old: dict) -> None:
+    """Put back the handlers ``old`` holds (None: one not installed from Python, left as it is)."""
+    for s, handler in old.items():
+        if handler is not None:
+            signal.signal(s, handler)
+
+
 def run_interruptible(work: Callable[[], T], gate: WriteGate, on_interrupt: Callable[[], None]) -> T:
     """``work()`` in a worker thread; its result or exception comes back here.
 
-    On SIGINT or SIGTERM (main thread only): close ``gate``, call ``on_interrupt()``
+    On SIGINT, SIGTERM or SIGHUP (``stop_signals``; main thread only): close ``gate``, call ``on_interrupt()``
     (print the message, release locks), flush and ``os._exit(130)``. A KeyboardInterrupt
     raised by ``work`` itself is re-raised like any exception. Outside the main thread
     ``work`` simply runs in the caller's thread.
@@ -148,9 +174,9 @@ def run_interruptible(work: Callable[[], T], gate: WriteGate, on_interrupt: Call
         except BaseException as e:  # noqa: BLE001 - handed to the main thread as is
             box["error"] = e
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    old = {s: signal.getsignal(s) for s in stop_signals()}
+    for s in old:
+        signal.signal(s, _raise_interrupt)
     worker = threading.Thread(target=target, name="jaxviz-work", daemon=True)
     try:
         worker.start()
@@ -170,8 +196,7 @@ def run_interruptible(work: Callable[[], T], gate: WriteGate, on_interrupt: Call
                     pass
             os._exit(EXIT_INTERRUPTED)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        restore_handlers(old)
     if "error" in box:
         raise box["error"]
     return box["value"]

@@ -93,10 +93,12 @@ def for_command() -> Path | None:
 def _reloads() -> bool:
     """Whether XLA loads back, with nothing logged, an executable it just compiled and serialized
     (through JAX's own calls for its cache; any failure, or a change in them, counts as no).
-    In the main thread, SIGINT and SIGTERM wait until the terminal has its stderr back."""
+    In the main thread, SIGINT, SIGTERM and SIGHUP wait until the terminal has its stderr back."""
+    from jaxviz.cli_run import stop_signals
+
     main = threading.current_thread() is threading.main_thread()
     held: list[int] = []
-    handlers = {s: signal.signal(s, lambda n, _: held.append(n)) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    handlers = {s: signal.signal(s, lambda n, _: held.append(n)) for s in stop_signals()} if main else {}
     try:
         with tempfile.TemporaryFile() as log:
             saved = os.dup(2)

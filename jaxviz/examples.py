@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from jaxviz import compile_cache
-from jaxviz.cli_run import WriteGate, exit_command, printer, run_interruptible
+from jaxviz.cli_run import WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_signals
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.models.base import model_errors
 
@@ -359,8 +359,8 @@ def check_memory(model, layers: Sequence[str], config: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; 0 done, 2 bad input (one line on stderr), 130 interrupted.
 
-    The work runs through ``jaxviz.cli_run.run_interruptible``, as grid's and atlas's do: SIGINT
-    and SIGTERM exit 130 at once even inside a long compiled batch, after the state write in
+    The work runs through ``jaxviz.cli_run.run_interruptible``, as grid's and atlas's do: SIGINT,
+    SIGTERM and SIGHUP exit 130 at once even inside a long compiled batch, after the state write in
     progress (the state saved so far, ending at a completed batch, stays), also in a process
     started with SIGINT ignored (a script's background job); the previous handlers come back
     when it returns. Pillow's DecompressionBombWarning is not shown (see jaxviz.imagefolder:
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     args = build_parser().parse_args(argv)
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in stop_signals()}
     for s in old:
         signal.signal(s, signal.default_int_handler)
     try:
@@ -379,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return _run(args)
     finally:
-        for s, handler in old.items():
-            if handler is not None:  # None: a handler not installed from Python, left as it is
-                signal.signal(s, handler)
+        restore_handlers(old)
 
 
 def _interrupted_line(out: str) -> str:

@@ -9,7 +9,6 @@ model, or a function returning a jaxviz Model); ``--list-layers`` shows its laye
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -18,7 +17,9 @@ from jaxviz.cli_args import (
     OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir, model_name,
     parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
-from jaxviz.cli_run import WriteGate, exit_command, printer, run_interruptible
+from jaxviz.cli_run import (
+    WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_as_interrupt,
+)
 from jaxviz import checks, compile_cache
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.model import min_size
@@ -381,11 +382,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    old = stop_as_interrupt()
     try:
         args = build_parser().parse_args(argv)
     except BaseException:
-        signal.signal(signal.SIGTERM, old)
+        restore_handlers(old)
         raise
     say = printer(args.quiet)
     done: list[str] = []
@@ -446,7 +447,7 @@ def _main(argv: list[str] | None) -> int:
             remove_if_empty(args.out)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, old)
+        restore_handlers(old)
 
 
 def _render_with_progress(model, objective, recipe, name, args):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jaxviz.cli_run import WriteGate, launched_command, run_interruptible
+from jaxviz.cli_run import WriteGate, launched_command, run_interruptible, stop_signals
 from conftest import ROOT
 
 
@@ -181,3 +181,53 @@ def test_a_stdout_that_cannot_be_written_does_not_end_the_run(tmp_path, stdout):
         code = p.wait(timeout=300)
     assert code == 0 and err == "", err
     assert sorted(os.listdir(tmp_path)) == ["block1_conv1.png", "block1_conv2.png"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_sighup_stops_a_command_unless_it_was_inherited_ignored():
+    old = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert stop_signals() == (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+        assert stop_signals() == (signal.SIGINT, signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def _catches(pid: int, sig) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(l for l in f if l.startswith("SigCgt:")).split()[1]
+    return bool(int(mask, 16) & (1 << (sig - 1)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+@pytest.mark.parametrize("nohup", [False, True])
+def test_a_closed_terminal_stops_a_run_as_ctrl_c_does_but_not_under_nohup(tmp_path, nohup):
+    """SIGHUP (the terminal closed) killed a command where it stood, with no line and no state
+    saved; now it stops as Ctrl-C does (exit 130, the line, whole files only). Under ``nohup``
+    (SIGHUP inherited ignored) the run goes on to the end."""
+    import os
+
+    argv = [sys.executable, "-m", "jaxviz.grid", "--layers", "block1_conv1,block2_conv1", "--filters", "0-3",
+            "--size", "16", "--steps", "300", "--out", str(tmp_path / "out")]
+    hup = signal.SIG_IGN if nohup else signal.SIG_DFL
+    p = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, hup))
+    try:
+        t0 = time.monotonic()
+        while p.poll() is None and not _catches(p.pid, signal.SIGINT) and time.monotonic() - t0 < 30:
+            time.sleep(0.005)  # the start-up handlers are in
+        time.sleep(1.0)
+        assert p.poll() is None, p.communicate()
+        assert _catches(p.pid, signal.SIGHUP) != nohup
+        p.send_signal(signal.SIGHUP)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    files = sorted(os.listdir(tmp_path / "out")) if (tmp_path / "out").exists() else []
+    if nohup:
+        assert p.returncode == 0 and files == ["block1_conv1.png", "block2_conv1.png"], err
+    else:
+        assert p.returncode == 130 and "jaxviz.grid: interrupted; completed layers:" in err.strip().splitlines()[-1], err
+        assert not [f for f in files if not f.endswith(".png")]
