@@ -352,7 +352,7 @@ def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
     timings = load(path)
     print(f"{machine()}\n{path}")
     if not timings:  # --show only: a build has measured something
-        why = "no such file" if not path.exists() else "unreadable, or timed on other machines only"
+        why = "no such file" if not os.path.exists(path) else "unreadable, or timed on other machines only"
         print(f"no timings for this machine ({why}): the built-in choices hold; python -m jaxviz.plan measures them")
     for l, shapes in layer_shapes.items():
         per_image = ", ".join(f"{b}: {1e3 * timings[ascent_key(l, args.size, b)]:.1f}" for b in CHUNKS

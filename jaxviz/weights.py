@@ -101,11 +101,11 @@ def md5sum(path: str | os.PathLike) -> str:
 
 def _why_unusable(p: Path) -> str:
     """'' if ``p`` is a usable file, else a short reason."""
-    if not p.exists():
-        return "missing"
-    if not p.is_file():
-        return "not a file"
     try:
+        if not p.exists():  # raises where the name itself is bad (too long, say)
+            return "missing"
+        if not p.is_file():
+            return "not a file"
         if p.stat().st_size < 200:
             with open(p, "rb") as f:
                 if f.read(40).startswith(b"version https://git-lfs"):

@@ -180,6 +180,8 @@ def test_load_specs_and_their_errors(tmp_path):
         os.mkfifo(tmp_path / "pipe.h5")
         with pytest.raises(JaxvizError, match="weights file .*pipe.h5 is not a regular file"):  # was: does not exist
             load("keras:ResNet50", tmp_path / "pipe.h5")
+    with pytest.raises(JaxvizError, match=r"weights file .*x\.h5 cannot be read \(File name too long\)"):
+        load("keras:ResNet50", tmp_path / ("x" * 300 + ".h5"))  # was OSError from pathlib, a traceback
     with pytest.raises(JaxvizError, match="cannot import 'no_such_pkg.mod'"):
         load("no_such_pkg.mod:make")
     with pytest.raises(JaxvizError, match="has no function 'nope'"):

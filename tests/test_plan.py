@@ -195,3 +195,10 @@ def test_cli_numbers_a_folder_and_malformed_entries(plan_file, tmp_path, monkeyp
     assert plan.load() == {"block2_conv1@16/16/ascent": 0.2}
     plan_file.write_text(json.dumps({plan.machine(): [1, 2]}))
     assert plan.load() == {}
+
+
+def test_show_with_a_name_too_long_says_no_such_file(tmp_path, monkeypatch, capsys):
+    """pathlib's exists() raised on a name the OS refuses (ENAMETOOLONG): --show ended in a traceback."""
+    monkeypatch.setenv(plan.ENV, str(tmp_path / ("x" * 300 + ".json")))
+    assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
+    assert "no timings for this machine (no such file)" in capsys.readouterr().out

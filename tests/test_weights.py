@@ -189,6 +189,13 @@ def test_explicit_folder_is_an_error(tmp_path, home, closed_url):
         _resolve(places, home, closed_url, tmp_path)
 
 
+def test_a_name_too_long_is_one_error(tmp_path, home, closed_url):
+    """pathlib's exists() raises on a name the OS refuses (ENAMETOOLONG): it was a traceback."""
+    places = _setup_all(tmp_path, home)
+    with pytest.raises(JaxvizError, match=r"unreadable \(File name too long\)"):
+        _resolve(places, home, closed_url, tmp_path / ("x" * 300 + ".h5"))
+
+
 def test_explicit_path_expands_tilde(tmp_path, home, closed_url):
     places = _setup_all(tmp_path, home)
     f = _touch(home / "mine.h5")

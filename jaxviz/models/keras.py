@@ -161,10 +161,15 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
     if builder is None or not name[:1].isupper():
         raise JaxvizError(f"unknown keras.applications model {name!r}; choose one of: {', '.join(applications())}")
     is_file = weights is not None and str(weights) != "imagenet"
-    if is_file and not Path(weights).is_file():
+    if is_file:
         p = Path(weights)
-        why = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
-        raise JaxvizError(f"weights file {weights} {why}; give a Keras weights file of {name}")
+        try:
+            why = ("" if p.is_file() else "is a folder" if p.is_dir() else "is not a regular file" if p.exists()
+                   else "does not exist")
+        except OSError as e:  # the name itself is bad (too long, say)
+            why = f"cannot be read ({e.strerror})"
+        if why:
+            raise JaxvizError(f"weights file {weights} {why}; give a Keras weights file of {name}")
     # with the top first: Keras loads a file with the top into a model without one, silently
     # dropping the classifier, but refuses a file without the top for a model with one
     tops = [include_top] if include_top is not None else ([True, False] if is_file else [False])
