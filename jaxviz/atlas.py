@@ -706,7 +706,8 @@ def _main(argv: list[str] | None) -> int:
         _render(atlas, todo, model, recipe, args, batches, proc, devices, run_id, timings, say, gate)
         rendered = sum(len(c.filters) for c in todo)
         elapsed = time.perf_counter() - t_start
-        say(f"{who}rendered {rendered} filters ({len(todo)} chunks, {skipped} already done) on {devices} "
+        say(f"{who}rendered {rendered} filter{'s' if rendered != 1 else ''} ({len(todo)} chunk"
+            f"{'s' if len(todo) != 1 else ''}, {skipped} already done) on {devices} "
             f"{jax.default_backend()} device(s) in {elapsed:.1f} s total: {rendered / elapsed:.2f} filters/s")
 
         if args.estimate and proc.index == 0:

@@ -436,7 +436,8 @@ def _run(args) -> int:
         close_bar()
         say(os.path.join(args.out, SUMMARY_NPZ))
         say(os.path.join(args.out, SUMMARY_JSON))
-        say(f"done: {s.images_used} images in {time.perf_counter() - t0:.1f} s; {s.skipped.describe()}")
+        say(f"done: {s.images_used} image{'s' if s.images_used != 1 else ''} in {time.perf_counter() - t0:.1f} s; "
+            f"{s.skipped.describe()}")
         return 0
 
     def interrupted() -> None:  # main thread, the worker still running: the process exits 130 after this
