@@ -92,6 +92,8 @@ def check_out_dir(path: str) -> str:
     with a temporary file that is removed at once), so a bad ``--out`` fails before any
     work and leaves nothing behind.
     """
+    if not path:
+        raise JaxvizError("--out is empty; give a folder such as jaxviz-out")
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)

@@ -174,6 +174,14 @@ def test_unwritable_out(tmp_path, capsys):
     assert "cannot write to output folder" in capsys.readouterr().err
 
 
+def test_an_empty_out_is_named(tmp_path, capsys, monkeypatch):
+    """--out '' said "cannot create output folder  (No such file or directory)", naming no folder."""
+    monkeypatch.chdir(tmp_path)
+    assert grid.main(["--layers", "block1_conv1", *TINY, "--out", ""]) == 2
+    assert capsys.readouterr().err.strip() == "jaxviz.grid: error: --out is empty; give a folder such as jaxviz-out"
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_file_where_the_tiles_folder_goes_is_one_line(tmp_path, capsys):
     """--tiles with a file named like the layer in --out was a FileExistsError traceback, exit 1."""
     (tmp_path / "block1_conv1").write_text("x")
