@@ -495,8 +495,8 @@ def _validate(args) -> dict[str, list[int]] | None:
     if args.estimate and not _is_vgg(args):
         raise JaxvizError("--estimate models the full VGG16 atlas; drop it for other models")
     if args.examples is not None and not os.path.exists(args.examples):
-        raise JaxvizError(f"--examples {args.examples}: no such file or folder; give the --out folder of "
-                          "python -m jaxviz.examples or its examples.npz")
+        what = "is empty" if not args.examples else f"{args.examples}: no such file or folder"
+        raise JaxvizError(f"--examples {what}; give the --out folder of python -m jaxviz.examples or its examples.npz")
     if not _is_vgg(args):
         if args.precision != "float32":
             raise JaxvizError(f"--precision applies to VGG16 only, not {args.model}")

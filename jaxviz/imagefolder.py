@@ -37,6 +37,8 @@ MAX_ASPECT = 16  # longer side / shorter side past which only the crop's region 
 def list_images(folder: str | os.PathLike) -> list[str]:
     """The image files under ``folder``, recursively, as sorted paths relative to it."""
     folder = os.fspath(folder)
+    if not folder:
+        raise JaxvizError("--images is empty; give a folder of JPEG/PNG images")
     if not os.path.isdir(folder):
         what = "does not exist" if not os.path.exists(folder) else "is not a folder"
         raise JaxvizError(f"image folder {folder} {what}; give a folder of JPEG/PNG images with --images")

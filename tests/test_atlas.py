@@ -639,3 +639,10 @@ def test_a_deleted_animation_makes_its_chunk_render_again(tmp_path):
     gif.unlink()
     assert atlas_mod.main(argv) == 0
     assert gif.read_bytes() == first
+
+
+def test_empty_examples_is_named(tmp_path, capsys):
+    """--examples '' said "--examples : no such file or folder", naming nothing."""
+    assert atlas_mod.main([*TINY, "--examples", "", "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.strip().startswith("jaxviz.atlas: error: --examples is empty; give the --out folder")
+    assert not (tmp_path / "a").exists()

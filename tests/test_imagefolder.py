@@ -47,6 +47,8 @@ def test_missing_folder_and_file_instead_of_folder(tmp_path):
     (tmp_path / "f.png").write_bytes(b"x")
     with pytest.raises(JaxvizError, match="is not a folder"):
         imagefolder.list_images(tmp_path / "f.png")
+    with pytest.raises(JaxvizError, match="^--images is empty; give a folder"):  # said "image folder  does not exist"
+        imagefolder.list_images("")
 
 
 def test_modes_are_converted_to_rgb(tmp_path):
