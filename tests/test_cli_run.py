@@ -104,11 +104,11 @@ def test_examples_and_plan_are_commands_too():
         "jaxviz.examples"
 
 
-def _catches_sigint(pid: int) -> bool:
-    """Whether process ``pid`` has a handler of its own for SIGINT (its SigCgt mask, /proc)."""
+def _catches(pid: int, sig=signal.SIGINT) -> bool:
+    """Whether process ``pid`` has a handler of its own for ``sig`` (its SigCgt mask, /proc)."""
     with open(f"/proc/{pid}/status") as f:
         mask = next(l for l in f if l.startswith("SigCgt:")).split()[1]
-    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+    return bool(int(mask, 16) & (1 << (sig - 1)))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
@@ -133,7 +133,7 @@ def test_a_background_job_with_sigint_ignored_still_stops_on_sigint(tmp_path, co
         signal.signal(signal.SIGINT, old)
     try:
         t0 = time.monotonic()
-        while p.poll() is None and not _catches_sigint(p.pid) and time.monotonic() - t0 < 30:
+        while p.poll() is None and not _catches(p.pid) and time.monotonic() - t0 < 30:
             time.sleep(0.005)
         assert p.poll() is None, f"{command} ended without ever taking SIGINT: {p.communicate()}"
         p.send_signal(signal.SIGINT)
@@ -192,12 +192,6 @@ def test_sighup_stops_a_command_unless_it_was_inherited_ignored():
         assert stop_signals() == (signal.SIGINT, signal.SIGTERM)
     finally:
         signal.signal(signal.SIGHUP, old)
-
-
-def _catches(pid: int, sig) -> bool:
-    with open(f"/proc/{pid}/status") as f:
-        mask = next(l for l in f if l.startswith("SigCgt:")).split()[1]
-    return bool(int(mask, 16) & (1 << (sig - 1)))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
