@@ -33,6 +33,9 @@ def load_params(weights: str | os.PathLike | None = None, *, dtype=jnp.float32, 
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise JaxvizError(f"weights must be the path of a Keras h5 file, or None for the default, "
                           f"not {type(weights).__name__}")
+    if weights is not None and not os.fspath(weights).strip():  # an unset variable, say: not the default
+        raise JaxvizError("the weights argument of load_params is an empty path; give a Keras h5 file, "
+                          "or None for the default weights")
     try:
         floating = jnp.issubdtype(dtype, jnp.floating)
     except TypeError:

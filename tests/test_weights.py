@@ -364,3 +364,15 @@ def test_load_params_refuses_a_weights_argument_that_is_no_path_and_integer_dtyp
     for bad in (np.int32, "foo", object):
         with pytest.raises(JaxvizError, match="dtype must be a floating type"):
             jaxviz.load_params(dtype=bad, download=False)
+
+
+def test_load_params_refuses_an_empty_path(tmp_path):
+    """load_params("") loaded the default weights without a word (an unset variable passed on,
+    say), where the command line refuses an empty --weights."""
+    import jaxviz
+
+    for empty in ("", "  "):
+        with pytest.raises(JaxvizError, match="weights argument of load_params is an empty path"):
+            jaxviz.load_params(empty, download=False)
+    with pytest.raises(JaxvizError, match="empty path"):
+        jaxviz.models.vgg16("")
