@@ -98,6 +98,8 @@ def install_startup_handlers() -> None:
         return
     if getattr(sys.stdout, "errors", None) == "strict":  # a path or file name that is no UTF-8, printed
         sys.stdout.reconfigure(errors="backslashreplace")  # as \udcNN, not a UnicodeEncodeError after the work
+    if sys.stderr is not None and not isinstance(sys.stderr, LogStream):
+        sys.stderr = LogStream(sys.stderr)
     line = (COMMANDS[command] + "\n").encode()
 
     def startup_exit(*_):
@@ -110,6 +112,58 @@ def install_startup_handlers() -> None:
         signal.signal(s, startup_exit)
 
 
+def silence(stream) -> None:
+    """Point ``stream``'s file descriptor at os.devnull: what it still buffers, and every later
+    write, goes nowhere (a stream that has no descriptor left is let be)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class LogStream:
+    """A command's stderr (its progress bars, notices and one-line errors): where it cannot be
+    written (``2>&1 | head -1`` once the reader has gone, ``2>/dev/full``) it is silenced at the
+    first failed write and the run goes on. The atlas's progress bar failing there hung the
+    process for good (tqdm's close waiting on its lock), and a bad input's line made exit 1, not 2."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            silence(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            silence(self._stream)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def show(text: str) -> None:
+    """Print ``text``, a command's product (a listing, a report), on stdout. A reader that has
+    gone (``| head -1``) ends it quietly; any other failure (a full disk) is one JaxvizError."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        silence(sys.stdout)
+    except OSError as e:
+        silence(sys.stdout)
+        from jaxviz.errors import JaxvizError
+
+        raise JaxvizError(f"cannot write to standard output ({e.strerror or e}); "
+                          f"check where it is redirected") from None
+
+
 def printer(quiet: bool) -> Callable[..., None]:
     """A command's ``say``: its arguments printed on stdout as a line, flushed; nothing when quiet.
     Stdout is the run's log, not its product: where it cannot be written (a pipe whose reader has
@@ -119,9 +173,7 @@ def printer(quiet: bool) -> Callable[..., None]:
         try:
             print(*args, flush=True)
         except OSError:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, sys.stdout.fileno())  # what stays in the buffer is flushed there at exit
-            os.close(null)
+            silence(sys.stdout)  # what stays in its buffer is flushed there at exit
 
     return (lambda *a: None) if quiet else say
 

@@ -18,7 +18,7 @@ from jaxviz.cli_args import (
     parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import (
-    WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_as_interrupt,
+    WriteGate, exit_command, printer, restore_handlers, run_interruptible, show, stop_as_interrupt,
 )
 from jaxviz import checks, compile_cache
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
@@ -271,10 +271,7 @@ def _print_layers(model) -> None:
     for l in model.layers:
         kind = "spatial" if l.spatial else "vector"
         lines.append(f"  {l.name:40s} {'x'.join(map(str, l.shape)):>16s}  {kind}, min size {model.min_size(l.name)} px")
-    try:
-        print("\n".join(lines), flush=True)
-    except BrokenPipeError:  # piped into head, say: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    show("\n".join(lines))
 
 
 def _check_memory(args, layer: str, n: int) -> None:

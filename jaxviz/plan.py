@@ -349,18 +349,21 @@ def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
         for l, below in layer_shapes.items():
             if below:
                 ensure_chunks(l, args.size, path, reps=args.reps, chunks=candidates(l, args.size))
+    from jaxviz.cli_run import show
+
     timings = load(path)
-    print(f"{machine()}\n{path}")
+    lines = [f"{machine()}\n{path}"]
     if not timings:  # --show only: a build has measured something
         why = "no such file" if not os.path.exists(path) else "unreadable, or timed on other machines only"
-        print(f"no timings for this machine ({why}): the built-in choices hold; python -m jaxviz.plan measures them")
+        lines.append(f"no timings for this machine ({why}): the built-in choices hold; python -m jaxviz.plan measures them")
     for l, shapes in layer_shapes.items():
         per_image = ", ".join(f"{b}: {1e3 * timings[ascent_key(l, args.size, b)]:.1f}" for b in CHUNKS
                               if ascent_key(l, args.size, b) in timings)
         chunk = best_chunk(timings, l, args.size)
         convs_line = " ".join(f"{s.key()}:{best_conv(timings, s) or 'wino4'}" for s in shapes)
-        print(f"{l} @ {args.size}px: " + (f"chunk {chunk} (ms per image: {per_image})" if chunk else "chunk not measured")
-              + f"; convs {convs_line}")
+        lines.append(f"{l} @ {args.size}px: " + (f"chunk {chunk} (ms per image: {per_image})" if chunk
+                                                else "chunk not measured") + f"; convs {convs_line}")
+    show("\n".join(lines))
     return 0
 
 

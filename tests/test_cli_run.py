@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jaxviz.cli_run import WriteGate, launched_command, run_interruptible, stop_signals
+from jaxviz.cli_run import LogStream, WriteGate, launched_command, run_interruptible, stop_signals
 from conftest import ROOT
 
 
@@ -225,3 +225,71 @@ def test_a_closed_terminal_stops_a_run_as_ctrl_c_does_but_not_under_nohup(tmp_pa
     else:
         assert p.returncode == 130 and "jaxviz.grid: interrupted; completed layers:" in err.strip().splitlines()[-1], err
         assert not [f for f in files if not f.endswith(".png")]
+
+
+def test_a_log_stream_that_cannot_be_written_is_silenced_not_raised():
+    """LogStream (a command's stderr): the first failed write points its descriptor at
+    os.devnull; that write and every later one (and the flush) return as if written."""
+    import io
+    import os
+
+    r, w = os.pipe()
+    os.close(r)  # the reader gone: EPIPE
+    stream = io.TextIOWrapper(io.FileIO(w, "w"), encoding="utf-8", line_buffering=True)
+    log = LogStream(stream)
+    for text in ("a bar's line\n", "jaxviz.grid: error: ...\n"):
+        assert log.write(text) == len(text)
+    log.flush()
+    assert os.path.samefile(f"/proc/self/fd/{w}", os.devnull) if sys.platform.startswith("linux") else True
+    assert log.fileno() == w and log.encoding == "utf-8"  # the rest is the stream's own
+    stream.close()
+
+
+def _broken(stream: str, kind: str, argv: list, tmp_path):
+    """Run ``argv`` with ``stream`` (stdout or stderr) unwritable: a pipe whose reader has gone
+    before anything is written, or /dev/full; returns (exit status, the other stream's text)."""
+    import os
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if kind == "full disk":
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full here")
+        with open("/dev/full", "w") as full:
+            p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=False, text=True, timeout=300,
+                               **{stream: full, ("stderr" if stream == "stdout" else "stdout"): subprocess.PIPE})
+        return p.returncode, p.stderr if stream == "stdout" else p.stdout
+    p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    getattr(p, stream).close()
+    other = (p.stderr if stream == "stdout" else p.stdout).read()
+    return p.wait(timeout=300), other
+
+
+@pytest.mark.parametrize("kind", ["closed pipe", "full disk"])
+def test_a_stderr_that_cannot_be_written_keeps_the_exit_status_and_the_work(tmp_path, kind):
+    """``2>&1 | head -3`` (the reader gone) or ``2>/dev/full``: the atlas's progress bar (shown
+    where stderr is no terminal too) failed to write, and the process hung for good (in tqdm's
+    close, waiting on its lock); a bad input's one line, unwritable, made the exit 1, not 2. Now
+    the run is silent there: the atlas is made (exit 0) and a bad input is still exit 2."""
+    import os
+
+    out = tmp_path / "atlas"
+    code, _ = _broken("stderr", kind, [sys.executable, "-m", "jaxviz.atlas", "--layers", "block1_conv1",
+                                       "--filters", "0-1", "--size", "16", "--steps", "1", "--out", str(out)],
+                      tmp_path)
+    assert code == 0 and os.path.exists(out / "index.html") and len(os.listdir(out / "block1_conv1")) >= 2
+    code, _ = _broken("stderr", kind, [sys.executable, "-m", "jaxviz.grid", "--out", ""], tmp_path)
+    assert code == 2
+
+
+@pytest.mark.parametrize("argv", [["jaxviz.grid", "--list-layers"], ["jaxviz.plan", "--show"]])
+def test_a_listing_to_a_full_disk_is_one_line_and_to_a_gone_reader_quiet(tmp_path, monkeypatch, argv):
+    """``--list-layers`` and ``plan --show`` print their product: ``> /dev/full`` ended in an
+    OSError traceback; now one line, exit 2. ``| head -1`` (the reader gone) stays exit 0, silent."""
+    monkeypatch.setenv("JAXVIZ_PLAN", str(tmp_path / "plan.json"))
+    argv = [sys.executable, "-m", *argv]
+    code, err = _broken("stdout", "full disk", argv, tmp_path)
+    assert code == 2 and err.strip().endswith("error: cannot write to standard output (No space left on "
+                                              "device); check where it is redirected"), err
+    assert len(err.strip().splitlines()) == 1
+    code, err = _broken("stdout", "closed pipe", argv, tmp_path)
+    assert code == 0 and err == "", err
