@@ -158,27 +158,34 @@ def test_a_path_that_is_no_utf8_is_printed_escaped_in_a_strict_locale(tmp_path):
     assert "caf\\udce9/block1_conv1.png" in p.stdout and os.path.exists(os.path.join(out, b"block1_conv1.png"))
 
 
-@pytest.mark.parametrize("stdout", ["closed pipe", "full disk"])
-def test_a_stdout_that_cannot_be_written_does_not_end_the_run(tmp_path, stdout):
+def _broken(stream: str, kind: str, argv: list):
+    """Run ``argv`` with ``stream`` (stdout or stderr) unwritable: a pipe whose reader has gone
+    before anything is written, or /dev/full; returns (exit status, the other stream's text)."""
+    import os
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if kind == "full disk":
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full here")
+        with open("/dev/full", "w") as full:
+            p = subprocess.run(argv, cwd=ROOT, env=env, text=True, timeout=300,
+                               **{stream: full, ("stderr" if stream == "stdout" else "stdout"): subprocess.PIPE})
+        return p.returncode, p.stderr if stream == "stdout" else p.stdout
+    p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    getattr(p, stream).close()
+    other = (p.stderr if stream == "stdout" else p.stdout).read()
+    return p.wait(timeout=300), other
+
+
+@pytest.mark.parametrize("kind", ["closed pipe", "full disk"])
+def test_a_stdout_that_cannot_be_written_does_not_end_the_run(tmp_path, kind):
     """``python -m jaxviz.grid ... | head -1`` (the reader gone) or ``> /dev/full``: the paths
     printed as each PNG is written failed with a traceback (exit 1) after the first grid; now the
     run goes on without its log, writes every grid, and exits 0 with nothing on stderr."""
     import os
 
-    argv = [sys.executable, "-m", "jaxviz.grid", "--layers", "block1_conv1,block1_conv2", "--filters", "0",
-            "--size", "16", "--steps", "1", "--out", str(tmp_path)]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    if stdout == "full disk":
-        if not os.path.exists("/dev/full"):
-            pytest.skip("no /dev/full here")
-        with open("/dev/full", "w") as full:
-            p = subprocess.run(argv, cwd=ROOT, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
-        code, err = p.returncode, p.stderr
-    else:
-        p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        p.stdout.close()  # the reader goes before anything is printed
-        err = p.stderr.read()
-        code = p.wait(timeout=300)
+    code, err = _broken("stdout", kind, [sys.executable, "-m", "jaxviz.grid", "--layers", "block1_conv1,block1_conv2",
+                                         "--filters", "0", "--size", "16", "--steps", "1", "--out", str(tmp_path)])
     assert code == 0 and err == "", err
     assert sorted(os.listdir(tmp_path)) == ["block1_conv1.png", "block1_conv2.png"]
 
@@ -240,28 +247,10 @@ def test_a_log_stream_that_cannot_be_written_is_silenced_not_raised():
     for text in ("a bar's line\n", "jaxviz.grid: error: ...\n"):
         assert log.write(text) == len(text)
     log.flush()
-    assert os.path.samefile(f"/proc/self/fd/{w}", os.devnull) if sys.platform.startswith("linux") else True
+    if sys.platform.startswith("linux"):
+        assert os.path.samefile(f"/proc/self/fd/{w}", os.devnull)
     assert log.fileno() == w and log.encoding == "utf-8"  # the rest is the stream's own
     stream.close()
-
-
-def _broken(stream: str, kind: str, argv: list, tmp_path):
-    """Run ``argv`` with ``stream`` (stdout or stderr) unwritable: a pipe whose reader has gone
-    before anything is written, or /dev/full; returns (exit status, the other stream's text)."""
-    import os
-
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    if kind == "full disk":
-        if not os.path.exists("/dev/full"):
-            pytest.skip("no /dev/full here")
-        with open("/dev/full", "w") as full:
-            p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=False, text=True, timeout=300,
-                               **{stream: full, ("stderr" if stream == "stdout" else "stdout"): subprocess.PIPE})
-        return p.returncode, p.stderr if stream == "stdout" else p.stdout
-    p = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    getattr(p, stream).close()
-    other = (p.stderr if stream == "stdout" else p.stdout).read()
-    return p.wait(timeout=300), other
 
 
 @pytest.mark.parametrize("kind", ["closed pipe", "full disk"])
@@ -274,10 +263,9 @@ def test_a_stderr_that_cannot_be_written_keeps_the_exit_status_and_the_work(tmp_
 
     out = tmp_path / "atlas"
     code, _ = _broken("stderr", kind, [sys.executable, "-m", "jaxviz.atlas", "--layers", "block1_conv1",
-                                       "--filters", "0-1", "--size", "16", "--steps", "1", "--out", str(out)],
-                      tmp_path)
+                                       "--filters", "0-1", "--size", "16", "--steps", "1", "--out", str(out)])
     assert code == 0 and os.path.exists(out / "index.html") and len(os.listdir(out / "block1_conv1")) >= 2
-    code, _ = _broken("stderr", kind, [sys.executable, "-m", "jaxviz.grid", "--out", ""], tmp_path)
+    code, _ = _broken("stderr", kind, [sys.executable, "-m", "jaxviz.grid", "--out", ""])
     assert code == 2
 
 
@@ -287,9 +275,9 @@ def test_a_listing_to_a_full_disk_is_one_line_and_to_a_gone_reader_quiet(tmp_pat
     OSError traceback; now one line, exit 2. ``| head -1`` (the reader gone) stays exit 0, silent."""
     monkeypatch.setenv("JAXVIZ_PLAN", str(tmp_path / "plan.json"))
     argv = [sys.executable, "-m", *argv]
-    code, err = _broken("stdout", "full disk", argv, tmp_path)
+    code, err = _broken("stdout", "full disk", argv)
     assert code == 2 and err.strip().endswith("error: cannot write to standard output (No space left on "
                                               "device); check where it is redirected"), err
     assert len(err.strip().splitlines()) == 1
-    code, err = _broken("stdout", "closed pipe", argv, tmp_path)
+    code, err = _broken("stdout", "closed pipe", argv)
     assert code == 0 and err == "", err

@@ -366,7 +366,7 @@ def test_load_params_refuses_a_weights_argument_that_is_no_path_and_integer_dtyp
             jaxviz.load_params(dtype=bad, download=False)
 
 
-def test_load_params_refuses_an_empty_path(tmp_path):
+def test_load_params_refuses_an_empty_path():
     """load_params("") loaded the default weights without a word (an unset variable passed on,
     say), where the command line refuses an empty --weights."""
     import jaxviz
