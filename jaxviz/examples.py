@@ -393,9 +393,10 @@ def _interrupted_line(out: str) -> str:
 def _run(args) -> int:
     """``main``'s work for parsed arguments, in a worker thread (``run_interruptible``)."""
     from jaxviz.cli_args import remove_if_empty
+    from jaxviz.folder_lock import FolderLock
 
     say = printer(args.quiet)
-    ui = {"bar": None, "created": False}
+    ui = {"bar": None, "created": False, "lock": None}
     gate = WriteGate()
 
     def close_bar():
@@ -421,6 +422,14 @@ def _run(args) -> int:
         config = Config(k=args.k, size=args.size, batch=args.batch, thumb=args.thumb, min_side=args.min_side)
         check_memory(model, layers, config)
         make_out_dir(args.out)
+        # one job per folder: a second one's summary would replace this one's, their states mixed
+        lock = ui["lock"] = FolderLock(args.out, "jaxviz.examples").acquire()
+        try:
+            return _collect(model, layers, config)
+        finally:
+            lock.release()
+
+    def _collect(model, layers, config) -> int:
         progress = None
         if not args.quiet and sys.stderr.isatty():
             from tqdm import tqdm
@@ -442,6 +451,8 @@ def _run(args) -> int:
 
     def interrupted() -> None:  # main thread, the worker still running: the process exits 130 after this
         print("\n" + _interrupted_line(args.out), file=sys.stderr)
+        if ui["lock"] is not None:
+            ui["lock"].release()
         if ui["created"]:
             remove_if_empty(args.out)
 

@@ -389,6 +389,28 @@ sys.exit(examples.main(sys.argv[1:]))
 """
 
 
+def test_a_second_job_on_the_same_folder_is_refused(tmp_path, capsys):
+    """Two passes into one --out (say, other --layers) both ran and both said they wrote the
+    summary: the later one's replaced the other's, and their states were mixed. Now the folder
+    holds the atlas's lock (jaxviz.folder_lock) while a pass runs: a second one is one line, exit
+    2, nothing written; the lock file goes with the run."""
+    from jaxviz.folder_lock import LOCK_NAME, FolderLock
+
+    folder = _noise_folder(tmp_path / "imgs", 3, seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2", "--out", str(out)]
+    lock = FolderLock(str(out), "jaxviz.examples").acquire()  # a pass running there
+    try:
+        rc, err = _cli(capsys, *argv)
+    finally:
+        lock.release()
+    assert rc == 2 and f"{out} is in use by another jaxviz.examples job (PID {os.getpid()}" in err, err
+    assert len(err.splitlines()) == 1 and os.listdir(out) == []
+    rc, _ = _cli(capsys, *argv)
+    assert rc == 0 and LOCK_NAME not in os.listdir(out) and examples.SUMMARY_JSON in os.listdir(out)
+
+
 def test_sigint_inside_a_long_compiled_batch_exits_130_at_once_keeping_completed_batches(tmp_path, capsys):
     """Like grid's and atlas's: the work runs in a worker thread (cli_run.run_interruptible), so a Ctrl-C
     inside a compiled batch exits 130 at once (it used to wait for the batch), the state ends at the
