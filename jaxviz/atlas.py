@@ -629,7 +629,8 @@ def _main(argv: list[str] | None) -> int:
 
         proc = state["proc"] = shard.init_distributed(args.coordinator, args.num_processes, args.process_id,
                                                       auto=args.cluster)
-        compile_cache.for_command()  # after joining a job: it touches the devices
+        checks.backend()  # after joining a job, which must come before the devices start
+        compile_cache.for_command()
         check_out_dir(args.out)
         examples = None
         if args.examples is not None:

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from jaxviz import compile_cache
+from jaxviz import checks, compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_signals
 from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.models.base import model_errors
@@ -343,7 +343,6 @@ def check_memory(model, layers: Sequence[str], config: Config) -> None:
     """Refuse, before any work, settings whose memory exceeds the limit (``jaxviz.checks``):
     the examples kept (k per channel, a thumb x thumb thumbnail each) and one batch's
     activations up to the deepest layer (float32, x2 for XLA's temporaries)."""
-    from jaxviz import checks
 
     kept = sum(model.layer(l).channels for l in layers) * config.k * (config.thumb ** 2 * 3 + 64)
     deepest = max(model.layer_index(l) for l in layers)
@@ -457,6 +456,7 @@ def _run(args) -> int:
             remove_if_empty(args.out)
 
     try:
+        checks.backend()
         compile_cache.for_command()
         with quiet_notices(args.quiet):
             return run_interruptible(work, gate, interrupted)

@@ -429,7 +429,8 @@ def _main(argv: list[str] | None) -> int:
             remove_if_empty(args.out)
 
     try:
-        planned = _validate(args)  # before JAX loads: bad values are told at once
+        checks.backend()  # a JAX_PLATFORMS this machine cannot start: one line, not JAX's traceback
+        planned = _validate(args)  # before any work: bad values are told at once
         compile_cache.for_command()
         with quiet_notices(args.quiet):
             return run_interruptible(work, gate, interrupted)

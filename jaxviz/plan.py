@@ -316,6 +316,9 @@ def main(argv=None) -> int:
                 raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
         if not args.show:
             writable(path)
+        from jaxviz import checks
+
+        checks.backend()
     except JaxvizError as e:
         return _error(str(e))
     from jaxviz.cli_run import WriteGate, run_interruptible

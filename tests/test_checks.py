@@ -247,3 +247,30 @@ def test_showable_refuses_images_the_seed_deprocess_would_flatten(params):
     recipe = jaxviz.SEED._replace(size=16, steps=2, optimizer=optim.SeedAscent(1e20))
     with pytest.raises(JaxvizError, match="too large to show"):
         jaxviz.render(params, "block1_conv1:0", recipe)
+
+
+def test_a_backend_jax_cannot_start_is_one_line_naming_jax_platforms(monkeypatch):
+    """JAX_PLATFORMS=cuda on a machine without a visible NVIDIA GPU failed in the commands' first
+    device call with a bare AssertionError from inside JAX; tpu without libtpu or a typo with
+    JAX's RuntimeError: tracebacks, exit 1. checks.backend says it in one line with the fix."""
+    import jax
+
+    def fails(error):
+        def devices(*a):
+            raise error
+        return devices
+
+    monkeypatch.setattr(jax, "devices", fails(AssertionError()))
+    with pytest.raises(JaxvizError, match=r"^JAX cannot start the backend JAX_PLATFORMS='cuda' asks for \(no such "
+                                          r"device is visible\); unset JAX_PLATFORMS \(or set it to cpu\)"):
+        checks.backend({"JAX_PLATFORMS": "cuda"})
+    monkeypatch.setattr(jax, "devices", fails(RuntimeError(
+        "Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so (set JAX_PLATFORMS='' to "
+        "automatically choose an available backend)")))
+    with pytest.raises(JaxvizError) as e:
+        checks.backend({"JAX_PLATFORMS": "tpu"})
+    assert "JAX_PLATFORMS='tpu' asks for (INTERNAL: Failed to open libtpu.so);" in str(e.value)
+    with pytest.raises(JaxvizError, match=r"JAX cannot start a backend \(INTERNAL.*check the jax and jaxlib"):
+        checks.backend({})
+    monkeypatch.undo()
+    checks.backend({})  # this machine's own backend starts

@@ -281,3 +281,23 @@ def test_a_listing_to_a_full_disk_is_one_line_and_to_a_gone_reader_quiet(tmp_pat
     assert len(err.strip().splitlines()) == 1
     code, err = _broken("stdout", "closed pipe", argv)
     assert code == 0 and err == "", err
+
+
+@pytest.mark.parametrize("command", ["jaxviz.grid", "jaxviz.atlas", "jaxviz.examples", "jaxviz.plan"])
+def test_a_backend_jax_cannot_start_is_one_line_and_exit_2(tmp_path, command):
+    """JAX_PLATFORMS naming a backend this machine lacks ended every command in JAX's traceback,
+    exit 1; now one line naming JAX_PLATFORMS and the fix, exit 2, no folder made."""
+    import os
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    args = {"jaxviz.grid": ["--out", str(tmp_path / "out")], "jaxviz.atlas": ["--out", str(tmp_path / "out")],
+            "jaxviz.examples": ["--images", str(images), "--out", str(tmp_path / "out")],
+            "jaxviz.plan": ["--show"]}[command]
+    env = dict(os.environ, JAX_PLATFORMS="nosuchbackend", JAXVIZ_PLAN=str(tmp_path / "plan.json"))
+    p = subprocess.run([sys.executable, "-m", command, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith(f"{command}: error: JAX cannot start the backend JAX_PLATFORMS='nosuchbackend'")
+    assert "unset JAX_PLATFORMS" in lines[0] and not (tmp_path / "out").exists()
