@@ -248,9 +248,9 @@ def memory_budget(what: str, per_image: int, size: int, batch: int, n: int, limi
 
 
 def backend(env: Mapping[str, str] | None = None) -> None:
-    """Start JAX's backend, or one JaxvizError: where JAX_PLATFORMS names one this machine cannot
-    start (cuda without a visible NVIDIA GPU, tpu without libtpu, a typo), JAX failed deep in the
-    first call that needed a device, a traceback (cuda's a bare AssertionError), exit 1."""
+    """Start JAX's backend now, or raise one JaxvizError. Where JAX_PLATFORMS names a backend this
+    machine cannot start (cuda without a visible NVIDIA GPU, tpu without libtpu, a typo), the
+    commands failed in their first device call with JAX's traceback (for cuda a bare AssertionError)."""
     import jax
 
     try:
@@ -258,7 +258,7 @@ def backend(env: Mapping[str, str] | None = None) -> None:
     except Exception as e:  # RuntimeError naming the backend, or cuda's assertion with no text
         asked = (os.environ if env is None else env).get("JAX_PLATFORMS", "")
         why = str(e).split(" (set JAX_PLATFORMS")[0].strip().splitlines()
-        why = why[0].split("': ", 1)[-1] if why else "no such device is visible"  # less "Unable to ... 'tpu'"
+        why = why[0].split("': ", 1)[-1] if why else "no such device is visible"  # "Unable to ... 'tpu': " dropped
         if asked:
             raise JaxvizError(f"JAX cannot start the backend JAX_PLATFORMS={asked!r} asks for ({why}); unset "
                               f"JAX_PLATFORMS (or set it to cpu) to use the devices this machine has") from None

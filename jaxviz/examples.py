@@ -343,7 +343,6 @@ def check_memory(model, layers: Sequence[str], config: Config) -> None:
     """Refuse, before any work, settings whose memory exceeds the limit (``jaxviz.checks``):
     the examples kept (k per channel, a thumb x thumb thumbnail each) and one batch's
     activations up to the deepest layer (float32, x2 for XLA's temporaries)."""
-
     kept = sum(model.layer(l).channels for l in layers) * config.k * (config.thumb ** 2 * 3 + 64)
     deepest = max(model.layer_index(l) for l in layers)
     scale = (config.size / model.input_size) ** 2
