@@ -253,8 +253,7 @@ def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs
         writable(path or cache_path())
         notice(f"jaxviz: timing {len(missing)} conv shape(s) on this CPU once "
                f"(cached in {path or cache_path()}; {ENV}=off to skip)")
-        timings = {**timings, **measure(missing, chunks, convs, reps=reps)}
-        save(timings, path)
+        timings = _add(measure(missing, chunks, convs, reps=reps), path)
     return timings
 
 
@@ -265,8 +264,15 @@ def ensure_chunks(layer: str, size: int, path: Path | None = None, reps: int = 3
         writable(path or cache_path())
         notice(f"jaxviz: timing the ascent at {layer} ({size} px) in chunks of {', '.join(map(str, chunks))} "
                f"on this CPU once (cached in {path or cache_path()}; {ENV}=off to skip)")
-        timings = {**timings, **measure_chunks(layer, size, chunks, reps)}
-        save(timings, path)
+        timings = _add(measure_chunks(layer, size, chunks, reps), path)
+    return timings
+
+
+def _add(new: dict, path: Path | None) -> dict:
+    """Save ``new`` timings into this machine's plan as the file holds it now (read again: another
+    process may have saved its own during the minutes ``new`` took) and return the whole."""
+    timings = {**load(path), **new}
+    save(timings, path)
     return timings
 
 

@@ -87,6 +87,26 @@ def test_ensure_measures_once_and_caches(plan_file, monkeypatch):
     assert plan.conv_choice(4, 16, 8) == "xla"
 
 
+def test_timings_another_process_saved_meanwhile_are_kept(plan_file, monkeypatch):
+    """Two runs timing at once (two commands started on a fresh machine): each one's save kept
+    the plan as it had read it before its minutes of timing, dropping what the other saved meanwhile."""
+    def measure_chunks(layer, size, chunks, reps):
+        plan.save({**plan.load(), "block3_conv1@16/4/ascent": 2.0})  # the other run, saving first
+        return {f"{layer}@{size}/{b}/ascent": 1.0 for b in chunks}
+
+    def measure(shapes, chunks, convs, reps):
+        plan.save({**plan.load(), "8x64x64/4/xla": 3.0})
+        return {f"{s.key()}/{b}/{c}": 1.0 for s in shapes for b in chunks for c in convs}
+
+    monkeypatch.setattr(plan, "measure_chunks", measure_chunks)
+    monkeypatch.setattr(plan, "measure", measure)
+    t = plan.ensure_chunks("block2_conv1", 16, chunks=(1,))
+    assert t == {"block2_conv1@16/1/ascent": 1.0, "block3_conv1@16/4/ascent": 2.0}
+    t = plan.ensure([plan.Shape(4, 16, 8)], chunks=(2,), convs=("xla",))
+    assert plan.load() == t == {"block2_conv1@16/1/ascent": 1.0, "block3_conv1@16/4/ascent": 2.0,
+                                "8x64x64/4/xla": 3.0, "4x16x8/2/xla": 1.0}
+
+
 def test_unwritable_plan_is_one_error_before_any_timing(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
