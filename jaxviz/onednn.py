@@ -27,6 +27,7 @@ import functools
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,28 @@ def cpu_signature() -> bytes:
         return b""
 
 
+def _whole(path: Path) -> bool:
+    """Whether ``path`` is a whole 64-bit ELF file: every segment and table its header names lies
+    inside it. Loading a cut-short library (a crash before its data reached the disk, a bad copy)
+    kills the process with SIGBUS, where a damaged one is to be built again."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    if len(data) < 64 or data[:6] != b"\x7fELF\x02\x01":  # 64-bit, little-endian
+        return False
+    phoff, shoff = struct.unpack_from("<QQ", data, 32)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 54)
+    if phentsize < 56 or phoff + phnum * phentsize > len(data) or shoff + shnum * shentsize > len(data):
+        return False
+    for i in range(phnum):
+        offset, _, _, filesz = struct.unpack_from("<QQQQ", data, phoff + i * phentsize + 8)
+        if offset + filesz > len(data):
+            return False
+    return True
+
+
 def _build(prefix: Path) -> Path:
     """The compiled handlers for this source, jaxlib and oneDNN (compiled now if not cached)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -102,7 +125,7 @@ def _build(prefix: Path) -> Path:
     tag = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), jax.ffi.include_dir().encode(),
                                      jax.__version__.encode(), str(lib).encode(), cxx.encode(), cpu_signature()])).hexdigest()[:16]
     out = _cache_dir() / f"onednn_conv-{tag}.so"
-    if out.exists():
+    if _whole(out):
         return out
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +145,11 @@ def _build(prefix: Path) -> Path:
                 raise OSError(f"compiling {SOURCE.name}: no space left on device in {out.parent} or the temporary "
                               "folder; free some space, or point JAXVIZ_CACHE (or TMPDIR) at another folder")
             raise OSError(f"compiling {SOURCE.name} failed: {lines[-1] if lines else f'exit status {r.returncode}'}")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before it has the name: a crash then cannot leave a cut-short library
+        finally:
+            os.close(fd)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

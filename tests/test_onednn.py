@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -491,3 +492,31 @@ def test_a_full_disk_is_named_not_the_linkers_last_line(tmp_path, monkeypatch):
     cxx.write_text("#!/bin/sh\necho 'x.cc:1: error: expected ;' >&2\nexit 1\n")
     with pytest.raises(OSError, match=r"failed: x.cc:1: error: expected ;$"):  # other errors: the last line, as text
         onednn._build(onednn._prefix())
+
+
+@needs_onednn
+def test_a_cut_short_cached_library_is_built_again_not_loaded(tmp_path, monkeypatch):
+    """A cached library cut short (a crash before its data reached the disk, a bad copy): loading
+    it killed every later process with SIGBUS ("Bus error") until the file was deleted by hand."""
+    whole = Path(onednn._library()._name).read_bytes()
+    source, log = tmp_path / "whole.so", tmp_path / "compiles"
+    source.write_bytes(whole)
+    cxx = tmp_path / "cxx"  # "compiles" by copying the whole library to its -o
+    cxx.write_text(f'#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\ncp {source} "$2"\necho >> {log}\n')
+    cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    out = onednn._build(onednn._prefix())
+    assert out.read_bytes() == whole and log.read_text().count("\n") == 1
+    assert onednn._build(onednn._prefix()) == out and log.read_text().count("\n") == 1  # cached
+    for cut in (len(whole) - 1, len(whole) // 2, 1000, 10, 0):
+        out.write_bytes(whole[:cut])
+        assert not onednn._whole(out)
+        assert onednn._build(onednn._prefix()) == out and out.read_bytes() == whole
+    assert log.read_text().count("\n") == 6
+    out.write_bytes(whole[:1000])  # a whole process, started on the damaged file, builds and loads it
+    code = "from jaxviz import onednn; print(onednn.available())"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert (r.returncode, r.stdout.strip()) == (0, "True"), r.stderr
+    assert out.read_bytes() == whole
