@@ -94,6 +94,31 @@ def cpu_signature() -> bytes:
         return b""
 
 
+# Runs the compile (argv: the temporary file, the library, the compiler's command line), then puts
+# the library in place, on disk before it has its name, or removes the temporary file: a process
+# of its own, so that a command stopped during the half-minute compile (SIGTERM, or Ctrl-C and
+# os._exit from cli_run) leaves the whole library or nothing, never a temporary file. Ctrl-C and
+# a closed terminal reach the compiler too (one process group), ending it without a library.
+_COMPILE = """
+import os, signal, subprocess, sys
+signal.signal(signal.SIGHUP, signal.default_int_handler)
+tmp, out = sys.argv[1:3]
+try:
+    code = subprocess.run(sys.argv[3:]).returncode
+    if code == 0:
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, out)
+except KeyboardInterrupt:
+    code = 130
+finally:
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+sys.exit(code)
+"""
+
+
 def _whole(path: Path) -> bool:
     """Whether ``path`` is a whole 64-bit ELF file: every segment and table its header names lies
     inside it. Loading a cut-short library (a crash before its data reached the disk, a bad copy)
@@ -138,19 +163,14 @@ def _build(prefix: Path) -> Path:
     cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
            str(SOURCE), "-o", tmp, f"-L{lib.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib.parent}"]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", _COMPILE, tmp, str(out), *cmd], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             lines = r.stderr.strip().splitlines()
             if any("No space left on device" in l for l in lines):  # the linker's line; gcc ends on "ld returned 1"
                 raise OSError(f"compiling {SOURCE.name}: no space left on device in {out.parent} or the temporary "
                               "folder; free some space, or point JAXVIZ_CACHE (or TMPDIR) at another folder")
             raise OSError(f"compiling {SOURCE.name} failed: {lines[-1] if lines else f'exit status {r.returncode}'}")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # on disk before it has the name: a crash then cannot leave a cut-short library
-        finally:
-            os.close(fd)
-        os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
