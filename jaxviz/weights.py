@@ -21,11 +21,13 @@ file. Everything here is a pure function of its arguments (``env`` defaults to
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,6 +39,7 @@ ENV_WEIGHTS = "JAXVIZ_WEIGHTS"
 ENV_CACHE = "JAXVIZ_CACHE"
 EMBEDDED_NAME = "vgg16_imagenet_notop.h5"
 _CHUNK = 1 << 20
+STALE_S = 600  # a download's temporary file unwritten this long was left by a stopped process
 
 
 class WeightSource(NamedTuple):
@@ -150,9 +153,23 @@ def download(
         ) from None
 
 
+def _remove_stale_parts(dest: Path) -> None:
+    """Remove the temporary files of earlier downloads to ``dest`` that a stopped process left (a
+    command's Ctrl-C ends in os._exit, which skips the clean-up): those unwritten for STALE_S
+    seconds; a download still running writes at least every ``timeout`` seconds."""
+    now = time.time()
+    for p in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        try:
+            if now - p.stat().st_mtime > STALE_S:
+                p.unlink()
+        except OSError:
+            pass
+
+
 def _download(url: str, dest: Path, md5: str, *, progress: bool, timeout: float) -> Path:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(dest)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as e:
         raise _Failed(

@@ -283,6 +283,24 @@ def test_download_ctrl_c_keeps_nothing(tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
+def test_a_download_removes_what_a_stopped_download_left(tmp_path, server):
+    """A command stopped mid-download ends in os._exit (cli_run), which skips the clean-up: each
+    such stop left its temporary file (the whole 58 MB, say) in the cache for good. The next download
+    removes those unwritten for STALE_S seconds, and leaves one still being written alone."""
+    import os
+    import time
+
+    dest = tmp_path / "cache" / "w.h5"
+    stale = _touch(dest.parent / ".w.h5.abc123.part", b"half")
+    old = time.time() - W.STALE_S - 60
+    os.utime(stale, (old, old))
+    running = _touch(dest.parent / ".w.h5.def456.part", b"being written")
+    other = _touch(dest.parent / ".x.h5.abc123.part", b"another file's")
+    os.utime(other, (old, old))
+    W.download(server + "/good.h5", dest, BODY_MD5, progress=False, timeout=5)
+    assert _leftovers(dest.parent) == sorted([running.name, other.name, "w.h5"])
+
+
 def test_md5sum(tmp_path):
     f = _touch(tmp_path / "f", BODY)
     assert W.md5sum(f) == BODY_MD5
