@@ -240,9 +240,14 @@ def remove_if_empty(path: str) -> None:
 _OUR_TEMPORARY = re.compile(r"^\..+\.(png|npz|json|html|gif|webp)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
+# A temporary file written to less than this long ago may be another run's write in progress
+# (two grids into one --out): a write's file is modified at least this often while it lasts.
+WRITING_S = 30
+
+
 def remove_stale_temporaries(out: str, folders=(), before: float | None = None) -> int:
     """Remove our temporary files (``.NAME.XXXXXXXX.tmp``, left by a killed writer) in ``out``
-    and ``folders`` that are older than ``before`` (the run's start); returns how many."""
+    and ``folders`` last modified before ``before``; returns how many."""
     n = 0
     for folder in [out, *folders]:
         try:

@@ -14,8 +14,8 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir, model_name,
-    parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
+    WRITING_S, OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir,
+    model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, show, stop_as_interrupt,
@@ -406,7 +406,8 @@ def _main(argv: list[str] | None) -> int:
         recipe = _recipe(args)
         created[0] = not os.path.isdir(args.out)
         make_out_dir(args.out)
-        remove_stale_temporaries(args.out, [os.path.join(args.out, name) for name, _, _ in jobs], time.time())
+        remove_stale_temporaries(args.out, [os.path.join(args.out, name) for name, _, _ in jobs],
+                                 time.time() - WRITING_S)
         timings = []
         for name, fs, objective in jobs:
             t0 = time.perf_counter()

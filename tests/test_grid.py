@@ -261,9 +261,11 @@ def test_stale_temporaries_of_ours_are_removed_at_start(tmp_path):
     for p in stale + others:
         p.write_bytes(b"partial")
         os.utime(p, (time.time() - 60, time.time() - 60))
+    writing = out / ".block1_conv1.npz.a1b2c3d4.tmp"  # another grid's write into this --out, going on
+    writing.write_bytes(b"partial")
     assert grid.main(["--layers", "block1_conv1", *TINY, "--tiles", "--out", str(out), "--quiet"]) == 0
     assert not any(p.exists() for p in stale)
-    assert all(p.exists() for p in others)
+    assert all(p.exists() for p in others) and writing.exists()  # it was removed under the other run's feet
 
 
 def test_real_interrupts_at_random_moments_exit_130_fast_with_nothing_partial(tmp_path):
