@@ -97,11 +97,12 @@ def cpu_signature() -> bytes:
 # Runs the compile (argv: the temporary file, the library, the compiler's command line), then puts
 # the library in place, on disk before it has its name, or removes the temporary file: a process
 # of its own, so that a command stopped during the half-minute compile (SIGTERM, or Ctrl-C and
-# os._exit from cli_run) leaves the whole library or nothing, never a temporary file. Ctrl-C and
-# a closed terminal reach the compiler too (one process group), ending it without a library.
+# os._exit from cli_run) leaves the whole library or nothing, never a temporary file. Ctrl-C, a
+# closed terminal or a SIGTERM to the process group reach the compiler too, ending it without a library.
 _COMPILE = """
 import os, signal, subprocess, sys
-signal.signal(signal.SIGHUP, signal.default_int_handler)
+for s in (signal.SIGHUP, signal.SIGTERM):
+    signal.signal(s, signal.default_int_handler)
 tmp, out = sys.argv[1:3]
 try:
     code = subprocess.run(sys.argv[3:]).returncode

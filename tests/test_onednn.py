@@ -523,12 +523,12 @@ def test_a_cut_short_cached_library_is_built_again_not_loaded(tmp_path, monkeypa
 
 
 @pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
-@pytest.mark.parametrize("stop", ["the process alone", "Ctrl-C"])
+@pytest.mark.parametrize("stop", ["the process alone", "Ctrl-C", "SIGTERM to the group"])
 def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop, tmp_path):
     """Stopped during the half-minute first compile, a command left a temporary file in the cache
     (cli_run's os._exit skips the clean-up), and on SIGTERM an orphaned compiler went on writing
     into it. Now the process alone stopped: the compile ends and its library is put in place;
-    Ctrl-C (the whole process group): the compile stops, nothing is left."""
+    Ctrl-C or a SIGTERM to the whole process group: the compile stops, nothing is left."""
     import signal
     import time
 
@@ -537,22 +537,22 @@ def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop
     cxx.chmod(0o755)
     cache = tmp_path / "j" / "onednn"
     env = dict(os.environ, CXX=str(cxx), JAXVIZ_CACHE=str(tmp_path / "j"), JAX_PLATFORMS="cpu")
-    code = ("import os, signal; signal.signal(signal.SIGINT, lambda *_: os._exit(130)); "  # as cli_run does
-            "from jaxviz import onednn; onednn._build(onednn._prefix())")
+    exit_at_once = "[signal.signal(s, lambda *_: os._exit(130)) for s in (signal.SIGINT, signal.SIGTERM)]"  # cli_run's
+    code = f"import os, signal; {exit_at_once}; from jaxviz import onednn; onednn._build(onednn._prefix())"
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while not list(cache.glob("*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(cache.glob("*.tmp")), "the compile never started"
     time.sleep(0.3)
-    if stop == "Ctrl-C":
-        os.killpg(p.pid, signal.SIGINT)
+    if stop != "the process alone":
+        os.killpg(p.pid, signal.SIGINT if stop == "Ctrl-C" else signal.SIGTERM)
     else:
         p.kill()  # as os._exit: no clean-up of its own
     p.wait()
     time.sleep(3)  # the rest of the compile
     left = sorted(f.name for f in cache.iterdir())
-    if stop == "Ctrl-C":
+    if stop != "the process alone":
         assert left == []
     else:
         assert len(left) == 1 and left[0].endswith(".so") and onednn._whole(cache / left[0])
