@@ -532,8 +532,8 @@ def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop
     import signal
     import time
 
-    cxx = tmp_path / "cxx"  # a compile of 1.5 s that writes a whole ELF file to its -o
-    cxx.write_text(f'#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\nsleep 1.5\ncp {sys.executable} "$2"\n')
+    cxx, started = tmp_path / "cxx", tmp_path / "started"  # a compile of 1.5 s writing a whole ELF file to its -o
+    cxx.write_text(f'#!/bin/sh\ntouch {started}\nwhile [ "$1" != -o ]; do shift; done\nsleep 1.5\ncp {sys.executable} "$2"\n')
     cxx.chmod(0o755)
     cache = tmp_path / "j" / "onednn"
     env = dict(os.environ, CXX=str(cxx), JAXVIZ_CACHE=str(tmp_path / "j"), JAX_PLATFORMS="cpu")
@@ -541,16 +541,18 @@ def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop
     code = f"import os, signal; {exit_at_once}; from jaxviz import onednn; onednn._build(onednn._prefix())"
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
-    while not list(cache.glob("*.tmp")) and time.monotonic() < deadline:
+    while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list(cache.glob("*.tmp")), "the compile never started"
-    time.sleep(0.3)
+    assert started.exists() and list(cache.glob("*.tmp")), "the compile never started"
     if stop != "the process alone":
         os.killpg(p.pid, signal.SIGINT if stop == "Ctrl-C" else signal.SIGTERM)
     else:
         p.kill()  # as os._exit: no clean-up of its own
     p.wait()
-    time.sleep(3)  # the rest of the compile
+    deadline = time.monotonic() + 30
+    while list(cache.glob("*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # a compiler left running would have written its -o again by now
     left = sorted(f.name for f in cache.iterdir())
     if stop != "the process alone":
         assert left == []
