@@ -163,6 +163,7 @@ def _build(prefix: Path) -> Path:
     # no FMA contraction: the Winograd transforms round as XLA's do (native/onednn_conv.cc)
     cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
            str(SOURCE), "-o", tmp, f"-L{lib.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib.parent}"]
+    notice(f"jaxviz: compiling oneDNN's conv for this CPU, once (about half a minute on 2 cores; kept in {out.parent})")
     try:
         r = subprocess.run([sys.executable, "-c", _COMPILE, tmp, str(out), *cmd], capture_output=True, text=True,
                            stdin=subprocess.DEVNULL)
@@ -181,7 +182,8 @@ def _build(prefix: Path) -> Path:
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """(the loaded handlers, registered with XLA, or None; why building or loading them failed,
-    or None when they loaded or oneDNN is off or absent here). Once per process, silently."""
+    or None when they loaded or oneDNN is off or absent here). Once per process; a compile (first
+    use on this CPU) is said as a notice, a failure is not (``_library`` says it)."""
     if checks.off(os.environ.get(ENV)) or not sys.platform.startswith("linux"):
         return None, None
     prefix = _prefix()
@@ -208,7 +210,7 @@ def _library() -> ctypes.CDLL | None:
 
 def build_error() -> str | None:
     """Why oneDNN's handlers could not be built or loaded here (no compiler, a compile error,
-    an unwritable cache folder), or None; says nothing on stderr (a command asking for the
+    an unwritable cache folder), or None; says no failure on stderr (a command asking for the
     onednn conv reports it as its one line)."""
     return _load()[1]
 

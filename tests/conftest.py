@@ -10,6 +10,12 @@ os.environ["JAXVIZ_PLAN"] = "off"
 # Nor the commands' compilation cache (jaxviz.compile_cache; tests/test_compile_cache.py turns it on).
 os.environ["JAXVIZ_COMPILE_CACHE"] = "0"
 
+# The oneDNN library compiled (once per machine, about 30 s) before any test: a command run by a
+# test then never says so on its stderr.
+from jaxviz import onednn  # noqa: E402
+
+onednn.available()
+
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "weights" / "vgg16_imagenet_notop.h5"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
