@@ -165,8 +165,8 @@ def _build(prefix: Path) -> Path:
            str(SOURCE), "-o", tmp, f"-L{lib.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib.parent}"]
     notice(f"jaxviz: compiling oneDNN's conv for this CPU, once (about half a minute on 2 cores; kept in {out.parent})")
     try:
-        r = subprocess.run([sys.executable, "-c", _COMPILE, tmp, str(out), *cmd], capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL)
+        r = subprocess.run([sys.executable or "python3", "-I", "-c", _COMPILE, tmp, str(out), *cmd],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             lines = r.stderr.strip().splitlines()
             if any("No space left on device" in l for l in lines):  # the linker's line; gcc ends on "ld returned 1"
