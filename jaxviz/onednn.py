@@ -165,14 +165,20 @@ def _build(prefix: Path) -> Path:
            str(SOURCE), "-o", tmp, f"-L{lib.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib.parent}"]
     notice(f"jaxviz: compiling oneDNN's conv for this CPU, once (about half a minute on 2 cores; kept in {out.parent})")
     try:
-        r = subprocess.run([sys.executable or "python3", "-I", "-c", _COMPILE, tmp, str(out), *cmd],
-                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if r.returncode != 0:
-            lines = r.stderr.strip().splitlines()
+        helper = subprocess.Popen([sys.executable or "python3", "-I", "-c", _COMPILE, tmp, str(out), *cmd],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = helper.communicate()
+        except BaseException:  # a KeyboardInterrupt of this process alone (a notebook's): the helper stops the
+            helper.terminate()  # compiler and removes its file (killed, it would leave the compiler writing)
+            helper.wait()
+            raise
+        if helper.returncode != 0:
+            lines = err.strip().splitlines()
             if any("No space left on device" in l for l in lines):  # the linker's line; gcc ends on "ld returned 1"
                 raise OSError(f"compiling {SOURCE.name}: no space left on device in {out.parent} or the temporary "
                               "folder; free some space, or point JAXVIZ_CACHE (or TMPDIR) at another folder")
-            raise OSError(f"compiling {SOURCE.name} failed: {lines[-1] if lines else f'exit status {r.returncode}'}")
+            raise OSError(f"compiling {SOURCE.name} failed: {lines[-1] if lines else f'exit status {helper.returncode}'}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

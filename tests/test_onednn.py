@@ -559,3 +559,38 @@ def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop
         assert left == []
     else:
         assert len(left) == 1 and left[0].endswith(".so") and onednn._whole(cache / left[0])
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_a_program_interrupted_during_the_compile_leaves_nothing(tmp_path):
+    """A KeyboardInterrupt of the program alone (a notebook's interrupt signals the process, not its
+    group) killed the compile's helper outright, and the compiler it had started went on to write
+    its temporary file into the cache. Now the helper is asked to stop: it stops the compiler and
+    removes the file, and the KeyboardInterrupt reaches the program."""
+    import time
+
+    cxx, started = tmp_path / "cxx", tmp_path / "started"
+    cxx.write_text(f'#!/bin/sh\ntouch {started}\nwhile [ "$1" != -o ]; do shift; done\nsleep 1.5\ncp {sys.executable} "$2"\n')
+    cxx.chmod(0o755)
+    cache = tmp_path / "j" / "onednn"
+    code = f"""
+import os, signal, threading, time
+from pathlib import Path
+from jaxviz import onednn
+
+def interrupt():
+    while not Path({str(started)!r}).exists():
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    onednn._build(onednn._prefix())
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    env = dict(os.environ, CXX=str(cxx), JAXVIZ_CACHE=str(tmp_path / "j"), JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "interrupted", r.stderr
+    time.sleep(2.5)  # a compiler left running would have written its -o by now
+    assert sorted(f.name for f in cache.iterdir()) == []
