@@ -578,6 +578,9 @@ import os, signal, threading, time
 from pathlib import Path
 from jaxviz import onednn
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, even where SIGINT came in ignored
+
+
 def interrupt():
     while not Path({str(started)!r}).exists():
         time.sleep(0.02)
