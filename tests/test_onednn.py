@@ -495,16 +495,23 @@ def test_a_full_disk_is_named_not_the_linkers_last_line(tmp_path, monkeypatch):
         onednn._build(onednn._prefix())
 
 
+def _fake_compiler(folder: Path, library: Path, seconds: float = 0) -> tuple[Path, Path]:
+    """A "compiler" that adds a line to its log as it starts, waits ``seconds``, then copies
+    ``library`` (a whole ELF file) to its -o: (the program, its log)."""
+    cxx, log = folder / "cxx", folder / "compiles"
+    cxx.write_text(f'#!/bin/sh\necho >> {log}\nwhile [ "$1" != -o ]; do shift; done\nsleep {seconds}\ncp {library} "$2"\n')
+    cxx.chmod(0o755)
+    return cxx, log
+
+
 @needs_onednn
 def test_a_cut_short_cached_library_is_built_again_not_loaded(tmp_path, monkeypatch):
     """A cached library cut short (a crash before its data reached the disk, a bad copy): loading
     it killed every later process with SIGBUS ("Bus error") until the file was deleted by hand."""
     whole = Path(onednn._library()._name).read_bytes()
-    source, log = tmp_path / "whole.so", tmp_path / "compiles"
+    source = tmp_path / "whole.so"
     source.write_bytes(whole)
-    cxx = tmp_path / "cxx"  # "compiles" by copying the whole library to its -o
-    cxx.write_text(f'#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\ncp {source} "$2"\necho >> {log}\n')
-    cxx.chmod(0o755)
+    cxx, log = _fake_compiler(tmp_path, source)
     monkeypatch.setenv("CXX", str(cxx))
     monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
     out = onednn._build(onednn._prefix())
@@ -533,9 +540,7 @@ def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop
     import signal
     import time
 
-    cxx, started = tmp_path / "cxx", tmp_path / "started"  # a compile of 1.5 s writing a whole ELF file to its -o
-    cxx.write_text(f'#!/bin/sh\ntouch {started}\nwhile [ "$1" != -o ]; do shift; done\nsleep 1.5\ncp {sys.executable} "$2"\n')
-    cxx.chmod(0o755)
+    cxx, started = _fake_compiler(tmp_path, Path(sys.executable), seconds=1.5)
     cache = tmp_path / "j" / "onednn"
     env = dict(os.environ, CXX=str(cxx), JAXVIZ_CACHE=str(tmp_path / "j"), JAX_PLATFORMS="cpu")
     exit_at_once = "[signal.signal(s, lambda *_: os._exit(130)) for s in (signal.SIGINT, signal.SIGTERM)]"  # cli_run's
@@ -569,9 +574,7 @@ def test_a_program_interrupted_during_the_compile_leaves_nothing(tmp_path):
     removes the file, and the KeyboardInterrupt reaches the program."""
     import time
 
-    cxx, started = tmp_path / "cxx", tmp_path / "started"
-    cxx.write_text(f'#!/bin/sh\ntouch {started}\nwhile [ "$1" != -o ]; do shift; done\nsleep 1.5\ncp {sys.executable} "$2"\n')
-    cxx.chmod(0o755)
+    cxx, started = _fake_compiler(tmp_path, Path(sys.executable), seconds=1.5)
     cache = tmp_path / "j" / "onednn"
     code = f"""
 import os, signal, threading, time
