@@ -495,11 +495,12 @@ def test_a_full_disk_is_named_not_the_linkers_last_line(tmp_path, monkeypatch):
         onednn._build(onednn._prefix())
 
 
-def _fake_compiler(folder: Path, library: Path, seconds: float = 0) -> tuple[Path, Path]:
-    """A "compiler" that adds a line to its log as it starts, waits ``seconds``, then copies
-    ``library`` (a whole ELF file) to its -o: (the program, its log)."""
+def _fake_compiler(folder: Path, library: Path, until: Path | None = None) -> tuple[Path, Path]:
+    """A "compiler" that adds a line to its log as it starts, waits until the file ``until``
+    exists (when given), then copies ``library`` (a whole ELF file) to its -o: (the program, its log)."""
     cxx, log = folder / "cxx", folder / "compiles"
-    cxx.write_text(f'#!/bin/sh\necho >> {log}\nwhile [ "$1" != -o ]; do shift; done\nsleep {seconds}\ncp {library} "$2"\n')
+    wait = f"while [ ! -e {until} ]; do sleep 0.05; done\n" if until else ""
+    cxx.write_text(f'#!/bin/sh\necho >> {log}\nwhile [ "$1" != -o ]; do shift; done\n{wait}cp {library} "$2"\n')
     cxx.chmod(0o755)
     return cxx, log
 
@@ -540,7 +541,8 @@ def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop
     import signal
     import time
 
-    cxx, started = _fake_compiler(tmp_path, Path(sys.executable), seconds=1.5)
+    release = tmp_path / "release"  # the compile ends once the test has stopped the command
+    cxx, started = _fake_compiler(tmp_path, Path(sys.executable), until=release)
     cache = tmp_path / "j" / "onednn"
     env = dict(os.environ, CXX=str(cxx), JAXVIZ_CACHE=str(tmp_path / "j"), JAX_PLATFORMS="cpu")
     exit_at_once = "[signal.signal(s, lambda *_: os._exit(130)) for s in (signal.SIGINT, signal.SIGTERM)]"  # cli_run's
@@ -555,10 +557,11 @@ def test_a_command_stopped_during_the_compile_leaves_the_library_or_nothing(stop
     else:
         p.kill()  # as os._exit: no clean-up of its own
     p.wait()
+    release.touch()
     deadline = time.monotonic() + 30
     while list(cache.glob("*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(2)  # a compiler left running would have written its -o again by now
+    time.sleep(0.5)  # a compiler left running, released, would have written its -o again by now
     left = sorted(f.name for f in cache.iterdir())
     if stop != "the process alone":
         assert left == []
@@ -574,7 +577,8 @@ def test_a_program_interrupted_during_the_compile_leaves_nothing(tmp_path):
     removes the file, and the KeyboardInterrupt reaches the program."""
     import time
 
-    cxx, started = _fake_compiler(tmp_path, Path(sys.executable), seconds=1.5)
+    release = tmp_path / "release"  # the compile ends once the program has been interrupted
+    cxx, started = _fake_compiler(tmp_path, Path(sys.executable), until=release)
     cache = tmp_path / "j" / "onednn"
     code = f"""
 import os, signal, threading, time
@@ -598,5 +602,6 @@ except KeyboardInterrupt:
     env = dict(os.environ, CXX=str(cxx), JAXVIZ_CACHE=str(tmp_path / "j"), JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "interrupted", r.stderr
-    time.sleep(2.5)  # a compiler left running would have written its -o by now
+    release.touch()
+    time.sleep(0.5)  # a compiler left running, released, would have written its -o by now
     assert sorted(f.name for f in cache.iterdir()) == []
