@@ -301,9 +301,13 @@ def main(argv=None) -> int:
 
     ap = OneLineParser(prog="python -m jaxviz.plan",
                        description="Rebuild this machine's conv/chunk plan (see jaxviz/plan.py).")
-    ap.add_argument("--layers", default="block2_conv1,block3_conv1,block4_conv1,block5_conv1")
-    ap.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=64)
-    ap.add_argument("--reps", type=positive_int("--reps", 1, 1000), default=3)
+    ap.add_argument("--layers", default="block2_conv1,block3_conv1,block4_conv1,block5_conv1",
+                    help="target layers whose chunk to time, comma-separated, or 'all' (default: the first of "
+                         "blocks 2-5)")
+    ap.add_argument("--size", type=positive_int("--size", 1, MAX_SIZE), default=64,
+                    help="image size in pixels the timings are for (default 64)")
+    ap.add_argument("--reps", type=positive_int("--reps", 1, 1000), default=3,
+                    help="interleaved timed rounds of each candidate, the median kept (default 3)")
     ap.add_argument("--convs", default=",".join(CONVS), help=f"formulations to time, of {','.join(ALL_CONVS)}")
     ap.add_argument("--show", action="store_true", help="print the cached plan, measure nothing")
     args = ap.parse_args(argv)
@@ -349,7 +353,7 @@ def _error(message: str) -> int:
 
 def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
     """``main``'s work: measure what ``args`` asks (unless --show), then print the plan."""
-    if not args.show:
+    if not args.show and any(layer_shapes.values()):
         shapes = sorted({s for v in layer_shapes.values() for s in v}) if convs != CONVS else []
         stale = [f"{l}@{args.size}/" for l in layer_shapes] + [s.key() + "/" for s in shapes]
         save({k: v for k, v in load(path).items() if not k.startswith(tuple(stale))}, path)
@@ -362,10 +366,13 @@ def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
 
     timings = load(path)
     lines = [f"{machine()}\n{path}"]
-    if not timings:  # --show only: a build has measured something
+    if not timings and any(layer_shapes.values()):  # --show only: a build has measured something
         why = "no such file" if not os.path.exists(path) else "unreadable, or timed on other machines only"
         lines.append(f"no timings for this machine ({why}): the built-in choices hold; python -m jaxviz.plan measures them")
     for l, shapes in layer_shapes.items():
+        if not shapes:
+            lines.append(f"{l} @ {args.size}px: nothing to plan (no Winograd layer below it): the built-in chunk holds")
+            continue
         per_image = ", ".join(f"{b}: {1e3 * timings[ascent_key(l, args.size, b)]:.1f}" for b in CHUNKS
                               if ascent_key(l, args.size, b) in timings)
         chunk = best_chunk(timings, l, args.size)

@@ -173,6 +173,11 @@ def test_cli(plan_file, capsys, monkeypatch):
     assert "no timings for this machine (unreadable" in capsys.readouterr().out and plan_file.read_text() == "{damaged"
     assert plan.main(["--layers", "nope", "--show"]) == 2
     assert "valid layers" in capsys.readouterr().err
+    plan_file.unlink()
+    assert plan.main(["--layers", "block1_conv1,block1_conv2", "--size", "16"]) == 0  # said "chunk not measured;
+    out = capsys.readouterr().out  # convs " and "no timings ... (unreadable": nothing there to measure
+    assert "block1_conv1 @ 16px: nothing to plan" in out and "block1_conv2 @ 16px: nothing to plan" in out
+    assert "no timings" not in out and not plan_file.exists()
     assert plan.main(["--convs", "fft", "--show"]) == 2
     assert "--convs" in capsys.readouterr().err
     monkeypatch.setenv(plan.ENV, "off")
