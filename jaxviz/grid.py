@@ -359,6 +359,32 @@ def _check_paths(args, names: list[str]) -> None:
     check_out_paths(args.out, files=[f"{n}.{k}" for n in names for k in kinds], folders=names if args.tiles else ())
 
 
+def _never_fired(name, filters, rendered, objective, model, args) -> str | None:
+    """A line naming the filters whose objective was exactly 0 at every step: the unit never
+    fired, no gradient reached the image, and the tile is the start image (6 of block1_conv1's
+    first 64 in the book's grid); None when there are none. Names the option that wakes them
+    where the objective and the model allow it."""
+    import numpy as np
+
+    from jaxviz import objectives
+
+    per = len(rendered.values) // max(1, len(filters))  # images per filter (--diversity)
+    if not filters or per * len(filters) != len(rendered.values):
+        return None
+    trace = np.asarray(rendered.trace).reshape(len(filters), -1)
+    values = np.asarray(rendered.values).reshape(len(filters), per)
+    stuck = [f for f, t, v in zip(filters, trace, values) if not t.any() and not v.any()]
+    if not stuck:
+        return None
+    one = len(stuck) == 1
+    line = (f"{name}: filter{'' if one else 's'} {', '.join(map(str, stuck))} never fired (objective 0 at every step, "
+            f"so no gradient): {'its tile shows' if one else 'their tiles show'} the start image")
+    term = getattr(objective, "term", None)
+    if isinstance(term, objectives.Channel) and term.dead_filter != "redirect" and model.preact is not None:
+        line += "; " + ("" if args.recipe == "lucid" else "--recipe lucid ") + "--dead-filter redirect wakes such filters"
+    return line
+
+
 def _written_so_far(done: list[str], failed: str, partial: list[str]) -> str:
     """What --out holds after grid ``failed`` went wrong: the grids ``done`` before it, and
     the ``partial`` files of ``failed`` itself written before the failure (tiles, say)."""
@@ -419,6 +445,9 @@ def _main(argv: list[str] | None) -> int:
                 raise JaxvizError(f"{name}: {e}; {_written_so_far(done, name, written)}") from None
             for path in written:
                 say(path)
+            note = _never_fired(name, fs, r, objective, model, args)
+            if note:
+                say(note)
             timings.append(f"{name} {time.perf_counter() - t0:.1f} s")
             done.append(name)
         say("done: " + ", ".join(timings))

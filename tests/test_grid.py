@@ -384,3 +384,19 @@ def test_quiet_silences_the_fallback_notice(tmp_path, quiet):
         assert proc.stderr == proc.stdout == ""
     else:
         assert len(notices) == 1, proc.stderr
+
+
+def test_filters_that_never_fire_are_named_with_what_wakes_them(tmp_path, capsys):
+    """A unit whose objective is 0 at every step gets no gradient, so its tile is the start image:
+    6 of block1_conv1's first 64 in the book's grid, with nothing said about them."""
+    small = ["--layers", "block1_conv1", "--size", "16", "--steps", "2"]
+    assert run_main([*small, "--filters", "5,6", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "block1_conv1: filter 5 never fired" in out and "; --recipe lucid --dead-filter redirect wakes" in out
+    assert run_main([*small, "--filters", "6", "--out", str(tmp_path / "b")]) == 0
+    assert "never fired" not in capsys.readouterr().out
+    assert run_main([*small, "--filters", "19", "--recipe", "lucid", "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "filter 19 never fired" in out and "; --dead-filter redirect wakes" in out and "--recipe lucid" not in out
+    assert run_main([*small, "--filters", "5", "--quiet", "--out", str(tmp_path / "d")]) == 0
+    assert capsys.readouterr().out == ""
