@@ -117,6 +117,12 @@ def _settings_text(settings: Mapping) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {settings[k]}" for k in keys if settings.get(k) is not None)
 
 
+# The seed's filters at 0 on their final image (a relu's output, so no gradient) were 0 at every
+# step in its grids (6 of block1_conv1's first 64; python -m jaxviz.grid names them): their images
+# are the start images. Not said of the quality recipe, whose steps see transformed images.
+NEVER_FIRED = " (the unit never fired: no gradient reached the image, which is its start image)"
+
+
 def _activation(a: float) -> str:
     return f"{a:.6g}"
 
@@ -180,6 +186,7 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
                  ("batch per device", settings.get("batch")), ("weights", settings.get("weights_name")),
                  ("weights sha256", str(settings.get("weights_sha256", ""))[:16])]
 
+    seed = settings.get("recipe", "seed") == "seed"
     for li, (name, entries) in enumerate(layers):
         folder = os.path.join(out, name)
         prev_l = layers[li - 1][0] if li > 0 else None
@@ -221,7 +228,8 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
                 links.append(f"<a id=\"next\" rel=\"next\" href=\"{href}\">{_esc(nl)} {ne.filter} &rarr;</a>")
             else:
                 links.append("<span>&rarr;</span>")
-            rows = [("layer", name), ("filter", e.filter), ("final activation", _activation(e.activation))]
+            final = _activation(e.activation) + (NEVER_FIRED if e.activation == 0 and seed else "")
+            rows = [("layer", name), ("filter", e.filter), ("final activation", final)]
             rows += [r for r in info_rows if r[1] not in (None, "")]
             dl = "".join(f"<dt>{_esc(k)}</dt><dd class=\"{_esc(k.replace(' ', '-'))}\">{_esc(v)}</dd>" for k, v in rows)
             body = (

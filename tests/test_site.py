@@ -60,3 +60,13 @@ def test_every_link_and_image_resolves(tmp_path):
     assert 'href="../../../index.html"' in nested and "cat%20%231.png" in nested
     # the links run through every page, across layers: the next filter after block1/conv2's last
     assert 'href="../../odd%20%231%3F%2520%20name/f000.html"' in (out / "block1" / "conv2" / "f001.html").read_text()
+
+
+def test_a_filter_that_never_fired_says_so_on_its_page(tmp_path):
+    """Its image is the start image, unchanged (no gradient): its page said only "final activation 0"."""
+    layers = [("conv_0", [FilterEntry(0, 0.0, "f000.png"), FilterEntry(1, 2.5, "f001.png")])]
+    build_site(str(tmp_path), layers, {"animate": False, "recipe": "seed"})
+    assert "never fired" in (tmp_path / "conv_0" / "f000.html").read_text()
+    assert "never fired" not in (tmp_path / "conv_0" / "f001.html").read_text()
+    build_site(str(tmp_path), layers, {"animate": False, "recipe": "lucid"})  # its steps see transformed images
+    assert "never fired" not in (tmp_path / "conv_0" / "f000.html").read_text()
