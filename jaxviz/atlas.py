@@ -52,6 +52,7 @@ CHUNKS = "chunks"
 OWN_FILES = (MANIFEST, LOG, "index.html")  # the atlas's files at the top of --out (beside CHUNKS and the layers)
 TEST_DELAY_ENV = "JAXVIZ_ATLAS_TEST_DELAY"  # tests only: seconds to sleep after each PNG
 SEED_RECIPE = "seed"
+UNSAID = {"dead_filter": "none"}  # settings a manifest holds only where they differ from this
 AUTO = "auto"
 
 
@@ -179,8 +180,9 @@ class Atlas:
         compared once deduplicated: see ``unique_filters``)."""
         if old.get("format") != FORMAT:
             return [f"format {old.get('format')!r}"]
-        theirs = old.get("settings", {})
-        diff = [f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in self.settings.items()
+        # settings kept only where not their default (dead_filter): absent is the default on either side
+        theirs, mine = ({**UNSAID, **s} for s in (old.get("settings", {}), self.settings))
+        diff = [f"{k} {theirs.get(k)!r} -> {v!r}" for k, v in mine.items()
                 if theirs.get(k) != v and not (k == "batch" and v is None and valid_batch(theirs.get(k, AUTO)))]
         if unique_filters(old.get("layers")) != self.selection:
             diff.append("the layers or filters")
@@ -377,6 +379,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--recipe", default=SEED_RECIPE,
                    help="rendering recipe: 'seed' (the book's, sharded over devices) or another recipe of "
                    "jaxviz.render, e.g. 'lucid', rendered on the default device (default seed)")
+    p.add_argument("--dead-filter", choices=("none", "preact", "redirect"), default=None,
+                   help="quality recipe only: for filters that never fire, the objective before the relu "
+                   "(preact) or through a redirected relu (redirect), as python -m jaxviz.grid's (default none)")
     p.add_argument("--weights", default=None, type=weights_file, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
     p.add_argument("--out", default="atlas", help="output folder (default atlas/)")
     p.add_argument("--chunk", type=positive_int("--chunk", 1, 4096), default=64,
@@ -507,6 +512,8 @@ def _validate(args) -> dict[str, list[int]] | None:
     if args.recipe == SEED_RECIPE:
         args.steps = 40 if args.steps is None else args.steps
         args.step_size = 1.0 if args.step_size is None else args.step_size
+        if args.dead_filter is not None:
+            raise JaxvizError("--dead-filter applies to the quality recipe only; add --recipe lucid")
     if args.steps is not None and args.steps < 0:
         raise JaxvizError(f"--steps must be 0 or more, not {args.steps}")
     if args.step_size is not None:
@@ -518,6 +525,11 @@ def _validate(args) -> dict[str, list[int]] | None:
         check_budget(l, args.size, min(args.chunk, len(fs)), args.batch if isinstance(args.batch, int) else 1)
     _check_recipe(args.recipe)
     return selection
+
+
+def dead_filter(args) -> str:
+    """The channel objective's treatment of filters that never fire (``objectives.channel``)."""
+    return args.dead_filter or "none"
 
 
 def _recipe(args):
@@ -655,6 +667,12 @@ def _main(argv: list[str] | None) -> int:
                     "step_size": args.step_size, "seed": args.seed, "precision": args.precision,
                     "batch": args.batch, "chunk": args.chunk, "weights_name": weights_name,
                     "weights_sha256": weights_id, "animate": bool(args.animate)}
+        if dead_filter(args) != "none":  # only then in the settings: the atlases made before it resume as they were
+            from jaxviz import engine, objectives
+
+            settings["dead_filter"] = dead_filter(args)
+            for layer, fs in selection.items():  # a model with no pre-activation path: refused before any work
+                engine.check(model, objectives.channel(layer, fs[:1], dead_filter(args)), recipe)
         atlas = Atlas(args.out, settings, selection)
         import jax
 
@@ -838,7 +856,8 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[
         for c in todo:
             t0 = time.perf_counter()
             images, losses, frames = [], [], []
-            for r in runner.rounds(objectives.channel(c.layer, list(c.filters)), key, batches[c.layer]):
+            for r in runner.rounds(objectives.channel(c.layer, list(c.filters), dead_filter(args)), key,
+                                   batches[c.layer]):
                 images.append(r.images)
                 losses.append(r.losses)
                 frames.append(r.frames)

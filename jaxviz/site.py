@@ -113,7 +113,7 @@ def _write(path: str, text: str) -> None:
 
 
 def _settings_text(settings: Mapping) -> str:
-    keys = ("recipe", "size", "steps", "step_size", "seed", "precision")
+    keys = ("recipe", "dead_filter", "size", "steps", "step_size", "seed", "precision")
     return ", ".join(f"{k.replace('_', ' ')} {settings[k]}" for k in keys if settings.get(k) is not None)
 
 
@@ -180,7 +180,8 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
     # the order of all filters, for previous/next across layers
     order = [(name, e) for name, entries in layers for e in entries]
     where = {(name, e.filter): i for i, (name, e) in enumerate(order)}
-    info_rows = [("recipe", settings.get("recipe")), ("size", f"{settings.get('size')} px"),
+    info_rows = [("recipe", settings.get("recipe")), ("dead filter", settings.get("dead_filter")),
+                 ("size", f"{settings.get('size')} px"),
                  ("steps", settings.get("steps")), ("step size", settings.get("step_size")),
                  ("seed", settings.get("seed")), ("precision", settings.get("precision")),
                  ("batch per device", settings.get("batch")), ("weights", settings.get("weights_name")),

@@ -646,3 +646,31 @@ def test_empty_examples_is_named(tmp_path, capsys):
     assert atlas_mod.main([*TINY, "--examples", "", "--out", str(tmp_path / "a")]) == 2
     assert capsys.readouterr().err.strip().startswith("jaxviz.atlas: error: --examples is empty; give the --out folder")
     assert not (tmp_path / "a").exists()
+
+
+def test_dead_filter_of_the_quality_recipe_is_a_setting_of_the_atlas(tmp_path, capsys, params):
+    """python -m jaxviz.grid had --dead-filter, the atlas none: a quality atlas's filters that never
+    fire stayed their start images."""
+    import jaxviz
+    from jaxviz.objectives import channel
+
+    out = tmp_path / "wake"
+    argv = ["--recipe", "lucid", "--layers", "block1_conv1", "--filters", "19", "--size", "16", "--steps", "8",
+            "--chunk", "1", "--out", str(out), "--quiet"]
+    recipe = jaxviz.LUCID._replace(size=16, steps=8)
+    assert jaxviz.render(params, channel("block1_conv1", [19]), recipe).values[0] == 0  # never fires without it
+    assert atlas_mod.main([*argv, "--dead-filter", "redirect"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["settings"]["dead_filter"] == "redirect"
+    want = jaxviz.render(params, channel("block1_conv1", [19], "redirect"), recipe)
+    got = np.asarray(Image.open(out / "block1_conv1" / "f019.png"))
+    assert want.values[0] > 0 and np.abs(got.astype(int) - want.tiles[0].astype(int)).max() <= 1
+    page = (out / "block1_conv1" / "f019.html").read_text()
+    assert "redirect" in page and "never fired" not in page
+    assert atlas_mod.main(argv) == 2  # resumed without it: other settings
+    assert "dead_filter 'redirect' -> 'none'" in capsys.readouterr().err
+    assert atlas_mod.main([*argv[2:-3], "--dead-filter", "preact", "--out", str(tmp_path / "seed")]) == 2
+    assert "quality recipe only" in capsys.readouterr().err and not (tmp_path / "seed").exists()
+    assert atlas_mod.main(["--model", "tests.tiny_model:build", "--recipe", "lucid", "--dead-filter", "preact",
+                           "--size", "16", "--out", str(tmp_path / "fn")]) == 2  # a plain function: no pre-activation
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pre-activation" in err and not (tmp_path / "fn").exists()
