@@ -514,6 +514,7 @@ def _validate(args) -> dict[str, list[int]] | None:
         args.step_size = 1.0 if args.step_size is None else args.step_size
         if args.dead_filter is not None:
             raise JaxvizError("--dead-filter applies to the quality recipe only; add --recipe lucid")
+    args.dead_filter = args.dead_filter or "none"
     if args.steps is not None and args.steps < 0:
         raise JaxvizError(f"--steps must be 0 or more, not {args.steps}")
     if args.step_size is not None:
@@ -525,11 +526,6 @@ def _validate(args) -> dict[str, list[int]] | None:
         check_budget(l, args.size, min(args.chunk, len(fs)), args.batch if isinstance(args.batch, int) else 1)
     _check_recipe(args.recipe)
     return selection
-
-
-def dead_filter(args) -> str:
-    """The channel objective's treatment of filters that never fire (``objectives.channel``)."""
-    return args.dead_filter or "none"
 
 
 def _recipe(args):
@@ -667,12 +663,12 @@ def _main(argv: list[str] | None) -> int:
                     "step_size": args.step_size, "seed": args.seed, "precision": args.precision,
                     "batch": args.batch, "chunk": args.chunk, "weights_name": weights_name,
                     "weights_sha256": weights_id, "animate": bool(args.animate)}
-        if dead_filter(args) != "none":  # only then in the settings: the atlases made before it resume as they were
+        if args.dead_filter != "none":  # only then in the settings: the atlases made before it resume as they were
             from jaxviz import engine, objectives
 
-            settings["dead_filter"] = dead_filter(args)
+            settings["dead_filter"] = args.dead_filter
             for layer, fs in selection.items():  # a model with no pre-activation path: refused before any work
-                engine.check(model, objectives.channel(layer, fs[:1], dead_filter(args)), recipe)
+                engine.check(model, objectives.channel(layer, fs[:1], args.dead_filter), recipe)
         atlas = Atlas(args.out, settings, selection)
         import jax
 
@@ -856,8 +852,8 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[
         for c in todo:
             t0 = time.perf_counter()
             images, losses, frames = [], [], []
-            for r in runner.rounds(objectives.channel(c.layer, list(c.filters), dead_filter(args)), key,
-                                   batches[c.layer]):
+            objective = objectives.channel(c.layer, list(c.filters), args.dead_filter)
+            for r in runner.rounds(objective, key, batches[c.layer]):
                 images.append(r.images)
                 losses.append(r.losses)
                 frames.append(r.frames)
