@@ -445,6 +445,12 @@ def _run(args) -> int:
         say(os.path.join(args.out, SUMMARY_JSON))
         say(f"done: {s.images_used} image{'s' if s.images_used != 1 else ''} in {time.perf_counter() - t0:.1f} s; "
             f"{s.skipped.describe()}")
+        for layer, top in s.layers.items():
+            used = np.isfinite(top.values)
+            silent = int(np.sum(used.any(axis=1) & ~(used & (top.values != 0)).any(axis=1)))
+            if silent:
+                say(f"{layer}: {silent} of {len(top.values)} channels never fired on these images (their highest "
+                    "activation 0): an atlas shows no examples for them")
         return 0
 
     def interrupted() -> None:  # main thread, the worker still running: the process exits 130 after this

@@ -74,6 +74,11 @@ class SiteExamples(NamedTuple):
         ch = self.meta["layers"].get(layer, {}).get("channels", [])
         return ch[f] if 0 <= f < len(ch) else []
 
+    def shown(self, layer: str, f: int) -> list:
+        """(rank, entry) of filter ``f``'s examples where the filter fired: an activation of exactly
+        0 (a relu's) is an image it did not respond to, at an arbitrary place, not an example."""
+        return [(j, e) for j, e in enumerate(self.entries(layer, f)) if e["activation"] != 0]
+
     def write(self, out: str, filters: dict | None = None) -> list:
         """Write the patch PNGs of ``filters`` ({layer: [filter, ...]}, default all) under ``out``."""
         from jaxviz.image import make_folder, save_png
@@ -86,7 +91,7 @@ class SiteExamples(NamedTuple):
             make_folder(os.path.join(out, l, "examples"))
             t = self.thumbs[l]
             for f in (f for f in fs if f < t.shape[0]):
-                for j in range(len(self.entries(l, f))):
+                for j, _ in self.shown(l, f):
                     paths.append(save_png(os.path.join(out, l, patch_name(f, j)), t[f, j]))
         return paths
 
@@ -100,17 +105,21 @@ class SiteExamples(NamedTuple):
 
     def filter_html(self, layer: str, f: int, page_dir: str) -> str:
         """A filter page's "dataset examples" section ('' if the summary has none for it)."""
-        ex = self.entries(layer, f)
-        if not ex:
+        if not self.entries(layer, f):
             return ""
+        ex, s = self.shown(layer, f), self.meta["settings"]
+        if not ex:
+            return (f"<h2>Dataset examples</h2><p class=\"settings\">None: this filter did not fire on any of the "
+                    f"{self.meta['images_used']} images of {_esc(s['folder'])} used (its highest activation on them "
+                    "is 0).</p>")
         cells = "".join(
             f"<figure><a href=\"{self._link(e['image'], page_dir)}\" title=\"{_esc(e['image'])}\">"
             f"<img class=\"px\" src=\"{url(patch_name(f, j))}\" alt=\"example {j + 1}: {_esc(e['image'])}\"></a>"
             f"<figcaption><span>{j + 1}</span><span class=\"example-activation\">{e['activation']:.4g}</span>"
             f"</figcaption></figure>"
-            for j, e in enumerate(ex))
-        s = self.meta["settings"]
-        return (f"<h2>Dataset examples</h2><p class=\"settings\">The {len(ex)} images of {_esc(s['folder'])} "
+            for j, e in ex)
+        return (f"<h2>Dataset examples</h2><p class=\"settings\">The {len(ex)} image{'s' if len(ex) != 1 else ''} of "
+                f"{_esc(s['folder'])} "
                 f"({self.meta['images_used']} used) whose maximum activation of this filter is highest, "
                 f"cropped to the patch the maximum sees (grey: outside the image), at {s['size']} px; "
                 "captions: rank and activation; click for the whole image.</p>"
@@ -118,9 +127,8 @@ class SiteExamples(NamedTuple):
 
     def strip_html(self, layer: str, f: int) -> str:
         """The first few patches of filter ``f``, for its cell on the layer page."""
-        ex = self.entries(layer, f)[:STRIP]
         imgs = "".join(f"<img class=\"px\" src=\"{url(patch_name(f, j))}\" alt=\"\" "
-                       f"title=\"{_esc(e['image'])}: {e['activation']:.4g}\">" for j, e in enumerate(ex))
+                       f"title=\"{_esc(e['image'])}: {e['activation']:.4g}\">" for j, e in self.shown(layer, f)[:STRIP])
         return f"<div class=\"example-strip\">{imgs}</div>" if imgs else ""
 
 

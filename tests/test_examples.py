@@ -489,3 +489,28 @@ def test_large_images_print_no_raw_pillow_warning(tmp_path, capsys, monkeypatch)
     assert rc == 0 and err == "", err
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert "done: 2 images" in out and "skipped 1 file: 1 too large (huge.png)" in out, out
+
+
+def test_cli_counts_the_channels_that_never_fired(tmp_path, capsys):
+    """Their top examples are images they did not respond to (activation 0, at an arbitrary place):
+    the summary keeps them, the command says how many there are."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i, colour in enumerate([(200, 10, 10), (90, 90, 90)]):  # flat images: edge filters stay at 0
+        Image.new("RGB", (20, 20), colour).save(folder / f"{i}.png")
+    assert examples.main(["--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2",
+                          "--out", str(tmp_path / "out")]) == 0
+    channels = json.loads((tmp_path / "out" / examples.SUMMARY_JSON).read_text())["layers"]["block1_conv1"]["channels"]
+    silent = sum(all(e["activation"] == 0 for e in c) for c in channels)
+    assert silent > 0
+    assert f"block1_conv1: {silent} of 64 channels never fired on these images" in capsys.readouterr().out
+    folder = _noise_folder(tmp_path / "imgs", 3, seed=3)
+    assert examples.main(["--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2",
+                          "--out", str(tmp_path / "noise")]) == 0
+    channels = json.loads((tmp_path / "noise" / examples.SUMMARY_JSON).read_text())["layers"]["block1_conv1"]["channels"]
+    silent = sum(all(e["activation"] == 0 for e in c) for c in channels)
+    assert (f"{silent} of 64 channels never fired" in capsys.readouterr().out) == (silent > 0)

@@ -70,3 +70,20 @@ def test_a_malformed_summary_is_refused_when_loaded(edit, tmp_path):
     edit(meta)
     with pytest.raises(JaxvizError, match="unreadable or malformed"):
         load(_summary(tmp_path / "bad", meta, np.zeros((2, 2, 4, 4, 3), np.uint8)))
+
+
+def test_examples_a_filter_did_not_fire_on_are_not_shown(tmp_path):
+    """An activation of exactly 0 (a relu's) is an image the filter ignored, its patch at an arbitrary
+    place (the first pixel): shown as an example, it suggested what the filter responds to."""
+    ex = _examples(tmp_path, 2)
+    chans = ex.meta["layers"]["conv"]["channels"]
+    chans[0] = [dict(chans[0][0], activation=3.0), dict(chans[0][1], activation=0.0)]
+    chans[1] = [dict(e, activation=0.0) for e in chans[1]]
+    out = tmp_path / "atlas"
+    build_site(str(out), [("conv", [FilterEntry(0, 1.0, "f000.png"), FilterEntry(1, 2.0, "f001.png")])], {},
+               examples=ex)
+    assert _patches(out) == ["f000_0.png"]
+    first, second = ((out / "conv" / f"f00{f}.html").read_text() for f in range(2))
+    assert "examples/f000_0.png" in first and "f000_1.png" not in first and "The 1 image of" in first
+    assert "did not fire on any of the 3 images" in second and "examples/f001_" not in second
+    assert "f001_0.png" not in (out / "conv" / "index.html").read_text()
