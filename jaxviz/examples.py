@@ -446,8 +446,8 @@ def _run(args) -> int:
         say(f"done: {s.images_used} image{'s' if s.images_used != 1 else ''} in {time.perf_counter() - t0:.1f} s; "
             f"{s.skipped.describe()}")
         for layer, top in s.layers.items():
-            used = np.isfinite(top.values)
-            silent = int(np.sum(used.any(axis=1) & ~(used & (top.values != 0)).any(axis=1)))
+            seen = np.isfinite(top.values)  # -inf: a slot no image filled
+            silent = int(np.sum(seen.any(axis=1) & ~(seen & (top.values != 0)).any(axis=1)))  # 0 on every image
             if silent:
                 say(f"{layer}: {silent} of {len(top.values)} channels never fired on these images (their highest "
                     "activation 0): an atlas shows no examples for them")
