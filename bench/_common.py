@@ -162,6 +162,30 @@ def matmul_peak(n: int = 2048, reps: int = 5, use_jax: bool = True) -> dict:
     return res
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs from /proc/stat, or None where there is none.
+
+    Steal is the time the hypervisor ran something else on this VM's CPUs: on a shared host
+    it is part of the noise that a grid's wall time carries and a best-of-5 matmul does not."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    # guest time (fields 9, 10) is already counted in user and nice
+    return ticks[7], sum(ticks[:8])
+
+
+def stolen(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of all CPUs' time stolen between two ``cpu_ticks()`` readings, or None."""
+    if not before or not after or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()

@@ -51,12 +51,14 @@ from _common import (  # noqa: E402
     BENCH,
     DEFAULT_WEIGHTS,
     REPO,
+    cpu_ticks,
     fmt,
     grid_flops,
     winograd_flops,
     machine_lines,
     matmul_peak,
     md_table,
+    stolen,
 )
 
 PEERS_DIR = os.path.join(BENCH, "peers")
@@ -265,12 +267,13 @@ def run(a):
 
             def call(name, kind):
                 w = workers[name]
-                r = results[layer].setdefault(name, {"warmup": [], "times": [], "first_in_rounds": False})
+                r = results[layer].setdefault(name, {"warmup": [], "times": [], "stolen": [], "first_in_rounds": False})
                 req = dict(base)
                 if "save" not in r:
                     r["save"] = os.path.join(a.work_dir, f"{layer}-{name}.npz")
                     req["save"] = r["save"]
                 time.sleep(a.gap)
+                ticks = cpu_ticks()
                 try:
                     rep = w.call(req, a.call_timeout)
                 except (WorkerError, json.JSONDecodeError) as e:
@@ -281,6 +284,9 @@ def run(a):
                         workers.pop(name).close()
                     return
                 (r["warmup"] if kind == "warmup" else r["times"]).append(rep["seconds"])
+                share = stolen(ticks, cpu_ticks())
+                if kind != "warmup" and share is not None:
+                    r["stolen"].append(100 * share)
                 if kind != "warmup" and rep["first"]:
                     r["first_in_rounds"] = True
                 r["loss"] = rep["loss_mean"]
@@ -356,7 +362,7 @@ def report(a, machine, peaks, results, rss, hellos, notes):
             r = per.get(name)
             if not r or not r["times"]:
                 if r and r.get("failed"):
-                    rows.append([name, "failed", "", "", "", "", "", ""])
+                    rows.append([name, "failed", "", "", "", "", "", "", ""])
                 continue
             med, mn = statistics.median(r["times"]), min(r["times"])
             medians.setdefault(name, {})[layer] = med
@@ -367,12 +373,13 @@ def report(a, machine, peaks, results, rss, hellos, notes):
                 warm, fmt(mn), fmt(med),
                 fmt(med / ref_med) if ref_med else "—",
                 fmt(gfs), fmt(100 * gfs / best, 2),
+                fmt(statistics.median(r["stolen"]), 2) if r.get("stolen") else "—",
                 fmt(r.get("loss"), 5),
             ])
         out.append(f"## {layer}  ({fmt(flops / 1e9)} GFLOP per grid)\n")
         out.append(md_table(
             ["implementation", "warm-up s", "min s", "median s", "ratio to jaxviz_f32",
-             "GFLOP/s", "% of f32 matmul peak", "final loss"], rows))
+             "GFLOP/s", "% of f32 matmul peak", "CPU stolen %", "final loss"], rows))
         own = winograd_flops(layer, a.size, a.filters, a.steps)
         if ref_med and own:
             rate = own / ref_med / 1e9
@@ -386,6 +393,9 @@ def report(a, machine, peaks, results, rss, hellos, notes):
     if any(r.get("first_in_rounds") for per in results.values() for r in per.values()):
         out.append("\\* its first timed call was also its first call for that layer (no warm-up).\n")
     out.append("ratio = implementation median / jaxviz_f32 median (> 1: jaxviz is faster). "
+               "CPU stolen % = median over its rounds of the share of both CPUs' time that the "
+               "hypervisor gave to other guests during the call (/proc/stat's steal; the host's noise, "
+               "which a best-of-5 matmul peak avoids). "
                "final loss = mean over filters of the loss on the final image.\n")
 
     # Summary over all layers.
