@@ -65,9 +65,15 @@ def cache_path() -> Path | None:
     if not env or off(env):
         return None
     if env.lower() not in AUTO:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxviz" / "plan.json"
+        path = os.path.expanduser(env)
+        if path.startswith("~"):  # ~user of no such user: not a folder ./~user to create
+            from jaxviz.errors import JaxvizError
+
+            raise JaxvizError(f"{ENV}={env}: no such user's home folder; set {ENV} to a file path, auto or off")
+        return Path(path)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"  # XDG: relative is unset
+    return base / "jaxviz" / "plan.json"
 
 
 def cpu_model(cpuinfo: str) -> str:
@@ -136,7 +142,24 @@ def writable(path: Path) -> Path:
         ok, why = False, e.strerror or str(e)
     if not ok:
         raise JaxvizError(f"{ENV}: cannot write the plan to {path} ({why}); set {ENV} to a writable file, auto or off")
+    if not _plan_like(path):
+        raise JaxvizError(f"{ENV}: {path} is not a plan file (a plan is JSON text), so it is kept, not replaced; "
+                          f"set {ENV} to another file, auto or off")
     return path
+
+
+def _plan_like(path: Path) -> bool:
+    """Whether the file at ``path`` may be replaced by a plan: missing, empty, or text that begins
+    as a plan's JSON does (a damaged plan is rebuilt; an image or a script a mistyped setting
+    names is not overwritten)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return not head or head.startswith(b"{")
 
 
 def save(timings: dict, path: Path | None = None) -> None:
@@ -146,7 +169,7 @@ def save(timings: dict, path: Path | None = None) -> None:
     path = cache_path() if path is None else path
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable(path)
     data = _read(path)
     data[machine()] = timings
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()),
@@ -313,7 +336,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from jaxviz.errors import JaxvizError
 
-    path = cache_path()
+    try:
+        path = cache_path()
+    except JaxvizError as e:
+        return _error(str(e))
     if path is None:
         return _error(f"the plan is off ({ENV}={os.environ.get(ENV, '')!r}); set {ENV}=auto (or a file) to use one")
     convs = tuple(args.convs.split(","))
@@ -324,10 +350,13 @@ def main(argv=None) -> int:
         for l in layer_shapes:
             if args.size < min_size(l):
                 raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
-        if not args.show:
-            writable(path)
         from jaxviz import checks
 
+        if not args.show:
+            writable(path)
+            for l, below in layer_shapes.items():
+                if below:  # one image must fit; candidates() bounds the chunks by the rest
+                    checks.run_budget(l, args.size, 1, 1)
         checks.backend()
     except JaxvizError as e:
         return _error(str(e))
@@ -358,7 +387,8 @@ def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
         stale = [f"{l}@{args.size}/" for l in layer_shapes] + [s.key() + "/" for s in shapes]
         save({k: v for k, v in load(path).items() if not k.startswith(tuple(stale))}, path)
         if shapes:
-            ensure(shapes, path, reps=args.reps, convs=convs)
+            fits = min(min(candidates(l, args.size)) for l, below in layer_shapes.items() if below)
+            ensure(shapes, path, reps=args.reps, chunks=tuple(b for b in CHUNKS if b <= fits) or (fits,), convs=convs)
         for l, below in layer_shapes.items():
             if below:
                 ensure_chunks(l, args.size, path, reps=args.reps, chunks=candidates(l, args.size))

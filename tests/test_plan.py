@@ -227,3 +227,49 @@ def test_show_with_a_name_too_long_says_no_such_file(tmp_path, monkeypatch, caps
     monkeypatch.setenv(plan.ENV, str(tmp_path / ("x" * 300 + ".json")))
     assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
     assert "no timings for this machine (no such file)" in capsys.readouterr().out
+
+
+def test_plan_path_of_no_such_users_home_is_one_error(monkeypatch, capsys):
+    """``~nosuchuser/p.json``: pathlib raised a bare RuntimeError from every command."""
+    monkeypatch.setenv(plan.ENV, "~nosuchuser-jaxviz/p.json")
+    with pytest.raises(JaxvizError, match="no such user's home folder"):
+        plan.cache_path()
+    assert plan.main(["--show"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxviz.plan: error: JAXVIZ_PLAN=") and len(err.splitlines()) == 1
+
+
+def test_auto_plan_ignores_a_relative_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv(plan.ENV, "auto")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # the XDG spec: ignored, as weights and onednn do
+    assert plan.cache_path() == tmp_path / ".cache" / "jaxviz" / "plan.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert plan.cache_path() == tmp_path / "xdg" / "jaxviz" / "plan.json"
+
+
+def test_a_file_that_is_not_a_plan_is_never_replaced(plan_file, monkeypatch):
+    """A mistyped JAXVIZ_PLAN naming an image: it was silently overwritten with the plan's JSON."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    plan_file.write_bytes(png)
+    monkeypatch.setattr(plan, "measure_chunks", lambda *a, **k: pytest.fail("timed a plan it cannot keep"))
+    with pytest.raises(JaxvizError, match="is not a plan file"):
+        plan.chunk_for("block2_conv1", 16)
+    with pytest.raises(JaxvizError, match="is not a plan file"):
+        plan.save({"x/1/xla": 1.0})
+    assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
+    assert plan_file.read_bytes() == png
+    plan_file.write_text("")  # empty, or a damaged plan ("{..."): rebuilt
+    plan.save({"x/1/xla": 1.0})
+    assert plan.load() == {"x/1/xla": 1.0}
+
+
+def test_a_size_too_large_for_memory_is_refused_before_timing(plan_file, monkeypatch, capsys):
+    """``--size 4096`` timed convs until XLA's out-of-memory traceback."""
+    monkeypatch.setenv("JAXVIZ_MAX_MEMORY", "1M")
+    monkeypatch.setattr(plan, "measure_chunks", lambda *a, **k: pytest.fail("timed what cannot fit"))
+    monkeypatch.setattr(plan, "measure", lambda *a, **k: pytest.fail("timed what cannot fit"))
+    assert plan.main(["--layers", "block2_conv1", "--size", "64", "--convs", "xla"]) == 2
+    err = capsys.readouterr().err
+    assert "needs about" in err and "memory" in err and len(err.splitlines()) == 1
+    assert not plan_file.exists()
