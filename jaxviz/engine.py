@@ -207,6 +207,21 @@ def initial(recipe: Recipe, keys: jax.Array) -> jax.Array:
     return jax.vmap(lambda k: jax.vmap(P.init)(jax.random.split(k, recipe.diversity)))(keys)
 
 
+def batch_for(model: Model, objective: Objective, recipe: Recipe, batch_size: int | None = None,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """The items of ``objective`` per compiled call (``batch_size``, else ``chunk_for``'s in equal
+    chunks: the least padding); one JaxvizError where the run's estimated memory is over the limit
+    (checks.memory_limit), so a caller with several runs can refuse them all before the first."""
+    n, s = len(objective), recipe.size
+    b = batch_size or chunk_for(model, objective, recipe, n, max_bytes)
+    if batch_size is None:
+        b = math.ceil(n / math.ceil(n / b))
+    checks.memory_budget(f"{n} item(s) of {s} px on {model.name} in batches of {b}",
+                         bytes_per_item(model, objective.term.layers(), recipe), s, b, n,
+                         checks.memory_limit(checks.device_memory()))
+    return b
+
+
 def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     """Raise a one-line JaxvizError for an objective or recipe that cannot run on ``model``."""
     if not isinstance(objective, Objective):
@@ -343,13 +358,8 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
         if start.shape != want:
             raise JaxvizError(f"start has shape {start.shape}; this objective and recipe start from shape {want} "
                               f"({n} items, each the recipe's parameters at {s} px; diversity 1)")
-    b = batch_size or chunk_for(model, objective, recipe, n, max_bytes)
+    b = batch_for(model, objective, recipe, batch_size, max_bytes)
     chunks = math.ceil(n / b)
-    if batch_size is None:
-        b = math.ceil(n / chunks)  # equal chunks: the least padding for this many chunks
-    checks.memory_budget(f"{n} item(s) of {s} px on {model.name} in batches of {b}",
-                         bytes_per_item(model, objective.term.layers(), recipe), s, b, n,
-                         checks.memory_limit(checks.device_memory()))
     pad = chunks * b - n
     padded = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
     args = jax.tree.map(lambda a: padded(jnp.asarray(a)), args)

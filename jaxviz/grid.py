@@ -58,7 +58,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--margin", type=positive_int("--margin", 0), default=5, help="black margin between tiles in pixels (default 5)")
     p.add_argument("--steps", type=positive_int("--steps", 0, MAX_STEPS), default=None,
                    help=f"gradient ascent steps (default 40; {LUCID_STEPS} with --recipe lucid)")
-    p.add_argument("--step-size", type=rate("--step-size"), default=1.0,
+    p.add_argument("--step-size", type=rate("--step-size"), default=None,
                    help="step size of each ascent step, more than 0 (default 1.0)")
     p.add_argument("--recipe", choices=("seed", "lucid"), default="seed",
                    help="seed: the book's gradient ascent (default); lucid: the quality recipe of Distill's "
@@ -129,8 +129,10 @@ def _validate(args) -> list[tuple[str, object]]:
                 raise JaxvizError(f"--{name.replace('_', '-')} applies to --recipe lucid only")
     if args.no_transforms and args.pad is not None:
         raise JaxvizError("--pad is the transforms' padding, and --no-transforms turns them off; give one or the other")
-    if args.recipe == "lucid" and args.conv != "auto":
-        raise JaxvizError("--conv applies to --recipe seed only")
+    if args.recipe == "lucid" and (args.conv != "auto" or args.step_size is not None):
+        raise JaxvizError(f"--{'conv' if args.conv != 'auto' else 'step-size'} applies to --recipe seed only")
+    if args.step_size is None:
+        args.step_size = 1.0
     if args.conv != "auto" or args.precision != "float32":
         if not _is_vgg(args):
             raise JaxvizError(f"--conv and --precision apply to the VGG models only, not {args.model}")
@@ -327,9 +329,7 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
         folder = os.path.join(args.out, layer)
         make_folder(folder)
         per = len(images) // max(1, len(filters))  # images per filter (--diversity)
-        for i, tile in enumerate(images):
-            f = filters[i // per]
-            name = f"{layer}_f{f:03d}.png" if per == 1 else f"{layer}_f{f:03d}_{i % per}.png"
+        for name, tile in zip(_tile_names(layer, filters, per), images):
             with gate:
                 paths.append(save_png(os.path.join(folder, name), tile))
     if args.npz:
@@ -351,12 +351,21 @@ def _save_layer(args, layer, filters, images, raw, losses, gate=None, frames=Non
     return paths
 
 
-def _check_paths(args, names: list[str]) -> None:
-    """Refuse, before any work, a folder or file in the way of what ``_save_layer`` writes."""
+def _tile_names(layer: str, filters, per: int) -> list[str]:
+    """The --tiles files of a grid, in its images' order: per filter, its ``per`` images (--diversity)."""
+    return [f"{layer}_f{f:03d}.png" if per == 1 else f"{layer}_f{f:03d}_{k}.png" for f in filters for k in range(per)]
+
+
+def _check_paths(args, grids: list[tuple[str, list[int]]], per: int) -> None:
+    """Refuse, before any work, a folder or file in the way of what ``_save_layer`` writes for
+    ``grids`` (name, filters) of ``per`` images a filter."""
     from jaxviz.image import webp_supported
 
     kinds = ["png"] + ["npz"] * bool(args.npz) + (["gif", "webp"] if webp_supported() else ["gif"]) * args.animate
-    check_out_paths(args.out, files=[f"{n}.{k}" for n in names for k in kinds], folders=names if args.tiles else ())
+    files = [f"{n}.{k}" for n, _ in grids for k in kinds]
+    if args.tiles:
+        files += [os.path.join(n, t) for n, fs in grids for t in _tile_names(n, fs, per)]
+    check_out_paths(args.out, files=files, folders=[n for n, _ in grids] if args.tiles else ())
 
 
 def _never_fired(name, filters, rendered, objective, model, args) -> str | None:
@@ -417,6 +426,8 @@ def _main(argv: list[str] | None) -> int:
     gate = WriteGate()
 
     def work() -> int:
+        from jaxviz import engine
+
         model = _load_model(args)
         if args.list_layers:
             _print_layers(model)
@@ -426,10 +437,17 @@ def _main(argv: list[str] | None) -> int:
             recipe = _recipe(args)
             fit = fit_default_size(model, [objective for *_, objective in jobs], recipe, say)
             args.size, args.pad = fit.size, 0 if fit.transforms != recipe.transforms else args.pad
-        for _, fs, _ in jobs:  # before any work, for every model: the grid image itself must fit
-            checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
-        _check_paths(args, [name for name, _, _ in jobs])
         recipe = _recipe(args)
+        validated = _is_vgg(args) and not args.objective  # VGG's layers: sizes and memory checked in _validate
+        for name, fs, objective in jobs:  # before any work, for every model: each grid can run and fits
+            checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
+            if len(objective) and not validated:
+                try:
+                    engine.check(model, objective, recipe)
+                    engine.batch_for(model, objective, recipe)
+                except JaxvizError as e:
+                    raise JaxvizError(f"{name}: {e}; nothing was written") from None
+        _check_paths(args, [(name, fs) for name, fs, _ in jobs], recipe.diversity)
         created[0] = not os.path.isdir(args.out)
         make_out_dir(args.out)
         remove_stale_temporaries(args.out, [os.path.join(args.out, name) for name, _, _ in jobs],

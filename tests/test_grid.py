@@ -112,6 +112,7 @@ def run_main(argv):
     (["--filters", "1-x"], "malformed --filters"),
     (["--filters", "5-2"], "malformed --filters"),
     (["--recipe", "lucid", "--conv", "xla"], "--conv applies to --recipe seed only"),
+    (["--recipe", "lucid", "--step-size", "50"], "--step-size applies to --recipe seed only"),  # ignored, silently
     (["--recipe", "lucid", "--pad", "3", "--no-transforms"], "give one or the other"),
     (["--pad", "3"], "--pad applies to --recipe lucid only"),
     # issue 11: any model, objectives
@@ -141,6 +142,7 @@ def run_main(argv):
     (["--recipe", "lucid", "--lr", "-1"], "--lr must be more than 0 and at most"),
     # found by probing the command line with absurd input
     (["--model", "tests.tiny_model:broken"], "failed (RuntimeError: no weights here)"),
+    (["--model", "sys:exit"], "failed (it called exit(None))"),  # exit 0, nothing said, nothing written
     (["--model", ""], "--model is empty"),
     (["--weights", ""], "--weights is empty"),  # meant the default weights: an unset variable, unnoticed
     (["--layers", ""], "--layers is empty"),
@@ -199,6 +201,37 @@ def test_a_folder_where_a_grid_goes_is_refused_before_any_work(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "block1_conv2.png: a folder is in the way" in err[0]
     assert sorted(os.listdir(tmp_path)) == ["block1_conv2.png"]
+
+
+def test_a_folder_where_a_tile_goes_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """--tiles: found at writing, after the first grid's files (and with a wrong fix: "give a file name")."""
+    (tmp_path / "block1_conv2" / "block1_conv2_f001.png").mkdir(parents=True)
+    monkeypatch.setattr(jaxviz, "render", lambda *a, **k: pytest.fail("rendered"))
+    assert grid.main(["--layers", "block1_conv1,block1_conv2", *TINY, "--tiles", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "block1_conv2_f001.png: a folder is in the way; move it" in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["block1_conv2"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--objective", "block1_conv1:0-1", "--objective", "block5_conv3:0-1", "--size", "8"],
+     "block5_conv3-0-1: size 8 is too small for block5_conv3"),
+    (["--model", "jaxviz.models:vgg16", "--layers", "block1_conv1,block5_pool", "--filters", "0-1", "--size", "16"],
+     "block5_pool: size 16 is too small for block5_pool"),
+])
+def test_every_grid_is_checked_before_the_first_is_rendered(tmp_path, capsys, monkeypatch, args, message):
+    """Objectives and models of package.module:function: a later grid's size or memory was checked only
+    when its turn came, after the grids before it were written."""
+    monkeypatch.setattr(jaxviz, "render", lambda *a, **k: pytest.fail("rendered"))
+    out = tmp_path / "out"
+    assert grid.main([*args, "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].endswith("nothing was written")
+    assert not out.exists()
+    monkeypatch.setenv("JAXVIZ_MAX_MEMORY", "10M")  # the memory bound likewise
+    assert grid.main(["--objective", "block1_conv1:0-1", "--objective", "block5_conv3:0-1", "--size", "32",
+                      "--steps", "1", "--out", str(out)]) == 2
+    assert "block5_conv3-0-1: 2 item(s) of 32 px" in capsys.readouterr().err and not out.exists()
 
 
 def test_ctrl_c_exits_130_and_names_completed_layers(tmp_path, capsys, monkeypatch):

@@ -38,6 +38,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _why(e: BaseException) -> str:
+    """An error of the user's code in a few words; ``SystemExit`` as the exit it asked for."""
+    return f"it called exit({e.code!r})" if isinstance(e, SystemExit) else first_line(e)
+
+
 def _user_model(spec: str, weights) -> Model:
     module_name, _, attr = spec.partition(":")
     try:
@@ -45,8 +50,8 @@ def _user_model(spec: str, weights) -> Model:
     except ImportError as e:
         raise JaxvizError(f"cannot import {module_name!r} for model {spec!r} ({e}); "
                           f"is the package on the path?") from None
-    except Exception as e:  # the module's own code failed (a SyntaxError, an error at import time)
-        raise JaxvizError(f"importing {module_name!r} for model {spec!r} failed ({first_line(e)})") from None
+    except (Exception, SystemExit) as e:  # the module's own code failed (a SyntaxError, an error at import time)
+        raise JaxvizError(f"importing {module_name!r} for model {spec!r} failed ({_why(e)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise JaxvizError(f"module {module_name} has no function {attr!r} for model {spec!r}")
@@ -54,9 +59,9 @@ def _user_model(spec: str, weights) -> Model:
         made = fn() if weights is None else fn(weights)
     except JaxvizError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit in it ended the command silently, with its status
         how = "with no argument" if weights is None else f"with the weights {str(weights)!r}"
-        raise JaxvizError(f"{spec}, called {how}, failed ({first_line(e)}); it must build and return a jaxviz "
+        raise JaxvizError(f"{spec}, called {how}, failed ({_why(e)}); it must build and return a jaxviz "
                           f"Model or (fn, params)") from None
     if isinstance(made, Model):
         return made
