@@ -134,10 +134,20 @@ def check_layer_folder(name: str, reserved=()) -> str:
 
 
 def make_out_dir(path: str) -> str:
-    """Create the output folder (after ``check_out_dir`` passed)."""
+    """Create the output folder (after ``check_out_dir`` passed); where that fails part-way (a
+    path too long for the system, say), the folders it made are removed again."""
+    missing, p = [], os.path.abspath(path)
+    while not os.path.lexists(p) and os.path.dirname(p) != p:
+        missing.append(p)
+        p = os.path.dirname(p)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
+        for folder in missing:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
         raise JaxvizError(f"cannot create output folder {path} ({e.strerror}); choose a writable folder with --out") from None
     return path
 

@@ -184,6 +184,15 @@ def test_an_empty_out_is_named(tmp_path, capsys, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_out_path_too_long_leaves_no_folders_behind(tmp_path, capsys):
+    """makedirs made some 40 of its 45 folders before the system's path limit stopped it."""
+    out = tmp_path.joinpath(*["d" * 100] * 45)
+    assert grid.main(["--layers", "block1_conv1", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create output folder" in err[0]
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_file_where_the_tiles_folder_goes_is_one_line(tmp_path, capsys):
     """--tiles with a file named like the layer in --out was a FileExistsError traceback, exit 1."""
     (tmp_path / "block1_conv1").write_text("x")
