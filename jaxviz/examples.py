@@ -88,23 +88,73 @@ def _settings(model, folder, names, layers, config, min_side) -> dict:
                 min_side=min_side, thumb=config.thumb)
 
 
-def _load_state(path: str, settings: dict):
-    """The saved (position, used, skipped, tops) if ``path`` holds a state for these settings."""
+def _load_state(path: str, settings: dict, blank: dict):
+    """The saved (position, used, skipped, tops, fields) if ``path`` holds a state for these settings;
+    None for an empty file or another run's state (start afresh). ``blank`` is the fresh top-k per
+    layer; a state that cannot be read or used is a one-line JaxvizError."""
     from jaxviz.imagefolder import Skipped
-    from jaxviz.topk import TopK
+    from jaxviz.topk import Field, TopK
 
     try:
+        if os.path.getsize(path) == 0:  # nothing was saved in it
+            return None
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if meta["settings"] != settings:
-                return None
-            tops = {l: TopK(*(z[f"{l}/{f}"] for f in TopK._fields)) for l in settings["layers"]}
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # absent, cut short, another run's: afresh
-        return None
-    from jaxviz.topk import Field
-
+            if isinstance(meta, dict) and "settings" in meta and meta["settings"] != settings:
+                return None  # other settings, weights or files: start afresh
+            arrays = {name: z[name] for name in z.files}
+        problem = _state_problem(meta, arrays, blank, settings["files"])
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        problem = f"unreadable ({type(e).__name__}: {e})"
+    if problem:
+        raise JaxvizError(f"state file {path} cannot be resumed: {problem}; delete it to start the pass over")
+    tops = {l: TopK(*(arrays[f"{l}/{f}"] for f in TopK._fields)) for l in blank}
     fields = {l: Field(**f) for l, f in meta.get("fields", {}).items()}
-    return meta["position"], meta["used"], Skipped(meta["skipped"]["counts"], meta["skipped"]["names"]), tops, fields
+    sk = meta["skipped"]
+    return meta["position"], meta["used"], Skipped(sk["counts"], sk["names"]), tops, fields
+
+
+def _state_problem(meta, arrays: dict, blank: dict, files: int) -> str | None:
+    """What makes a loaded state unusable, or None: ``meta`` must have the form ``_save_state``
+    writes (position in 0..files), ``arrays`` the dtypes and shapes of ``blank`` (the fresh
+    top-k per layer), image indices in -1..files-1 and positions 0 or more."""
+    from jaxviz.topk import Field, TopK
+
+    def whole(v, lo=None, hi=None):
+        return type(v) is int and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+    if not isinstance(meta, dict):
+        return "its meta is not a JSON object"
+    missing = [k for k in ("settings", "position", "used", "skipped") if k not in meta]
+    if missing:
+        return f"its meta has no {missing[0]!r}"
+    if not whole(meta["position"], 0, files):
+        return f"position {meta['position']!r} is not a whole number in 0..{files}"
+    if not whole(meta["used"], 0, meta["position"]):
+        return f"used {meta['used']!r} is not a whole number in 0..{meta['position']}"
+    sk = meta["skipped"]
+    if not (isinstance(sk, dict) and isinstance(sk.get("counts"), dict) and isinstance(sk.get("names"), dict)
+            and all(whole(c, 0) for c in sk["counts"].values())
+            and all(isinstance(n, list) and all(isinstance(s, str) for s in n) for n in sk["names"].values())
+            and all(r in sk["names"] for r, c in sk["counts"].items() if c)):
+        return "skipped is not counts and names per reason"
+    fields = meta.get("fields", {})
+    if not (isinstance(fields, dict) and all(
+            l in blank and isinstance(f, dict) and sorted(f) == sorted(Field._fields)
+            and all(whole(v, None if n.startswith("offset") else 1) for n, v in f.items())
+            for l, f in fields.items())):
+        return "fields are not receptive fields of its layers"
+    for l, top in blank.items():
+        for name, want in zip(TopK._fields, top):
+            a = arrays.get(f"{l}/{name}")
+            if a is None:
+                return f"it has no {l}/{name} array"
+            if a.shape != want.shape or a.dtype != want.dtype:
+                return f"{l}/{name} is {a.dtype} {a.shape}, not {want.dtype} {want.shape}"
+        index, y, x = (arrays[f"{l}/{n}"] for n in ("index", "y", "x"))
+        if index.size and (index.min() < -1 or index.max() >= files or min(y.min(), x.min()) < 0):
+            return f"{l} holds image indices or positions out of range"
+    return None
 
 
 def _save_state(path, settings, position, used, skipped, tops, fields=None) -> None:
@@ -154,13 +204,13 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     min_side = config.min_side if config.min_side is not None else max(model.min_size(l) for l in layers)
     settings = _settings(model, folder, names, layers, config, min_side)
     state = os.path.join(out, STATE) if out else None
-    resumed = _load_state(state, settings) if state and os.path.exists(state) else None
+    tops = {l: topk.empty(model.layer(l).channels, config.k) for l in layers}
+    resumed = _load_state(state, settings, tops) if state and os.path.exists(state) else None
     if resumed:
         position, used, skipped, tops, fields = resumed
     else:
         fields = {}
         position, used, skipped = 0, 0, imagefolder.Skipped.empty()
-        tops = {l: topk.empty(model.layer(l).channels, config.k) for l in layers}
     # before the pass, which may take hours: a layer whose units do not depend on the input, or that
     # jax.grad cannot take, fails here (the folder is made at the first write, so nothing is left)
     with model_errors(model, layers, config.size):

@@ -514,3 +514,78 @@ def test_cli_counts_the_channels_that_never_fired(tmp_path, capsys):
     channels = json.loads((tmp_path / "noise" / examples.SUMMARY_JSON).read_text())["layers"]["block1_conv1"]["channels"]
     silent = sum(all(e["activation"] == 0 for e in c) for c in channels)
     assert (f"{silent} of 64 channels never fired" in capsys.readouterr().out) == (silent > 0)
+
+
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory):
+    """A finished tiny-model run's image folder, arguments and state file bytes."""
+    tmp = tmp_path_factory.mktemp("state")
+    folder = _noise_folder(tmp / "imgs", 3, seed=6)
+    argv = ["--model", "tests.tiny_model:build", "--images", str(folder), "--layers", "conv", "--size", "16",
+            "--k", "2", "--batch", "2", "--quiet"]
+    assert examples.main([*argv, "--out", str(tmp / "out")]) == 0
+    return argv, (tmp / "out" / examples.STATE).read_bytes()
+
+
+def _rewrite_state(data: bytes, change) -> bytes:
+    """The state ``data`` after ``change(meta, arrays)`` (which edits them, or returns a new meta),
+    saved as _save_state does."""
+    import io
+
+    with np.load(io.BytesIO(data)) as z:
+        arrays = {n: z[n] for n in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    new = change(meta, arrays)
+    meta = meta if new is None else new
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.asarray(json.dumps(meta)), **arrays)
+    return buf.getvalue()
+
+
+def _set(d, key, value):
+    d[key] = value
+
+
+def _drop(d, key):
+    del d[key]
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("meta_not_an_object", lambda m, a: [1, 2], "its meta is not a JSON object"),
+    ("negative_position", lambda m, a: _set(m, "position", -5), "position -5 is not a whole number in 0..3"),
+    ("wrong_array_shape", lambda m, a: _set(a, "conv/values", np.zeros((3, 3), np.float32)),
+     "conv/values is float32 (3, 3), not float32 (4, 2)"),
+    ("wrong_array_dtype", lambda m, a: _set(a, "conv/index", a["conv/index"].astype(np.float64)), "conv/index is float64"),
+    ("index_out_of_range", lambda m, a: _set(a, "conv/index", a["conv/index"] + 5), "conv holds image indices"),
+    ("missing_array", lambda m, a: _drop(a, "conv/y"), "it has no conv/y array"),
+    ("missing_key", lambda m, a: _drop(m, "used"), "its meta has no 'used'"),
+    ("bad_fields", lambda m, a: _set(m, "fields", {"conv": {"height": 3}}), "fields are not receptive fields"),
+    ("bad_skipped", lambda m, a: _set(m["skipped"], "counts", [1]), "skipped is not counts and names"),
+    ("truncated", None, "unreadable (BadZipFile"),
+])
+def test_a_damaged_state_is_one_line_and_exit_2(tmp_path, capsys, saved_state, case, change, message):
+    """A state file damaged outside a run was a traceback from wherever its content was first used
+    (TypeError, IndexError, ValueError); now it is refused as loaded: one line naming the file and the
+    fix, exit 2, the state kept as it was and nothing else written."""
+    argv, good = saved_state
+    out = tmp_path / "out"
+    out.mkdir()
+    state = out / examples.STATE
+    state.write_bytes(good[:300] if change is None else _rewrite_state(good, change))
+    before = state.read_bytes()
+    rc, err = _cli(capsys, *argv, "--out", str(out))
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"state file {state} cannot be resumed: {message}" in err and err.endswith(
+        "; delete it to start the pass over"), err
+    assert os.listdir(out) == [examples.STATE] and state.read_bytes() == before
+    state.unlink()  # the fix the line gives
+    assert _cli(capsys, *argv, "--out", str(out))[0] == 0
+
+
+def test_an_intact_state_of_other_settings_still_starts_afresh(tmp_path, capsys, saved_state):
+    argv, good = saved_state
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / examples.STATE).write_bytes(_rewrite_state(good, lambda m, a: _set(m["settings"], "k", 5)))
+    rc, err = _cli(capsys, *argv, "--out", str(out))
+    assert rc == 0 and err == "", err
