@@ -94,6 +94,33 @@ def png_name(f: int) -> str:
     return f"f{f:03d}.png"
 
 
+def output_paths(selection: dict[str, list[int]], chunk: int, animate: bool = False,
+                 examples=None) -> tuple[list[str], list[str]]:
+    """(files, folders) relative to --out: every file the atlas writes for ``selection`` (its own
+    files, each chunk's record, each filter's PNG, GIF with ``animate``, page and example patches,
+    each layer's page) and every folder it makes (chunks/, each layer's folder, chunks/LAYER/ and
+    their parents, LAYER/examples/): what ``check_out_paths`` checks before any work, so that a
+    folder where a file goes (or a file where a folder goes) is one line, not a failure after rendering."""
+    from jaxviz.site import filter_page_name
+    from jaxviz.site_examples import patch_name
+
+    names = Atlas("", {"chunk": chunk}, selection)  # out "": its paths relative to --out
+    files = [*OWN_FILES, *(names.record_path(c) for c in names.chunks)]
+    folders = [CHUNKS]
+    for layer, fs in selection.items():
+        parts = layer.split("/")  # "stem/conv": OUT/stem too
+        folders += [os.path.join(top, *parts[:i]) for top in ("", CHUNKS) for i in range(1, len(parts) + 1)]
+        files.append(os.path.join(layer, "index.html"))
+        for f in fs:
+            files += [names.image_path(layer, f), os.path.join(layer, filter_page_name(f))]
+            files += [names.animation_path(layer, f)] if animate else []
+        if examples is not None and layer in examples.thumbs:
+            folders.append(os.path.join(layer, "examples"))
+            files += [os.path.join(layer, patch_name(f, j)) for f in fs if f < examples.thumbs[layer].shape[0]
+                      for j, _ in examples.shown(layer, f)]
+    return files, folders
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -648,7 +675,7 @@ def _main(argv: list[str] | None) -> int:
         # the weights load before anything is written: a bad file leaves the folder as it was
         model, weights_name, weights_id = _load_model(args, not args.quiet and proc.index == 0)
         selection = selection or _select(args, model)
-        check_out_paths(args.out, files=OWN_FILES, folders=[CHUNKS, *selection])
+        check_out_paths(args.out, *output_paths(selection, args.chunk, args.animate, examples))
         if examples is not None:
             _check_examples(examples, args.examples, model, selection, say if proc.index == 0 else (lambda *a: None))
         recipe = _recipe(args)

@@ -19,6 +19,7 @@ import os
 from urllib.parse import quote
 from typing import Mapping, NamedTuple, Sequence
 
+from jaxviz.errors import JaxvizError
 from jaxviz.image import atomic_write, make_folder
 
 STRIP = 16  # thumbnails per layer on the index
@@ -104,6 +105,8 @@ def _page(title: str, body: str) -> str:
 
 def _write(path: str, text: str) -> None:
     make_folder(os.path.dirname(path))
+    if os.path.isdir(path):  # python -m jaxviz.atlas refuses it before any work; a folder made since
+        raise JaxvizError(f"cannot write {path}: a folder is in the way; move it, or choose another --out")
     data = text.encode("utf-8")
     if os.path.exists(path):
         with open(path, "rb") as f:

@@ -470,6 +470,35 @@ def test_a_file_where_a_layer_folder_goes_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "cannot create folder" in err[0] and "a file is in the way" in err[0]
 
 
+@pytest.mark.parametrize("model, layer, where, kind", [
+    ("build", "conv", "conv/f001.html", "folder"),  # a filter's page: a traceback after rendering
+    ("build", "conv", "conv/index.html", "folder"),  # the layer's page: the same
+    ("build", "conv", "conv/f001.png", "folder"),  # a tile: one line after rendering, advising a file name in it
+    ("build", "conv", "conv/f001.gif", "folder"),  # an animation (--animate): the same
+    ("build", "conv", "chunks/conv/c0000.json", "folder"),  # a chunk's record: the same
+    ("build", "conv", "chunks/conv", "file"),  # the layer's folder of records: one line after rendering
+    ("build_paths", "stem/conv", "stem", "file"),  # a nested layer's parent folder: the same
+])
+def test_anything_in_the_way_of_an_output_is_one_line_before_rendering(model, layer, where, kind, tmp_path, capsys):
+    """Every path the atlas writes for the chosen layers and filters is checked before any work:
+    one line naming the first one in the way, exit 2, no manifest, nothing rendered."""
+    out = tmp_path / "a"
+    if kind == "folder":
+        (out / where).mkdir(parents=True)
+    else:
+        (out / where).parent.mkdir(parents=True, exist_ok=True)
+        (out / where).write_text("x")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    argv = ["--model", f"tests.tiny_model:{model}", "--layers", layer, "--filters", "0-1", "--size", "16",
+            "--steps", "1", "--animate", "--out", str(out), "--quiet"]
+    assert atlas_mod.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    what = f"cannot write {out / where}: a folder is in the way" if kind == "folder" else \
+        f"cannot create folder {out / where}: a file is in the way"
+    assert err == [f"jaxviz.atlas: error: {what}; move it, or choose another --out"], err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # no manifest, no tile, no log
+
+
 def test_a_folder_where_the_manifest_goes_is_one_line(tmp_path, capsys):
     """manifest.json as a folder: 'unreadable, pass --force', then --force crashed unlinking it."""
     out = tmp_path / "a"

@@ -70,3 +70,19 @@ def test_a_filter_that_never_fired_says_so_on_its_page(tmp_path):
     assert "never fired" not in (tmp_path / "conv_0" / "f001.html").read_text()
     build_site(str(tmp_path), layers, {"animate": False, "recipe": "lucid"})  # its steps see transformed images
     assert "never fired" not in (tmp_path / "conv_0" / "f000.html").read_text()
+
+
+def test_a_folder_where_a_page_goes_is_one_error(tmp_path):
+    """A folder at LAYER/fNNN.html or LAYER/index.html was an IsADirectoryError traceback (python -m
+    jaxviz.atlas refuses it before any work; this is the writer's own guard, for a folder made since)."""
+    import pytest
+
+    from jaxviz.errors import JaxvizError
+
+    layers = [("conv_0", [FilterEntry(0, 1.0, "f000.png"), FilterEntry(1, 2.5, "f001.png")])]
+    for name in ("f001.html", "index.html"):
+        out = tmp_path / name
+        (out / "conv_0" / name).mkdir(parents=True)
+        with pytest.raises(JaxvizError, match=f"cannot write {out / 'conv_0' / name}: a folder is in the way; "
+                                              "move it, or choose another --out"):
+            build_site(str(out), layers, {"animate": False})
