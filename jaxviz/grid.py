@@ -383,6 +383,13 @@ def _never_fired(name, filters, rendered, objective, model, args) -> str | None:
     trace = np.asarray(rendered.trace).reshape(len(filters), -1)
     values = np.asarray(rendered.values).reshape(len(filters), per)
     stuck = [f for f, t, v in zip(filters, trace, values) if not t.any() and not v.any()]
+    frozen = [f for f, t, v in zip(filters, trace, values)  # a layer that does not depend on the input
+              if t.size > 1 and t.any() and (t == t[0]).all() and (v == t[0]).all()]
+    if frozen and not stuck:
+        one = len(frozen) == 1
+        return (f"{name}: filter{'' if one else 's'} {', '.join(map(str, frozen))} kept the same objective at every "
+                f"step, so no gradient reached the image: {'its tile shows' if one else 'their tiles show'} the start "
+                "image (does the layer depend on the input?)")
     if not stuck:
         return None
     one = len(stuck) == 1

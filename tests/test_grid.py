@@ -442,3 +442,13 @@ def test_filters_that_never_fire_are_named_with_what_wakes_them(tmp_path, capsys
     assert "filter 19 never fired" in out and "; --dead-filter redirect wakes" in out and "--recipe lucid" not in out
     assert run_main([*small, "--filters", "5", "--quiet", "--out", str(tmp_path / "d")]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_a_layer_that_does_not_depend_on_the_input_is_named(tmp_path, capsys):
+    """Its objective is the same nonzero value at every step: start-image tiles, and nothing said."""
+    args = ["--model", "tests.tiny_model:build_constant", "--filters", "0-1", "--size", "16"]
+    assert run_main([*args, "--steps", "3", "--out", str(tmp_path / "a")]) == 0
+    assert "conv: filters 0, 1 kept the same objective at every step" in capsys.readouterr().out
+    assert run_main(["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0-1", "--size", "16",
+                     "--steps", "3", "--out", str(tmp_path / "b")]) == 0
+    assert "kept the same objective" not in capsys.readouterr().out

@@ -71,3 +71,11 @@ def build_fixed():
         return {"conv": h, "logits": h.reshape(-1) @ p["dense"]}
 
     return from_function(fn, params, input_size=16)
+
+
+def build_constant():
+    """A layer that does not depend on the input: its objective never moves, the image never changes."""
+    from jaxviz.models import from_function
+
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 3, 4))
+    return from_function(lambda p, x: {"conv": jax.numpy.ones((16, 16, 4)) + 0 * p.sum()}, kernel, input_size=16)
