@@ -596,7 +596,8 @@ class Timings:
         self.filters += n
 
     def per_layer(self) -> dict[str, tuple[float, float]]:
-        """layer -> (seconds of one full round in steady state, one-off compile seconds)."""
+        """layer -> (seconds of one full round in steady state, one-off compile seconds); a layer of
+        one round only gives that round and 0 (``steady`` leaves it out)."""
         out = {}
         for layer, rs in self.rounds.items():
             first = rs[0][0]
@@ -609,6 +610,10 @@ class Timings:
                 out[layer] = (first, 0.0)  # one round only: compile included, an upper bound
         return out
 
+    def steady(self) -> set[str]:
+        """The layers timed in two rounds or more: their steady round time is known."""
+        return {layer for layer, rs in self.rounds.items() if len(rs) > 1}
+
 
 def estimate_full(timings: Timings, settings: dict, round_sizes: dict[str, int]) -> tuple[float, list[str], list[str]]:
     """Seconds for the full atlas (every filter of every conv layer) at these settings.
@@ -617,14 +622,17 @@ def estimate_full(timings: Timings, settings: dict, round_sizes: dict[str, int])
     would run (chunks of --chunk filters, each in rounds of ``round_sizes[layer]``: the
     layer's batch x devices).
     Layers not timed are modelled from the timed ones by their cost per step
-    (relative_cost). PNG writing is added at the rate measured.
+    (relative_cost), from those timed in steady state where there are any (a first round
+    carries its compile, which the cost ratio of a deep layer to a shallow one would
+    multiply). PNG writing is added at the rate measured.
     """
     measured = timings.per_layer()
     size = settings["size"]
     if not measured:
         raise JaxvizError("nothing was rendered in this run, so there is nothing to estimate from; "
                           "use a new --out (or --force) with a few filters per layer")
-    a = sum(t for t, _ in measured.values()) / sum(relative_cost(l, size) * round_sizes[l] for l in measured)
+    base = timings.steady() or set(measured)
+    a = sum(measured[l][0] for l in base) / sum(relative_cost(l, size) * round_sizes[l] for l in base)
     compile_mean = sum(c for _, c in measured.values()) / len(measured)
     total, modelled = 0.0, []
     for layer in conv_layers(VGG16):
@@ -758,9 +766,13 @@ def _main(argv: list[str] | None) -> int:
             total, measured, modelled = estimate_full(timings, settings, sizes)
             n_all = sum(layer_info(l).out_channels for l in conv_layers(VGG16))
             how = f"timed layers: {', '.join(measured)}" + (f"; modelled by cost: {', '.join(modelled)}" if modelled else "")
+            bound = not timings.steady()  # every timed round was a layer's first: its compile in it
             say(f"estimate: the full atlas ({len(conv_layers(VGG16))} layers, {n_all} filters, {args.size} px, "
-                f"{args.steps if args.steps is not None else 'default'} steps, batch {settings['batch']} x {devices} device(s)) takes about {total:.0f} s "
-                f"({total / 60:.1f} min, {n_all / total:.2f} filters/s) here per process ({how})")
+                f"{args.steps if args.steps is not None else 'default'} steps, batch {settings['batch']} x {devices} device(s)) "
+                f"takes {'at most' if bound else 'about'} {total:.0f} s "
+                f"({total / 60:.1f} min, {n_all / total:.2f} filters/s) here per process ({how})"
+                + ("; an upper bound: each timed layer ran one round, its compile included (more filters than one "
+                   "round of a layer, or a smaller --batch, time its steady rounds)" if bound else ""))
 
         if proc.index == 0:
             _wait_for_all(atlas, args.wait, say)

@@ -196,6 +196,22 @@ def test_closing_line_and_estimate(tmp_path, capsys):
     assert "batch auto x 1 device(s)" in line
 
 
+def test_an_estimate_from_first_rounds_only_says_it_is_an_upper_bound():
+    """One round of block1_conv1 (its compile in it) scaled by deep layers' cost said "about 457246 s"
+    for a 16 px, 1-step atlas; layers timed in steady rounds are the base where there are any."""
+    t = atlas_mod.Timings()
+    t.add("block1_conv1", 0.8, 2)
+    assert t.steady() == set()
+    settings, sizes = {"size": 16, "chunk": 64}, {l: 64 for l in atlas_mod.conv_layers(atlas_mod.VGG16)}
+    first_only, *_ = atlas_mod.estimate_full(t, settings, sizes)
+    t.add("block3_conv1", 0.5, 2)
+    t.add("block3_conv1", 0.01, 2)  # steady: compile 0.49 s
+    assert t.steady() == {"block3_conv1"}
+    total, measured, modelled = atlas_mod.estimate_full(t, settings, sizes)
+    assert measured == ["block1_conv1", "block3_conv1"] and "block5_conv1" in modelled
+    assert total < first_only / 10
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--layers", "block1_pool"], "block1_pool"),
     (["--filters", "64", "--layers", "block1_conv1"], "out of range"),
