@@ -94,6 +94,9 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
                                    process_id=process_id)
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if coordinator is None:  # auto: JAX's cluster detection found none (it said "at None")
+            raise JaxvizError(f"--cluster: JAX found no cluster to join here ({first}); give --coordinator, "
+                              "--num-processes and --process-id, or run without --cluster") from None
         raise JaxvizError(f"cannot join the distributed job at {coordinator} ({first})") from None
     return Process(jax.process_index(), jax.process_count())
 

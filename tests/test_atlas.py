@@ -719,3 +719,15 @@ def test_dead_filter_of_the_quality_recipe_is_a_setting_of_the_atlas(tmp_path, c
                            "--size", "16", "--out", str(tmp_path / "fn")]) == 2  # a plain function: no pre-activation
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pre-activation" in err and not (tmp_path / "fn").exists()
+
+
+def test_cluster_with_no_cluster_to_detect_is_one_line(tmp_path):
+    """--cluster where JAX detects no cluster said "cannot join the distributed job at None"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS",
+                                                                      "SLURM_", "OMPI_"))}
+    proc = subprocess.run([sys.executable, "-m", "jaxviz.atlas", "--cluster", "--layers", "block1_conv1", "--filters",
+                           "0", "--size", "16", "--steps", "1", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--cluster: JAX found no cluster to join here" in proc.stderr and "None" not in proc.stderr
+    assert not (tmp_path / "o").exists()
