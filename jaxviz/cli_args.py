@@ -95,9 +95,12 @@ def check_out_dir(path: str) -> str:
     if not path:
         raise JaxvizError("--out is empty; give a folder such as jaxviz-out")
     existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
     fix = "choose a writable folder with --out"
+    while not os.path.exists(existing):
+        if os.path.lexists(existing):  # makedirs said "File exists" of it
+            raise JaxvizError(f"cannot write to output folder {path}: {existing} is a symbolic link to nothing "
+                              f"(or a loop); remove it, or {fix}")
+        existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise JaxvizError(f"cannot write to output folder {path}: {existing} is a file, not a folder; {fix}")
     try:

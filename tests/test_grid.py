@@ -193,6 +193,17 @@ def test_an_out_path_too_long_leaves_no_folders_behind(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_out_that_is_a_dangling_link_names_the_link(tmp_path, capsys):
+    """A symbolic link to nothing (or a loop) as --out, or above it: "(File exists)" from makedirs."""
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for out in (tmp_path / "dangling", tmp_path / "dangling" / "sub", tmp_path / "loop"):
+        assert grid.main(["--layers", "block1_conv1", *TINY, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is a symbolic link to nothing (or a loop); remove it" in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["dangling", "loop"]
+
+
 def test_a_file_where_the_tiles_folder_goes_is_one_line(tmp_path, capsys):
     """--tiles with a file named like the layer in --out was a FileExistsError traceback, exit 1."""
     (tmp_path / "block1_conv1").write_text("x")
