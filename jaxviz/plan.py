@@ -387,7 +387,7 @@ def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
         stale = [f"{l}@{args.size}/" for l in layer_shapes] + [s.key() + "/" for s in shapes]
         save({k: v for k, v in load(path).items() if not k.startswith(tuple(stale))}, path)
         if shapes:
-            fits = min(min(candidates(l, args.size)) for l, below in layer_shapes.items() if below)
+            fits = min(max(candidates(l, args.size)) for l, below in layer_shapes.items() if below)
             ensure(shapes, path, reps=args.reps, chunks=tuple(b for b in CHUNKS if b <= fits) or (fits,), convs=convs)
         for l, below in layer_shapes.items():
             if below:
