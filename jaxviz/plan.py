@@ -139,13 +139,38 @@ def writable(path: Path) -> Path:
         why = ("a folder" if path.is_dir() else "not writable" if path.is_file() or not path.exists()
                else "not a regular file")
     except OSError as e:
-        ok, why = False, e.strerror or str(e)
+        ok, why = False, _in_the_way(path.parent) or e.strerror or str(e)
     if not ok:
-        raise JaxvizError(f"{ENV}: cannot write the plan to {path} ({why}); set {ENV} to a writable file, auto or off")
+        raise JaxvizError(f"{_setting()}: cannot write the plan to {path} ({why}); {_fix()}")
     if not _plan_like(path):
         raise JaxvizError(f"{ENV}: {path} is not a plan file (a plan is JSON text), so it is kept, not replaced; "
                           f"set {ENV} to another file, auto or off")
     return path
+
+
+def _in_the_way(folder: Path) -> str:
+    """"<file> is a file, not a folder" for the nearest existing ancestor of ``folder`` that is not a
+    folder (mkdir says only "File exists"), else ""."""
+    for p in (folder, *folder.parents):
+        if os.path.lexists(p):
+            return "" if p.is_dir() else f"{p} is a file, not a folder"
+    return ""
+
+
+def _from_xdg() -> bool:
+    """Whether the plan's folder came from ``XDG_CACHE_HOME`` (``JAXVIZ_PLAN=auto``), not from ``JAXVIZ_PLAN``."""
+    auto = os.environ.get(ENV, "").strip().lower() in AUTO
+    return auto and os.path.isabs(os.environ.get("XDG_CACHE_HOME", ""))
+
+
+def _setting() -> str:
+    return f"{ENV}=auto with XDG_CACHE_HOME={os.environ['XDG_CACHE_HOME']}" if _from_xdg() else ENV
+
+
+def _fix() -> str:
+    if _from_xdg():
+        return f"set XDG_CACHE_HOME to a writable folder, or {ENV} to a writable file or off"
+    return f"set {ENV} to a writable file, auto or off"
 
 
 def _plan_like(path: Path) -> bool:

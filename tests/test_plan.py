@@ -273,3 +273,18 @@ def test_a_size_too_large_for_memory_is_refused_before_timing(plan_file, monkeyp
     err = capsys.readouterr().err
     assert "needs about" in err and "memory" in err and len(err.splitlines()) == 1
     assert not plan_file.exists()
+
+
+def test_a_file_in_the_plans_path_is_named(tmp_path, monkeypatch):
+    """A JAXVIZ_PLAN under a file said only "(File exists)"; an XDG_CACHE_HOME that is a file was
+    blamed on JAXVIZ_PLAN alone."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(plan.ENV, str(blocker / "sub" / "plan.json"))
+    with pytest.raises(JaxvizError, match=rf"\({blocker} is a file, not a folder\); set JAXVIZ_PLAN to a writable"):
+        plan.writable(plan.cache_path())
+    monkeypatch.setenv(plan.ENV, "auto")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(JaxvizError, match=rf"^JAXVIZ_PLAN=auto with XDG_CACHE_HOME={blocker}: .*"
+                                          rf"\({blocker} is a file, not a folder\); set XDG_CACHE_HOME to a writable folder"):
+        plan.writable(plan.cache_path())
