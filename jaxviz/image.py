@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 
 import jax
@@ -43,7 +44,7 @@ def rgb_to_uint8(images) -> np.ndarray:
 def pixels(what: str, image) -> np.ndarray:
     """``image`` as uint8: uint8 as it is, other integers within 0-255; floats (an RGB image in
     [0, 1] would come out black), bools and values outside 0-255 (they would wrap) are refused."""
-    a = np.asarray(image)
+    a = as_array(what, image)
     if a.dtype == np.uint8:
         return a
     if not np.issubdtype(a.dtype, np.integer):
@@ -54,6 +55,14 @@ def pixels(what: str, image) -> np.ndarray:
     return a.astype(np.uint8)
 
 
+def as_array(what: str, images) -> np.ndarray:
+    """``images`` as a numpy array; one line where they are not one (tiles of different sizes)."""
+    try:
+        return np.asarray(images)
+    except ValueError:
+        raise JaxvizError(f"{what} takes images of one shape, stacked as an array; these differ in shape") from None
+
+
 def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     """Tiles (N, h, w, 3) uint8 (or RGBA, (N, h, w, 4)) in reading order: filter i at row
     i // cols, column i % cols.
@@ -61,10 +70,10 @@ def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     Black margins of ``margin`` px sit between tiles (not around the edge), as in the
     seed: width = cols * w + (cols - 1) * margin.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or not len(images) or images.shape[-1] not in (3, 4):
-        raise JaxvizError(f"make_grid takes tiles (N, h, w, 3) or (N, h, w, 4) with N 1 or more, not an array "
-                          f"of shape {images.shape}")
+    images = as_array("make_grid", images)
+    if images.ndim != 4 or 0 in images.shape[:3] or images.shape[-1] not in (3, 4):  # 0 px wide: margins only, black
+        raise JaxvizError(f"make_grid takes tiles (N, h, w, 3) or (N, h, w, 4) with N, h and w 1 or more, not an "
+                          f"array of shape {images.shape}")
     images = pixels("make_grid", images)
     n, h, w, c = images.shape
     cols, margin = checks.integer("cols", cols, 1), checks.integer("margin", margin, 0)
@@ -94,12 +103,21 @@ def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --ou
     An interruption leaves ``path`` as it was (absent or the old file) and removes the
     temporary file. A failed write is one JaxvizError ending in ``fix``, what the user can do.
     """
-    path = os.fspath(path)
+    try:
+        path = os.fsdecode(path)  # bytes too; None or a number failed in os.fspath with Python's TypeError
+    except TypeError:
+        raise JaxvizError(f"the output file name must be a str or path such as out/grid.png, "
+                          f"not {checks.show(path)}") from None
     if not path:
         raise JaxvizError("the output file name is empty; give a path such as out/grid.png")
+    if "\0" in path:  # ValueError from deep inside tempfile
+        raise JaxvizError(f"the output file name {path!r} holds a NUL character; give a path such as out/grid.png")
     if os.path.isdir(path) or path.endswith(("/", os.sep)):  # its temporary file went into the parent folder
         raise JaxvizError(f"cannot write {path}: it names a folder; give a file name such as "
                           f"{os.path.join(path, 'grid.png')}")
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):  # the rename replaced /dev/null itself
+        raise JaxvizError(f"cannot write {path}: it is not a regular file (a device, pipe or socket); give a file "
+                          "name such as out/grid.png")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -125,7 +143,7 @@ def save_png(path: str | os.PathLike, image) -> str:
     """Save a uint8 (H, W, 3) image (or grey (H, W), RGBA (H, W, 4)) as PNG, atomically; returns the path."""
     from PIL import Image
 
-    image = np.asarray(image)
+    image = as_array("save_png", image)
     if not (image.ndim == 2 or image.ndim == 3 and image.shape[-1] in (3, 4)) or not image.size:
         raise JaxvizError(f"save_png takes one image (H, W, 3), (H, W) or (H, W, 4), not an array of shape {image.shape}")
     img = Image.fromarray(pixels("save_png", image))

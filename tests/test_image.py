@@ -140,3 +140,30 @@ def test_rgb_to_uint8_rounds_and_casts_nan_without_numpy_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert rgb_to_uint8(np.full((2, 2, 3), np.nan, np.float32)).dtype == np.uint8
+
+
+def test_ragged_or_empty_tiles_and_odd_output_paths_are_one_line(tmp_path):
+    """Ragged tiles were numpy's ValueError; 0 px wide tiles made a grid of black margins only; a
+    None, number or bytes path or one holding NUL raised Python's TypeError or ValueError."""
+    tile = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(JaxvizError, match="make_grid takes images of one shape"):
+        make_grid([tile, tile[:2]])
+    for bad in (np.zeros((2, 4, 0, 3), np.uint8), np.zeros((2, 0, 4, 3), np.uint8)):
+        with pytest.raises(JaxvizError, match="with N, h and w 1 or more"):
+            make_grid(bad)
+    for path in (None, 3):
+        with pytest.raises(JaxvizError, match="the output file name must be a str or path"):
+            save_png(path, tile)
+    with pytest.raises(JaxvizError, match="holds a NUL character"):
+        save_png(str(tmp_path / "a\0b.png"), tile)
+    assert save_png(os.fsencode(tmp_path / "b.png"), tile) == str(tmp_path / "b.png")
+
+
+def test_a_device_or_pipe_is_not_replaced_by_the_file(tmp_path):
+    """The rename put a regular file in place of /dev/null itself (as root): now refused. (Shown on
+    a pipe of the test's own: a regression must not replace the machine's /dev/null.)"""
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(JaxvizError, match="is not a regular file"):
+        save_png(tmp_path / "pipe", np.zeros((4, 4, 3), np.uint8))
+    assert (tmp_path / "pipe").is_fifo() and [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
