@@ -184,6 +184,9 @@ class Neuron(Term):
     def check(self, model, n):
         info = _per_image(model, self.layer)
         _channels(model, self.layer, n, "channel")
+        if not info.spatial and (self.y, self.x) != (None, None):  # it has no positions: y, x were ignored
+            raise JaxvizError(f"layer {self.layer} is not spatial (shape {info.shape}), so a neuron there has no "
+                              f"position; drop y and x")
         if info.spatial:
             h, w = info.shape[:2]
             for v, lim, axis in ((self.y, h, "y"), (self.x, w, "x")):
@@ -231,6 +234,10 @@ class ClassLogit(Term):
         if LOGITS not in [l.name for l in model.layers]:
             raise JaxvizError(f"model {model.name} has no classifier ({LOGITS!r} layer); class_logit needs one: "
                               f"{_classifier_hint(model)}")
+        info = _per_image(model, LOGITS)
+        if info.spatial:  # its value per class was a map, not a number: a TypeError from inside the gradient
+            raise JaxvizError(f"layer {LOGITS} of model {model.name} has shape {info.shape}; class_logit needs the "
+                              "classifier's vector of pre-softmax logits (C,): name that layer as logits")
         _channels(model, LOGITS, n, "class")
 
 
@@ -333,6 +340,10 @@ class Objective:
             ch = [zlib.crc32(b"".join(np.ascontiguousarray(a[i]).tobytes() for a in leaves)) & 0x7FFFFFFF for i in range(n)]
         return np.stack([np.full(n, index), ch], axis=1).astype(np.int32)
 
+    def terms(self) -> list:
+        """Every term of the objective that is not a Sum, in order."""
+        return [t for t, _ in _leaf_terms(self.term, self.args)]
+
     def _parts(self):
         if isinstance(self.term, Sum):
             return list(zip(self.term.terms, self.term.weights, self.args))
@@ -353,8 +364,8 @@ class Objective:
             return NotImplemented
         checks.real("an objective's weight", float(w))  # NaN or inf: every image non-finite, told only at the end
         parts = self._parts()
-        return Objective(Sum(tuple(p[0] for p in parts), tuple(float(w) * p[1] for p in parts)),
-                         tuple(p[2] for p in parts))
+        weights = tuple(_weight(float(w) * p[1]) for p in parts)
+        return Objective(Sum(tuple(p[0] for p in parts), weights), tuple(p[2] for p in parts))
 
     __rmul__ = __mul__
 
@@ -363,6 +374,16 @@ class Objective:
 
     def __sub__(self, other: "Objective") -> "Objective":
         return self + (-other) if isinstance(other, Objective) else NotImplemented
+
+
+def _weight(w: float) -> float:
+    """A term's weight as the engine computes with it, in float32: one past float32's range (1e300)
+    was infinity there, every image NaN, told only at the end; a nonzero one under its smallest
+    (1e-300) was 0, the term silently dropped."""
+    if abs(w) > checks.F32_MAX or w != 0 and np.float32(w) == 0:
+        raise JaxvizError(f"an objective's weight must be 0 or from {np.finfo(np.float32).smallest_subnormal:.3g} "
+                          f"to {checks.F32_MAX:.8g} in size (float32), not {w:.3g}")
+    return w
 
 
 def _indices(n, what: str) -> np.ndarray:
@@ -478,9 +499,9 @@ def parse(text: str, filters=None) -> Objective:
         except JaxvizError:
             head, _, tail = text.strip().partition(":")
             kind_typo = difflib.get_close_matches(head.lower(), KINDS, n=1, cutoff=0.6)
-            if kind_typo:  # dream:conv2
+            if kind_typo and kind_typo[0] != head:  # dream:conv2 (not logit:-1 as "did you mean logit:-1?")
                 named = f" (did you mean {_plain(kind_typo[0] + ':' + tail)}?)"
-            elif re.search(r"[A-Za-z_]", t):
+            elif re.search(r"[A-Za-z_]", t) and head != "logit":  # logit: takes class numbers, no layer
                 named = " (a layer whose name holds ':' takes N after its last ':', e.g. stem:conv:0-3)"
             else:
                 named = ""

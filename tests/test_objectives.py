@@ -237,3 +237,40 @@ def test_class_logit_on_a_model_without_a_classifier_gives_a_hint_for_that_model
     message = str(e.value)
     assert "model mynet has no classifier" in message and "VGG" not in message and "fc1" not in message
     assert "logits=LAYER" in message and "\n" not in message
+
+
+def test_neuron_position_on_a_vector_layer_and_class_logit_on_a_map_are_refused():
+    """y and x on a dense layer were silently ignored; logits aliasing a spatial layer failed in
+    the gradient with JAX's "Gradient only defined for scalar-output functions"."""
+    import jaxviz
+    from jaxviz.models import from_function
+
+    m = from_function(lambda p, x: {"dense": (x * p).mean((0, 1)), "logits": x * p}, jnp.float32(2.0), input_size=8)
+    recipe = jaxviz.SEED._replace(size=8, steps=1)
+    with pytest.raises(JaxvizError, match=r"layer dense is not spatial \(shape \(3,\)\), so a neuron there has no "
+                                          "position; drop y and x"):
+        jaxviz.render(m, o.neuron("dense", 1, y=0), recipe)
+    assert jaxviz.render(m, o.neuron("dense", 1), recipe).tiles.shape == (1, 8, 8, 3)
+    with pytest.raises(JaxvizError, match=r"layer logits of model function has shape \(8, 8, 3\); class_logit needs"):
+        jaxviz.render(m, "logit:0", recipe)
+
+
+@pytest.mark.parametrize("weight", [1e39, 1e300, -1e300, 1e-50])
+def test_a_weight_that_float32_cannot_hold_is_refused(weight):
+    """1e300 was infinity in the step (NaN images, said only at the end); 1e-300 was 0 (the term dropped)."""
+    c = o.channel("block1_conv1", 0)
+    with pytest.raises(JaxvizError, match="an objective's weight must be 0 or from"):
+        c * weight
+    with pytest.raises(JaxvizError, match="an objective's weight must be 0 or from"):
+        (c * 1e30) * 1e30  # the product is the term's weight
+    assert (c * 0).term.weights == (0.0,) and (c * 3e38).term.weights == (3e38,)
+
+
+def test_the_text_spelling_does_not_suggest_the_same_text():
+    """logit:-1 was told "did you mean logit:-1?", and logit:a about layers whose names hold ':'."""
+    for text in ("logit:-1", "logit:a", "neuron:conv:"):
+        with pytest.raises(JaxvizError) as e:
+            o.parse(text)
+        assert "did you mean" not in str(e.value) and "stem:conv" not in str(e.value)
+    with pytest.raises(JaxvizError, match="did you mean neuron:conv:x"):
+        o.parse("neurn:conv:x")
