@@ -359,3 +359,16 @@ def test_a_linen_model_with_nn_scan_is_made_and_its_layers_outside_the_scan_rend
     for name in names[1:-1]:  # the scan body's, where the table still lists one: one line
         with pytest.raises(JaxvizError, match=r"is computed inside a JAX transformation of the model's own"):
             jaxviz.render(model, f"{name}:0", recipe)
+
+
+def test_the_function_adapter_refuses_odd_layer_lists_and_names_and_skips_other_data():
+    """layers=3 was Python's TypeError; layers=[] a model of no layers; a layer " a " could not be
+    named in an objective's text (stripped); a str beside the arrays failed as "check input_size"."""
+    w = jax.random.normal(jax.random.key(4), (3, 5))
+    for layers in (3, [], ()):
+        with pytest.raises(JaxvizError, match="layers must be a list of the layer names to render"):
+            from_function(lambda p, x: x @ p, w, layers=layers, input_size=8)
+    with pytest.raises(JaxvizError, match="returns a layer keyed ' a '; key every layer by a printable name without"):
+        from_function(lambda p, x: {" a ": x @ p}, w, input_size=8)
+    m = from_function(lambda p, x: {"a": x @ p, "note": "debug"}, w, input_size=8)
+    assert [l.name for l in m.layers] == ["a"]

@@ -7,9 +7,11 @@ function runs for every request (it has no way to stop early): name the layers i
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import numpy as np
 
 from jaxviz.errors import JaxvizError
 from jaxviz import checks
@@ -69,6 +71,11 @@ def _as_dict(out) -> dict:
     return out if isinstance(out, dict) else {OUTPUT: out}
 
 
+def _array(v) -> bool:
+    """Whether ``v`` is an activation (an array or a number), not other data returned beside them."""
+    return isinstance(v, (jax.Array, np.ndarray, np.generic, numbers.Number))
+
+
 def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Optional[Sequence[str]] = None, *,
                   preprocess: Callable = identity, input_size: int = 224, min_size: Optional[Callable] = None,
                   name: str = "function") -> Model:
@@ -88,10 +95,13 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
     checks.function("min_size", min_size, optional=True)
     if isinstance(layers, str):  # "conv1" would be the layers "c", "o", ...
         raise JaxvizError(f"layers must be a list of layer names such as [{layers!r}], not the string {layers!r}")
+    if layers is not None and not (isinstance(layers, (list, tuple)) and layers):  # 3: Python's TypeError
+        raise JaxvizError(f"layers must be a list of the layer names to render such as ['conv1'], or None for all, "
+                          f"not {checks.show(layers)}")
     order: list = []  # fn's own order (eval_shape's dicts come back sorted)
 
     def every(p, x):
-        out = _as_dict(fn(p, preprocess(x)))
+        out = {k: v for k, v in _as_dict(fn(p, preprocess(x))).items() if _array(v)}  # a str failed eval_shape
         order.extend(out)
         return out
 
@@ -101,10 +111,10 @@ def from_function(fn: Callable[[Any, jax.Array], Any], params: Any, layers: Opti
     if not names:  # None, {} or only other values: a model with no layer to render
         raise JaxvizError("the model function returns no array; return a dict of named activations "
                           "({name: array}) or one array")
-    odd = [k for k in names if not isinstance(k, str) or not k.strip() or not k.isprintable()]
-    if odd:  # objectives, --layers, file names and one-line errors all name a layer by its text
+    odd = [k for k in names if not isinstance(k, str) or not k.strip() or k != k.strip() or not k.isprintable()]
+    if odd:  # objectives, --layers, file names and one-line errors all name a layer by its text (stripped)
         raise JaxvizError(f"the model function returns a layer keyed {odd[0]!r}; key every layer by a printable "
-                          "name, such as 'conv1'")
+                          "name without spaces around it, such as 'conv1'")
     if layers is not None:
         missing = [n for n in layers if n not in names]
         if missing:
