@@ -29,7 +29,7 @@ from jax import lax
 from jaxviz import checks, optim, transforms
 from jaxviz.errors import JaxvizError
 from jaxviz.models.base import LayerInfo, Model, eval_shapes, model_errors
-from jaxviz.objectives import Objective, Probe, Term
+from jaxviz.objectives import Diversity, Objective, Probe, Term
 from jaxviz.param import Fourier, SeedStart
 from jaxviz.transforms import Robustness
 
@@ -231,6 +231,8 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     checks.integer("diversity", recipe.diversity, 1, 1024)
     _check_parts(recipe)
     optim.check(recipe.optimizer)
+    if not isinstance(recipe.optimizer, (optim.SeedAscent, optim.Adam)):  # ours are known to step any shape
+        optim.check_update(recipe.optimizer, param_shape(recipe))
     for part in (recipe.optimizer, recipe.transforms, recipe.param):
         defaults = getattr(part, "_field_defaults", {})
         for name, v in (part._asdict().items() if hasattr(part, "_asdict") else ()):
@@ -249,6 +251,10 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
     raw = recipe.param.build(1).raw
     for size in dict.fromkeys((work_size(recipe), recipe.size)):
         objective.term.check(at_size(model, names, size, raw), objective.args)
+    if recipe.diversity == 1 and any(isinstance(t, Diversity) for t in objective.terms()):
+        raise JaxvizError("diversity_term pushes apart the several images of one objective, and this recipe makes "
+                          "one (diversity 1): it would do nothing; set the recipe's diversity to 2 or more "
+                          "(jaxviz.LUCID._replace(diversity=4)), or drop the term")
     if recipe.steps < 0:
         raise JaxvizError(f"steps must be 0 or more, not {recipe.steps}")
     if recipe.diversity < 1:
@@ -277,6 +283,14 @@ def fitted(model: Model, objective: Objective, recipe: Recipe) -> Recipe:
         except JaxvizError:
             pass
     raise first
+
+
+def param_shape(recipe: Recipe) -> tuple[int, ...]:
+    """The shape of one item's parameters, as the optimizer steps them (``_item``): the
+    parameterization's own, with an axis of D images unless it is raw and D is 1."""
+    P = recipe.param.build(recipe.size)
+    one = jax.eval_shape(P.init, jax.random.key(0)).shape
+    return one if recipe.diversity == 1 and P.raw else (recipe.diversity,) + one
 
 
 def _check_parts(recipe: Recipe) -> None:

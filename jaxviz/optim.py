@@ -77,6 +77,37 @@ def check(optimizer) -> None:
         type(optimizer)(*optimizer)
 
 
+def check_update(optimizer, shape: tuple) -> None:
+    """One line where ``optimizer`` (an optax transformation) cannot step parameters of ``shape``: its
+    ``init`` or ``update`` fails or is not a function, or ``update`` does not return ``(updates, state)``
+    with updates of that shape. By tracing alone (nothing runs), before a render's long work; an update
+    returning the updates alone, say, failed inside the compiled step with Python's ValueError."""
+    from jaxviz.errors import JaxvizError
+    from jaxviz.models.base import first_line
+
+    fix = "an optax GradientTransformation's update(grads, state, params) must return (updates, new_state)"
+    p = jax.ShapeDtypeStruct(shape, jnp.float32)
+
+    def one_step(p):
+        opt = build(optimizer)
+        out = opt.update(p, opt.init(p), p)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            got = "an array" if hasattr(out, "shape") else type(out).__name__
+            raise JaxvizError(f"recipe.optimizer's update returned {got}, not (updates, state); {fix}")
+        return optax.apply_updates(p, out[0])
+
+    try:
+        new = jax.eval_shape(one_step, p)
+    except JaxvizError:
+        raise
+    except Exception as e:
+        raise JaxvizError(f"recipe.optimizer fails on the recipe's parameters of shape {shape} ({first_line(e)}); "
+                          f"{fix}") from None
+    if getattr(new, "shape", None) != shape:
+        raise JaxvizError(f"recipe.optimizer's updates change the parameters' shape {shape} to "
+                          f"{getattr(new, 'shape', type(new).__name__)}; {fix}, updates shaped as the parameters")
+
+
 def build(optimizer) -> optax.GradientTransformation:
     """A spec (anything with ``build()``) or an optax transformation -> the transformation."""
     return optimizer.build() if hasattr(optimizer, "build") else optimizer

@@ -214,3 +214,27 @@ def test_a_model_that_cannot_be_differentiated_is_one_line_and_other_errors_pass
     fine = from_function(lambda p, x: {"c": x * p}, jnp.float32(2.0), input_size=8)
     with pytest.raises(RuntimeError, match="not the model's"):
         engine.render(fine, channel("c", [0]), SEED._replace(size=8, steps=1))
+
+
+def test_a_diversity_term_with_one_image_per_objective_is_refused():
+    """It pushes apart an objective's several images: with diversity 1 it silently did nothing."""
+    from jaxviz.objectives import diversity_term
+    from tests.tiny_model import build
+
+    with pytest.raises(JaxvizError, match="set the recipe's diversity to 2 or more"):
+        engine.render(build(), channel("conv", [0]) + diversity_term("conv"), TINY)
+    r = engine.render(build(), channel("conv", [0]) + diversity_term("conv"), TINY._replace(diversity=2))
+    assert r.images.shape == (2, 16, 16, 3)
+
+
+def test_a_progress_function_that_cannot_take_the_count_is_refused_before_any_work():
+    """One of no arguments raised Python's TypeError after the first compiled chunk, its work lost."""
+    from tests.tiny_model import build
+
+    calls = []
+    for bad in (lambda: None, lambda a, b: None):
+        with pytest.raises(JaxvizError, match="progress is called with one argument") as e:
+            jaxviz.render(build(), "conv:0", TINY, progress=bad)
+        assert "\n" not in str(e.value)
+    jaxviz.render(build(), "conv:0-1", TINY, progress=lambda *k: calls.append(k))
+    assert calls == [(2,)]

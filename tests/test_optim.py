@@ -37,3 +37,21 @@ def test_a_bad_rate_slipped_in_by_replace_is_refused_by_render():
     recipe = jaxviz.LUCID._replace(size=16, steps=1, optimizer=optim.Adam()._replace(lr=-0.05))
     with pytest.raises(JaxvizError, match="lr must be more than 0"):
         jaxviz.render(build(), "conv:0", recipe)
+
+
+def test_an_optax_transformation_that_cannot_step_is_refused_before_the_render():
+    """An update returning the updates alone, or a transformation of non-functions, failed inside
+    the compiled step with Python's ValueError or TypeError; by tracing, one line names it first."""
+    import optax
+
+    from tests.tiny_model import build
+
+    updates_alone = optax.GradientTransformation(lambda p: optax.EmptyState(), lambda u, s, p=None: u)
+    reshaping = optax.GradientTransformation(lambda p: optax.EmptyState(), lambda u, s, p=None: (u[None, None], s))
+    for bad, message in [(updates_alone, "update returned an array, not"), (optax.GradientTransformation(1, 2), "'int' object is "
+                         "not callable"), (reshaping, "updates change the parameters' shape (16, 16, 3)")]:
+        with pytest.raises(JaxvizError) as e:
+            jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=1, optimizer=bad))
+        assert message in str(e.value) and "(updates, new_state)" in str(e.value) and "\n" not in str(e.value)
+    r = jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=1, optimizer=optax.sgd(1.0)))
+    assert r.tiles.shape == (1, 16, 16, 3)
