@@ -153,7 +153,9 @@ def _in_the_way(folder: Path) -> str:
     folder (mkdir says only "File exists"), else ""."""
     for p in (folder, *folder.parents):
         if os.path.lexists(p):
-            return "" if p.is_dir() else f"{p} is a file, not a folder"
+            if p.is_dir():
+                return ""
+            return f"{p} is {'a broken link' if p.is_symlink() and not p.exists() else 'a file'}, not a folder"
     return ""
 
 

@@ -288,3 +288,7 @@ def test_a_file_in_the_plans_path_is_named(tmp_path, monkeypatch):
     with pytest.raises(JaxvizError, match=rf"^JAXVIZ_PLAN=auto with XDG_CACHE_HOME={blocker}: .*"
                                           rf"\({blocker} is a file, not a folder\); set XDG_CACHE_HOME to a writable folder"):
         plan.writable(plan.cache_path())
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    monkeypatch.setenv(plan.ENV, str(tmp_path / "dangling" / "plan.json"))
+    with pytest.raises(JaxvizError, match=r"is a broken link, not a folder"):
+        plan.writable(plan.cache_path())
