@@ -135,7 +135,8 @@ def finite(name: str, *arrays) -> None:
         if a.size and jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
             raise JaxvizError(
                 f"{name} came out not finite (NaN or infinity); lower the step size or learning rate, "
-                "and check the weights"
+                "and check the weights, the objective's scale (its weights, direction vectors) and any "
+                "optax optimizer of your own"
             )
 
 

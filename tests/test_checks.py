@@ -274,3 +274,15 @@ def test_a_backend_jax_cannot_start_is_one_line_naming_jax_platforms(monkeypatch
         checks.backend({})
     monkeypatch.undo()
     checks.backend({})  # this machine's own backend starts
+
+
+def test_images_not_finite_from_an_own_optimizer_name_it_in_the_fix():
+    """The hint said only "lower the step size ... check the weights", which does not fit an optax
+    transformation of the user's that makes NaN."""
+    import optax
+
+    from tests.tiny_model import build
+
+    nan = optax.GradientTransformation(lambda p: optax.EmptyState(), lambda u, s, p=None: (u * float("nan"), s))
+    with pytest.raises(JaxvizError, match=r"came out not finite.*optax optimizer of your own"):
+        jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=1, optimizer=nan))
