@@ -8,6 +8,7 @@ import re
 import tempfile
 
 from jaxviz.errors import JaxvizError, error_line
+from jaxviz.image import in_the_way, nearest_existing
 from jaxviz.model import VGG16, VGGSpec, conv_layers, layer_info
 
 
@@ -94,15 +95,10 @@ def check_out_dir(path: str) -> str:
     """
     if not path:
         raise JaxvizError("--out is empty; give a folder such as jaxviz-out")
-    existing = os.path.abspath(path)
     fix = "choose a writable folder with --out"
-    while not os.path.exists(existing):
-        if os.path.lexists(existing):  # makedirs said "File exists" of it
-            raise JaxvizError(f"cannot write to output folder {path}: {existing} is a symbolic link to nothing "
-                              f"(or a loop); remove it, or {fix}")
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise JaxvizError(f"cannot write to output folder {path}: {existing} is a file, not a folder; {fix}")
+    if blocker := in_the_way(path):
+        raise JaxvizError(f"cannot write to output folder {path}: {blocker}; move or remove it, or {fix}")
+    existing = nearest_existing(path)
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".jaxviz-probe-"):
             pass
@@ -139,8 +135,8 @@ def check_layer_folder(name: str, reserved=()) -> str:
 def make_out_dir(path: str) -> str:
     """Create the output folder (after ``check_out_dir`` passed); where that fails part-way (a
     path too long for the system, say), the folders it made are removed again."""
-    missing, p = [], os.path.abspath(path)
-    while not os.path.lexists(p) and os.path.dirname(p) != p:
+    missing, p, top = [], os.path.abspath(path), nearest_existing(path)
+    while p != top:
         missing.append(p)
         p = os.path.dirname(p)
     try:

@@ -87,12 +87,29 @@ def make_grid(images, cols: int = 8, margin: int = 5) -> np.ndarray:
     return grid
 
 
+def nearest_existing(path: str | os.PathLike) -> str:
+    """``path`` or its nearest ancestor that exists (a broken link counts: it is in the way too)."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    return p
+
+
+def in_the_way(folder: str | os.PathLike) -> str:
+    """Why ``folder`` cannot be made: "<p> is a file, not a folder" (or a broken link) for its nearest
+    existing ancestor ``p``; "" where that is a folder. makedirs says only "File exists"."""
+    p = nearest_existing(folder)
+    if os.path.isdir(p):
+        return ""
+    return f"{p} is {'a symbolic link to nothing (or a loop)' if not os.path.exists(p) else 'a file'}, not a folder"
+
+
 def make_folder(path: str | os.PathLike) -> str:
     """``os.makedirs(path, exist_ok=True)``, or one JaxvizError (a file in the way, no permission)."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        why = f"a file is in the way: {blocker}" if (blocker := in_the_way(path)) else e.strerror
         raise JaxvizError(f"cannot create folder {os.fspath(path)} ({why}); move it, or choose another --out") from None
     return os.fspath(path)
 

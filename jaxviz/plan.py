@@ -132,6 +132,7 @@ def writable(path: Path) -> Path:
     """``path``, once its folder exists and the file can be written; else one JaxvizError, before
     any timing (minutes) is spent on a plan that could not be kept."""
     from jaxviz.errors import JaxvizError
+    from jaxviz.image import in_the_way
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,24 +140,13 @@ def writable(path: Path) -> Path:
         why = ("a folder" if path.is_dir() else "not writable" if path.is_file() or not path.exists()
                else "not a regular file")
     except OSError as e:
-        ok, why = False, _in_the_way(path.parent) or e.strerror or str(e)
+        ok, why = False, in_the_way(path.parent) or e.strerror or str(e)
     if not ok:
         raise JaxvizError(f"{_setting()}: cannot write the plan to {path} ({why}); {_fix()}")
     if not _plan_like(path):
         raise JaxvizError(f"{ENV}: {path} is not a plan file (a plan is JSON text), so it is kept, not replaced; "
                           f"set {ENV} to another file, auto or off")
     return path
-
-
-def _in_the_way(folder: Path) -> str:
-    """"<file> is a file, not a folder" for the nearest existing ancestor of ``folder`` that is not a
-    folder (mkdir says only "File exists"), else ""."""
-    for p in (folder, *folder.parents):
-        if os.path.lexists(p):
-            if p.is_dir():
-                return ""
-            return f"{p} is {'a broken link' if p.is_symlink() and not p.exists() else 'a file'}, not a folder"
-    return ""
 
 
 def _from_xdg() -> bool:

@@ -200,7 +200,7 @@ def test_an_out_that_is_a_dangling_link_names_the_link(tmp_path, capsys):
     for out in (tmp_path / "dangling", tmp_path / "dangling" / "sub", tmp_path / "loop"):
         assert grid.main(["--layers", "block1_conv1", *TINY, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "is a symbolic link to nothing (or a loop); remove it" in err[0], err
+        assert len(err) == 1 and "is a symbolic link to nothing (or a loop), not a folder; move or remove it" in err[0], err
     assert sorted(os.listdir(tmp_path)) == ["dangling", "loop"]
 
 

@@ -124,9 +124,12 @@ def test_pixels_that_are_not_uint8_are_refused_not_cast(tmp_path):
 
 def test_make_folder_is_one_line_where_a_file_is_in_the_way(tmp_path):
     (tmp_path / "f").write_text("x")
-    for path in (tmp_path / "f", tmp_path / "f" / "sub"):
-        with pytest.raises(JaxvizError, match="a file is in the way"):
+    for path in (tmp_path / "f", tmp_path / "f" / "sub" / "sub"):  # the file in the way is named, not only "File exists"
+        with pytest.raises(JaxvizError, match=f"a file is in the way: {tmp_path / 'f'} is a file, not a folder"):
             make_folder(path)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(JaxvizError, match="dangling is a symbolic link to nothing"):
+        make_folder(tmp_path / "dangling" / "sub")
     assert make_folder(tmp_path / "a" / "b") == str(tmp_path / "a" / "b") and (tmp_path / "a" / "b").is_dir()
 
 

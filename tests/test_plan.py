@@ -290,5 +290,5 @@ def test_a_file_in_the_plans_path_is_named(tmp_path, monkeypatch):
         plan.writable(plan.cache_path())
     os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
     monkeypatch.setenv(plan.ENV, str(tmp_path / "dangling" / "plan.json"))
-    with pytest.raises(JaxvizError, match=r"is a broken link, not a folder"):
+    with pytest.raises(JaxvizError, match=r"dangling is a symbolic link to nothing \(or a loop\), not a folder"):
         plan.writable(plan.cache_path())
