@@ -372,3 +372,56 @@ def test_the_function_adapter_refuses_odd_layer_lists_and_names_and_skips_other_
         from_function(lambda p, x: {" a ": x @ p}, w, input_size=8)
     m = from_function(lambda p, x: {"a": x @ p, "note": "debug"}, w, input_size=8)
     assert [l.name for l in m.layers] == ["a"]
+
+
+def test_outputs_whose_first_axis_is_not_the_batch_are_left_out_and_named(caplog):
+    """A submodule returning batch statistics (mean over the batch: (H, W, C)) or a transposed
+    output ((H, 1, W, C)) was listed as a layer whose [0] is one row, not the image's activation."""
+
+    class Stats(nn.Module):
+        def __call__(self, x):
+            return x.mean(axis=0)
+
+    class Swap(nn.Module):
+        def __call__(self, x):
+            return x.transpose(1, 0, 2, 3)
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+            Stats(name="stats")(x)
+            Swap(name="swap")(x)
+            return x
+
+    class NNXStats(nnx.Module):
+        def __call__(self, x):
+            return x.mean(axis=0)
+
+    class NNXNet(nnx.Module):
+        def __init__(self, rngs):
+            self.conv, self.stats = nnx.Conv(3, 4, (3, 3), rngs=rngs), NNXStats()
+
+        def __call__(self, x):
+            x = nnx.relu(self.conv(x))
+            self.stats(x)
+            return x
+
+    import jaxviz
+
+    net = Net()
+    variables = net.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    made = {"linen": lambda: from_linen(net, variables, input_size=SIZE),
+            "nnx": lambda: from_nnx(NNXNet(nnx.Rngs(0)), input_size=SIZE)}
+    for kind, make in made.items():
+        caplog.clear()
+        model = make()
+        names = [l.name for l in model.layers]
+        assert "stats" not in names and "swap" not in names and names[-1] == "output", (kind, names)
+        assert "left out of its layers, as their first axis is not the batch" in caplog.text
+        assert "stats" in caplog.text and (kind == "nnx" or "swap" in caplog.text)
+        with pytest.raises(JaxvizError, match="unknown layer 'stats'"):
+            jaxviz.render(model, "stats:0", RECIPE)
+        assert jaxviz.render(model, "conv:0", RECIPE).tiles.shape == (1, SIZE, SIZE, 3)
+    with pytest.raises(JaxvizError, match=r"logits='stats': that output's first axis is not the batch"):
+        from_linen(net, variables, input_size=SIZE, logits="stats")

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 
 from jaxviz import checks
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, notice
 from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, finite_weights, identity, user_min_size
 from jaxviz.models.function import OUTPUT, searched_min_size
 
@@ -64,16 +64,29 @@ def _outside(value: jax.Array) -> bool:
     return True
 
 
-def unbatch(out: dict, alias: Optional[str]) -> dict:
-    """Drop the batch axis of 1; add the ``logits`` alias of layer ``alias``."""
+def unbatch(out: dict, alias: Optional[str], dropped: Optional[list] = None) -> dict:
+    """Drop the batch axis of 1; add the ``logits`` alias of layer ``alias``. With ``dropped`` (the
+    layer table's pass), outputs whose first axis is not that batch of 1 are left out and named
+    there: batch statistics or a transposed or stacked output, whose ``[0]`` is not the image's."""
+    if dropped is not None:
+        dropped.extend(k for k, v in out.items() if v.shape[0] != 1)
+        out = {k: v for k, v in out.items() if v.shape[0] == 1}
     out = {k: v[0] for k, v in out.items()}
     if alias is not None and alias in out:
         out[LOGITS] = out[alias]
     return out
 
 
-def layer_table(shapes: dict, order: list, logits: Optional[str], name: str) -> tuple[LayerInfo, ...]:
-    """The layers in the order they are computed, once ``logits`` is checked to name one of them."""
+def layer_table(shapes: dict, order: list, logits: Optional[str], name: str,
+                dropped: list = ()) -> tuple[LayerInfo, ...]:
+    """The layers in the order they are computed, once ``logits`` is checked to name one of them;
+    the ``dropped`` outputs (not per image) are named in a notice."""
+    if logits is not None and logits in dropped:
+        raise JaxvizError(f"logits={logits!r}: that output's first axis is not the batch (N, ...), so it is not "
+                          f"one image's; name a layer whose output is (N, classes)")
+    if dropped:
+        notice(f"{name}: left out of its layers, as their first axis is not the batch (N, ...): "
+               f"{', '.join(dict.fromkeys(dropped))}")
     if logits is not None and logits not in order:
         raise JaxvizError(f"logits={logits!r} names no layer of {name}; its layers: "
                           f"{', '.join(n for n in order if n != LOGITS)}")
@@ -117,9 +130,10 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
         return {n: out[n] for n in names}
 
     order: list = []  # the order layers are computed in (eval_shape's dicts come back sorted)
+    dropped: list = []
 
     def every(p, x):
-        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits)
+        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits, dropped)
         order.extend(out)
         return out
 
@@ -130,7 +144,7 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
     finite_weights(variables, type(module).__name__)
     shapes = eval_shapes(every, variables, input_size, type(module).__name__, "pass apply_kwargs that put it in "
                          "eval mode (e.g. {'train': False}) and check input_size")
-    table = layer_table(shapes, order, logits, type(module).__name__)
+    table = layer_table(shapes, order, logits, type(module).__name__, dropped)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
                  user_min_size(min_size) if min_size
                  else searched_min_size(activations, variables, table, input_size, preprocess), input_size)

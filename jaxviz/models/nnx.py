@@ -86,15 +86,16 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
     checks.function("preprocess", preprocess)
     checks.function("min_size", min_size, optional=True)
     order: list = []  # the order layers are computed in (eval_shape's dicts come back sorted)
+    dropped: list = []
 
     def every(p, x):
-        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits)
+        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits, dropped)
         order.extend(out)
         return out
 
     finite_weights(state, type(module).__name__)
     shapes = eval_shapes(every, state, input_size, type(module).__name__, "check input_size and preprocess")
-    table = layer_table(shapes, order, logits, type(module).__name__)
+    table = layer_table(shapes, order, logits, type(module).__name__, dropped)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
                  user_min_size(min_size) if min_size
                  else searched_min_size(activations, state, table, input_size, preprocess), input_size)
