@@ -115,7 +115,8 @@ def make_folder(path: str | os.PathLike) -> str:
 
 
 def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --out") -> str:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place
+    (where ``path`` is a symbolic link: beside and onto its target, so the link stays).
 
     An interruption leaves ``path`` as it was (absent or the old file) and removes the
     temporary file. A failed write is one JaxvizError ending in ``fix``, what the user can do.
@@ -135,16 +136,17 @@ def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --ou
     if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):  # the rename replaced /dev/null itself
         raise JaxvizError(f"cannot write {path}: it is not a regular file (a device, pipe or socket); give a file "
                           "name such as out/grid.png")
-    folder = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)  # a symbolic link is written through, as open() does, not replaced
+    folder = os.path.dirname(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=folder)
     except OSError as e:
         raise JaxvizError(f"cannot write to {folder} ({e.strerror}); check free space and permissions, or {fix}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
-        os.replace(tmp, path)
+        os.chmod(tmp, os.stat(target).st_mode & 0o7777 if os.path.exists(target) else 0o644)
+        os.replace(tmp, target)
     except BaseException as e:
         try:
             os.unlink(tmp)

@@ -170,3 +170,20 @@ def test_a_device_or_pipe_is_not_replaced_by_the_file(tmp_path):
         save_png(tmp_path / "pipe", np.zeros((4, 4, 3), np.uint8))
     assert (tmp_path / "pipe").is_fifo() and [p.name for p in tmp_path.iterdir()] == ["pipe"]
 
+
+
+def test_a_symbolic_link_is_written_through_not_replaced(tmp_path):
+    """The atomic rename replaced a link (latest.png -> runs/3.png) by a file, where open() writes
+    through it; a link to a file not yet made makes that file."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "3.png").write_bytes(b"old")
+    os.chmod(tmp_path / "runs" / "3.png", 0o600)
+    (tmp_path / "latest.png").symlink_to("runs/3.png")
+    save_png(tmp_path / "latest.png", np.zeros((2, 2, 3), np.uint8))
+    assert (tmp_path / "latest.png").is_symlink() and os.readlink(tmp_path / "latest.png") == "runs/3.png"
+    assert Image.open(tmp_path / "runs" / "3.png").size == (2, 2)
+    assert os.stat(tmp_path / "runs" / "3.png").st_mode & 0o777 == 0o600
+    (tmp_path / "next.png").symlink_to(tmp_path / "runs" / "4.png")
+    atomic_write(tmp_path / "next.png", lambda f: f.write(b"new"))
+    assert (tmp_path / "next.png").is_symlink() and (tmp_path / "runs" / "4.png").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path / "runs")) == ["3.png", "4.png"]
