@@ -170,6 +170,14 @@ def _save_state(path, settings, position, used, skipped, tops, fields=None) -> N
 
 def check_layers(model, layers: Sequence[str], size: int) -> tuple[str, ...]:
     """The layers as a tuple, each spatial and with a layer output at ``size`` px (one-line errors)."""
+    if isinstance(layers, (str, bytes)):  # "conv" was the layers "c", "o", ...
+        raise JaxvizError(f"layers must be a list of layer names such as [{layers!r}], not the string {layers!r}")
+    try:
+        layers = [] if layers is None else list(layers)  # a generator was used up by the first look
+    except TypeError:
+        raise JaxvizError(f"layers must be a list of layer names such as ['block3_conv1'], "
+                          f"not {checks.show(layers)}") from None
+    size = checks.integer("size", size, 1, checks.MAX_SIZE)
     if not layers:
         raise JaxvizError("no layers given; name conv layers such as block3_conv1,block4_conv1")
     for l in layers:
@@ -190,17 +198,26 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     summary files are written at the end.
     ``progress(done, total)`` is called after every batch with file counts. Every write holds
     ``gate`` (``jaxviz.cli_run``): an interrupt waits for the one in progress and stops later
-    ones, so the saved state always ends at a completed batch.
+    ones, so the saved state always ends at a completed batch. ``model`` may be VGG params
+    (``load_params``), as for ``jaxviz.render``; a bad setting, argument or ``out`` (a file in
+    its way) is one JaxvizError before any work.
     """
     import jax.numpy as jnp
 
     from jaxviz import imagefolder, topk
+    from jaxviz.api import as_model
 
+    model, config = as_model(model), check_config(config)
     layers = check_layers(model, layers, config.size)
+    check_memory(model, layers, config)
     gate = gate or WriteGate()
-    if config.k < 1 or config.batch < 1 or config.thumb < 1:
-        raise JaxvizError("k, batch and thumb must be 1 or more")
+    if out is not None:  # checked before the pass: a file in the way failed after it, the summary half-written
+        out = _check_out(out)
+    if progress is not None and not _takes(progress, 2):
+        raise JaxvizError(f"progress is called as progress(done, total) with file counts; give a function of two "
+                          f"arguments, or None, not {checks.show(progress)}")
     names = imagefolder.list_images(folder)
+    folder = os.fsdecode(folder)  # bytes: joined with str names below
     min_side = config.min_side if config.min_side is not None else max(model.min_size(l) for l in layers)
     settings = _settings(model, folder, names, layers, config, min_side)
     state = os.path.join(out, STATE) if out else None
@@ -260,6 +277,49 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     return summary
 
 
+def check_config(config) -> Config:
+    """``config`` with each field checked (one-line errors) and made a Python int (a NumPy one failed in the
+    state's JSON, after the pass)."""
+    if not isinstance(config, Config):
+        raise JaxvizError(f"config must be a jaxviz.examples.Config such as Config(k=9, size=224), "
+                          f"not {checks.show(config)}")
+    side = lambda name, v: checks.integer(name, v, 1, checks.MAX_SIZE)
+    return Config(k=checks.integer("k", config.k, 1), size=side("size", config.size),
+                  batch=checks.integer("batch", config.batch, 1), thumb=side("thumb", config.thumb),
+                  min_side=None if config.min_side is None else side("min_side", config.min_side),
+                  save_every=checks.integer("save_every", config.save_every, 1))
+
+
+def _check_out(out) -> str:
+    """``collect``'s ``out`` as a str, where its files can be written (nothing is made yet)."""
+    from jaxviz.cli_args import check_out_dir, check_out_paths
+
+    try:
+        out = os.fsdecode(out)
+    except TypeError:
+        raise JaxvizError(f"out must be a folder path, or None to write no files, not {checks.show(out)}") from None
+    if not out:  # was taken as None: nothing written, silently
+        raise JaxvizError("out is empty; give a folder for the summary, or None to write no files")
+    check_out_dir(out)
+    check_out_paths(out, files=(SUMMARY_NPZ, SUMMARY_JSON, STATE))
+    return out
+
+
+def _takes(fn, n: int) -> bool:
+    """Whether ``fn`` is callable with ``n`` positional arguments (one whose signature is hidden counts)."""
+    import inspect
+
+    if not callable(fn):
+        return False
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins)
+        pass
+    return True
+
+
 def _boxes(top, field, size: int) -> np.ndarray:
     c, k = top.values.shape
     out = np.zeros((c, k, 4), np.int32)
@@ -304,8 +364,10 @@ def _thumbnails(folder, names, tops, boxes, fields, config) -> dict:
 
 def write_summary(summary: Summary, out: str) -> tuple[str, str]:
     """Write OUT/examples.npz and OUT/examples.json atomically; returns their paths."""
+    from jaxviz.cli_args import check_out_paths
     from jaxviz.image import atomic_write
 
+    check_out_paths(out, files=(SUMMARY_NPZ, SUMMARY_JSON))  # both files or neither: not the .npz alone
     used = sorted({int(i) for t in summary.layers.values() for i in t.index.ravel() if i >= 0})
     remap = {i: n for n, i in enumerate(used)}
     images = [summary.names[i] for i in used]

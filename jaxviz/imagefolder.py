@@ -27,6 +27,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -36,7 +37,11 @@ MAX_ASPECT = 16  # longer side / shorter side past which only the crop's region 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
     """The image files under ``folder``, recursively, as sorted paths relative to it."""
-    folder = os.fspath(folder)
+    try:
+        folder = os.fsdecode(folder)  # bytes too (os.walk gave bytes names); None failed with Python's TypeError
+    except TypeError:
+        raise JaxvizError(f"the image folder must be a path, not {checks.show(folder)}; give a folder of JPEG/PNG "
+                          "images") from None
     if not folder:
         raise JaxvizError("--images is empty; give a folder of JPEG/PNG images")
     if not os.path.isdir(folder):
@@ -74,7 +79,7 @@ def to_rgb(img) -> np.ndarray:
     if mode.startswith("I"):  # 16-bit PNGs open as "I;16*" or "I" (8-bit gray opens as "L")
         g = np.asarray(img, np.float64) / 65535.0
     elif mode == "F":
-        g = np.asarray(img, np.float64)
+        g = np.nan_to_num(np.asarray(img, np.float64), nan=0.0)  # NaN: NumPy's "invalid value" warning, printed raw
         g = g / 255.0 if g.max(initial=0) > 1 else g
     else:
         g = None
@@ -119,6 +124,7 @@ def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (size, size, 3): shorter side resized to ``size``, centre crop."""
     from PIL import Image
 
+    size = checks.integer("size", size, 1, checks.MAX_SIZE)
     h, w = rgb.shape[:2]
     s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
@@ -188,6 +194,8 @@ def stream(folder: str, names: Sequence[str], size: int, batch: int, *, start: i
     Files are decoded by ``workers`` threads (Pillow releases the GIL) while the caller
     computes on the previous batch; skipped files are recorded in ``skipped``.
     """
+    size, batch = checks.integer("size", size, 1, checks.MAX_SIZE), checks.integer("batch", batch, 1)
+    start, min_side = checks.integer("start", start, 0), checks.integer("min_side", min_side, 1, checks.MAX_SIZE)
     skipped = Skipped.empty() if skipped is None else skipped
 
     def one(i):

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import zipfile
 from typing import NamedTuple
 from urllib.parse import quote
 
 import numpy as np
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 from jaxviz.site import _esc, url  # one HTML escape and one URL form for the whole site
 
@@ -81,13 +83,15 @@ class SiteExamples(NamedTuple):
 
     def write(self, out: str, filters: dict | None = None) -> list:
         """Write the patch PNGs of ``filters`` ({layer: [filter, ...]}, default all) under ``out``."""
+        from jaxviz.cli_args import check_layer_folder
         from jaxviz.image import make_folder, save_png
 
         paths = []
-        filters = filters or {l: range(t.shape[0]) for l, t in self.thumbs.items()}
+        filters = {l: range(t.shape[0]) for l, t in self.thumbs.items()} if filters is None else filters  # {}: none
         for l, fs in filters.items():
             if l not in self.thumbs:
                 continue
+            check_layer_folder(l)  # a summary's layer "../x" wrote its patches outside ``out``
             make_folder(os.path.join(out, l, "examples"))
             t = self.thumbs[l]
             for f in (f for f in fs if f < t.shape[0]):
@@ -147,7 +151,7 @@ def _check(meta: dict, thumbs: dict) -> None:
     for l, info in meta["layers"].items() if ok else ():
         channels, t = info.get("channels") if isinstance(info, dict) else None, thumbs[l]
         ok = isinstance(channels, list) and t.dtype == np.uint8 and t.ndim == 5 and t.shape[0] == len(channels) \
-            and all(_entries(c, t.shape[1]) for c in channels)
+            and min(t.shape[2:4]) > 0 and t.shape[4] in (3, 4) and all(_entries(c, t.shape[1]) for c in channels)
         if not ok:
             break
     if not ok:
@@ -158,14 +162,21 @@ def _entries(c, k: int) -> bool:
     """Whether ``c`` is one filter's list of at most ``k`` examples, each with its image and activation."""
     return isinstance(c, list) and len(c) <= k and all(
         isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("activation"), (int, float))
-        for e in c)
+        and abs(e["activation"]) <= sys.float_info.max for e in c)  # NaN, inf or 10**400: not what it writes
 
 
 def load(path: str) -> SiteExamples:
     """The summary at ``path``: a folder holding examples.npz and examples.json, or either file."""
     from jaxviz.examples import SUMMARY_JSON, SUMMARY_NPZ
 
-    path = os.fspath(path)
+    try:
+        path = os.fsdecode(path)
+    except TypeError:
+        raise JaxvizError(f"the dataset examples summary must be a path, not {checks.show(path)}; give the --out "
+                          "folder of python -m jaxviz.examples (or its examples.npz)") from None
+    if not path:  # the current folder's summary was read
+        raise JaxvizError("the dataset examples path is empty; give the --out folder of python -m jaxviz.examples "
+                          "(or its examples.npz)")
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     npz, js = os.path.join(folder, SUMMARY_NPZ), os.path.join(folder, SUMMARY_JSON)
     fix = "give the --out folder of python -m jaxviz.examples (or its examples.npz)"
@@ -177,7 +188,7 @@ def load(path: str) -> SiteExamples:
         with np.load(npz, allow_pickle=False) as z:
             thumbs = {l: z[f"{l}/thumbs"] for l in meta["layers"]}
         _check(meta, thumbs)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RecursionError, zipfile.BadZipFile) as e:
         raise JaxvizError(f"the dataset examples summary at {folder} is unreadable or malformed ({type(e).__name__}); "
                           f"{fix}") from None
     return SiteExamples(meta, thumbs)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import checks
 from jaxviz.errors import JaxvizError
 
 
@@ -28,6 +29,11 @@ class TopK(NamedTuple):
 
 def empty(channels: int, k: int) -> TopK:
     """A TopK with no images yet."""
+    channels, k = checks.integer("channels", channels, 0), checks.integer("k", k, 0)
+    need, limit = channels * k * 20, checks.memory_limit()  # float32 + int64 + 2 x int32 per slot
+    if need > limit:
+        raise JaxvizError(f"the top {k} of {channels} channels need about {checks.gib(need)} of memory, more than "
+                          f"the {checks.gib(limit)} available; lower k")
     return TopK(np.full((channels, k), -np.inf, np.float32), np.full((channels, k), -1, np.int64),
                 np.zeros((channels, k), np.int32), np.zeros((channels, k), np.int32))
 
@@ -37,6 +43,9 @@ def spatial_max(act: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
     The position is the first maximum in raster order (``argmax``'s rule).
     """
+    if act.ndim != 4 or not act.shape[1] * act.shape[2]:
+        raise JaxvizError(f"spatial_max: activations must be (images, h, w, channels) with h, w of 1 or more, "
+                          f"not {act.shape}")
     b, h, w, c = act.shape
     flat = act.reshape(b, h * w, c)
     arg = jnp.argmax(flat, axis=1)
@@ -50,11 +59,23 @@ def merge(top: TopK, values, index, y, x) -> TopK:
     Pure: returns a new TopK. Equals the top-k of everything merged so far, in any
     batching, because the order (-value, index) is total for distinct indices.
     """
-    values, y, x = (np.asarray(a) for a in (values, y, x))
-    index = np.asarray(index, np.int64)
+    if not isinstance(top, TopK):
+        raise JaxvizError(f"merge: top must be a TopK (topk.empty(channels, k)), not {checks.show(top)}")
+    values, index, y, x = (np.asarray(a) for a in (values, index, y, x))
     c, k = top.values.shape
-    if values.ndim != 2 or values.shape[1] != c or values.shape[0] != index.shape[0]:
-        raise JaxvizError(f"merge: values must be (images, {c}), not {values.shape}")
+    if values.ndim != 2 or values.shape[1] != c or index.shape != values.shape[:1] \
+            or not y.shape == x.shape == values.shape:
+        raise JaxvizError(f"merge: values, y and x must be (images, {c}) and index (images,), not {values.shape}, "
+                          f"{y.shape}, {x.shape} and {index.shape}")
+    if values.dtype.kind in "OSUMmc":  # text, objects, times, complex: no score (bfloat16, no np.number, is one)
+        raise JaxvizError(f"merge: values must be numbers, not {values.dtype}")
+    if index.size and (not np.issubdtype(index.dtype, np.integer) or index.min() < 0):  # -1 marks an unused slot
+        raise JaxvizError(f"merge: image indices must be whole numbers from 0, not {checks.show(index)}")
+    index = index.astype(np.int64)
+    ids, counts = np.unique(index, return_counts=True)
+    twice = ids[counts > 1].tolist() + index[np.isin(index, top.index)].tolist()
+    if twice:  # it would hold two of a channel's k slots
+        raise JaxvizError(f"merge: image {twice[0]} is merged twice; merge each image once")
     vals = np.concatenate([top.values, values.T.astype(np.float32)], axis=1)
     idx = np.concatenate([top.index, np.broadcast_to(index, (c, index.shape[0]))], axis=1)
     ys = np.concatenate([top.y, y.T.astype(np.int32)], axis=1)
@@ -100,12 +121,12 @@ class Field(NamedTuple):
         return t, l, max(0, b - t), max(0, r - l)
 
 
-def _support(model, layer: str, size: int, key: jax.Array, tries: int) -> tuple[np.ndarray, int, int]:
-    """The input pixels on which the centre unit of ``layer`` depends (union over random inputs)."""
+def _support(model, layer: str, size: int, keys: jax.Array) -> tuple[np.ndarray, int, int]:
+    """The input pixels on which the centre unit of ``layer`` depends (union over random inputs, one per key)."""
 
     def unit(params, x, cy, cx):
         a = model.activations(params, model.preprocess(x), (layer,))[layer]
-        return a[cy, cx].sum()  # all channels: a dead channel cannot hide the support
+        return a[cy, cx].astype(jnp.float32).sum()  # all channels: a dead channel cannot hide the support
 
     shape = jax.eval_shape(lambda x: model.activations(model.params, model.preprocess(x), (layer,))[layer],
                            jax.ShapeDtypeStruct((size, size, 3), jnp.float32)).shape
@@ -113,8 +134,12 @@ def _support(model, layer: str, size: int, key: jax.Array, tries: int) -> tuple[
     cy, cx = h // 2, w // 2
     grad = jax.jit(jax.grad(unit, argnums=1), static_argnums=(2, 3))  # params traced: no constant folding
     seen = np.zeros((size, size), bool)
-    for k in jax.random.split(key, tries):
+    for k in keys:
         g = np.asarray(grad(model.params, jax.random.uniform(k, (size, size, 3)), cy, cx))
+        if not np.isfinite(g).all():  # no support can be read from it (it said "zero gradient everywhere")
+            raise JaxvizError(f"layer {layer} of model {model.name} gives NaN or infinite gradients with respect to "
+                              "the input image, so its receptive field cannot be derived; check the model and its "
+                              "weights")
         g = np.abs(g).sum(-1)
         seen |= g > RELATIVE * g.max()
     return seen, (cy, cx), (h, w)
@@ -131,14 +156,23 @@ def receptive_field(model, layer: str, size: int | None = None, key: jax.Array |
     clipped.
     The stride is ``size / layer side``.
     """
+    from jaxviz.api import as_model
+
+    model = as_model(model)
     info = model.layer(layer)
     if not info.spatial:
         raise JaxvizError(f"{layer} is not a spatial layer; dataset examples need a conv or pooling layer")
+    size = model.input_size if size is None else checks.integer("size", size, 1, checks.MAX_SIZE)
+    tries = checks.integer("tries", tries, 1, 1000)  # 0 found no support: "zero gradient everywhere"
     key = jax.random.key(0) if key is None else key
-    target = max(size or model.input_size, model.min_size(layer))
+    try:
+        keys = jax.random.split(key, tries)
+    except (TypeError, ValueError):  # an int seed: JAX's "invalid PRNG key data"
+        raise JaxvizError(f"key must be a JAX random key such as jax.random.key(0), not {checks.show(key)}") from None
+    target = max(size, model.min_size(layer))
     size = target  # one compile per size, which costs more than the gradients: start at the target
     while True:
-        seen, (cy, cx), (h, w) = _support(model, layer, size, key, tries)
+        seen, (cy, cx), (h, w) = _support(model, layer, size, keys)
         rows, cols = np.flatnonzero(seen.any(1)), np.flatnonzero(seen.any(0))
         if rows.size == 0:
             raise JaxvizError(f"the units of {layer} do not depend on the input (zero gradient everywhere); "

@@ -589,3 +589,91 @@ def test_an_intact_state_of_other_settings_still_starts_afresh(tmp_path, capsys,
     (out / examples.STATE).write_bytes(_rewrite_state(good, lambda m, a: _set(m["settings"], "k", 5)))
     rc, err = _cli(capsys, *argv, "--out", str(out))
     assert rc == 0 and err == "", err
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tiny_model import build
+
+    return build()
+
+
+@pytest.mark.parametrize("config, message", [
+    (None, "config must be a jaxviz.examples.Config"),  # AttributeError
+    (examples.Config(k=1.5), "k must be an integer, not 1.5"),  # TypeError from np.full
+    (examples.Config(size=None), "size must be an integer, not None"),
+    (examples.Config(batch=0), "batch must be 1 or more, not 0"),
+    (examples.Config(thumb=2.5), "thumb must be an integer"),
+    (examples.Config(min_side="3"), "min_side must be an integer"),  # TypeError in a decoding thread
+    (examples.Config(save_every=0), "save_every must be 1 or more, not 0"),  # ZeroDivisionError at the first batch
+    (examples.Config(k=10**9, size=16), r"--k 1000000000, --thumb 48, --batch 16 and --size 16 need about"),  # MemoryError
+])
+def test_collect_checks_its_config_before_any_work(tmp_path, tiny, monkeypatch, config, message):
+    from jaxviz import imagefolder
+
+    folder = _noise_folder(tmp_path / "imgs", 1)
+    monkeypatch.setattr(imagefolder, "stream", lambda *a, **k: pytest.fail("the pass started"))
+    with pytest.raises(JaxvizError, match=message):
+        examples.collect(tiny, str(folder), ["conv"], config, out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_numpy_integers_in_the_config_are_written(tmp_path, tiny):
+    """np.int64 settings reached the state's and the summary's JSON: a TypeError after the whole pass."""
+    folder = _noise_folder(tmp_path / "imgs", 2)
+    cfg = examples.Config(*(np.int64(v) for v in (2, 16, 2, 8, 3, 1)))
+    s = examples.collect(tiny, str(folder), ["conv"], cfg, out=str(tmp_path / "out"))
+    assert s.images_used == 2 and json.loads((tmp_path / "out" / examples.SUMMARY_JSON).read_text())["settings"]["k"] == 2
+
+
+@pytest.mark.parametrize("case, message", [
+    ("file", "afile is a file, not a folder"),  # FileExistsError after the pass
+    ("below_a_file", "afile is a file, not a folder"),  # NotADirectoryError after the pass
+    ("json_folder", "examples.json: a folder is in the way"),  # after the pass, examples.npz written alone
+    ("empty", "out is empty; give a folder"),  # taken as None: nothing written, silently
+    ("number", "out must be a folder path, or None"),
+])
+def test_collect_checks_out_before_the_pass(tmp_path, tiny, monkeypatch, case, message):
+    from jaxviz import imagefolder
+
+    folder = _noise_folder(tmp_path / "imgs", 1)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "busy" / examples.SUMMARY_JSON).mkdir(parents=True)
+    out = {"file": tmp_path / "afile", "below_a_file": tmp_path / "afile" / "sub", "json_folder": tmp_path / "busy",
+           "empty": "", "number": 5}[case]
+    monkeypatch.setattr(imagefolder, "stream", lambda *a, **k: pytest.fail("the pass started"))
+    with pytest.raises(JaxvizError, match=message):
+        examples.collect(tiny, str(folder), ["conv"], examples.Config(size=16), out=out)
+    assert os.listdir(tmp_path / "busy") == [examples.SUMMARY_JSON]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layers="conv"), r"layers must be a list of layer names such as \['conv'\], not the string"),  # layer 'c'
+    (dict(layers=5), "layers must be a list of layer names"),  # TypeError
+    (dict(model=None), "model must be a jaxviz Model"),  # AttributeError
+    (dict(folder=None), "the image folder must be a path, not None"),  # TypeError
+    (dict(progress=5), r"progress is called as progress\(done, total\)"),  # TypeError after the fields
+    (dict(progress=lambda done: None), r"progress is called as progress\(done, total\)"),
+])
+def test_collect_refuses_arguments_of_the_wrong_kind(tmp_path, tiny, kwargs, message):
+    folder = _noise_folder(tmp_path / "imgs", 1)
+    args = dict(model=tiny, folder=str(folder), layers=["conv"], config=examples.Config(size=16)) | kwargs
+    with pytest.raises(JaxvizError, match=message):
+        examples.collect(**args)
+
+
+def test_collect_takes_layers_from_a_generator_and_a_bytes_folder(tmp_path, tiny):
+    """A generator was used up by the first look at it (ValueError: max() arg is an empty sequence);
+    a bytes folder was joined with str names (TypeError)."""
+    folder = _noise_folder(tmp_path / "imgs", 2)
+    s = examples.collect(tiny, os.fsencode(folder), (l for l in ["conv"]), examples.Config(k=2, size=16))
+    assert list(s.layers) == ["conv"] and s.images_used == 2
+
+
+def test_write_summary_writes_both_files_or_neither(tmp_path, tiny):
+    folder = _noise_folder(tmp_path / "imgs", 2)
+    s = examples.collect(tiny, str(folder), ["conv"], examples.Config(k=2, size=16))
+    (tmp_path / "out" / examples.SUMMARY_JSON).mkdir(parents=True)
+    with pytest.raises(JaxvizError, match="examples.json: a folder is in the way"):
+        examples.write_summary(s, str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == [examples.SUMMARY_JSON]  # examples.npz was written alone

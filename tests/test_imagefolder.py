@@ -187,3 +187,46 @@ def _reason(path):
         imagefolder.load_rgb(str(path))
     except imagefolder.Unusable as e:
         return str(e)
+
+
+def test_a_folder_that_is_no_path_is_one_error_and_bytes_work(tmp_path):
+    """None or a number failed in os.fspath with Python's TypeError; a bytes path in os.walk (bytes names
+    against str suffixes)."""
+    for folder in (None, 5):
+        with pytest.raises(JaxvizError, match="^the image folder must be a path, not"):
+            imagefolder.list_images(folder)
+    Image.fromarray(_rgb(4, 4)).save(tmp_path / "a.png")
+    assert imagefolder.list_images(os.fsencode(tmp_path)) == ["a.png"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch=0), "batch must be 1 or more, not 0"),  # KeyError from the window of files in flight
+    (dict(batch=2.5), "batch must be an integer"),
+    (dict(size=0), "size must be 1 to"),  # ZeroDivisionError inside Pillow
+    (dict(size="16"), "size must be an integer"),
+    (dict(start=-2), "start must be 0 or more"),  # gave images at indices -2, -1, 0, ...: two of them twice
+    (dict(min_side="2"), "min_side must be an integer"),
+])
+def test_stream_settings_are_checked(tmp_path, kwargs, message):
+    Image.fromarray(_rgb(9, 9)).save(tmp_path / "a.png")
+    Image.fromarray(_rgb(9, 9)).save(tmp_path / "b.png")
+    args = dict(size=8, batch=2) | kwargs
+    with pytest.raises(JaxvizError, match=message):
+        list(imagefolder.stream(str(tmp_path), ["a.png", "b.png"], args.pop("size"), args.pop("batch"), **args))
+    with pytest.raises(JaxvizError, match="size must be 1 to"):
+        imagefolder.resize_crop(_rgb(4, 4), -3)
+
+
+def test_a_float_image_holding_nan_prints_no_numpy_warning(tmp_path):
+    """A 32-bit float TIFF (under a .png name) holding NaN: NumPy's "invalid value encountered in cast"
+    warning was printed raw; NaN now counts as black."""
+    import warnings
+
+    a = np.full((8, 8), 0.5, np.float32)
+    a[0, 0] = np.nan
+    Image.fromarray(a, "F").save(tmp_path / "f.tif")
+    os.rename(tmp_path / "f.tif", tmp_path / "f.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = imagefolder.load_rgb(str(tmp_path / "f.png"))
+    assert tuple(rgb[0, 0]) == (0, 0, 0) and tuple(rgb[4, 4]) == (128, 128, 128)

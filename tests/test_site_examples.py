@@ -87,3 +87,45 @@ def test_examples_a_filter_did_not_fire_on_are_not_shown(tmp_path):
     assert "examples/f000_0.png" in first and "f000_1.png" not in first and "The 1 image of" in first
     assert "did not fire on any of the 3 images" in second and "examples/f001_" not in second
     assert "f001_0.png" not in (out / "conv" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("edit, thumbs", [
+    (lambda m: m["layers"]["conv"]["channels"][0][0].update(activation=10**400), None),  # OverflowError in a page
+    (lambda m: m["layers"]["conv"]["channels"][0][0].update(activation=float("nan")), None),
+    (lambda m: None, np.zeros((2, 2, 4, 4, 5), np.uint8)),  # save_png's error, after the atlas's work
+    (lambda m: None, np.zeros((2, 2, 0, 0, 3), np.uint8)),
+])
+def test_a_summary_that_would_fail_in_the_pages_is_refused_when_loaded(tmp_path, edit, thumbs):
+    meta = _examples(tmp_path, 2).meta
+    edit(meta)
+    with pytest.raises(JaxvizError, match="unreadable or malformed"):
+        load(_summary(tmp_path / "bad", meta, np.zeros((2, 2, 4, 4, 3), np.uint8) if thumbs is None else thumbs))
+
+
+def test_a_deeply_nested_json_is_one_line(tmp_path):
+    """json's RecursionError was a traceback."""
+    folder = _summary(tmp_path / "deep", {}, np.zeros((2, 2, 4, 4, 3), np.uint8))
+    (folder / "examples.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(JaxvizError, match=r"unreadable or malformed \(RecursionError\)"):
+        load(folder)
+
+
+def test_load_refuses_a_path_that_is_none_or_empty(tmp_path, monkeypatch):
+    """None was os.fspath's TypeError; "" read the current folder's summary."""
+    _summary(tmp_path, _examples(tmp_path, 2).meta, np.zeros((2, 2, 4, 4, 3), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(JaxvizError, match="the dataset examples path is empty"):
+        load("")
+    with pytest.raises(JaxvizError, match="the dataset examples summary must be a path, not None"):
+        load(None)
+
+
+def test_write_no_filters_writes_nothing_and_no_layer_climbs_out(tmp_path):
+    """write(out, {}) wrote every patch (the {} taken as "all"); a summary's layer "../x" (a model's own
+    layer name) wrote its patches outside ``out``."""
+    ex = _examples(tmp_path, 2)
+    assert ex.write(str(tmp_path / "site"), {}) == [] and not (tmp_path / "site").exists()
+    evil = SiteExamples({**ex.meta, "layers": {"../x": ex.meta["layers"]["conv"]}}, {"../x": ex.thumbs["conv"]})
+    with pytest.raises(JaxvizError, match=r"layer '\.\./x' cannot be a folder of --out"):
+        evil.write(str(tmp_path / "site"))
+    assert not (tmp_path / "x").exists()

@@ -97,3 +97,87 @@ def test_receptive_field_of_a_dense_layer_is_an_error():
     m = Model("toy", {}, lambda p, x, n: {"v": x.mean((0, 1))}, (LayerInfo("v", (3,)),), identity, unit_min_size)
     with pytest.raises(JaxvizError, match="not a spatial layer"):
         topk.receptive_field(m, "v", 8, jax.random.key(0))
+
+
+@pytest.mark.parametrize("k, message", [(-1, "k must be 0 or more"), (1.5, "k must be an integer"),
+                                        (None, "k must be an integer"), (True, "k must be an integer")])
+def test_empty_checks_k(k, message):
+    """numpy's ValueError or TypeError from np.full before."""
+    with pytest.raises(JaxvizError, match=message):
+        topk.empty(3, k)
+
+
+def test_empty_refuses_a_k_past_the_memory(monkeypatch):
+    """64 channels x 10**9 slots was numpy's MemoryError (or the machine's swap)."""
+    monkeypatch.setenv("JAXVIZ_MAX_MEMORY", "1M")
+    with pytest.raises(JaxvizError, match=r"the top 1000000000 of 64 channels need about .* lower k"):
+        topk.empty(64, 10**9)
+
+
+_Z = np.zeros((2, 3), np.int32)
+
+
+@pytest.mark.parametrize("top, values, index, y, message", [
+    (None, np.ones((2, 3)), [0, 1], _Z, "top must be a TopK"),  # AttributeError
+    ("ok", np.ones((1, 3)), 5, _Z[:1], r"index \(images,\), not .* and \(\)"),  # IndexError
+    ("ok", np.ones((2, 3)), [[0], [1]], _Z, r"and \(2, 1\)"),  # ValueError from np.broadcast_to
+    ("ok", np.ones((2, 3)), [0, 1], np.zeros((2, 4)), r"not \(2, 3\), \(2, 4\)"),  # from np.concatenate
+    ("ok", np.array([["a"] * 3] * 2), [0, 1], _Z, "values must be numbers"),
+    ("ok", np.ones((2, 3)), [0.5, 1.7], _Z, "image indices must be whole numbers"),  # taken as images 0 and 1
+    ("ok", np.ones((2, 3)), [-5, 1], _Z, "image indices must be whole numbers"),  # dropped as an unused slot
+    ("ok", np.ones((2, 3)), [4, 4], _Z, "image 4 is merged twice"),
+    ("merged", np.ones((2, 3)), [0, 1], _Z, "image 0 is merged twice"),  # held two of the k slots
+])
+def test_merge_refuses_what_would_fail_or_rank_wrongly(top, values, index, y, message):
+    top = {"ok": topk.empty(3, 2), "merged": topk.merge(topk.empty(3, 2), np.ones((2, 3)), [0, 1], _Z, _Z)}.get(top)
+    with pytest.raises(JaxvizError, match=message):
+        topk.merge(top, values, index, y, np.zeros(np.shape(y)))
+
+
+def test_merge_takes_bfloat16_scores():
+    import ml_dtypes
+
+    top = topk.merge(topk.empty(3, 2), np.ones((2, 3), ml_dtypes.bfloat16), [0, 1], _Z, _Z)
+    assert top.index.tolist() == [[0, 1]] * 3
+
+
+def test_spatial_max_wants_a_batch_of_maps():
+    with pytest.raises(JaxvizError, match=r"spatial_max: activations must be \(images, h, w, channels\)"):
+        topk.spatial_max(jnp.zeros((4, 4, 3)))  # one unbatched map: "not enough values to unpack"
+
+
+def _tiny(fn):
+    from jaxviz.models import from_function
+
+    return from_function(fn, jnp.float32(1.0), input_size=16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(size=-5), "size must be 1 to"),  # taken as the layer's minimum: a 2 x 2 field for VGG's 3 x 3
+    (dict(size=0), "size must be 1 to"),  # taken as the model's input size
+    (dict(size=2.5), "size must be an integer"),  # JAX's TypeError
+    (dict(tries=0), "tries must be 1 to"),  # "do not depend on the input (zero gradient everywhere)"
+    (dict(key=0), r"key must be a JAX random key such as jax.random.key\(0\), not 0"),  # JAX's TypeError
+])
+def test_receptive_field_checks_its_settings(kwargs, message):
+    model = _tiny(lambda p, x: {"c": x * p})
+    with pytest.raises(JaxvizError, match=message):
+        topk.receptive_field(model, "c", **kwargs)
+
+
+def test_receptive_field_of_a_nan_or_integer_layer_is_one_line():
+    """A layer NaN everywhere (or of NaN gradient) was said to "not depend on the input"; an integer layer
+    failed in jax.grad with a TypeError."""
+    with pytest.raises(JaxvizError, match="layer c of model function gives NaN or infinite gradients"):
+        topk.receptive_field(_tiny(lambda p, x: {"c": x * p * jnp.nan}), "c", 16)
+    with pytest.raises(JaxvizError, match="layer c of model function gives NaN or infinite gradients"):
+        topk.receptive_field(_tiny(lambda p, x: {"c": jnp.sqrt(x - x) * p}), "c", 16)
+    with pytest.raises(JaxvizError, match="the units of c do not depend on the input"):
+        topk.receptive_field(_tiny(lambda p, x: {"c": (x * 255 * p).astype(jnp.int32)}), "c", 16)
+
+
+def test_receptive_field_takes_vgg_params_as_a_model_and_refuses_none(vgg):
+    """As jaxviz.render does (load_params() is a model too); both were AttributeErrors."""
+    assert topk.receptive_field(vgg.params, "block1_conv1", 16) == topk.receptive_field(vgg, "block1_conv1", 16)
+    with pytest.raises(JaxvizError, match="model must be a jaxviz Model"):
+        topk.receptive_field(None, "block1_conv1", 16)
