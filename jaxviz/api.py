@@ -91,18 +91,6 @@ def to_uint8(recipe: Recipe, images) -> np.ndarray:
     return rgb_to_uint8(images)
 
 
-def takes_one(fn) -> bool:
-    """Whether callable ``fn`` can be called with one positional argument (a function of none
-    failed only after the first compiled chunk, its work lost); one whose signature is hidden counts."""
-    try:
-        inspect.signature(fn).bind(0)
-    except TypeError:
-        return False
-    except ValueError:  # no signature to read (some builtins)
-        pass
-    return True
-
-
 def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every: int = 0, progress=None) -> Rendered:
     """Render what maximizes ``objective`` on ``model`` with ``recipe``; see :class:`Rendered`.
 
@@ -123,7 +111,7 @@ def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every:
     checks.integer("every", every, 0, checks.MAX_STEPS)
     if progress is not None and not callable(progress):
         raise JaxvizError(f"progress must be a function of the number of items finished, or None, not {type(progress).__name__}")
-    if progress is not None and not takes_one(progress):
+    if progress is not None and not checks.takes(progress, 1):
         raise JaxvizError(f"progress is called with one argument, the number of items finished, which "
                           f"{getattr(progress, '__name__', 'it')}{inspect.signature(progress)} cannot take; "
                           "give a function of one argument")

@@ -68,6 +68,22 @@ def function(name: str, value, optional: bool = False):
     return value
 
 
+def takes(fn, n: int) -> bool:
+    """Whether ``fn`` is callable with ``n`` positional arguments (one whose signature is hidden counts):
+    a ``progress`` function that cannot take them failed only after the first chunk or batch, its work lost."""
+    import inspect
+
+    if not callable(fn):
+        return False
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins)
+        pass
+    return True
+
+
 def real(name: str, value, lo: float | None = None, hi: float | None = None, positive: bool = False) -> float:
     """``value`` as a finite float in [lo, hi] (and > 0 with ``positive``); NaN and inf are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

@@ -213,7 +213,7 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     gate = gate or WriteGate()
     if out is not None:  # checked before the pass: a file in the way failed after it, the summary half-written
         out = _check_out(out)
-    if progress is not None and not _takes(progress, 2):
+    if progress is not None and not checks.takes(progress, 2):
         raise JaxvizError(f"progress is called as progress(done, total) with file counts; give a function of two "
                           f"arguments, or None, not {checks.show(progress)}")
     names = imagefolder.list_images(folder)
@@ -303,21 +303,6 @@ def _check_out(out) -> str:
     check_out_dir(out)
     check_out_paths(out, files=(SUMMARY_NPZ, SUMMARY_JSON, STATE))
     return out
-
-
-def _takes(fn, n: int) -> bool:
-    """Whether ``fn`` is callable with ``n`` positional arguments (one whose signature is hidden counts)."""
-    import inspect
-
-    if not callable(fn):
-        return False
-    try:
-        inspect.signature(fn).bind(*range(n))
-    except TypeError:
-        return False
-    except ValueError:  # no signature to read (some builtins)
-        pass
-    return True
 
 
 def _boxes(top, field, size: int) -> np.ndarray:

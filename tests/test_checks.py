@@ -286,3 +286,8 @@ def test_images_not_finite_from_an_own_optimizer_name_it_in_the_fix():
     nan = optax.GradientTransformation(lambda p: optax.EmptyState(), lambda u, s, p=None: (u * float("nan"), s))
     with pytest.raises(JaxvizError, match=r"came out not finite.*optax optimizer of your own"):
         jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=1, optimizer=nan))
+
+
+def test_takes_counts_positional_arguments():
+    assert checks.takes(lambda a: a, 1) and not checks.takes(lambda: 0, 1) and not checks.takes(lambda a: a, 2)
+    assert checks.takes(lambda *a: 0, 2) and checks.takes(lambda a, b=0: 0, 1) and not checks.takes(3, 0)
