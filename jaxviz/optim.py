@@ -80,8 +80,9 @@ def check(optimizer) -> None:
 def check_update(optimizer, shape: tuple) -> None:
     """One line where ``optimizer`` (an optax transformation) cannot step parameters of ``shape``: its
     ``init`` or ``update`` fails or is not a function, or ``update`` does not return ``(updates, state)``
-    with updates of that shape. By tracing alone (nothing runs), before a render's long work; an update
-    returning the updates alone, say, failed inside the compiled step with Python's ValueError."""
+    with updates of that shape (by tracing), or where its first step goes against the objective (one
+    step run on a gradient of ones); before a render's long work: an update returning the updates
+    alone failed inside the compiled step, and ``optax.sgd(-1.0)`` descended silently."""
     from jaxviz.errors import JaxvizError
     from jaxviz.models.base import first_line
 
@@ -106,6 +107,12 @@ def check_update(optimizer, shape: tuple) -> None:
     if getattr(new, "shape", None) != shape:
         raise JaxvizError(f"recipe.optimizer's updates change the parameters' shape {shape} to "
                           f"{getattr(new, 'shape', type(new).__name__)}; {fix}, updates shaped as the parameters")
+    # the engine hands optax the gradient of -objective: a first step along it would descend the objective
+    opt, g, p0 = build(optimizer), jnp.ones(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
+    if float(jnp.vdot(opt.update(g, opt.init(p0), p0)[0], g)) > 0:
+        raise JaxvizError("recipe.optimizer steps the images against the objective (a negative learning rate, such "
+                          "as optax.sgd(-1.0)?): jaxviz hands optax the gradient of -objective to minimize, so give "
+                          "it a positive learning rate")
 
 
 def build(optimizer) -> optax.GradientTransformation:

@@ -55,3 +55,18 @@ def test_an_optax_transformation_that_cannot_step_is_refused_before_the_render()
         assert message in str(e.value) and "(updates, new_state)" in str(e.value) and "\n" not in str(e.value)
     r = jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=1, optimizer=optax.sgd(1.0)))
     assert r.tiles.shape == (1, 16, 16, 3)
+
+
+def test_an_optax_transformation_stepping_against_the_objective_is_refused():
+    """optax.sgd(-1.0) descended the objective silently (images darkening from the start); a warm-up
+    from a rate of 0 (a first step of nothing) and ordinary optimizers still run."""
+    import optax
+
+    from tests.tiny_model import build
+
+    for bad in (optax.sgd(-1.0), optax.chain(optax.adam(0.05), optax.scale(-1.0))):
+        with pytest.raises(JaxvizError, match=r"steps the images against the objective .*positive learning rate"):
+            jaxviz.render(build(), "conv:0", jaxviz.LUCID._replace(size=16, steps=1, optimizer=bad))
+    for good in (optax.sgd(1.0), optax.adam(optax.linear_schedule(0.0, 0.05, 10)), optax.adamw(0.05)):
+        assert jaxviz.render(build(), "conv:0", jaxviz.LUCID._replace(size=16, steps=1, optimizer=good)).tiles.shape \
+            == (1, 16, 16, 3)
