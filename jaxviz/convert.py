@@ -7,7 +7,9 @@ Three layouts are read:
   each layer group with attribute ``weight_names`` naming its datasets, such as
   ``block1_conv1_W_1:0`` or ``block1_conv1/kernel:0`` (flat or nested);
 * a whole model saved by Keras 2 (``model.save("m.h5")``): the same, under ``model_weights``;
-* Keras 3's ``.weights.h5``: ``layers/<name>/vars/0`` (kernel) and ``vars/1`` (bias).
+* Keras 3's ``.weights.h5``: ``layers/<name>/vars/0`` (kernel) and ``vars/1`` (bias), where
+  Keras 3 itself names the layers by class in model order (``conv2d``, ``conv2d_1``, ...,
+  ``dense``, ...): a VGG's get their Keras names back (``block1_conv1``, ..., ``fc1``, ...).
 
 Every shape is checked against the architecture and every value must be finite (a
 NaN kernel would give black images); any problem raises one JaxvizError
@@ -21,10 +23,11 @@ import re
 import numpy as np
 
 from jaxviz.errors import JaxvizError
-from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, layers
+from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, conv_layers, layers
 
 _CONV = re.compile(r"^block(\d+)_conv(\d+)$")
 _KERNEL_HINTS = ("kernel", "_w_", "_w:", "/w")
+_KERAS3_NAME = re.compile(r"^(conv2d|dense)(?:_(\d+))?$")  # how Keras 3 names a .weights.h5 file's layers
 
 
 def _decode(names) -> list[str]:
@@ -33,8 +36,11 @@ def _decode(names) -> list[str]:
 
 def _read_layer_groups(f) -> dict[str, list]:
     """Layer name -> its weight datasets in file order, for any supported layout. Not read yet:
-    a file can declare a dataset of terabytes, so ``_checked`` reads each once its shape is right."""
-    root = f["model_weights"] if "model_weights" in f else f
+    a file can declare a dataset of terabytes, so ``_checked`` reads each once its shape is right. Only
+    groups are looked into: ``in`` on a dataset iterates its rows (2**40 of them in a bad file)."""
+    import h5py
+
+    root = f["model_weights"] if isinstance(f.get("model_weights"), h5py.Group) else f
     if "layer_names" in root.attrs:
         out = {}
         for name in _decode(root.attrs["layer_names"]):
@@ -43,14 +49,34 @@ def _read_layer_groups(f) -> dict[str, list]:
             if wnames:
                 out[name] = [_dataset(g, w) for w in wnames]
         return out
-    if "layers" in root:  # Keras 3 .weights.h5
+    if isinstance(root.get("layers"), h5py.Group):  # Keras 3 .weights.h5
         out = {}
         for name, g in root["layers"].items():
-            if "vars" in g and len(g["vars"]):
-                v = g["vars"]
+            v = g.get("vars") if isinstance(g, h5py.Group) else None
+            if isinstance(v, h5py.Group) and len(v):
                 out[name] = [_dataset(v, k) for k in sorted(v, key=int)]
-        return out
+        return _keras3_names(out)
     raise KeyError("no 'layer_names' attribute, 'model_weights' group or 'layers' group")
+
+
+def _keras3_names(groups: dict) -> dict:
+    """A Keras 3 file's layers, named by class in model order (``conv2d``, ``conv2d_1``, ..., ``dense``,
+    ...), under their VGG names where their count is a VGG's; otherwise as they are."""
+    if any(_CONV.match(n) for n in groups):
+        return groups
+
+    def in_order(kind):
+        found = [(int(m.group(2) or 0), n) for n in groups if (m := _KERAS3_NAME.match(n)) and m.group(1) == kind]
+        return [n for _, n in sorted(found)]
+
+    convs, dense = in_order("conv2d"), in_order("dense")
+    spec = next((s for s in (VGG16, VGG19) if len(convs) == len(conv_layers(s))), None)
+    if spec is None:
+        return groups
+    names = dict(zip(convs, conv_layers(spec)))
+    if len(dense) == len(TOP_LAYERS):
+        names.update(zip(dense, TOP_LAYERS))
+    return {names.get(n, n): v for n, v in groups.items()}
 
 
 def _dataset(group, name: str):
@@ -96,22 +122,31 @@ def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np
     """
     import h5py
 
-    path = os.fspath(path)
     fix = ("pass a Keras VGG16/VGG19 weights file (.h5): --weights or JAXVIZ_WEIGHTS on the command line, "
            "load_params(path) in Python")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise JaxvizError(f"the weights path must be a str or os.PathLike, not {type(path).__name__}; {fix}")
+    path = os.fsdecode(path)
     if not os.path.exists(path):
         raise JaxvizError(f"weights file {path} does not exist; {fix}")
     if os.path.isdir(path):
         raise JaxvizError(f"weights path {path} is a folder, not a file; {fix}")
+    if not os.path.isfile(path):  # a fifo would wait for a writer forever; a device, read without end
+        raise JaxvizError(f"weights path {path} is not a regular file; {fix}")
     try:
         f = h5py.File(path, "r")
+    except PermissionError:
+        raise JaxvizError(f"cannot read weights file {path}: permission denied; make it readable, or {fix}") from None
     except OSError as e:
-        reason = "truncated or damaged" if h5py.is_hdf5(path) else "not an HDF5 file"
+        try:
+            reason = "truncated or damaged" if h5py.is_hdf5(path) else "not an HDF5 file"
+        except OSError:  # is_hdf5 opens the file again
+            reason = "unreadable"
         raise JaxvizError(f"cannot read weights file {path}: {reason} ({e}); {fix}") from None
     with f:
         try:
             groups = _read_layer_groups(f)
-        except (OSError, KeyError, ValueError, TypeError) as e:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # RuntimeError: h5py's, on damage
             raise JaxvizError(
                 f"cannot read Keras layers from {path} ({e}); it may be truncated or not a Keras file; {fix}"
             ) from None
@@ -161,11 +196,12 @@ def _checked(path, name, arrays, kshape, dtype, fix) -> dict:
             f"{path}: layer {name} has kernel {got[0]} and bias {got[1]}, expected {want[0]} and "
             f"{want[1]}; the file is from another architecture; {fix}"
         )
-    if not (np.issubdtype(kernel.dtype, np.floating) and np.issubdtype(bias.dtype, np.floating)):
-        raise JaxvizError(f"{path}: layer {name} has non-float weights ({kernel.dtype}); {fix}")
+    for what, a in (("kernel", kernel), ("bias", bias)):
+        if not np.issubdtype(a.dtype, np.floating):
+            raise JaxvizError(f"{path}: layer {name} has a non-float {what} ({a.dtype}); {fix}")
     try:
         kernel, bias = np.asarray(kernel), np.asarray(bias)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         raise JaxvizError(f"{path}: cannot read layer {name} ({e}); the file is damaged; {fix}") from None
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, by layer
         kernel, bias = kernel.astype(dtype), bias.astype(dtype)

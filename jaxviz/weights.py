@@ -109,6 +109,8 @@ def _why_unusable(p: Path) -> str:
             return "missing"
         if not p.is_file():
             return "not a file"
+        if not os.access(p, os.R_OK):
+            return "unreadable (permission denied)"
         if p.stat().st_size < 200:
             with open(p, "rb") as f:
                 if f.read(40).startswith(b"version https://git-lfs"):
@@ -275,6 +277,9 @@ def resolve_weights(
     from in messages (``--weights`` on the command line). Raises JaxvizError.
     """
     env = _env(env)
+    if path is not None and not isinstance(path, (str, os.PathLike)):  # 5: os.fspath's TypeError
+        raise JaxvizError(f"the weights given with {origin} must be the path of a Keras VGG16 .h5 file, not "
+                          f"{type(path).__name__}; or leave {origin} out to use the default weights")
     if path is not None and os.fspath(path) != "":
         p = _expand(path, env)
         why = _why_unusable(p)

@@ -215,3 +215,84 @@ def test_float64_weights_beyond_float32_are_refused(tmp_path):
     write_legacy(path, w)
     with pytest.raises(JaxvizError, match="block1_conv1's kernel holds .* non-finite"):
         load_keras_h5(path, SMALL16)
+
+
+def write_keras3_by_class(path, weights):
+    """As Keras 3 itself writes a VGG's .weights.h5: groups named by layer class in model order
+    (conv2d, conv2d_1, ..., dense, ...), not by layer name."""
+    with h5py.File(path, "w") as f:
+        lg = f.create_group("layers")
+        for n in ("input_layer", "max_pooling2d", "flatten"):
+            lg.create_group(n).create_group("vars")
+        counts: dict = {}
+        for n, (k, b) in weights.items():
+            kind = "conv2d" if n.startswith("block") else "dense"
+            i = counts[kind] = counts.get(kind, -1) + 1
+            v = lg.create_group(kind if i == 0 else f"{kind}_{i}").create_group("vars")
+            v["0"] = k
+            v["1"] = b
+
+
+def test_a_keras3_file_naming_layers_by_class_loads(tmp_path):
+    """Keras 3's save_weights names a VGG16's groups conv2d, conv2d_1, ..., conv2d_12 (and dense,
+    dense_1, dense_2): a real Keras 3 VGG16 file was refused as "from another model"."""
+    w = random_params(SMALL16, top=True)
+    write_keras3_by_class(tmp_path / "vgg16.weights.h5", w)
+    assert_same(load_keras_h5(tmp_path / "vgg16.weights.h5", spec=SMALL16), w)
+
+
+def test_a_group_that_is_a_dataset_is_refused_without_reading_it(tmp_path):
+    """``layers`` a dataset was an AttributeError; ``layers/<name>`` a dataset of 2**40 rows was
+    iterated row by row (``"vars" in dataset``): a hang."""
+    p = tmp_path / "w.h5"
+    with h5py.File(p, "w") as f:
+        f["layers"] = np.zeros(3, np.float32)
+    with pytest.raises(JaxvizError, match="w.h5.*not a Keras file"):
+        load_keras_h5(p)
+    with h5py.File(p, "w") as f:
+        f.create_group("layers").create_dataset("block1_conv1", shape=(1 << 40,), dtype="f4", chunks=(1 << 16,))
+        f.create_dataset("model_weights", shape=(1 << 40,), dtype="f4", chunks=(1 << 16,))
+    with pytest.raises(JaxvizError, match="w.h5 holds no VGG conv layers"):
+        load_keras_h5(p)
+
+
+def test_damage_h5py_reports_as_runtime_error_is_one_error(tmp_path):
+    """A damaged group B-tree: h5py's RuntimeError ("wrong B-tree signature") was a traceback."""
+    p = tmp_path / "w.h5"
+    write_keras3(p, random_params(SMALL16))
+    data = p.read_bytes()
+    i = data.index(b"TREE", data.index(b"TREE") + 1)  # the second group's B-tree: the layers' group
+    p.write_bytes(data[:i] + b"X" + data[i + 1:])
+    with pytest.raises(JaxvizError, match="w.h5.*B-tree signature.*truncated or not a Keras file"):
+        load_keras_h5(p, spec=SMALL16)
+
+
+def test_a_device_a_path_of_no_path_type_and_an_unreadable_file_are_one_error(tmp_path, monkeypatch):
+    """/dev/null was read as a file (a fifo: opened, waiting for a writer forever); load_keras_h5(3)
+    was os.fspath's TypeError; an unreadable file, h5py.is_hdf5's PermissionError."""
+    import h5py as h5
+
+    with pytest.raises(JaxvizError, match="weights path /dev/null is not a regular file"):
+        load_keras_h5("/dev/null")
+    with pytest.raises(JaxvizError, match="weights path must be a str or os.PathLike, not int"):
+        load_keras_h5(3)
+    p = tmp_path / "w.h5"
+    write_legacy(p, random_params(SMALL16))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(h5, "File", denied)  # as chmod 000 does (root reads any file, so it is faked)
+    monkeypatch.setattr(h5, "is_hdf5", denied)
+    with pytest.raises(JaxvizError, match="cannot read weights file .*w.h5: permission denied; make it readable"):
+        load_keras_h5(p, spec=SMALL16)
+
+
+def test_a_non_float_bias_is_named(tmp_path):
+    """An int32 bias beside a float32 kernel was said as "non-float weights (float32)"."""
+    w = random_params(SMALL16)
+    k, b = w["block2_conv1"]
+    w["block2_conv1"] = (k, b.astype(np.int32))
+    write_legacy(tmp_path / "w.h5", w)
+    with pytest.raises(JaxvizError, match=r"layer block2_conv1 has a non-float bias \(int32\)"):
+        load_keras_h5(tmp_path / "w.h5", spec=SMALL16)

@@ -231,3 +231,58 @@ def test_a_keras_application_with_random_weights_renders_through_the_cli(tmp_pat
     assert err.count("\n") == 1 and "unknown layer 'block_99_add' for model MobileNetV2; valid layers: Conv1" in err
     assert grid.main([*argv[:4], "--list-layers"]) == 0
     assert "block_2_add" in capsys.readouterr().out
+
+
+def test_a_keras3_vgg16_weights_file_loads_into_the_native_vgg16(tmp_path):
+    """Keras 3's own save_weights of VGG16 names its groups by class (conv2d, conv2d_1, ...): the
+    file was refused as "from another model" by --weights and vgg16(file)."""
+    net = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    net.save_weights(str(tmp_path / "vgg16.weights.h5"))
+    model = vgg16(tmp_path / "vgg16.weights.h5")
+    for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
+        np.testing.assert_array_equal(model.params[name]["kernel"], np.asarray(net.get_layer(name).kernel))
+        np.testing.assert_array_equal(model.params[name]["bias"], np.asarray(net.get_layer(name).bias))
+
+
+def test_from_keras_refuses_subclassed_multi_input_and_empty_models_in_one_line():
+    """A subclassed model called once was told to be called once; two inputs failed inside Keras
+    ("Output with path `1` is not connected to `inputs`", after Keras' own warning); a model of no
+    layers, with "`outputs` argument cannot be empty"."""
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.c = keras.layers.Conv2D(2, 3)
+
+        def call(self, x):
+            return self.c(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 8, 8, 3), np.float32))
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    two = keras.Model([a, b], keras.layers.Add(name="add")([a, b]))
+    cases = [(sub, "is a subclassed model, without a graph of layers to read; jaxviz needs a functional or "
+                   "Sequential model"),
+             (two, "takes 2 inputs; jaxviz renders models of one image input"),
+             (keras.Model(a, a), "has no layers jaxviz can render")]
+    for net, message in cases:
+        with pytest.raises(JaxvizError, match=message) as e:
+            from_keras(net)
+        assert "\n" not in str(e.value)
+
+
+def test_keras_application_refuses_odd_weights_and_include_top_in_one_line(tmp_path):
+    """weights=3 or b"..." were pathlib's TypeError; "" was "weights file  is a folder", and through
+    load("keras:NAME", "") an ImageNet download; include_top="no" was taken as True; a build failing
+    with random weights asked for a weights file."""
+    for bad in (3, b"w.h5"):
+        with pytest.raises(JaxvizError, match=f"weights must be None, \"imagenet\" or the path of a Keras weights "
+                                              f"file of MobileNetV2, not {type(bad).__name__}"):
+            keras_application("MobileNetV2", bad)
+    for call in (lambda: keras_application("MobileNetV2", ""), lambda: load("keras:MobileNetV2", "")):
+        with pytest.raises(JaxvizError, match="weights is an empty path; give a Keras weights file of MobileNetV2"):
+            call()
+    with pytest.raises(JaxvizError, match="include_top must be True or False, not 'no'"):
+        keras_application("MobileNetV2", include_top="no")
+    with pytest.raises(JaxvizError, match=r"could not build MobileNetV2 \(Input size must be at least 32x32.*\); "
+                                          r"check input_size and include_top$"):
+        keras_application("MobileNetV2", include_top=True, input_size=16)

@@ -394,3 +394,28 @@ def test_load_params_refuses_an_empty_path():
             jaxviz.load_params(empty, download=False)
     with pytest.raises(JaxvizError, match="empty path"):
         jaxviz.models.vgg16("")
+
+
+def test_an_unreadable_file_is_named_and_skipped_in_the_search(tmp_path, home, closed_url, monkeypatch):
+    """An unreadable --weights file passed the check and failed in h5py with a traceback; an
+    unreadable file in the search was taken over the readable one after it."""
+    import os
+
+    places = _setup_all(tmp_path, home)
+    for p in (places["explicit"], places["embedded"]):
+        p.chmod(0)
+    if os.access(places["explicit"], os.R_OK):  # root reads any file: fake what chmod 000 does
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: real(p, mode, **kw) and Path(p).stat().st_mode & 0o444)
+    with pytest.raises(JaxvizError, match=r"explicit.h5 given with --weights is unreadable \(permission denied\)"):
+        _resolve(places, home, closed_url, places["explicit"])
+    assert _resolve(places, home, closed_url) == places["keras"]
+
+
+def test_a_weights_argument_that_is_no_path_is_one_error(tmp_path, home, closed_url):
+    """resolve_weights(5) was os.fspath's TypeError; b"w.h5", a TypeError of str.startswith."""
+    places = _setup_all(tmp_path, home)
+    for bad in (5, b"w.h5", ["w.h5"]):
+        with pytest.raises(JaxvizError, match=f"weights given with --weights must be the path of a Keras VGG16 .h5 "
+                                              f"file, not {type(bad).__name__}"):
+            _resolve(places, home, closed_url, bad)

@@ -98,7 +98,7 @@ def load(spec: Optional[str] = "vgg16", weights: Optional[str | os.PathLike] = N
         from jaxviz.models.keras import keras_application
 
         name = spec.split(":", 1)[1]
-        w = None if weights is not None and str(weights).lower() in RANDOM else (weights or "imagenet")
+        w = "imagenet" if weights is None else None if str(weights).lower() in RANDOM else weights  # "": an error
         return keras_application(name, w)
     if ":" in spec and all(p.isidentifier() for p in spec.split(":", 1)[0].split(".")) \
             and spec.split(":", 1)[1].isidentifier():

@@ -61,9 +61,15 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     keras = _keras()
     if not isinstance(model, keras.Model):
         raise JaxvizError(f"from_keras needs a keras.Model, not a {type(model).__name__}")
+    if model.built and not getattr(model, "inputs", None):  # calling it once gives it no graph of layers
+        raise JaxvizError(f"Keras model {model.name} is a subclassed model, without a graph of layers to read; "
+                          f"jaxviz needs a functional or Sequential model: keras.Model(inputs, outputs)")
     if not model.built or not getattr(model, "inputs", None):
         raise JaxvizError(f"Keras model {model.name} has no inputs yet; build it with keras.Input(...) "
                           f"(or call it once on an image batch) before handing it to jaxviz")
+    if len(model.inputs) != 1:  # Keras failed with "Output with path `1` is not connected to `inputs`"
+        raise JaxvizError(f"Keras model {model.name} takes {len(model.inputs)} inputs; jaxviz renders models of one "
+                          f"image input: build one, keras.Model(image_input, outputs)")
     preprocess = checks.function("preprocess", preprocess or identity)
     if input_size is not None:  # 0 was taken for "not given" (224), -5 reached Keras
         checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
@@ -84,6 +90,9 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     # inputs" for the whole model): left out; from_keras(that model) renders its layers
     layers = {l.name: l for l in model.layers
               if not isinstance(l, (keras.layers.InputLayer, keras.Model)) and _single_output(l) is not None}
+    if not layers:
+        raise JaxvizError(f"Keras model {model.name} has no layers jaxviz can render (each with one output "
+                          f"tensor); add some between its input and its output")
     last = model.layers[-1]
     has_logits = (isinstance(last, keras.layers.Dense) and getattr(last.activation, "__name__", "") == "softmax"
                   and LOGITS not in layers)
@@ -160,12 +169,21 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
     builder = getattr(keras.applications, name, None) if isinstance(name, str) else None
     if builder is None or not name[:1].isupper():
         raise JaxvizError(f"unknown keras.applications model {name!r}; choose one of: {', '.join(applications())}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):  # 3 or bytes: pathlib's TypeError
+        raise JaxvizError(f"weights must be None, \"imagenet\" or the path of a Keras weights file of {name}, "
+                          f"not {type(weights).__name__}")
+    if weights is not None and not os.fspath(weights).strip():  # Path("") is the current folder
+        raise JaxvizError(f"weights is an empty path; give a Keras weights file of {name}, \"imagenet\", or None "
+                          f"for random weights")
+    if include_top is not None:
+        checks.flag("include_top", include_top)
     is_file = weights is not None and str(weights) != "imagenet"
     if is_file:
         p = Path(weights)
         try:
             why = ("" if p.is_file() else "is a folder" if p.is_dir() else "is not a regular file" if p.exists()
                    else "does not exist")
+            why = why or ("" if os.access(p, os.R_OK) else "cannot be read (permission denied)")
         except OSError as e:  # the name itself is bad (too long, say)
             why = f"cannot be read ({e.strerror})"
         if why:
@@ -192,5 +210,7 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
         if weights == "imagenet":
             raise JaxvizError(f"could not get {name}'s ImageNet weights ({first}); offline, give a Keras weights "
                               f"file (--weights FILE)") from None
+        if weights is None:  # random weights: nothing to load; the size, say
+            raise JaxvizError(f"could not build {name} ({first}); check input_size and include_top")
         raise JaxvizError(f"could not build {name} with weights {weights} ({first}); give {name}'s Keras weights file")
     return from_keras(model, _application_preprocess(builder), input_size=input_size, name=name)
