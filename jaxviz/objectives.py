@@ -121,8 +121,10 @@ def _per_image(model: Model, layer: str):
     """The layer's LayerInfo, if its shape is one image's (C,) or (H, W, C); else one line."""
     info = _layer(model, layer)
     if len(info.shape) not in (1, 3):
+        fix = ("make the model return one image's activations (no batch axis)" if len(info.shape) == 4 and
+               info.shape[0] == 1 else "pick a dense (C,) or conv (H, W, C) layer, or reshape this one in the model")
         raise JaxvizError(f"layer {layer} has shape {info.shape} for one image; objectives need (C,) or (H, W, C): "
-                          "make the model return one image's activations (no batch axis)")
+                          f"{fix}")
     return info
 
 

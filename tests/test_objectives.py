@@ -199,7 +199,8 @@ def test_weights_may_be_numpy_or_jax_scalars():
 
 
 def test_layers_must_hold_one_images_activations():
-    """A scalar, an (H, W) map or a 4-D layer with a batch axis: one line naming the shape."""
+    """A scalar, an (H, W) map or a 4-D layer with a batch axis: one line naming the shape, and a fix
+    for that shape (a (T, C) sequence was told to drop a batch axis it does not have)."""
     from jaxviz.models import from_function
 
     fn = lambda p, x: {"score": (x * p).sum(), "map": (x * p).sum(-1), "batched": (x * p)[None]}
@@ -207,8 +208,9 @@ def test_layers_must_hold_one_images_activations():
     for layer in ("score", "map", "batched"):
         with pytest.raises(JaxvizError, match=f"layer {layer} has shape .* objectives need"):
             o.Neuron(layer).check(m, np.asarray([0]))
-        with pytest.raises(JaxvizError, match=f"layer {layer} has shape"):
+        with pytest.raises(JaxvizError, match=f"layer {layer} has shape") as e:
             o.Channel(layer).check(m, np.asarray([0]))
+        assert ("no batch axis" in str(e.value)) == (layer == "batched"), str(e.value)
 
 
 def test_a_layer_with_an_empty_output_is_refused_by_every_objective():
