@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 
 import numpy as np
 
@@ -142,6 +143,10 @@ def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np
             reason = "truncated or damaged" if h5py.is_hdf5(path) else "not an HDF5 file"
         except OSError:  # is_hdf5 opens the file again
             reason = "unreadable"
+        if reason == "not an HDF5 file" and zipfile.is_zipfile(path):
+            raise JaxvizError(f"cannot read weights file {path}: a zip archive, such as a whole Keras 3 model "
+                              f"(.keras), not an HDF5 weights file; save its weights with model.save_weights("
+                              f"'vgg16.weights.h5'), or use it with --model keras:VGG16 --weights {path}") from None
         raise JaxvizError(f"cannot read weights file {path}: {reason} ({e}); {fix}") from None
     with f:
         try:

@@ -296,3 +296,15 @@ def test_a_non_float_bias_is_named(tmp_path):
     write_legacy(tmp_path / "w.h5", w)
     with pytest.raises(JaxvizError, match=r"layer block2_conv1 has a non-float bias \(int32\)"):
         load_keras_h5(tmp_path / "w.h5", spec=SMALL16)
+
+
+def test_a_keras_zip_is_named_with_the_way_to_use_it(tmp_path):
+    """A whole Keras 3 model (.keras, a zip) given as weights was "not an HDF5 file" alone."""
+    import zipfile
+
+    path = tmp_path / "vgg16.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", "{}")
+    with pytest.raises(JaxvizError, match=r"a zip archive, such as a whole Keras 3 model \(\.keras\).*"
+                                          r"--model keras:VGG16 --weights"):
+        load_keras_h5(path)
