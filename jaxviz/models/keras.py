@@ -42,7 +42,8 @@ def _keras():
 
 
 def _single_output(layer):
-    """The layer's one output tensor, or None (several outputs, or a layer called more than once)."""
+    """The layer's one output tensor, or None (several outputs, or never called). A layer called more
+    than once (shared by two branches) gives its first call's, as Keras' own ``layer.output`` does."""
     try:
         out = layer.output
     except (AttributeError, ValueError):
