@@ -286,3 +286,16 @@ def test_keras_application_refuses_odd_weights_and_include_top_in_one_line(tmp_p
     with pytest.raises(JaxvizError, match=r"could not build MobileNetV2 \(Input size must be at least 32x32.*\); "
                                           r"check input_size and include_top$"):
         keras_application("MobileNetV2", include_top=True, input_size=16)
+
+
+def test_a_non_square_fixed_input_is_said_and_taken_at_a_square_size(caplog):
+    """A model declaring 32 x 48 px inputs was taken at 224 px without a word."""
+    x = keras.Input((32, 48, 3))
+    net = keras.Model(x, keras.layers.Conv2D(2, 3, name="conv")(x))
+    model = from_keras(net, input_size=40)
+    assert "declares 32 x 48 px inputs; jaxviz renders square images, so its layers are taken at 40 px" in caplog.text
+    assert model.layer("conv").shape == (38, 38, 2)
+    caplog.clear()
+    x = keras.Input((32, 32, 3))
+    from_keras(keras.Model(x, keras.layers.Conv2D(2, 3, name="conv")(x)))
+    assert "declares" not in caplog.text

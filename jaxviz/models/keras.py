@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz import checks
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, notice
 from jaxviz.models.base import LOGITS, LayerInfo, Model, eval_shapes, finite_weights, identity
 from jaxviz.models.function import searched_min_size
 
@@ -83,6 +83,9 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
             raise JaxvizError(f"input_size={input_size}, but Keras model {model.name} takes {fixed[0]} px images "
                               f"only; leave input_size out")
         input_size = fixed[0]
+    elif fixed[0] is not None or fixed[1] is not None:
+        notice(f"Keras model {model.name} declares {fixed[0] or 'any'} x {fixed[1] or 'any'} px inputs; jaxviz "
+               f"renders square images, so its layers are taken at {input_size or 224} px (pass input_size=...)")
     input_size = input_size or 224
     trainable, non_trainable = list(model.trainable_variables), list(model.non_trainable_variables)
     index = {id(v): ("t", i) for i, v in enumerate(trainable)}
