@@ -44,6 +44,8 @@ class AscentResult(NamedTuple):
 
 def validate(layer: str, filters: Sequence[int], config: AscentConfig, spec: VGGSpec = VGG16) -> None:
     """Raise a one-line JaxvizError for an unknown layer or impossible settings."""
+    if not isinstance(config, AscentConfig):  # a tuple or dict failed with AttributeError
+        raise JaxvizError(f"config must be a jaxviz.ascent.AscentConfig(...), not {checks.show(config)}")
     checks.settings(config.size, config.steps, config.step_size)
     info = layer_info(layer, spec)
     if info.kind != "conv":
@@ -56,6 +58,22 @@ def validate(layer: str, filters: Sequence[int], config: AscentConfig, spec: VGG
         raise JaxvizError(f"steps must be 0 or more, not {config.steps}")
     if why := ops.why_not(config.precision, config.conv):
         raise JaxvizError(why)
+
+
+def run_key(key, seed: int, batch_size, max_bytes) -> jax.Array:
+    """The run's key (``key``, else ``jax.random.key(seed)``), once ``seed``, ``key`` and the chunking
+    arguments are checked: a float seed, an int key or a negative batch size failed inside JAX or the engine."""
+    checks.integer("seed", seed, 0, checks.MAX_SEED)
+    if batch_size is not None:
+        checks.integer("batch_size", batch_size, 1)
+    checks.integer("max_bytes", max_bytes, 1)
+    if key is None:
+        return jax.random.key(seed)
+    dtype = getattr(key, "dtype", None)
+    if not (isinstance(key, jax.Array) and (jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ()
+                                            or dtype == jnp.uint32 and key.shape == (2,))):
+        raise JaxvizError(f"key must be one JAX random key such as jax.random.key(0), not {checks.show(key)}")
+    return key
 
 
 def filter_key(key: jax.Array, layer: str, f, spec: VGGSpec = VGG16) -> jax.Array:
@@ -175,9 +193,9 @@ def ascend(params: dict, layer: str, filters, *, key: jax.Array | None = None, s
     """
     filters = checks.filter_list(filters)
     validate(layer, filters, config, spec)
+    key = run_key(key, seed, batch_size, max_bytes)
     if not filters:
         return AscentResult(jnp.zeros((0, config.size, config.size, 3)), jnp.zeros((0,)))
-    key = jax.random.key(seed) if key is None else key
     if start is not None and np.shape(start) != (len(filters), config.size, config.size, 3):
         raise JaxvizError(
             f"start images have shape {np.shape(start)}, expected {(len(filters), config.size, config.size, 3)}"

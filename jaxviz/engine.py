@@ -237,10 +237,7 @@ def check(model: Model, objective: Objective, recipe: Recipe) -> None:
         defaults = getattr(part, "_field_defaults", {})
         for name, v in (part._asdict().items() if hasattr(part, "_asdict") else ()):
             checks.field(name, v, defaults.get(name))
-    scale = None if recipe.transforms is None else recipe.transforms.scale
-    if scale is not None and not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 <= scale < 1):
-        raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "
-                          f"not {checks.show(scale)}")
+    _check_ranges(recipe)
     known = {l.name for l in model.layers}
     names = tuple(n for n in objective.term.layers() if n in known)
     for name in names:
@@ -309,6 +306,30 @@ def _check_parts(recipe: Recipe) -> None:
                           f"GradientTransformation such as optax.sgd(5.0), not {checks.show(recipe.optimizer)}")
 
 
+def _check_ranges(recipe: Recipe) -> None:
+    """The ranges of the parts' numbers (their kinds were checked by ``checks.field``): a Fourier
+    spectrum that can move the image, a zoom that stays positive, a turn within a circle, and
+    shifts that keep part of the image in view (larger ones showed the model only the padding,
+    so the objective never rose, and a huge one asked XLA for terabytes)."""
+    decay = recipe.param.decay_power if isinstance(recipe.param, Fourier) else 1.0
+    if not 0 <= decay <= 2:
+        raise JaxvizError(f"Fourier's decay_power must be from 0 to 2 (Lucid's 1.0): below 0 the image stays grey "
+                          f"noise, above 2 it saturates to a few flat colours; not {checks.show(decay)}")
+    t = recipe.transforms
+    if t is None:
+        return
+    if not 0 <= t.scale < 1:
+        raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "
+                          f"not {checks.show(t.scale)}")
+    if not 0 <= t.rotate <= 360:
+        raise JaxvizError(f"transforms' rotate must be from 0 to 360 degrees (turns by -rotate .. rotate), "
+                          f"not {checks.show(t.rotate)}")
+    for name in ("jitter", "jitter2"):
+        if getattr(t, name) > recipe.size + t.pad:
+            raise JaxvizError(f"transforms' {name} {getattr(t, name)} px shifts the {recipe.size} px image past its "
+                              f"{t.pad} px padding, out of view; use at most size + pad ({recipe.size + t.pad} px)")
+
+
 def at_size(model: Model, names: tuple[str, ...], size: int, raw: bool) -> Model:
     """``model`` with the named layers' shapes taken at ``size`` px, the size a recipe feeds it
     (``raw``: without ``preprocess``); one line where the model cannot take that size, or where a
@@ -347,6 +368,7 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     ``progress(k)`` is called after each chunk with the number of items it finished.
     """
     check(model, objective, recipe)
+    checks.integer("every", every, 0, checks.MAX_STEPS)  # -1 or "2" failed in Python's range, True took 1
     n, d, s = len(objective), recipe.diversity, recipe.size
     if n == 0:
         z = jnp.zeros((0, s, s, 3))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxviz import checks, engine, objectives, transforms
-from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, batch_size_for, validate
+from jaxviz.ascent import DEFAULT_MAX_BYTES, AscentConfig, batch_size_for, run_key, validate
 from jaxviz.engine import Recipe
 from jaxviz.errors import JaxvizError
 from jaxviz.model import VGG16, VGGSpec
@@ -72,6 +72,8 @@ class LucidResult(NamedTuple):
 
 def validate_config(layer: str, filters: Sequence[int], config: LucidConfig, spec: VGGSpec = VGG16) -> None:
     """Raise a one-line JaxvizError for an unknown layer, filter or impossible setting."""
+    if not isinstance(config, LucidConfig):  # a tuple or None failed with AttributeError
+        raise JaxvizError(f"config must be a jaxviz.lucid.LucidConfig(...), not {checks.show(config)}")
     checks.lucid_settings(config)
     validate(layer, filters, AscentConfig(config.size, config.steps, 1.0, config.precision), spec)
     if config.param not in ("fourier", "pixel"):
@@ -84,6 +86,9 @@ def validate_config(layer: str, filters: Sequence[int], config: LucidConfig, spe
         raise JaxvizError(f"lr must be positive, not {config.lr}")
     if min(config.pad, config.jitter, config.jitter2) < 0 or config.scale < 0 or config.rotate < 0:
         raise JaxvizError("transform sizes (pad, jitter, scale, rotate) must be 0 or more")
+    if config.diversity_weight < 0:  # it pulled a filter's images together, silently
+        raise JaxvizError(f"diversity_weight must be 0 or more (it pushes a filter's images apart), "
+                          f"not {config.diversity_weight}")
     if config.diversity > 1 and config.precision != "float32":
         raise JaxvizError("diversity > 1 runs in float32 only; drop --precision bfloat16")
 
@@ -120,10 +125,10 @@ def lucid(params: dict, layer: str, filters, *, key: jax.Array | None = None, se
     """
     filters = checks.filter_list(filters)
     validate_config(layer, filters, config, spec)
+    key = run_key(key, seed, batch_size, max_bytes)
     s = config.size
     if not filters:
         return LucidResult(jnp.zeros((0, s, s, 3)), jnp.zeros((0,)), jnp.zeros((0, config.steps)))
-    key = jax.random.key(seed) if key is None else key
     model = vgg(params, spec, precision=config.precision)
     b = batch_size or filters_per_batch(layer, config, len(filters), max_bytes, spec)
     r = engine.render(model, objective(layer, filters, config), recipe(config), key=key, batch_size=b)

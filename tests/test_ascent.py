@@ -189,3 +189,23 @@ def test_bfloat16_final_loss_within_2_percent(params):
     bf16 = ascend(params, "block3_conv1", [0, 5, 100], config=cfg._replace(precision="bfloat16"))
     np.testing.assert_allclose(bf16.losses, f32.losses, rtol=2e-2)
     assert not np.array_equal(bf16.images, f32.images)
+
+
+def test_bad_arguments_of_ascend_are_one_line(params):
+    """A config of the wrong kind failed with AttributeError, a float seed or an int key inside
+    JAX, a negative batch size with IndexError in the engine; seeds outside 0..2**32-1 ran."""
+    for kw, message in [(dict(config=None), "config must be a jaxviz.ascent.AscentConfig"),
+                        (dict(config=(16, 3)), "config must be a jaxviz.ascent.AscentConfig"),
+                        (dict(seed=1.5), "seed must be an integer"), (dict(seed=-1), "seed must be 0 to 4294967295"),
+                        (dict(key=5), "key must be one JAX random key"),
+                        (dict(key=jax.random.split(jax.random.key(0), 2)), "key must be one JAX random key"),
+                        (dict(batch_size=-1), "batch_size must be 1 or more"),
+                        (dict(batch_size=2.5), "batch_size must be an integer"),
+                        (dict(max_bytes="1G"), "max_bytes must be an integer")]:
+        with pytest.raises(JaxvizError, match=message) as e:
+            ascend(params, "block1_conv1", [0, 1], **{"config": TINY, **kw})
+        assert "\n" not in str(e.value)
+    a = ascend(params, "block1_conv1", [1], config=TINY._replace(steps=1), key=jax.random.PRNGKey(2))
+    b = ascend(params, "block1_conv1", [1], config=TINY._replace(steps=1), key=jax.random.key(2),
+               batch_size=np.int64(1))
+    np.testing.assert_array_equal(a.images, b.images)

@@ -238,3 +238,36 @@ def test_a_progress_function_that_cannot_take_the_count_is_refused_before_any_wo
         assert "\n" not in str(e.value)
     jaxviz.render(build(), "conv:0-1", TINY, progress=lambda *k: calls.append(k))
     assert calls == [(2,)]
+
+
+def test_recipe_part_numbers_out_of_range_are_one_line_and_numpy_scalars_pass():
+    """Fourier's decay_power below 0 left the image grey noise and above 2 saturated it (NaN past
+    about 20); a jitter past the padding showed the model only grey (10**6 px: XLA asked for
+    192 TB); rotate=1e9 degrees ran; np.float32(0.1) was refused as a scale out of range."""
+    from jaxviz.param import Fourier
+    from tests.tiny_model import build
+
+    m, obj, lucid = build(), channel("conv", [1]), jaxviz.LUCID._replace(size=16, steps=1)
+    for part, message in [(Fourier(decay_power=-5.0), "decay_power must be from 0 to 2"),
+                          (Fourier(decay_power=30.0), "decay_power must be from 0 to 2"),
+                          (Robustness(rotate=1e9), "rotate must be from 0 to 360 degrees"),
+                          (Robustness(rotate=-10.0), "rotate must be from 0 to 360 degrees"),
+                          (Robustness(jitter=10**6), r"jitter 1000000 px shifts .* use at most size \+ pad \(28 px\)"),
+                          (Robustness(pad=0, jitter2=17), r"jitter2 17 px .* \(16 px\)")]:
+        with pytest.raises(JaxvizError, match=message) as e:
+            engine.check(m, obj, lucid._replace(**{"param" if isinstance(part, Fourier) else "transforms": part}))
+        assert "\n" not in str(e.value)
+    for fine in [Robustness(scale=np.float32(0.1), rotate=np.float32(10.0)), Robustness(scale=np.int64(0)),
+                 Robustness(rotate=360.0, jitter=28, jitter2=28)]:
+        engine.check(m, obj, lucid._replace(transforms=fine))
+    engine.check(m, obj, lucid._replace(param=Fourier(decay_power=np.float32(2.0))))
+    engine.check(m, obj, lucid._replace(param=Fourier(decay_power=0)))
+
+
+def test_render_checks_every():
+    """engine.render(every=-1 or "2") failed in Python's TypeError; True was taken as 1."""
+    from tests.tiny_model import build
+
+    for bad in (-1, "2", True, 1.5):
+        with pytest.raises(JaxvizError, match="every must be"):
+            engine.render(build(), jaxviz.objectives.channel("conv", [1]), SEED._replace(size=8, steps=2), every=bad)

@@ -192,6 +192,24 @@ def test_bad_settings_are_one_line_errors(params):
         lucid(params, "block1_conv1", [64], config=TINY)
 
 
+def test_settings_that_ran_silently_wrong_or_failed_deep_are_one_line(params):
+    """A negative diversity_weight pulled a filter's images together; rotate=1e9, jitter=1000 (the
+    image shifted out of view: it stayed the start) and decay_power=30 (NaN images) ran; a config
+    of the wrong kind, a negative batch size or a float seed failed inside Python, the engine or JAX."""
+    for cfg, message in [(TINY._replace(diversity=2, diversity_weight=-100.0), "diversity_weight must be 0 or more"),
+                         (TINY._replace(rotate=1e9), "rotate must be from 0 to 360"),
+                         (TINY._replace(jitter=1000), "jitter 1000 px shifts the 16 px image past its 2 px padding"),
+                         (TINY._replace(decay_power=30.0), "decay_power must be from 0 to 2"),
+                         (None, "config must be a jaxviz.lucid.LucidConfig"), (tuple(TINY), "LucidConfig")]:
+        with pytest.raises(JaxvizError, match=message) as e:
+            lucid(params, "block1_conv1", [0], config=cfg)
+        assert "\n" not in str(e.value)
+    for kw, message in [(dict(batch_size=-2), "batch_size must be 1 or more"),
+                        (dict(seed=1.5), "seed must be an integer"), (dict(key=5), "key must be one JAX random key")]:
+        with pytest.raises(JaxvizError, match=message):
+            lucid(params, "block1_conv1", [0, 1], config=TINY, **kw)
+
+
 # ------------------------------------------------------------------ API and command line
 
 def test_render_lucid_api(params):
