@@ -723,7 +723,8 @@ def _main(argv: list[str] | None) -> int:
             try:
                 state["created"] = not os.path.isdir(args.out)
                 make_out_dir(args.out)
-                state["lock"] = FolderLock(args.out, "jaxviz.atlas").acquire()
+                with gate:  # an interrupt waits for it, or it never starts: no lock left behind by a racing exit
+                    state["lock"] = FolderLock(args.out, "jaxviz.atlas").acquire()
                 if proc.count == 1:  # no other writer can be running: our temporaries of killed runs go
                     atlas.clean_temporaries(before=started)
                 st = atlas.prepare(args.force)

@@ -518,7 +518,8 @@ def _run(args) -> int:
         check_memory(model, layers, config)
         make_out_dir(args.out)
         # one job per folder: a second one's summary would replace this one's, their states mixed
-        lock = ui["lock"] = FolderLock(args.out, "jaxviz.examples").acquire()
+        with gate:  # an interrupt waits for it, or it never starts: no lock left behind by a racing exit
+            lock = ui["lock"] = FolderLock(args.out, "jaxviz.examples").acquire()
         try:
             return _collect(model, layers, config)
         finally:
