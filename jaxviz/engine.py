@@ -370,6 +370,11 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     check(model, objective, recipe)
     checks.integer("every", every, 0, checks.MAX_STEPS)  # -1 or "2" failed in Python's range, True took 1
     n, d, s = len(objective), recipe.diversity, recipe.size
+    snap_bytes = (recipe.steps // every + 2) * n * d * s * s * 3 * 4 if every else 0  # float32, kept to the end
+    if snap_bytes > (limit := checks.memory_limit(checks.device_memory())):
+        raise JaxvizError(f"the snapshots of every={every} over {recipe.steps} steps ({n * d} image(s) of {s} px) "
+                          f"need about {checks.gib(snap_bytes)} of memory, more than the {checks.gib(limit)} available; "
+                          f"take one every more steps, or render fewer items")
     if n == 0:
         z = jnp.zeros((0, s, s, 3))
         return Result(z, jnp.zeros((0,)), jnp.zeros((0, recipe.steps)), None)

@@ -271,3 +271,17 @@ def test_render_checks_every():
     for bad in (-1, "2", True, 1.5):
         with pytest.raises(JaxvizError, match="every must be"):
             engine.render(build(), jaxviz.objectives.channel("conv", [1]), SEED._replace(size=8, steps=2), every=bad)
+
+
+def test_snapshots_beyond_memory_are_refused_before_the_render(monkeypatch):
+    """every=1 over a million steps kept every frame of every item to the end (about 49 GB an item at
+    64 px): out of memory after hours; now one line first, naming the frames' size."""
+    from tests.tiny_model import build
+
+    monkeypatch.setenv("JAXVIZ_MAX_MEMORY", "64M")
+    recipe = SEED._replace(size=16, steps=100_000)
+    with pytest.raises(JaxvizError, match=r"the snapshots of every=1 over 100000 steps \(1 image\(s\) of 16 px\) "
+                                          r"need about .* more than the .* available; take one every more steps"):
+        engine.render(build(), jaxviz.objectives.channel("conv", [1]), recipe, every=1)
+    r = engine.render(build(), jaxviz.objectives.channel("conv", [1]), SEED._replace(size=16, steps=4), every=2)
+    assert r.frames.shape[1] == 3  # the start and steps 2 and 4
