@@ -194,7 +194,7 @@ class Atlas:
                 old = json.load(f)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
             raise JaxvizError(f"{self.manifest_path()} is unreadable ({_one_line(e)}); pass --force to replace "
                               "the atlas") from None
         if not (isinstance(old, dict) and isinstance(old.get("settings"), dict) and isinstance(old.get("layers"), dict)):
@@ -235,6 +235,10 @@ class Atlas:
             if old.get("layers") != self.selection or old.get("chunks") != len(self.chunks):
                 self._write_manifest()  # an older version's duplicate filters: the manifest of the chunks now planned
             return "resume"
+        if not force and any(files for _, _, files in os.walk(os.path.join(self.out, CHUNKS))):
+            # a deleted manifest, or an interrupted --force: the records of unknown settings counted as done
+            raise JaxvizError(f"{self.out} holds chunk records ({CHUNKS}/) but no {MANIFEST}, so not the settings "
+                              "they were made with; pass --force to replace them, or use another --out")
         self.adopt(None)
         state = "new"
         if force and os.path.exists(self.manifest_path()) or force and os.path.isdir(os.path.join(self.out, CHUNKS)):
@@ -257,7 +261,7 @@ class Atlas:
             with open(self.manifest_path()) as f:
                 old = json.load(f)
             layers |= set(old["layers"]) if isinstance(old, dict) and isinstance(old.get("layers"), dict) else set()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
         for name in OWN_FILES:
             try:
@@ -291,7 +295,7 @@ class Atlas:
         try:
             with open(self.record_path(c)) as f:
                 rec = json.load(f)
-        except (OSError, ValueError, UnicodeDecodeError):
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return None
         return rec if valid_record(rec, c) else None
 
@@ -452,7 +456,8 @@ def batch_arg(text: str) -> int | str:
 
 
 def valid_batch(b) -> bool:
-    return b == AUTO or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)
+    """'auto' or what --batch takes (a manifest's batch of 10**9 was adopted, and padded every round to it)."""
+    return b == AUTO or (isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 4096)
 
 
 def layer_batch(model, recipe, layer: str, n: int, devices: int, batch: int | str) -> int:
@@ -708,11 +713,17 @@ def _main(argv: list[str] | None) -> int:
         import jax
 
         def batches_of(batch) -> dict[str, int]:
-            """Each layer's filters per device per round; VGG16's checked against the memory limit."""
+            """Each layer's filters per device per round, checked against the memory limit (other models'
+            by the engine's estimate, as the grid's: a --size or --batch past memory was killed by the OS)."""
+            from jaxviz import engine, objectives
+
             out = {l: layer_batch(model, recipe, l, min(args.chunk, len(fs)), len(jax.local_devices()), batch)
                    for l, fs in selection.items()}
-            for l, fs in selection.items() if _is_vgg(args) else ():
-                check_budget(l, args.size, min(args.chunk, len(fs)), out[l])
+            for l, fs in selection.items():
+                if _is_vgg(args):
+                    check_budget(l, args.size, min(args.chunk, len(fs)), out[l])
+                else:
+                    engine.batch_for(model, objectives.channel(l, fs[: args.chunk]), recipe, out[l])
             return out
 
         asked = args.batch or AUTO
@@ -740,7 +751,15 @@ def _main(argv: list[str] | None) -> int:
                 _wait_for_manifest(atlas, args.wait)
             elif word != "ok":
                 raise JaxvizError(f"process 0 refused the job: {word[len('error: '):]}")
-            atlas.adopt(atlas.read_manifest())
+            old = atlas.read_manifest()
+            if old is None:  # another --out, or a folder the processes do not share
+                raise JaxvizError(f"process 0's {MANIFEST} is not in {args.out} here; give every process the same "
+                                  "--out, on a file system they all share")
+            diff = atlas.differences(old)
+            if diff:  # this process's own options, not process 0's: its chunks would be another atlas's
+                raise JaxvizError(f"process 0's atlas in {args.out} has other settings than this process's "
+                                  f"({'; '.join(diff[:4])}); give every process the same options")
+            atlas.adopt(old)
         state["atlas"] = atlas
         if atlas.settings["batch"] != asked:  # the folder's own batch, adopted on resuming
             batches = batches_of(atlas.settings["batch"])

@@ -731,3 +731,103 @@ def test_cluster_with_no_cluster_to_detect_is_one_line(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "--cluster: JAX found no cluster to join here" in proc.stderr and "None" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# --- robustness sweep: damaged manifests and records, memory of other models, processes' options ------
+
+FN = ["--model", "tests.tiny_model:build", "--filters", "0-1", "--size", "16", "--steps", "2", "--quiet"]
+
+
+def test_a_manifest_batch_past_what_batch_takes_is_refused(tmp_path, capsys):
+    """A damaged manifest's batch of 10**9 was adopted on resuming: every round padded to 10**9 images
+    (the OS killed the run)."""
+    out = tmp_path / "b"
+    assert atlas_mod.main([*FN, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["settings"]["batch"] = 5000
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "chunks" / "conv" / "c0000.json").unlink()
+    assert atlas_mod.main([*FN, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch 5000" in err and "--force" in err, err
+    assert not (out / "chunks" / "conv" / "c0000.json").exists()
+
+
+def test_json_nested_too_deep_in_a_manifest_or_record(tmp_path, capsys):
+    """json's RecursionError was a traceback: in the manifest one line (and --force replaces it), in
+    a chunk record a chunk not done."""
+    out = tmp_path / "deep"
+    out.mkdir()
+    deep = "[" * 100_000 + "]" * 100_000
+    (out / "manifest.json").write_text(deep)
+    assert atlas_mod.main([*FN, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json is unreadable" in err and "--force" in err, err
+    assert atlas_mod.main([*FN, "--out", str(out), "--force"]) == 0
+    (out / "chunks" / "conv" / "c0000.json").write_text(deep)
+    assert atlas_mod.main([*FN, "--out", str(out)]) == 0
+    assert json.loads((out / "chunks" / "conv" / "c0000.json").read_text())["filters"] == [0, 1]
+    assert len((out / "atlas.log").read_text().splitlines()) == 2  # rendered again
+
+
+def test_chunk_records_without_a_manifest_are_refused(tmp_path, capsys):
+    """Records left without their manifest (deleted, or a --force replacing the atlas interrupted) counted
+    as done for a job of other settings: --steps 3 'rendered 0 filters', its pages showing the 2-step images."""
+    out = tmp_path / "lost"
+    assert atlas_mod.main([*FN, "--out", str(out)]) == 0
+    (out / "manifest.json").unlink()
+    assert atlas_mod.main([*FN, "--steps", "3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no manifest.json" in err and "--force" in err, err
+    assert not (out / "manifest.json").exists()
+    assert atlas_mod.main([*FN, "--steps", "3", "--out", str(out), "--force"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["settings"]["steps"] == 3
+    assert len((out / "atlas.log").read_text().splitlines()) == 1  # the log went with the old atlas: rendered anew
+
+
+def test_other_models_are_checked_against_the_memory_limit(tmp_path, capsys, monkeypatch):
+    """VGG16's layers were checked, other models' not: a --size or --batch past memory ran until the OS
+    killed it."""
+    monkeypatch.setenv("JAXVIZ_MAX_MEMORY", "1M")
+    out = tmp_path / "m"
+    assert atlas_mod.main([*FN, "--size", "64", "--batch", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs about" in err and "JAXVIZ_MAX_MEMORY" in err, err
+    assert not out.exists()
+
+
+def test_a_process_with_other_options_than_process_0s_is_refused(tmp_path):
+    """Process 1 given --steps 3 and process 0 --steps 2 rendered its chunks at 3 steps into process 0's
+    atlas of 2 (both exit 0: a mixed atlas, silently)."""
+    out = tmp_path / "mixed"
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    argv = [sys.executable, "-m", "jaxviz.atlas", *FN[:-3], "--filters", "0-3", "--chunk", "1", "--out", str(out),
+            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--wait", "2", "--quiet"]
+    procs = [subprocess.Popen([*argv, "--process-id", str(i), "--steps", str(2 + i)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    err = outs[1][1]
+    assert procs[1].returncode == 2 and "has other settings than this process's (steps 2 -> 3)" in err, err
+    assert {rec["process"] for rec in records(out).values()} == {0}
+
+
+def test_a_process_that_does_not_see_process_0s_manifest_is_refused(tmp_path, capsys, monkeypatch):
+    """Process 1 on a host that does not share --out with process 0 (process 0 said "ok"): it rendered
+    its chunks into a folder of its own, and process 0 waited for them."""
+    from jaxviz import shard
+
+    monkeypatch.setattr(shard, "init_distributed", lambda *a, **k: shard.Process(1, 2))
+    monkeypatch.setattr(shard, "receive", lambda key, timeout: "ok")
+    monkeypatch.setattr(shard, "shutdown", lambda: None)
+    out = tmp_path / "here"
+    assert atlas_mod.main([*FN, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json is not in" in err and "file system" in err, err
+    assert not out.exists()
