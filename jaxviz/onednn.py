@@ -13,7 +13,8 @@ layer (bias, relu, and the max pool after it) forward and backward, each in one 
 optionally with the layer before's bias and relu too (``x_bias``).
 
 The handlers (``native/onednn_conv.cc``) are compiled on first use with the C++
-compiler (``$CXX`` or ``g++``, for this CPU: ``-march=native``) against jaxlib's FFI headers and the oneDNN of the
+compiler (``$CXX``, a program or one with its options such as ``ccache g++``, else ``g++``;
+for this CPU: ``-march=native``) against jaxlib's FFI headers and the oneDNN of the
 PyPI wheels ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` (dependencies of jaxviz on
 x86-64 Linux), and cached per source, jaxlib, oneDNN and CPU in jaxviz's cache folder
 (``~/.cache/jaxviz/onednn`` by default; ``$JAXVIZ_CACHE`` or ``$XDG_CACHE_HOME`` move it).
@@ -26,11 +27,13 @@ import ctypes
 import functools
 import hashlib
 import os
+import shlex
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -46,6 +49,7 @@ MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip instal
            "jaxviz installs them on x86-64 Linux), a C++ compiler (g++) and JAXVIZ_ONEDNN not 0; or use conv auto")
 NO_BF16 = ("oneDNN has no bfloat16 conv on this CPU (it needs AVX-512 or AMX); use float32, or conv auto "
            "(bfloat16 then runs XLA's convs)")
+STALE_S = 3600  # a compile's temporary file unwritten this long was left by a killed run (a compile takes ~30 s)
 MATMUL = "jaxviz_onednn_batched_matmul_f32"
 KERNEL = "jaxviz_winograd_kernel_f32"
 WINOGRAD = "jaxviz_winograd4_f32"
@@ -153,15 +157,19 @@ def _build(prefix: Path) -> Path:
     out = _cache_dir() / f"onednn_conv-{tag}.so"
     if _whole(out):
         return out
+    compiler = _compiler(cxx)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out.parent)
         fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
     except OSError as e:  # XDG_CACHE_HOME a file, say: name the folder, not a missing oneDNN
-        raise OSError(f"cannot write the build cache folder {out.parent} ({e.strerror}); point JAXVIZ_CACHE "
-                      "(or XDG_CACHE_HOME) at a writable folder") from None
+        from jaxviz.image import in_the_way
+
+        raise OSError(f"cannot write the build cache folder {out.parent} ({in_the_way(out.parent) or e.strerror}); "
+                      "point JAXVIZ_CACHE (or XDG_CACHE_HOME) at a writable folder") from None
     os.close(fd)
     # no FMA contraction: the Winograd transforms round as XLA's do (native/onednn_conv.cc)
-    cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
+    cmd = [*compiler, "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}",
            str(SOURCE), "-o", tmp, f"-L{lib.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib.parent}"]
     notice(f"jaxviz: compiling oneDNN's conv for this CPU, once (about half a minute on 2 cores; kept in {out.parent})")
     try:
@@ -185,6 +193,33 @@ def _build(prefix: Path) -> Path:
     return out
 
 
+def _remove_stale(folder: Path) -> None:
+    """Remove the compiles' temporary files that a killed run left in ``folder`` (a SIGKILL to its
+    process group ends the helper too, before its clean-up; each run left a library's worth): those
+    unwritten for STALE_S seconds."""
+    now = time.time()
+    for p in folder.glob("onednn_conv-*.so.*.tmp"):
+        try:
+            if now - p.stat().st_mtime > STALE_S:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def _compiler(cxx: str) -> list[str]:
+    """The compiler's command line start: ``cxx`` where it names a program, else its words (a
+    ``$CXX`` of a compiler and its options, "ccache g++", as make and CMake take it); an OSError
+    naming ``$CXX`` where there is no such program (the compile's helper ended in a traceback
+    whose last line was all the notice said)."""
+    try:
+        words = [cxx] if shutil.which(cxx) else shlex.split(cxx)
+    except ValueError:  # an unbalanced quote
+        words = []
+    if not words or shutil.which(words[0]) is None:
+        raise OSError(f"CXX={cxx!r} names no program here; set CXX to a C++ compiler such as g++, or unset it")
+    return words
+
+
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """(the loaded handlers, registered with XLA, or None; why building or loading them failed,
@@ -197,10 +232,13 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, None
     try:
         lib = ctypes.CDLL(str(_build(prefix)))
+        handlers = {target: getattr(lib, symbol) for target, symbol in SYMBOLS.items()}
     except OSError as e:
         return None, str(e)
-    for target, symbol in SYMBOLS.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    except AttributeError as e:  # a whole library of other code (a $CXX that built something else): a traceback
+        return None, f"{e}: not a build of {SOURCE.name}; delete it, and check $CXX"
+    for target, handler in handlers.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
     return lib, None
 
 

@@ -93,13 +93,16 @@ def cpu_model(cpuinfo: str) -> str:
 
 
 def machine() -> str:
-    """CPU model + jaxlib version: a plan is valid only where both match."""
+    """CPU model + jaxlib version + the CPUs this process may run on (``taskset``, a container's
+    cpuset: XLA's and oneDNN's threads follow them, and with them the fastest chunk): a plan is
+    valid only where all match."""
     import jaxlib
 
     from jaxviz.onednn import cpu_signature
 
     model = cpu_model(cpu_signature().decode(errors="replace")) or _platform.processor() or _platform.machine()
-    return f"{model} | jaxlib {jaxlib.__version__} | {os.cpu_count()} cpus | {TIMING}"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} | jaxlib {jaxlib.__version__} | {cpus} cpus | {TIMING}"
 
 
 def _read(path: Path) -> dict:
@@ -108,13 +111,14 @@ def _read(path: Path) -> dict:
             return {}
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
         return {}  # a missing or damaged file is rebuilt, never an error
 
 
 def load(path: Path | None = None) -> dict:
     """This machine's timings ``{"shape/b/conv": seconds per image}`` (empty if none); entries
-    of another shape (a file edited by hand, another version's) are dropped and measured again."""
+    of another shape (a file edited by hand, another version's: a conv jaxviz does not time, a
+    chunk outside 1-64) are dropped and measured again."""
     path = cache_path() if path is None else path
     if path is None:
         return {}
@@ -122,10 +126,17 @@ def load(path: Path | None = None) -> dict:
     return {k: v for k, v in entry.items() if _well_formed(k, v)} if isinstance(entry, dict) else {}
 
 
+_CHUNK_TEXTS = frozenset(str(b) for b in range(1, max(CHUNKS) + 1))
+
+
 def _well_formed(key, value) -> bool:
+    """Whether ``key: value`` is a timing this module writes: "layer@size/chunk/ascent" or
+    "shape/chunk/conv" of ALL_CONVS, a chunk of 1 to max(CHUNKS) (a chunk of 0 or 10**9, or a
+    conv name ops does not have, or one of another precision, was adopted), a time above 0."""
     parts = key.split("/") if isinstance(key, str) else []
-    return (len(parts) == 3 and parts[1].isdigit() and not isinstance(value, bool) and isinstance(value, (int, float))
-            and 0 < value < float("inf"))
+    return (len(parts) == 3 and parts[1] in _CHUNK_TEXTS
+            and parts[2] in (("ascent",) if "@" in parts[0] else ALL_CONVS)
+            and not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < float("inf"))
 
 
 def writable(path: Path) -> Path:
@@ -136,9 +147,10 @@ def writable(path: Path) -> Path:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ok = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK) and path.is_file())
-        why = ("a folder" if path.is_dir() else "not writable" if path.is_file() or not path.exists()
-               else "not a regular file")
+        real = Path(os.path.realpath(path))  # a symbolic link is written through (image.atomic_write): its target
+        ok = os.access(real.parent, os.W_OK) and (not real.exists() or os.access(real, os.W_OK) and real.is_file())
+        why = ("a folder" if real.is_dir() else f"a link to {real}, whose folder is missing" if not real.parent.is_dir()
+               else "not writable" if real.is_file() or not real.exists() else "not a regular file")
     except OSError as e:
         ok, why = False, in_the_way(path.parent) or e.strerror or str(e)
     if not ok:

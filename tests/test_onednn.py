@@ -605,3 +605,63 @@ except KeyboardInterrupt:
     release.touch()
     time.sleep(0.5)  # a compiler left running, released, would have written its -o by now
     assert sorted(f.name for f in cache.iterdir()) == []
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_cxx_naming_no_program_is_said_and_cxx_with_options_compiles(tmp_path, monkeypatch):
+    """``CXX=/no/such/g++``: the notice was the compile helper's last traceback line ("FileNotFoundError:
+    ... '/no/such/g++'"), not naming $CXX; ``CXX="ccache g++"`` (a compiler with its options, as make
+    and CMake take it) failed the same way, and the XLA convs ran."""
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    for cxx in (str(tmp_path / "no-such-g++"), str(tmp_path), "'unbalanced"):
+        monkeypatch.setenv("CXX", cxx)
+        with pytest.raises(OSError, match=r"^CXX=.* names no program here; set CXX to a C\+\+ compiler"):
+            onednn._build(onednn._prefix())
+    assert not list(tmp_path.rglob("*.tmp"))
+    cxx, log = _fake_compiler(tmp_path, Path(sys.executable))
+    monkeypatch.setenv("CXX", f"{cxx} -DJAXVIZ_WRAPPED")  # the first word the program, the rest its options
+    out = onednn._build(onednn._prefix())
+    assert onednn._whole(out) and log.read_text().count("\n") == 1
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_a_broken_link_as_the_cache_folder_is_named(tmp_path, monkeypatch):
+    """The cache folder a symbolic link to nothing: the notice said only "(File exists)"."""
+    (tmp_path / "j").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "j" / "onednn")
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    monkeypatch.setenv("CXX", sys.executable)
+    with pytest.raises(OSError, match=r"onednn is a symbolic link to nothing \(or a loop\), not a folder\); point "
+                                      r"JAXVIZ_CACHE"):
+        onednn._build(onednn._prefix())
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_a_library_of_other_code_falls_back_not_a_traceback(tmp_path, monkeypatch):
+    """A $CXX that "compiles" something else (a whole, loadable library without the handlers):
+    every command ended in ctypes' AttributeError traceback, at each run (the library is cached)."""
+    cxx, _ = _fake_compiler(tmp_path, (onednn._prefix() / "lib" / "libdnnl.so.3").resolve())
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    monkeypatch.delenv(onednn.ENV, raising=False)
+    lib, error = onednn._load.__wrapped__()
+    assert lib is None and "undefined symbol" in error and "not a build of onednn_conv.cc" in error, error
+    assert "\n" not in error
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_a_killed_compiles_temporary_file_is_removed_by_a_later_build(tmp_path, monkeypatch):
+    """A run killed with its process group (kill -9, an OOM kill) during the compile left its
+    temporary file, a library's size each time, for good; one being written now is kept."""
+    cxx, _ = _fake_compiler(tmp_path, Path(sys.executable))
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    cache = tmp_path / "j" / "onednn"
+    cache.mkdir(parents=True)
+    old, fresh, other = cache / "onednn_conv-0123.so.abc.tmp", cache / "onednn_conv-0123.so.def.tmp", cache / "x.tmp"
+    for p in (old, fresh, other):
+        p.write_bytes(b"\x7fELF")
+    for p in (old, other):
+        os.utime(p, (0, 0))
+    out = onednn._build(onednn._prefix())
+    assert sorted(cache.iterdir()) == sorted([out, fresh, other])

@@ -292,3 +292,50 @@ def test_a_file_in_the_plans_path_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv(plan.ENV, str(tmp_path / "dangling" / "plan.json"))
     with pytest.raises(JaxvizError, match=r"dangling is a symbolic link to nothing \(or a loop\), not a folder"):
         plan.writable(plan.cache_path())
+
+
+def test_entries_no_plan_writes_are_dropped_not_adopted(plan_file, monkeypatch, capsys):
+    """A plan edited by hand or damaged: a conv name ops has not ("fft") or "planned" itself failed
+    the render as the model's error (KeyError, RecursionError), "onednn_bf16" ran float32 in bfloat16;
+    a chunk of 0 hid the measured one (the built-in chunk ran), 10**9 ran the memory bound; a chunk
+    "³" (isdigit, not int) and brackets nested deep were tracebacks."""
+    good = {"16x64x64/16/wino4": 1.0, "block2_conv1@16/16/ascent": 1.0}
+    bad = {"16x64x64/8/fft": 1e-6, "16x64x64/8/planned": 1e-6, "16x64x64/8/onednn_bf16": 1e-6,
+           "16x64x64/8/ascent": 1e-6, "block2_conv1@16/8/xla": 1e-6, "block2_conv1@16/0/ascent": 1e-6,
+           "block2_conv1@16/-1/ascent": 1e-6, f"block2_conv1@16/{10**9}/ascent": 1e-6,
+           "block2_conv1@16/³/ascent": 1e-6, "block2_conv1@16/" + "9" * 5000 + "/ascent": 1e-6}
+    plan_file.write_text(json.dumps({plan.machine(): {**good, **bad}}))
+    assert plan.load() == good
+    assert plan.conv_choice(16, 64, 64) == "wino4" and plan.chunk_for("block2_conv1", 16) == 16
+    assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
+    assert "chunk 16 (ms per image: 16: 1000.0); convs 16x64x64:wino4" in capsys.readouterr().out
+    plan_file.write_text('{"a": ' + "[" * 100000)
+    assert plan.load() == {}
+    assert plan.main(["--layers", "block2_conv1", "--size", "16", "--show"]) == 0
+    assert "no timings for this machine (unreadable" in capsys.readouterr().out
+
+
+def test_a_plan_timed_on_fewer_cpus_is_not_read_on_all(monkeypatch):
+    """Timed under ``taskset -c 0`` (XLA's and oneDNN's threads on one CPU), a plan was keyed by
+    os.cpu_count(), all of them, and its chunks adopted by runs on every CPU."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity here")
+    everywhere = plan.machine()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert plan.machine() != everywhere and " | 1 cpus | " in plan.machine()
+
+
+def test_a_link_to_a_missing_folder_is_refused_before_any_timing(tmp_path, monkeypatch):
+    """JAXVIZ_PLAN a symbolic link whose target's folder is missing: writable() passed (the link's
+    folder exists), the ascent was timed for minutes, then the save failed (it writes the target)."""
+    link = tmp_path / "plan.json"
+    os.symlink(tmp_path / "nowhere" / "plan.json", link)
+    monkeypatch.setenv(plan.ENV, str(link))
+    monkeypatch.setattr(plan, "measure_chunks", lambda *a, **k: pytest.fail("timed a plan it cannot keep"))
+    with pytest.raises(JaxvizError, match=r"cannot write the plan to .*plan.json \(a link to .*nowhere/plan.json, "
+                                          r"whose folder is missing\); set JAXVIZ_PLAN"):
+        plan.chunk_for("block2_conv1", 16)
+    assert plan.main(["--layers", "block2_conv1", "--size", "16"]) == 2
+    (tmp_path / "nowhere").mkdir()  # a link to a plan elsewhere is written through, the link kept
+    plan.save({"x/1/xla": 1.0})
+    assert link.is_symlink() and plan.load() == {"x/1/xla": 1.0}
