@@ -101,7 +101,7 @@ def _item(model: Model, params, term: Term, recipe: Recipe, every: int, args, ke
         """The images of parameters ``p`` (after this step's transforms) and the model's inputs."""
         image = to_image(p)
         if recipe.transforms is not None and not final:
-            robust = transforms.robust(recipe.transforms)
+            robust = transforms.robust(recipe.transforms, P.grey)  # raw pixels' grey is 128, not 0.5
             image = robust(k, image) if single else jax.vmap(robust)(jax.random.split(k, d), image)
         x = image if P.raw else (model.preprocess(image) if single else jax.vmap(model.preprocess)(image))
         return image, x

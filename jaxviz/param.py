@@ -41,12 +41,14 @@ class Param(NamedTuple):
     """A parameterization: ``init(key) -> params`` and ``to_image(params) -> (H, W, 3)``.
 
     The image is RGB in [0, 1], given to the model through its preprocessing, unless
-    ``raw``: then it is the model's input itself (the seed recipe's raw pixels).
+    ``raw``: then it is the model's input itself (the seed recipe's raw pixels). ``grey`` is
+    the image's mid-grey, what the transforms pad with.
     """
 
     init: Callable[[jax.Array], jax.Array]
     to_image: Callable[[jax.Array], jax.Array]
     raw: bool = False
+    grey: float = 0.5
 
 
 # ---------------------------------------------------------------- colour
@@ -165,7 +167,7 @@ def pixel(size: int, decorrelated: bool = True, sd: float = PIXEL_SD) -> Param:
 def seed_start(size: int) -> Param:
     """The seed's raw pixels: start uniform [0, 1) x 20 + 128, fed to the model as they are."""
     return Param(init=lambda key: jax.random.uniform(key, (size, size, 3), jnp.float32) * 20.0 + 128.0,
-                 to_image=lambda x: x, raw=True)
+                 to_image=lambda x: x, raw=True, grey=128.0)
 
 
 PARAMETERIZATIONS = {"fourier": fourier, "pixel": pixel}

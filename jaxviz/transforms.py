@@ -108,14 +108,14 @@ class Robustness(NamedTuple):
 N_RANDOM = 6  # uniforms that one application of ``robust`` consumes
 
 
-def apply_robust(r: Robustness, u: jax.Array, x: jax.Array) -> jax.Array:
+def apply_robust(r: Robustness, u: jax.Array, x: jax.Array, grey: float = 0.5) -> jax.Array:
     """The standard transforms of (S, S, C) driven by ``u``, 6 uniforms in [0, 1):
     pad, jitter (u0, u1), scale (u2), rotate (u3), jitter (u4, u5) -> (S + 2 r.pad, S + 2 r.pad, C).
 
     Deterministic in ``u``; separate from the drawing of ``u`` so that one call of the
     random generator serves a whole step (its compile time on XLA:CPU is large).
     """
-    x = pad(x, r.pad) if r.pad else x
+    x = pad(x, r.pad, grey) if r.pad else x
     if r.jitter:
         x = translate(x, _shift(u[0], r.jitter), _shift(u[1], r.jitter), r.jitter)
     if r.scale or r.rotate:
@@ -127,12 +127,13 @@ def apply_robust(r: Robustness, u: jax.Array, x: jax.Array) -> jax.Array:
     return x
 
 
-def robust(r: Robustness = Robustness()) -> Transform:
+def robust(r: Robustness = Robustness(), grey: float = 0.5) -> Transform:
     """The standard transforms as one (key, (S, S, C)) -> (S + 2 r.pad, S + 2 r.pad, C) function.
 
-    Scale and rotation are one resampling (one interpolation, not two).
+    Scale and rotation are one resampling (one interpolation, not two). ``grey`` pads: 0.5 for
+    images in [0, 1], the parameterization's own for others (the seed's raw pixels: 128).
     """
-    return lambda key, x: apply_robust(r, jax.random.uniform(key, (N_RANDOM,)), x)
+    return lambda key, x: apply_robust(r, jax.random.uniform(key, (N_RANDOM,)), x, grey)
 
 
 def compose(transforms: Sequence[Transform]) -> Transform:

@@ -285,3 +285,17 @@ def test_snapshots_beyond_memory_are_refused_before_the_render(monkeypatch):
         engine.render(build(), jaxviz.objectives.channel("conv", [1]), recipe, every=1)
     r = engine.render(build(), jaxviz.objectives.channel("conv", [1]), SEED._replace(size=16, steps=4), every=2)
     assert r.frames.shape[1] == 3  # the start and steps 2 and 4
+
+
+def test_transforms_pad_raw_pixels_with_their_own_grey():
+    """SeedStart with a padded Robustness padded the raw 0-255 pixels with 0.5 (near black, not
+    grey): the model saw a dark frame around every image."""
+    from jaxviz.models.function import from_function
+    from jaxviz.param import SeedStart
+    from jaxviz.transforms import Robustness
+
+    model = from_function(lambda p, x: {"input": x}, None, input_size=16)
+    still = Robustness(pad=8, jitter=0, scale=0.0, rotate=0.0, jitter2=0)
+    recipe = SEED._replace(size=16, steps=1, param=SeedStart(), transforms=still)
+    r = engine.render(model, jaxviz.objectives.channel("input", [0]), recipe)
+    assert 128 <= float(r.trace[0, 0]) <= 148  # the mean of the padded image's red: all of it 128-148
