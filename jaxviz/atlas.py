@@ -301,20 +301,25 @@ class Atlas:
 
     def is_done(self, c: Chunk, verify: bool = True) -> bool:
         """The chunk's record exists and (with ``verify``) every PNG it names is there, unchanged
-        (and, in an atlas with animations, every filter's GIF is there)."""
+        (and, in an atlas with animations, every filter's GIF is there, unchanged where the record has its sha256)."""
         rec = self.read_record(c)
         if rec is None:
             return False
         if not verify:
             return True
-        for f, digest in zip(c.filters, rec.get("sha256", ())):
-            path = self.image_path(c.layer, f)
+        animate, gifs = self.settings.get("animate"), rec.get("gif_sha256")  # older records: the GIF need only be there
+        if animate and gifs is not None and not (isinstance(gifs, list) and len(gifs) == len(c.filters)):
+            return False
+        for k, (f, digest) in enumerate(zip(c.filters, rec.get("sha256", ()))):
+            path, gif = self.image_path(c.layer, f), self.animation_path(c.layer, f)
             try:
                 if sha256_file(path) != digest:
                     return False
+                if animate and gifs is not None and sha256_file(gif) != gifs[k]:  # a damaged or missing GIF
+                    return False
             except OSError:
                 return False
-            if self.settings.get("animate") and not os.path.isfile(self.animation_path(c.layer, f)):
+            if animate and not os.path.isfile(gif):
                 return False
         return len(rec.get("sha256", ())) == len(c.filters)
 
@@ -326,11 +331,11 @@ class Atlas:
         gate = gate or WriteGate()
         delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
         make_folder(os.path.join(self.out, c.layer))
-        digests = []
+        digests, gifs = [], []
         for i, (f, img) in enumerate(zip(c.filters, images)):
             if frames is not None:
                 with gate:
-                    save_animation(self.animation_path(c.layer, f), frames[i])
+                    gifs.append(sha256_file(save_animation(self.animation_path(c.layer, f), frames[i])))
             with gate:
                 path = save_png(self.image_path(c.layer, f), img)
             digests.append(sha256_file(path))
@@ -339,6 +344,8 @@ class Atlas:
         rec = {"layer": c.layer, "chunk": c.k, "index": c.index, "filters": list(c.filters),
                "losses": [float(x) for x in losses], "files": [png_name(f) for f in c.filters],
                "sha256": digests, "seconds": round(seconds, 4), "devices": devices, "process": process}
+        if frames is not None:  # a damaged GIF makes the chunk not done, as a changed PNG does
+            rec["gif_sha256"] = gifs
         path = self.record_path(c)
         make_folder(os.path.dirname(path))
         data = json.dumps(rec).encode()

@@ -114,6 +114,9 @@ def check_out_paths(out: str, files=(), folders=()) -> None:
     for name in files:
         if os.path.isdir(path := os.path.join(out, name)):
             raise JaxvizError(f"cannot write {path}: a folder is in the way; move it, or choose another --out")
+        if os.path.exists(path) and not os.path.isfile(path):  # reading or writing a pipe there hung the command
+            raise JaxvizError(f"cannot write {path}: it is not a regular file (a device, pipe or socket); move it, "
+                              "or choose another --out")
     for name in folders:
         if os.path.lexists(path := os.path.join(out, name)) and not os.path.isdir(path):
             raise JaxvizError(f"cannot create folder {path}: a file is in the way; move it, or choose another --out")

@@ -447,7 +447,15 @@ def _main(argv: list[str] | None) -> int:
         recipe = _recipe(args)
         validated = _is_vgg(args) and not args.objective  # VGG's layers: sizes and memory checked in _validate
         for name, fs, objective in jobs:  # before any work, for every model: each grid can run and fits
-            checks.grid_memory(*checks.grid_shape(len(fs), args.size, args.size, args.cols, args.margin))
+            shape = checks.grid_shape(len(fs) * recipe.diversity, args.size, args.size, args.cols, args.margin)
+            checks.grid_memory(*shape)
+            if args.animate:
+                from jaxviz.image import check_animation_size, webp_supported
+
+                try:
+                    check_animation_size(*shape[:2], ("gif", "webp") if webp_supported() else ("gif",))
+                except JaxvizError as e:
+                    raise JaxvizError(f"{name}: {e}; nothing was written") from None
             if len(objective) and not validated:
                 try:
                     engine.check(model, objective, recipe)

@@ -170,6 +170,18 @@ def save_png(path: str | os.PathLike, image) -> str:
 
 
 ANIMATION_FORMATS = ("gif", "webp")
+MAX_ANIMATION_SIDE = {"gif": 65535, "webp": 16383}  # px: the formats' own limits (16 bits; WebP's 14)
+MAX_FRAME_MS = 60_000  # a frame's duration; the last frame's, three times it, still fits a GIF's 16 bits of 10 ms
+
+
+def check_animation_size(height: int, width: int, formats=ANIMATION_FORMATS) -> None:
+    """Refuse frames of ``height`` x ``width`` px larger than GIF or WebP can hold (a grid of 512
+    filters at 256 px is 16,699 px tall): Pillow failed in a traceback after the render."""
+    for fmt in formats:
+        side = MAX_ANIMATION_SIDE[fmt]
+        if max(height, width) > side:
+            raise JaxvizError(f"an animation of {width}x{height} px is larger than {fmt.upper()} allows ({side} px "
+                              "a side); animate fewer filters, or use a smaller --size, --margin or --cols")
 
 
 def webp_supported() -> bool:
@@ -187,14 +199,25 @@ def save_animation(path: str | os.PathLike, frames, duration_ms: int = 80) -> st
     """
     from PIL import Image
 
+    try:
+        path = os.fsdecode(path)
+    except TypeError:
+        raise JaxvizError(f"the output file name must be a str or path such as out/grid.gif, "
+                          f"not {checks.show(path)}") from None
+    frames = as_array("save_animation", frames)
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4) or 0 in frames.shape[1:3]:  # (H, W, 3): H grey frames
+        raise JaxvizError(f"save_animation takes frames (F, H, W, 3) or (F, H, W, 4) with H and W 1 or more, not an "
+                          f"array of shape {frames.shape}")
     frames = pixels("save_animation", frames)
-    fmt = os.fspath(path).rsplit(".", 1)[-1].lower()
+    duration_ms = checks.integer("duration_ms", duration_ms, 1, MAX_FRAME_MS)
+    fmt = os.path.splitext(path)[1][1:].lower()
     if fmt not in ANIMATION_FORMATS:
-        raise JaxvizError(f"animations are written as .gif or .webp, not .{fmt}")
+        raise JaxvizError(f"animations are written as .gif or .webp, not {path!r}")
     if fmt == "webp" and not webp_supported():
         raise JaxvizError("this Pillow cannot write WebP; write a .gif instead")
     if len(frames) == 0:
         raise JaxvizError("an animation needs at least one frame")
+    check_animation_size(*frames.shape[1:3], formats=(fmt,))
     images = [Image.fromarray(f) for f in frames]
     durations = [duration_ms] * (len(images) - 1) + [3 * duration_ms]
     options = dict(save_all=True, append_images=images[1:], duration=durations, loop=0)

@@ -108,7 +108,7 @@ def _write(path: str, text: str) -> None:
     if os.path.isdir(path):  # python -m jaxviz.atlas refuses it before any work; a folder made since
         raise JaxvizError(f"cannot write {path}: a folder is in the way; move it, or choose another --out")
     data = text.encode("utf-8")
-    if os.path.exists(path):
+    if os.path.isfile(path):  # a pipe there: atomic_write refuses it (reading it waited forever)
         with open(path, "rb") as f:
             if f.read() == data:
                 return

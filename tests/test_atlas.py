@@ -686,6 +686,48 @@ def test_a_deleted_animation_makes_its_chunk_render_again(tmp_path):
     assert gif.read_bytes() == first
 
 
+def test_a_damaged_animation_makes_its_chunk_render_again(tmp_path):
+    """A GIF cut short or emptied was kept (only its existence was checked): its page showed a broken image."""
+    out = tmp_path / "an"
+    argv = [*TINY[:2], "--filters", "0-1", "--size", "16", "--steps", "2", "--chunk", "2", "--batch", "2",
+            "--animate", "--out", str(out), "--quiet"]
+    assert atlas_mod.main(argv) == 0
+    gifs = [out / "block1_conv1" / f"f00{f}.gif" for f in (0, 1)]
+    first = [g.read_bytes() for g in gifs]
+    gifs[0].write_bytes(first[0][:100])
+    gifs[1].write_bytes(b"")
+    assert atlas_mod.main(argv) == 0
+    assert [g.read_bytes() for g in gifs] == first
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
+@pytest.mark.parametrize("where", ["index.html", "conv/f001.html", "conv/f001.png", "conv/f001.gif",
+                                   "chunks/conv/c0000.json"])
+def test_a_pipe_where_an_output_goes_is_one_line_before_rendering(where, tmp_path, capsys):
+    """A named pipe at a page, tile or record: the rerun hung reading it (the site's compare, the
+    tile's sha256), or failed after rendering."""
+    out = tmp_path / "a"
+    (out / where).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(out / where)
+
+    def hung(*_):
+        raise TimeoutError(f"the atlas waited on the pipe at {where}")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)  # a regression fails the test instead of hanging it
+    try:
+        argv = ["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0-1", "--size", "16",
+                "--steps", "1", "--animate", "--out", str(out), "--quiet"]
+        assert atlas_mod.main(argv) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxviz.atlas: error: cannot write {out / where}: it is not a regular file (a device, pipe or "
+                   "socket); move it, or choose another --out"], err
+    assert not (out / "manifest.json").exists()
+
+
 def test_empty_examples_is_named(tmp_path, capsys):
     """--examples '' said "--examples : no such file or folder", naming nothing."""
     assert atlas_mod.main([*TINY, "--examples", "", "--out", str(tmp_path / "a")]) == 2

@@ -463,3 +463,18 @@ def test_a_layer_that_does_not_depend_on_the_input_is_named(tmp_path, capsys):
     assert run_main(["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0-1", "--size", "16",
                      "--steps", "3", "--out", str(tmp_path / "b")]) == 0
     assert "kept the same objective" not in capsys.readouterr().out
+
+
+def test_an_animation_larger_than_webp_allows_is_refused_before_any_work(tmp_path, capsys):
+    """--animate of a grid over 16,383 px (512 filters at 256 px in 8 columns are 16,699 px tall) was
+    WebP's RuntimeError traceback, exit 1, after the render, the GIF written but not the grid."""
+    from jaxviz.image import webp_supported
+
+    out = tmp_path / "o"
+    margin = "20000" if webp_supported() else "70000"  # past WebP's 16,383 px, or past GIF's 65,535
+    argv = ["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0-1", "--cols", "1", "--size",
+            "16", "--steps", "1", "--margin", margin, "--animate", "--out", str(out), "--quiet"]
+    assert grid.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "allows" in err[0] and "nothing was written" in err[0], err
+    assert not out.exists()

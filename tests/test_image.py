@@ -187,3 +187,29 @@ def test_a_symbolic_link_is_written_through_not_replaced(tmp_path):
     atomic_write(tmp_path / "next.png", lambda f: f.write(b"new"))
     assert (tmp_path / "next.png").is_symlink() and (tmp_path / "runs" / "4.png").read_bytes() == b"new"
     assert sorted(os.listdir(tmp_path / "runs")) == ["3.png", "4.png"]
+
+
+def test_save_animation_refuses_bad_frames_durations_and_sizes_in_one_line(tmp_path):
+    """A duration of -5 or 10**9 was an OverflowError or WebP's RuntimeError, NaN a ValueError; one
+    image (H, W, 3) saved as H grey frames; None as the path a TypeError; frames wider than GIF's
+    65,535 px (WebP's 16,383) an OverflowError (a RuntimeError) from inside Pillow."""
+    from jaxviz.image import save_animation
+
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    for bad in (-5, 0, 10**9, float("nan"), 2.5, "80"):
+        for ext in ("gif", "webp"):
+            with pytest.raises(JaxvizError, match="duration_ms must be"):
+                save_animation(tmp_path / f"x.{ext}", frames, bad)
+    for shape in ((4, 4, 3), (3, 4, 4), (3, 4, 4, 2), (1, 3, 4, 4, 3), (3, 0, 4, 3)):
+        with pytest.raises(JaxvizError, match=r"save_animation takes frames \(F, H, W, 3\)"):
+            save_animation(tmp_path / "x.gif", np.zeros(shape, np.uint8))
+    with pytest.raises(JaxvizError, match="output file name must be a str or path"):
+        save_animation(None, frames)
+    with pytest.raises(JaxvizError, match="larger than GIF allows"):
+        save_animation(tmp_path / "x.gif", np.zeros((1, 1, 70_000, 3), np.uint8))
+    with pytest.raises(JaxvizError, match="larger than WEBP allows"):
+        save_animation(tmp_path / "x.webp", np.zeros((1, 20_000, 1, 3), np.uint8))
+    assert os.listdir(tmp_path) == []
+    save_animation(tmp_path / "ok.gif", frames, 1)  # valid ones still save
+    save_animation(tmp_path / "rgba.gif", np.zeros((2, 4, 4, 4), np.uint8))
+    assert Image.open(tmp_path / "ok.gif").n_frames == 1  # Pillow merges identical frames

@@ -1,10 +1,13 @@
 """jaxviz.site: every link and image of the static site resolves, whatever the layer names."""
 import os
+import signal
 from html.parser import HTMLParser
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import pytest
 
+from jaxviz.errors import JaxvizError
 from jaxviz.site import FilterEntry, build_site
 from jaxviz.site_examples import SiteExamples
 
@@ -75,10 +78,6 @@ def test_a_filter_that_never_fired_says_so_on_its_page(tmp_path):
 def test_a_folder_where_a_page_goes_is_one_error(tmp_path):
     """A folder at LAYER/fNNN.html or LAYER/index.html was an IsADirectoryError traceback (python -m
     jaxviz.atlas refuses it before any work; this is the writer's own guard, for a folder made since)."""
-    import pytest
-
-    from jaxviz.errors import JaxvizError
-
     layers = [("conv_0", [FilterEntry(0, 1.0, "f000.png"), FilterEntry(1, 2.5, "f001.png")])]
     for name in ("f001.html", "index.html"):
         out = tmp_path / name
@@ -86,3 +85,24 @@ def test_a_folder_where_a_page_goes_is_one_error(tmp_path):
         with pytest.raises(JaxvizError, match=f"cannot write {out / 'conv_0' / name}: a folder is in the way; "
                                               "move it, or choose another --out"):
             build_site(str(out), layers, {"animate": False})
+
+
+def test_a_pipe_where_a_page_goes_is_one_error_not_a_hang(tmp_path):
+    """A named pipe at index.html: the writer read it to compare, waiting for a writer for good."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("named pipes are POSIX's")
+    os.mkfifo(tmp_path / "index.html")
+    layers = [("conv_0", [FilterEntry(0, 1.0, "f000.png")])]
+
+    def hung(*_):
+        raise TimeoutError("build_site waited on the pipe at index.html")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)  # a regression fails the test instead of hanging it
+    try:
+        with pytest.raises(JaxvizError, match="index.html: it is not a regular file"):
+            build_site(str(tmp_path), layers, {"animate": False})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert (tmp_path / "index.html").is_fifo()
