@@ -16,8 +16,9 @@ a guess on the next. Decisions, each from medians of interleaved timings:
   channels on a Sapphire Rapids, yet the ascent ran 2x slower with it: for experiments.
 
 ``JAXVIZ_PLAN``: unset or ``off`` (or ``0``, ``no``, ``false``, ``none``): no plan, the built-in
-constants (``ascent.CPU_BATCH``, ``ops.choice``); ``auto``: the cache file ``$XDG_CACHE_HOME/jaxviz/plan.json``
-(``~/.cache``); any other value: that file. Timings are keyed by CPU model + jaxlib
+constants (``ascent.CPU_BATCH``, ``ops.choice``); ``auto``: ``plan.json`` in jaxviz's cache folder, beside
+the oneDNN and XLA caches (``$JAXVIZ_CACHE``, else ``$XDG_CACHE_HOME/jaxviz``, else ``~/.cache/jaxviz``);
+any other value: that file. Timings are keyed by CPU model + jaxlib
 version. ``JAXVIZ_PLAN=auto python -m jaxviz.plan`` rebuilds this machine's entry.
 """
 from __future__ import annotations
@@ -71,9 +72,9 @@ def cache_path() -> Path | None:
 
             raise JaxvizError(f"{ENV}={env}: no such user's home folder; set {ENV} to a file path, auto or off")
         return Path(path)
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"  # XDG: relative is unset
-    return base / "jaxviz" / "plan.json"
+    from jaxviz.weights import default_cache_dir
+
+    return default_cache_dir() / "plan.json"  # JAXVIZ_CACHE was ignored: the plan alone went elsewhere
 
 
 def cpu_model(cpuinfo: str) -> str:
@@ -161,19 +162,24 @@ def writable(path: Path) -> Path:
     return path
 
 
-def _from_xdg() -> bool:
-    """Whether the plan's folder came from ``XDG_CACHE_HOME`` (``JAXVIZ_PLAN=auto``), not from ``JAXVIZ_PLAN``."""
-    auto = os.environ.get(ENV, "").strip().lower() in AUTO
-    return auto and os.path.isabs(os.environ.get("XDG_CACHE_HOME", ""))
+def _folder_setting() -> str | None:
+    """The variable the plan's folder came from with ``JAXVIZ_PLAN=auto`` (``JAXVIZ_CACHE`` or
+    ``XDG_CACHE_HOME``), or None (``JAXVIZ_PLAN`` itself, or the home folder's ``.cache``)."""
+    if os.environ.get(ENV, "").strip().lower() not in AUTO:
+        return None
+    if os.environ.get("JAXVIZ_CACHE"):
+        return "JAXVIZ_CACHE"
+    return "XDG_CACHE_HOME" if os.path.isabs(os.environ.get("XDG_CACHE_HOME", "")) else None
 
 
 def _setting() -> str:
-    return f"{ENV}=auto with XDG_CACHE_HOME={os.environ['XDG_CACHE_HOME']}" if _from_xdg() else ENV
+    var = _folder_setting()
+    return f"{ENV}=auto with {var}={os.environ[var]}" if var else ENV
 
 
 def _fix() -> str:
-    if _from_xdg():
-        return f"set XDG_CACHE_HOME to a writable folder, or {ENV} to a writable file or off"
+    if var := _folder_setting():
+        return f"set {var} to a writable folder, or {ENV} to a writable file or off"
     return f"set {ENV} to a writable file, auto or off"
 
 

@@ -248,6 +248,17 @@ def test_auto_plan_ignores_a_relative_xdg_cache_home(monkeypatch, tmp_path):
     assert plan.cache_path() == tmp_path / "xdg" / "jaxviz" / "plan.json"
 
 
+def test_auto_plan_follows_jaxviz_cache(monkeypatch, tmp_path):
+    """JAXVIZ_CACHE moved the oneDNN and XLA caches but not the plan (XDG or ~/.cache still)."""
+    monkeypatch.setenv(plan.ENV, "auto")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "c"))
+    assert plan.cache_path() == tmp_path / "c" / "plan.json"
+    (tmp_path / "c").write_text("a file where the folder goes")
+    with pytest.raises(JaxvizError, match=r"JAXVIZ_PLAN=auto with JAXVIZ_CACHE=.*; set JAXVIZ_CACHE to a writable folder"):
+        plan.writable(plan.cache_path())
+
+
 def test_a_file_that_is_not_a_plan_is_never_replaced(plan_file, monkeypatch):
     """A mistyped JAXVIZ_PLAN naming an image: it was silently overwritten with the plan's JSON."""
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
