@@ -481,11 +481,18 @@ def layer_batch(model, recipe, layer: str, n: int, devices: int, batch: int | st
 
 
 def _check_examples(examples, path: str, model, selection, say) -> None:
-    """Dataset examples of another model are refused; layers they do not cover are named."""
-    made_with = examples.meta.get("settings", {}).get("model")
+    """Dataset examples of another model, or of other weights, are refused (every plain-function
+    model is named "function": their weights tell them apart); layers they do not cover are named."""
+    from jaxviz.examples import fingerprint
+
+    settings = examples.meta.get("settings", {})
+    made_with = settings.get("model")
     if made_with is not None and made_with != model.name:
         raise JaxvizError(f"the dataset examples at {path} were made with model {made_with}, not {model.name}; "
                           "make them with the same --model and --weights")
+    if settings.get("weights") is not None and settings["weights"] != fingerprint(model.params):
+        raise JaxvizError(f"the dataset examples at {path} were made with other weights than this {model.name} "
+                          "model's; make them with the same --model and --weights")
     missing = [l for l in selection if l not in examples.layers]
     if missing:
         say(f"note: the dataset examples at {path} have no {', '.join(missing)}; "

@@ -672,6 +672,15 @@ def test_examples_of_another_model_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "made with model function, not vgg16" in err and len(err.splitlines()) == 1
     assert not (out / "manifest.json").exists()
+    # another plain-function model (its weights differ; every such model is named "function") was taken
+    other = ["--model", "tests.tiny_model:build_paths", "--layers", "stem/conv", "--filters", "0", "--size", "16",
+             "--steps", "1"]
+    assert atlas_mod.main([*other, "--examples", str(ex), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "made with other weights than this function model's" in err and len(err.splitlines()) == 1
+    assert not (out / "manifest.json").exists()
+    assert atlas_mod.main(["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0", "--size", "16",
+                           "--steps", "1", "--examples", str(ex), "--out", str(out), "--quiet"]) == 0
 
 
 def test_a_deleted_animation_makes_its_chunk_render_again(tmp_path):
