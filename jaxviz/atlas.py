@@ -36,7 +36,7 @@ from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, fit_default_size,
     make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
-    remove_stale_temporaries, weights_file,
+    remove_stale_temporaries, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_as_interrupt,
@@ -522,7 +522,7 @@ def _select(args, model=None) -> dict[str, list[int]]:
         selection = {l: filters_for(l, wanted) for l in layers}
     else:
         names = [l.name for l in model.layers if l.spatial] if args.layers.strip() == "all" else \
-            [t.strip() for t in args.layers.split(",") if t.strip()]
+            split_layers(args.layers, {l.name for l in model.layers})
         selection = {}
         for l in names:
             info = model.layer(l)

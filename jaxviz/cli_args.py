@@ -27,6 +27,17 @@ def parse_layers(text: str, spec: VGGSpec = VGG16) -> list[str]:
     return names
 
 
+def split_layers(text: str, known) -> list[str]:
+    """A model's --layers, comma-separated; a run of pieces that together name one of the ``known``
+    layers is that layer (a model of yours may key one "conv,3x3": it was the layers "conv" and "3x3")."""
+    parts, out, i = text.split(","), [], 0
+    while i < len(parts):
+        j = next((j for j in range(len(parts), i + 1, -1) if ",".join(parts[i:j]).strip() in known), i + 1)
+        out.append(",".join(parts[i:j]).strip())
+        i = j
+    return list(dict.fromkeys(t for t in out if t))
+
+
 def _all(spec):
     from jaxviz.model import layers
 

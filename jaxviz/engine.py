@@ -28,7 +28,7 @@ from jax import lax
 
 from jaxviz import checks, optim, transforms
 from jaxviz.errors import JaxvizError
-from jaxviz.models.base import LayerInfo, Model, eval_shapes, model_errors
+from jaxviz.models.base import LayerInfo, Model, eval_shapes, identity, model_errors
 from jaxviz.objectives import Diversity, Objective, Probe, Term
 from jaxviz.param import Fourier, SeedStart
 from jaxviz.transforms import Robustness
@@ -347,14 +347,33 @@ def _shapes(static: Model, names, size, raw, tree, leaves) -> dict:
     """{name: shape} at ``size`` px, by ``jax.eval_shape`` (nothing runs), once per model and size; a layer of
     integers or bools is refused (its gradient is zero: the images would stay the start's noise, silently)."""
     params = jax.tree.unflatten(tree, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-    out = eval_shapes(lambda p, x: static.activations(p, x if raw else static.preprocess(x), names), params, size,
-                      f"model {static.name}", f"the recipe feeds it {size} px images (its size and its transforms' "
-                      f"padding), and its layers were taken at {static.input_size} px; render at a size it accepts")
+    acts = lambda raw: lambda p, x: static.activations(p, x if raw else static.preprocess(x), names)
+    shapes = lambda raw, hint: eval_shapes(acts(raw), params, size, f"model {static.name}", hint)
+    sized = (f"the recipe feeds it {size} px images (its size and its transforms' padding), and its layers were "
+             f"taken at {static.input_size} px; render at a size it accepts")
+    try:
+        out = shapes(raw, sized)
+    except JaxvizError:
+        if not (raw and static.preprocess is not identity and _works(shapes, False, sized)):
+            raise
+        shapes(raw, f"the seed recipe feeds a model its raw pixels ({size}x{size}x3) without its preprocess, which "
+                    "this model needs (one that makes another shape or dtype): use a recipe of RGB images "
+                    "(--recipe lucid, or a Pixel() or Fourier() param)")
+        raise
     for n in names:
         if not jnp.issubdtype(out[n].dtype, jnp.floating):
             raise JaxvizError(f"layer {n} of model {static.name} gives {out[n].dtype} activations; objectives need "
                               "floating-point ones (they ascend its gradient): cast it, or name another layer")
     return {n: tuple(out[n].shape) for n in names}
+
+
+def _works(f, *args) -> bool:
+    """Whether ``f(*args)`` runs without a JaxvizError."""
+    try:
+        f(*args)
+    except JaxvizError:
+        return False
+    return True
 
 
 def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: jax.Array | None = None,

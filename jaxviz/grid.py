@@ -15,7 +15,8 @@ import time
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     WRITING_S, OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir,
-    model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries, weights_file,
+    model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
+    split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, show, stop_as_interrupt,
@@ -217,7 +218,7 @@ def _jobs(args, model, planned) -> list[tuple[str, list[int], object]]:
     if planned:
         return [(layer, fs, for_layer(layer, fs)) for layer, (_, fs) in planned]  # VGG's names are file names
     names = [l.name for l in model.layers if l.spatial] if args.layers in (None, "all") else \
-        list(dict.fromkeys(t.strip() for t in args.layers.split(",") if t.strip()))
+        split_layers(args.layers, {l.name for l in model.layers})
     if not names:
         raise JaxvizError("--layers is empty; give layer names (see --list-layers) or 'all'")
     wanted = parse_filters(args.filters) if args.filters is not None else None

@@ -135,7 +135,7 @@ def _support(model, layer: str, size: int, keys: jax.Array) -> tuple[np.ndarray,
     grad = jax.jit(jax.grad(unit, argnums=1), static_argnums=(2, 3))  # params traced: no constant folding
     seen = np.zeros((size, size), bool)
     for k in keys:
-        g = np.asarray(grad(model.params, jax.random.uniform(k, (size, size, 3)), cy, cx))
+        g = np.asarray(grad(model.params, jax.random.uniform(k, (size, size, 3), jnp.float32), cy, cx))
         if not np.isfinite(g).all():  # no support can be read from it (it said "zero gradient everywhere")
             raise JaxvizError(f"layer {layer} of model {model.name} gives NaN or infinite gradients with respect to "
                               "the input image, so its receptive field cannot be derived; check the model and its "

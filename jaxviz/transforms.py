@@ -31,7 +31,8 @@ def translate(x: jax.Array, dy, dx, max_shift: int) -> jax.Array:
     """Shift (H, W, C) by integer (dy, dx), |dy|, |dx| <= max_shift; edge pixels fill the border."""
     h, w, c = x.shape
     xp = jnp.pad(x, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
-    return jax.lax.dynamic_slice(xp, (max_shift - dy, max_shift - dx, 0), (h, w, c))
+    # the channel offset in dy's integer type: a literal 0 is int64 under jax_enable_x64 (dynamic_slice refused the mix)
+    return jax.lax.dynamic_slice(xp, (max_shift - dy, max_shift - dx, jnp.zeros_like(dy)), (h, w, c))
 
 
 def _shift(u, d: int):
@@ -43,7 +44,7 @@ def jitter(key: jax.Array, x: jax.Array, d: int) -> jax.Array:
     """A random translation by up to ``d`` px on each axis (uniform integers in [-d, d])."""
     if d <= 0:
         return x
-    u = jax.random.uniform(key, (2,))
+    u = jax.random.uniform(key, (2,), jnp.float32)
     return translate(x, _shift(u[0], d), _shift(u[1], d), d)
 
 
@@ -133,7 +134,7 @@ def robust(r: Robustness = Robustness(), grey: float = 0.5) -> Transform:
     Scale and rotation are one resampling (one interpolation, not two). ``grey`` pads: 0.5 for
     images in [0, 1], the parameterization's own for others (the seed's raw pixels: 128).
     """
-    return lambda key, x: apply_robust(r, jax.random.uniform(key, (N_RANDOM,)), x, grey)
+    return lambda key, x: apply_robust(r, jax.random.uniform(key, (N_RANDOM,), jnp.float32), x, grey)
 
 
 def compose(transforms: Sequence[Transform]) -> Transform:

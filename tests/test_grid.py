@@ -394,6 +394,14 @@ def test_layer_names_become_file_names_inside_out(tmp_path):
         "out/stem-conv.npz", "out/stem-conv.png", "out/stem-conv/stem-conv_f000.png", "out/stem-conv/stem-conv_f001.png"]
 
 
+def test_a_model_layer_whose_name_holds_a_comma_is_named_whole_in_layers(tmp_path, capsys):
+    """--layers split "conv,3x3" into the layers conv and 3x3: "unknown layer '3x3'", listing conv,3x3 as valid."""
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build_comma", "--layers", "conv,3x3,conv", "--filters", "0-1",
+                     "--size", "16", "--steps", "1", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["conv-3x3.png", "conv.png"]
+
+
 def test_a_non_finite_later_grid_names_the_files_already_written(tmp_path, capsys):
     """Grid conv is written, then grid bad comes out NaN: the one line must not say "nothing was written"."""
     out = tmp_path / "out"

@@ -13,7 +13,7 @@ from jaxviz.errors import JaxvizError
 from jaxviz.models.function import from_function
 from jaxviz.models.linen import from_linen
 from jaxviz.models.nnx import from_nnx
-from jaxviz.objectives import channel, class_logit, deepdream
+from jaxviz.objectives import channel, class_logit, deepdream, neuron
 
 SIZE = 16
 RECIPE = engine.SEED._replace(size=SIZE, steps=4)
@@ -425,3 +425,129 @@ def test_outputs_whose_first_axis_is_not_the_batch_are_left_out_and_named(caplog
         assert jaxviz.render(model, "conv:0", RECIPE).tiles.shape == (1, SIZE, SIZE, 3)
     with pytest.raises(JaxvizError, match=r"logits='stats': that output's first axis is not the batch"):
         from_linen(net, variables, input_size=SIZE, logits="stats")
+
+
+def test_weights_holding_a_python_float_nan_or_infinity_are_refused_too():
+    """A scale kept as a Python float has no dtype: float('nan') passed the check, and the render
+    said only that the images came out not finite (lower the step size)."""
+    for bad in (float("nan"), [float("inf")]):
+        with pytest.raises(JaxvizError, match=r"the weights of the model function hold 1 NaN or infinite value\(s\) "
+                                              r"in \['s'\]"):
+            from_function(lambda p, x: x * jnp.asarray(p["s"]).sum(), {"s": bad}, input_size=8)
+    assert from_function(lambda p, x: x * p["s"], {"s": 2.0, "n": 3}, input_size=8).layers[0].shape == (8, 8, 3)
+
+
+def test_an_nnx_module_that_changes_its_state_in_a_forward_pass_is_refused_when_made():
+    """Batch norm or dropout switched on by a call argument (which nnx.view cannot reach), or a random
+    draw in __call__: the model was made, and every render then failed, said to be a gradient jaxviz
+    cannot take ("write those layers in JAX operations")."""
+    class BNFlag(nnx.Module):
+        def __init__(self, rngs):
+            self.conv, self.bn = nnx.Conv(3, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
+
+        def __call__(self, x, train=True):
+            return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+
+    class DropoutFlag(nnx.Module):
+        def __init__(self, rngs):
+            self.conv, self.drop = nnx.Conv(3, 4, (3, 3), rngs=rngs), nnx.Dropout(0.5, rngs=rngs)
+
+        def __call__(self, x, train=True):
+            return self.drop(self.conv(x), deterministic=not train)
+
+    class NeedsFlag(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+
+        def __call__(self, x, train):
+            return self.conv(x)
+
+    for cls, what in ((BNFlag, "BatchStat bn/mean"), (DropoutFlag, "RngCount drop/rngs/count")):
+        with pytest.raises(JaxvizError, match=f"{cls.__name__} changes its state in a forward pass \\({what}\\), as "
+                                              "batch norm in training mode.*make __call__'s defaults eval mode"):
+            from_nnx(cls(nnx.Rngs(0)), input_size=SIZE)
+    with pytest.raises(JaxvizError, match=r"missing 1 required positional argument: 'train'.*give __call__'s other "
+                                          r"arguments eval-mode defaults \(train=False\)"):
+        from_nnx(NeedsFlag(nnx.Rngs(0)), input_size=SIZE)
+    model = from_nnx(NNXNet(nnx.Rngs(0)), input_size=SIZE)  # batch norm and dropout attributes: put in eval mode
+    assert engine.render(model, channel("block/bn", 0), RECIPE._replace(steps=1)).images.shape == (1, SIZE, SIZE, 3)
+
+
+def test_linen_variables_that_are_not_init_s_whole_dict_are_named():
+    """variables['params'] alone (a frequent slip) or None: the line said to pass apply_kwargs for eval mode."""
+    variables = LinenNet().init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    with pytest.raises(JaxvizError, match=r"variables holds no 'params' collection: pass all that module.init "
+                                          r"returns .*not variables\['params'\]"):
+        from_linen(LinenNet(), variables["params"], input_size=SIZE)
+    with pytest.raises(JaxvizError, match=r"^variables must be the dict that module.init returns .*not None$"):
+        from_linen(LinenNet(), None, input_size=SIZE)
+
+
+def test_a_model_runs_under_jax_enable_x64():
+    """A model module of yours that turns on jax_enable_x64: the quality recipe's transforms failed in
+    lax.dynamic_slice (int64 and int32 offsets), then made float64 images a float32 model refused, and
+    the dataset examples' receptive field fed it float64 noise; all in tracebacks."""
+    from jaxviz import topk
+
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 3, 4), jnp.float32)
+    conv = lambda p, x: jax.lax.conv_general_dilated(x[None], p, (1, 1), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    with jax.enable_x64(True):
+        model = from_function(lambda p, x: {"conv": jax.nn.relu(conv(p, x))}, kernel, input_size=SIZE)
+        r = engine.render(model, channel("conv", [0, 1]), engine.LUCID._replace(size=SIZE, steps=2))
+        assert r.images.shape == (2, SIZE, SIZE, 3) and r.images.dtype == jnp.float32
+        assert topk.receptive_field(model, "conv", SIZE).height == 3
+
+
+def test_a_preprocess_the_seed_recipe_skips_is_named_when_the_model_needs_it():
+    """The seed recipe feeds raw pixels, not through preprocess: a model taking one grey channel
+    failed with "render at a size it accepts", at the very size it was made at."""
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 1, 4), jnp.float32)
+    grey = lambda p, x: {"conv": jax.lax.conv_general_dilated(x[None], p, (1, 1), "SAME",
+                                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]}
+    model = from_function(grey, kernel, preprocess=lambda x: x.mean(-1, keepdims=True), input_size=SIZE)
+    with pytest.raises(JaxvizError, match=r"the seed recipe feeds a model its raw pixels \(16x16x3\) without its "
+                                          r"preprocess.*--recipe lucid"):
+        engine.render(model, channel("conv", 0), RECIPE)
+    assert engine.render(model, channel("conv", 0), engine.LUCID._replace(size=SIZE, steps=1)).images.shape == (
+        1, SIZE, SIZE, 3)
+    flat = from_function(lambda p, x: {"dense": x.reshape(-1) @ p}, jnp.ones((SIZE * SIZE * 3, 2)),
+                         preprocess=lambda x: 2 * x, input_size=SIZE)
+    with pytest.raises(JaxvizError, match="render at a size it accepts"):  # a size it cannot take: that line still
+        engine.render(flat, neuron("dense", 0), RECIPE._replace(size=24))
+
+
+def test_an_nnx_model_with_nnx_scan_or_nnx_remat_inside_renders_past_them():
+    """nnx.scan over stacked layers and nnx.remat write their variables back into the module: merged
+    from the traced params' own variables, that was "from a different trace level" in every render,
+    said to be a gradient jaxviz cannot take."""
+    class Stack(nnx.Module):
+        def __init__(self, rngs):
+            @nnx.split_rngs(splits=3)
+            @nnx.vmap(in_axes=0, out_axes=0)
+            def make(rngs):
+                return nnx.Conv(4, 4, (3, 3), rngs=rngs)
+
+            self.stem, self.layers = nnx.Conv(3, 4, (3, 3), rngs=rngs), make(rngs)
+            self.head = nnx.Conv(4, 4, (3, 3), rngs=rngs)
+
+        def __call__(self, x):
+            @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+            def body(layer, x):
+                return nnx.relu(layer(x))
+
+            return self.head(body(self.layers, self.stem(x)))
+
+    class Remat(nnx.Module):
+        def __init__(self, rngs):
+            self.stem, self.bn = nnx.Conv(3, 4, (3, 3), rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
+            self.head = nnx.Conv(4, 4, (3, 3), rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(nnx.remat(lambda conv, bn, x: nnx.relu(bn(conv(x))))(self.stem, self.bn, x))
+
+    for cls in (Stack, Remat):
+        model = from_nnx(cls(nnx.Rngs(0)), input_size=SIZE)
+        assert [l.name for l in model.layers][-2:] == ["head", "output"], cls
+        r = engine.render(model, channel("head", [0, 1]), RECIPE._replace(steps=2))
+        assert r.images.shape == (2, SIZE, SIZE, 3) and np.isfinite(np.asarray(r.values)).all()

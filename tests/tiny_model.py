@@ -58,6 +58,15 @@ def build_colon():
                          input_size=16)
 
 
+def build_comma():
+    """Layers named with ',' (``conv,3x3``) beside ``conv``: --layers takes the name whole."""
+    from jaxviz.models import from_function
+
+    model = build()
+    conv = lambda p, x: model.activations(p, x, ("conv",))["conv"]
+    return from_function(lambda p, x: {"conv": conv(p, x), "conv,3x3": 2 * conv(p, x)}, model.params, input_size=16)
+
+
 def build_fixed():
     """A classifier's shape: a flatten before a dense head, so it takes only its own 16 px input."""
     from jaxviz.models import from_function

@@ -131,6 +131,8 @@ def finite_weights(params, what: str) -> None:
     import numpy as np
 
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if isinstance(leaf, float):  # a Python float (a scale of float("nan")) has no dtype: it passed unchecked
+            leaf = np.float64(leaf)
         if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.isfinite(leaf).all()):
             count = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf, np.float32))))
             raise JaxvizError(f"the weights of {what} hold {count} NaN or infinite value(s) in "

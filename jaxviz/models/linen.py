@@ -9,7 +9,7 @@ requested layer is computed, so nothing after it is traced: the same under ``jit
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -140,10 +140,15 @@ def from_linen(module: nn.Module, variables: Any, *, preprocess: Callable = iden
     checks.integer("input_size", input_size, 1, checks.MAX_SIZE)
     checks.function("preprocess", preprocess)
     checks.function("min_size", min_size, optional=True)
+    if not isinstance(variables, Mapping):  # None failed as "not iterable", told to pass apply_kwargs
+        raise JaxvizError(f"variables must be the dict that module.init returns ({{'params': ...}}), "
+                          f"not {checks.show(variables)}")
     # it fails e.g. where batch norm, left in training mode, tries to update its statistics
     finite_weights(variables, type(module).__name__)
     shapes = eval_shapes(every, variables, input_size, type(module).__name__, "pass apply_kwargs that put it in "
-                         "eval mode (e.g. {'train': False}) and check input_size")
+                         "eval mode (e.g. {'train': False}) and check input_size" if "params" in variables else
+                         "variables holds no 'params' collection: pass all that module.init returns "
+                         "({'params': ..., 'batch_stats': ...}), not variables['params']")
     table = layer_table(shapes, order, logits, type(module).__name__, dropped)
     return Model(name or type(module).__name__, variables, activations, table, preprocess,
                  user_min_size(min_size) if min_size

@@ -68,14 +68,19 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
     evaluated = nnx.view(module, deterministic=True, use_running_average=True, raise_if_not_found=False)
     graphdef, state = nnx.split(evaluated)
 
-    def forward(p, x, recorder: Recorder):
-        m = nnx.merge(graphdef, p)
+    def forward(p, x, recorder: Recorder, changed: Optional[list] = None):
+        before = [v.get_value() for _, v in nnx.to_flat_state(p)] if changed is not None else None
+        m = nnx.merge(graphdef, p, copy=True)  # variables of this trace: an nnx.remat inside can write them back
 
         def go():
             with _recording(m, recorder):
                 m(x[None])
 
-        return recorder.run(go)
+        out = recorder.run(go)
+        if changed is not None:  # the layer table's pass: the state it wrote
+            changed.extend((path, v) for (path, v), b in zip(nnx.to_flat_state(nnx.state(m)), before)
+                           if v.get_value() is not b)
+        return out
 
     def activations(p, x, names):
         wanted = frozenset(logits if n == LOGITS and logits is not None else n for n in names)
@@ -89,12 +94,22 @@ def from_nnx(module: nnx.Module, *, preprocess: Callable = identity, input_size:
     dropped: list = []
 
     def every(p, x):
-        out = unbatch(forward(p, preprocess(x), Recorder(None)), logits, dropped)
+        changed: list = []
+        out = unbatch(forward(p, preprocess(x), Recorder(None), changed), logits, dropped)
+        if changed and not any(isinstance(v, nnx.Param) for _, v in changed):  # (an nnx.remat writes back all)
+            # under jit, grad or vmap it failed in every render, said to be a gradient jaxviz cannot take
+            path, v = changed[0]
+            raise JaxvizError(f"{type(module).__name__} changes its state in a forward pass ({type(v).__name__} "
+                              f"{'/'.join(map(str, path))}), as batch norm in training mode, dropout or a random draw "
+                              "do; jaxviz renders in eval mode: make __call__'s defaults eval mode (train=False: "
+                              "use_running_average=True, deterministic=True) and draw no random numbers in it")
         order.extend(out)
         return out
 
     finite_weights(state, type(module).__name__)
-    shapes = eval_shapes(every, state, input_size, type(module).__name__, "check input_size and preprocess")
+    shapes = eval_shapes(every, state, input_size, type(module).__name__, "check input_size and preprocess; "
+                         "from_nnx calls module(x) with a batch x (N, H, W, 3) alone: give __call__'s other "
+                         "arguments eval-mode defaults (train=False)")
     table = layer_table(shapes, order, logits, type(module).__name__, dropped)
     return Model(name or type(module).__name__, state, activations, table, preprocess,
                  user_min_size(min_size) if min_size
