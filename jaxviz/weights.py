@@ -74,7 +74,7 @@ def _expand(p: str | os.PathLike, env: Mapping[str, str]) -> Path:
     s = os.fspath(p)
     if s == "~" or s.startswith("~/"):
         return _home(env) / s[2:]
-    return Path(s)
+    return Path(os.path.expanduser(s))  # ~alice/c: alice's home (it was a folder "~alice" here)
 
 
 def keras_cache_path(env: Mapping[str, str] | None = None, source: WeightSource = VGG16_NOTOP) -> Path:

@@ -5,6 +5,7 @@ Downloads go to a small HTTP server started here on 127.0.0.1; nothing leaves th
 from __future__ import annotations
 
 import hashlib
+import os
 import http.server
 import socket
 import threading
@@ -142,6 +143,8 @@ def test_default_cache_dir_comes_from_env(tmp_path):
     env = {"HOME": home, "XDG_CACHE_HOME": "/x/cache", "JAXVIZ_CACHE": "/j"}
     assert W.default_cache_dir(env) == Path("/j")
     assert W.default_cache_dir({"HOME": home, "JAXVIZ_CACHE": "~/c"}) == Path(home) / "c"
+    root = os.path.expanduser("~root")  # another user's home: it was a relative folder "~root/c"
+    assert W.default_cache_dir({"HOME": home, "JAXVIZ_CACHE": "~root/c"}) == Path(root) / "c"
     assert W.keras_cache_path({"HOME": home}) == (
         Path(home) / ".keras" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
     )
