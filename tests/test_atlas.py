@@ -882,3 +882,10 @@ def test_a_process_that_does_not_see_process_0s_manifest_is_refused(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "manifest.json is not in" in err and "file system" in err, err
     assert not out.exists()
+
+
+def test_an_unknown_layer_of_a_model_names_no_option_the_atlas_lacks(tmp_path, capsys):
+    """The atlas said "(see --list-layers)", an option only the grid command has."""
+    assert atlas_mod.main(["--model", "tests.tiny_model:build", "--layers", "nope", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown layer 'nope' for model function; valid layers: conv" in err and "--list-layers" not in err, err

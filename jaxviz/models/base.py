@@ -78,7 +78,7 @@ class Model(NamedTuple):
             if info.name == name:
                 return info
         raise JaxvizError(f"unknown layer {name!r} for model {self.name}; valid layers: "
-                          f"{', '.join(l.name for l in self.layers)} (see --list-layers)")
+                          f"{', '.join(l.name for l in self.layers)}")  # (--list-layers: the grid's alone)
 
     def layer_index(self, name: str) -> int:
         """The position of ``name`` in ``layers`` (keys per filter are derived from it)."""
