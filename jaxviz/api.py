@@ -1,7 +1,6 @@
 """The public API: load VGG's weights, render any objective of any model with a recipe."""
 from __future__ import annotations
 
-import inspect
 import os
 from typing import NamedTuple
 
@@ -108,13 +107,6 @@ def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every:
     """
     model, recipe = as_model(model), as_recipe(recipe)
     checks.integer("seed", seed, 0, checks.MAX_SEED)
-    checks.integer("every", every, 0, checks.MAX_STEPS)
-    if progress is not None and not callable(progress):
-        raise JaxvizError(f"progress must be a function of the number of items finished, or None, not {type(progress).__name__}")
-    if progress is not None and not checks.takes(progress, 1):
-        raise JaxvizError(f"progress is called with one argument, the number of items finished, which "
-                          f"{getattr(progress, '__name__', 'it')}{inspect.signature(progress)} cannot take; "
-                          "give a function of one argument")
     if isinstance(objective, str):
         objective = objectives.parse(objective)
     r = engine.render(model, objective, recipe, key=jax.random.key(seed), start=start, every=every,

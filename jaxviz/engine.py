@@ -17,6 +17,7 @@ A :class:`Recipe` is a choice of parts (all hashable, so a recipe compiles once)
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -388,6 +389,12 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     """
     check(model, objective, recipe)
     checks.integer("every", every, 0, checks.MAX_STEPS)  # -1 or "2" failed in Python's range, True took 1
+    if progress is not None and not callable(progress):
+        raise JaxvizError(f"progress must be a function of the number of items finished, or None, not {type(progress).__name__}")
+    if progress is not None and not checks.takes(progress, 1):  # it failed after the first chunk, its work lost
+        raise JaxvizError(f"progress is called with one argument, the number of items finished, which "
+                          f"{getattr(progress, '__name__', 'it')}{inspect.signature(progress)} cannot take; "
+                          "give a function of one argument")
     n, d, s = len(objective), recipe.diversity, recipe.size
     snap_bytes = (recipe.steps // every + 2) * n * d * s * s * 3 * 4 if every else 0  # float32, kept to the end
     if snap_bytes > (limit := checks.memory_limit(checks.device_memory())):
