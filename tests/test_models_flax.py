@@ -551,3 +551,20 @@ def test_an_nnx_model_with_nnx_scan_or_nnx_remat_inside_renders_past_them():
         assert [l.name for l in model.layers][-2:] == ["head", "output"], cls
         r = engine.render(model, channel("head", [0, 1]), RECIPE._replace(steps=2))
         assert r.images.shape == (2, SIZE, SIZE, 3) and np.isfinite(np.asarray(r.values)).all()
+
+
+def test_a_root_returning_its_submodule_named_output_gives_one_layer_output():
+    class Net(nn.Module):
+        soft: bool = False
+
+        @nn.compact
+        def __call__(self, x):
+            y = nn.Conv(5, (3, 3), name="output")(nn.relu(nn.Conv(4, (3, 3), name="c")(x)))
+            return jax.nn.softmax(y) if self.soft else y
+
+    def names(soft):
+        v = Net(soft).init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+        return [layer.name for layer in from_linen(Net(soft), v, input_size=SIZE).layers]
+
+    assert names(False) == ["c", "output"]
+    assert names(True) == ["c", "output", "output@1"]  # another array: both kept

@@ -2,10 +2,11 @@
 
 A layer is the output of a submodule's ``__call__``, named by its path from the root
 ("Conv_0", "block1/conv2", ...; a module called twice gives "name" and "name@1"); the
-root's own output is "output". Outputs are caught with ``nn.intercept_methods``, and the
-forward pass stops (a private exception out of the interceptor) as soon as the deepest
-requested layer is computed, so nothing after it is traced: the same under ``jit``,
-``grad`` and ``vmap``, since the stop happens while tracing, in Python.
+root's own output is "output" (one layer with a submodule named "output" whose array it
+returns). Outputs are caught with ``nn.intercept_methods``, and the forward pass stops (a
+private exception out of the interceptor) as soon as the deepest requested layer is
+computed, so nothing after it is traced: the same under ``jit``, ``grad`` and ``vmap``,
+since the stop happens while tracing, in Python.
 """
 from __future__ import annotations
 
@@ -29,12 +30,15 @@ class Recorder:
     (``wanted`` None: record every array output, never stop)."""
 
     def __init__(self, wanted: Optional[frozenset]):
-        self.wanted, self.out, self.calls = wanted, {}, {}
+        self.wanted, self.out, self.calls, self.first = wanted, {}, {}, {}
 
     def record(self, path: tuple, value) -> None:
         base = "/".join(str(p) for p in path) or OUTPUT
+        if not path and value is self.first.get(base):
+            return  # the root returns its own submodule "output"'s array: one layer, not "output@1"
         k = self.calls.get(base, 0)
         self.calls[base] = k + 1
+        self.first.setdefault(base, value)
         name = base if k == 0 else f"{base}@{k}"
         if self.wanted is None:
             if isinstance(value, jax.Array) and value.ndim >= 1:
