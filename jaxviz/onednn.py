@@ -50,6 +50,7 @@ MISSING = ("the onednn conv is not available here: it needs oneDNN 3 (pip instal
 NO_BF16 = ("oneDNN has no bfloat16 conv on this CPU (it needs AVX-512 or AMX); use float32, or conv auto "
            "(bfloat16 then runs XLA's convs)")
 STALE_S = 3600  # a compile's temporary file unwritten this long was left by a killed run (a compile takes ~30 s)
+COMPILE_LIMIT_S = 900  # a compile still running after this (30x its time on 2 cores) is a hung $CXX: XLA's convs run
 MATMUL = "jaxviz_onednn_batched_matmul_f32"
 KERNEL = "jaxviz_winograd_kernel_f32"
 WINOGRAD = "jaxviz_winograd4_f32"
@@ -176,10 +177,13 @@ def _build(prefix: Path) -> Path:
         helper = subprocess.Popen([sys.executable or "python3", "-I", "-c", _COMPILE, tmp, str(out), *cmd],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            _, err = helper.communicate()
-        except BaseException:  # a KeyboardInterrupt of this process alone (a notebook's): the helper stops the
-            helper.terminate()  # compiler and removes its file (killed, it would leave the compiler writing)
+            _, err = helper.communicate(timeout=COMPILE_LIMIT_S)
+        except BaseException as e:  # a KeyboardInterrupt of this process alone (a notebook's), or the limit: the
+            helper.terminate()  # helper stops the compiler and removes its file (killed, it would leave it writing)
             helper.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise OSError(f"compiling {SOURCE.name} took over {COMPILE_LIMIT_S} s and was stopped; check "
+                              f"$CXX ({cxx}), or set JAXVIZ_ONEDNN=0") from None
             raise
         if helper.returncode != 0:
             lines = err.strip().splitlines()

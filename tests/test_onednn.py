@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -665,3 +666,24 @@ def test_a_killed_compiles_temporary_file_is_removed_by_a_later_build(tmp_path, 
         os.utime(p, (0, 0))
     out = onednn._build(onednn._prefix())
     assert sorted(cache.iterdir()) == sorted([out, fresh, other])
+
+
+@pytest.mark.skipif(onednn._prefix() is None, reason="oneDNN is not installed here")
+def test_a_compiler_that_hangs_is_stopped_at_the_limit_and_named(tmp_path, monkeypatch):
+    """A $CXX that never ends (a wrapper waiting on a licence server, say) hung every first use."""
+    cxx = tmp_path / "cxx"
+    cxx.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 600\n")
+    cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "j"))
+    monkeypatch.setattr(onednn, "COMPILE_LIMIT_S", 2)
+    with pytest.raises(OSError, match=r"took over 2 s and was stopped; check \$CXX .*JAXVIZ_ONEDNN=0$"):
+        onednn._build(onednn._prefix())
+    assert not list((tmp_path / "j").rglob("*.tmp"))
+    pid = int((tmp_path / "pid").read_text())
+    for _ in range(100):  # the compiler is ended too
+        if not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the hung compiler still runs")
