@@ -80,9 +80,10 @@ def check(optimizer) -> None:
 def check_update(optimizer, shape: tuple) -> None:
     """One line where ``optimizer`` (an optax transformation) cannot step parameters of ``shape``: its
     ``init`` or ``update`` fails or is not a function, or ``update`` does not return ``(updates, state)``
-    with updates of that shape (by tracing), or where its first step goes against the objective (one
-    step run on a gradient of ones); before a render's long work: an update returning the updates
-    alone failed inside the compiled step, and ``optax.sgd(-1.0)`` descended silently."""
+    with updates of that shape (by tracing), or where its first step is not finite or goes against the
+    objective (one step run on a gradient of ones); before a render's long work: an update returning the
+    updates alone failed inside the compiled step, ``optax.sgd(-1.0)`` descended silently and
+    ``optax.sgd(nan)`` was told only after the render."""
     from jaxviz.errors import JaxvizError
     from jaxviz.models.base import first_line
 
@@ -109,7 +110,11 @@ def check_update(optimizer, shape: tuple) -> None:
                           f"{getattr(new, 'shape', type(new).__name__)}; {fix}, updates shaped as the parameters")
     # the engine hands optax the gradient of -objective: a first step along it would descend the objective
     opt, g, p0 = build(optimizer), jnp.ones(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
-    if float(jnp.vdot(opt.update(g, opt.init(p0), p0)[0], g)) > 0:
+    first = opt.update(g, opt.init(p0), p0)[0]
+    if not bool(jnp.isfinite(first).all()):  # every image NaN, said only after the whole render
+        raise JaxvizError("recipe.optimizer's first step is not finite (NaN or infinity), so no image would be: a "
+                          "learning rate of NaN or infinity, such as optax.sgd(float('nan'))?; give a finite one")
+    if float(jnp.vdot(first, g)) > 0:
         raise JaxvizError("recipe.optimizer steps the images against the objective (a negative learning rate, such "
                           "as optax.sgd(-1.0)?): jaxviz hands optax the gradient of -objective to minimize, so give "
                           "it a positive learning rate")

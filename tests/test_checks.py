@@ -278,14 +278,16 @@ def test_a_backend_jax_cannot_start_is_one_line_naming_jax_platforms(monkeypatch
 
 def test_images_not_finite_from_an_own_optimizer_name_it_in_the_fix():
     """The hint said only "lower the step size ... check the weights", which does not fit an optax
-    transformation of the user's that makes NaN."""
+    transformation of the user's that makes NaN (after its first step: a first one is refused before the render)."""
+    import jax.numpy as jnp
     import optax
 
     from tests.tiny_model import build
 
-    nan = optax.GradientTransformation(lambda p: optax.EmptyState(), lambda u, s, p=None: (u * float("nan"), s))
+    later = lambda u, s, p=None: (-u * jnp.where(s > 0, jnp.nan, 1.0), s + 1)
+    nan = optax.GradientTransformation(lambda p: jnp.zeros((), jnp.int32), later)
     with pytest.raises(JaxvizError, match=r"came out not finite.*optax optimizer of your own"):
-        jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=1, optimizer=nan))
+        jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=2, optimizer=nan))
 
 
 def test_takes_counts_positional_arguments():

@@ -70,3 +70,17 @@ def test_an_optax_transformation_stepping_against_the_objective_is_refused():
     for good in (optax.sgd(1.0), optax.adam(optax.linear_schedule(0.0, 0.05, 10)), optax.adamw(0.05)):
         assert jaxviz.render(build(), "conv:0", jaxviz.LUCID._replace(size=16, steps=1, optimizer=good)).tiles.shape \
             == (1, 16, 16, 3)
+
+
+def test_an_optax_transformation_with_a_rate_of_nan_or_infinity_is_refused_before_the_render(monkeypatch):
+    """optax.sgd(nan) ran the whole render, then said only that the images "came out not finite"."""
+    import optax
+
+    from jaxviz import engine
+    from tests.tiny_model import build
+
+    monkeypatch.setattr(engine, "run_chunk", lambda *a: pytest.fail("rendered"))
+    for bad in (optax.sgd(math.nan), optax.adam(math.inf), optax.chain(optax.sgd(1.0), optax.scale(math.nan))):
+        with pytest.raises(JaxvizError, match=r"recipe.optimizer's first step is not finite .*give a finite one") as e:
+            jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=1, optimizer=bad))
+        assert "\n" not in str(e.value)
