@@ -388,6 +388,14 @@ def _weight(w: float) -> float:
     return w
 
 
+def _name(layer) -> str:
+    """A layer's name, a str: a list of names was a TypeError (unhashable) from inside the engine."""
+    if not isinstance(layer, str):
+        raise JaxvizError(f"a layer is named by a str such as 'block4_conv1', not {checks.show(layer)}; for several "
+                          "layers add one objective per layer (channel(a, 0) + channel(b, 0))")
+    return layer
+
+
 def _indices(n, what: str) -> np.ndarray:
     from jaxviz.checks import filter_list
 
@@ -405,13 +413,13 @@ def channel(layer: str, n, dead_filter: str = "none", redirect_steps: Optional[i
     ``dead_filter``: "none" (post-relu), "preact" (before the relu) or "redirect" (a relu
     whose gradient passes while it blocks everything), for filters that never fire.
     """
-    return Objective(Channel(layer, dead_filter, redirect_steps), _indices(n, "channel"))
+    return Objective(Channel(_name(layer), dead_filter, redirect_steps), _indices(n, "channel"))
 
 
 def neuron(layer: str, n, y: Optional[int] = None, x: Optional[int] = None) -> Objective:
     """Channel(s) ``n`` of ``layer`` at one position (y, x); the centre by default."""
     y, x = (None if v is None else checks.integer(name, v) for name, v in (("neuron y", y), ("neuron x", x)))
-    return Objective(Neuron(layer, y, x), _indices(n, "channel"))
+    return Objective(Neuron(_name(layer), y, x), _indices(n, "channel"))
 
 
 def direction(layer: str, vectors) -> Objective:
@@ -426,12 +434,12 @@ def direction(layer: str, vectors) -> Objective:
     zero = np.flatnonzero(~v.any(axis=1))
     if zero.size:  # its objective is 0 for every image: nothing to ascend, the start image comes back
         raise JaxvizError(f"direction vector {zero[0]} is all zeros; give each direction a nonzero vector")
-    return Objective(Direction(layer), v)
+    return Objective(Direction(_name(layer)), v)
 
 
 def deepdream(layer: str) -> Objective:
     """DeepDream's objective: the mean of the squared activation of ``layer``."""
-    return Objective(DeepDream(layer))
+    return Objective(DeepDream(_name(layer)))
 
 
 def class_logit(n) -> Objective:
@@ -452,7 +460,7 @@ def l2(constant: float = 0.5) -> Objective:
 def diversity_term(layer: str) -> Objective:
     """Minus Lucid's diversity similarity of ``layer`` between the images of one objective
     (add it, weighted, to push an objective's several images apart: ``recipe.diversity`` > 1)."""
-    return Objective(Diversity(layer))
+    return Objective(Diversity(_name(layer)))
 
 
 # ---------------------------------------------------------------- Lucent-style spelling

@@ -113,7 +113,13 @@ def test_constructors_check_their_arguments_at_once():
            (lambda: o.l2("a"), "l2's constant must be a number"),
            (lambda: o.l2(float("nan")), "l2's constant must be a finite number"),
            (lambda: float("inf") * o.channel("block1_conv1", 1), "objective's weight must be a finite number"),
-           (lambda: o.parse(None), "objective's text must be a str")]
+           (lambda: o.parse(None), "objective's text must be a str"),
+           # a list of layers was a TypeError (unhashable) from inside the engine
+           (lambda: o.deepdream(["block1_conv1", "block2_conv1"]), "a layer is named by a str such as"),
+           (lambda: o.channel(["block1_conv1"], 0), "a layer is named by a str"),
+           (lambda: o.neuron(("block1_conv1",), 0), "a layer is named by a str"),
+           (lambda: o.direction({"block1_conv1"}, [1.0]), "a layer is named by a str"),
+           (lambda: o.diversity_term(None), "a layer is named by a str")]
     for make, message in bad:
         with pytest.raises(JaxvizError, match=message) as e:
             make()
