@@ -11,7 +11,7 @@ import numpy as np
 from jaxviz import checks, engine, objectives
 from jaxviz.convert import load_keras_h5
 from jaxviz.engine import LUCID, SEED, Recipe
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, notice
 from jaxviz.image import deprocess_batch, rgb_to_uint8
 from jaxviz.models.base import Model
 from jaxviz.models.vgg import vgg
@@ -99,12 +99,27 @@ def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every:
     ``jaxviz.Recipe`` (e.g. ``jaxviz.SEED._replace(size=128)``). ``seed`` seeds the start
     images and transforms; ``start`` replaces the start parameters; ``every`` > 0 keeps a
     snapshot every that many steps (an animation of the ascent); ``progress(k)`` is called
-    as each compiled chunk of k items finishes (a progress bar).
+    as each compiled chunk of k items finishes (a progress bar). Items whose image never moved
+    from its start (a unit that never fired, a layer that does not depend on the input) are
+    named in a notice (``jaxviz.errors.notice``).
 
     >>> tiles = render(load_params(), "block1_conv1:0-1", jaxviz.SEED._replace(size=32, steps=5)).tiles
     >>> tiles.shape
     (2, 32, 32, 3)
     """
+    model, recipe = as_model(model), as_recipe(recipe)
+    if isinstance(objective, str):
+        objective = objectives.parse(objective)
+    r = render_quiet(model, objective, recipe, seed=seed, start=start, every=every, progress=progress)
+    note = unmoved_note(model, objective, r) if recipe.steps else None
+    if note:
+        notice(note)
+    return r
+
+
+def render_quiet(model, objective, recipe="seed", *, seed: int = 0, start=None, every: int = 0,
+                 progress=None) -> Rendered:
+    """``render`` without its notice of unmoved images, for a caller that says its own (the grid)."""
     model, recipe = as_model(model), as_recipe(recipe)
     checks.integer("seed", seed, 0, checks.MAX_SEED)
     if isinstance(objective, str):
@@ -115,3 +130,27 @@ def render(model, objective, recipe="seed", *, seed: int = 0, start=None, every:
     frames = None if r.frames is None else to_uint8(recipe, r.frames)
     return Rendered(to_uint8(recipe, r.images), np.asarray(r.images), np.asarray(r.values, np.float32),
                     np.asarray(r.trace, np.float32), frames)
+
+
+def unmoved_note(model: Model, objective, r: Rendered) -> str | None:
+    """A line naming the items whose image never moved from its start (``checks.unmoved``): no
+    gradient reached it, so the result is the start image; None when there are none."""
+    n = len(objective)
+    stuck, frozen = checks.unmoved(r.trace, r.values, len(r.values) // max(1, n))
+    items = stuck or frozen
+    if not items:
+        return None
+    term = objective.term
+    kind = {objectives.Channel: "", objectives.Neuron: "neuron:", objectives.ClassLogit: "logit"}.get(type(term))
+    if kind is not None:  # the items in the objective's text spelling: conv:3, neuron:conv:3, logit:3
+        names = [f"{kind}{getattr(term, 'layer', '')}:{int(objective.batched_args()[i])}" for i in items]
+    else:
+        names = [f"item{'' if len(items) == 1 else 's'} {', '.join(map(str, items))} of the objective"]
+    what = "never fired (objective 0 at every step)" if stuck else "kept the same objective at every step"
+    images = "its image" if len(items) == 1 else "their images"
+    line = f"jaxviz: {', '.join(names)} on model {model.name} {what}: no gradient moved {images} from the start"
+    if frozen and not stuck:
+        line += " (does the layer depend on the input?)"
+    if stuck and isinstance(term, objectives.Channel) and term.dead_filter != "redirect" and model.preact is not None:
+        line += "; objectives.channel(layer, n, dead_filter='redirect') wakes such units"
+    return line

@@ -67,13 +67,7 @@ def run_key(key, seed: int, batch_size, max_bytes) -> jax.Array:
     if batch_size is not None:
         checks.integer("batch_size", batch_size, 1)
     checks.integer("max_bytes", max_bytes, 1)
-    if key is None:
-        return jax.random.key(seed)
-    dtype = getattr(key, "dtype", None)
-    if not (isinstance(key, jax.Array) and (jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ()
-                                            or dtype == jnp.uint32 and key.shape == (2,))):
-        raise JaxvizError(f"key must be one JAX random key such as jax.random.key(0), not {checks.show(key)}")
-    return key
+    return jax.random.key(seed) if key is None else engine.one_key(key)
 
 
 def filter_key(key: jax.Array, layer: str, f, spec: VGGSpec = VGG16) -> jax.Array:

@@ -156,6 +156,20 @@ def finite(name: str, *arrays) -> None:
             )
 
 
+def unmoved(trace, values, per: int = 1) -> tuple[list[int], list[int]]:
+    """(stuck, frozen): the items (of ``per`` images each) whose image never moved from its start,
+    as no gradient reached it: stuck, the objective 0 at every step and at the end (a unit that never
+    fired); frozen, the same nonzero value throughout (a layer that does not depend on the input)."""
+    if not np.size(values):
+        return [], []
+    trace = np.asarray(trace).reshape(len(np.asarray(values)) // max(1, per), -1)
+    values = np.asarray(values).reshape(len(trace), -1)
+    stuck = [i for i, (t, v) in enumerate(zip(trace, values)) if not t.any() and not v.any()]
+    frozen = [i for i, (t, v) in enumerate(zip(trace, values))
+              if t.size > 1 and t.any() and (t == t[0]).all() and (v == t[0]).all()]
+    return stuck, frozen
+
+
 def showable(name: str, images) -> None:
     """Refuse raw images (..., H, W, 3) too large for the seed's deprocess: it sums squared
     distances from each image's mean in float32, which past about 1e19 per pixel is infinite,

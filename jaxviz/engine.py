@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxviz import checks, optim, transforms
+from jaxviz import checks, objectives, optim, transforms
 from jaxviz.errors import JaxvizError
 from jaxviz.models.base import LayerInfo, Model, eval_shapes, identity, model_errors
 from jaxviz.objectives import Diversity, Objective, Probe, Term
@@ -377,18 +377,35 @@ def _works(f, *args) -> bool:
     return True
 
 
+def one_key(key) -> jax.Array:
+    """``key`` if it is one JAX random key, typed (``jax.random.key(0)``) or raw (``jax.random.PRNGKey(0)``);
+    else one line (an int or a batch of keys failed inside JAX's ``fold_in``)."""
+    dtype = getattr(key, "dtype", None)
+    if not (isinstance(key, jax.Array) and (jnp.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ()
+                                            or dtype == jnp.uint32 and key.shape == (2,))):
+        raise JaxvizError(f"key must be one JAX random key such as jax.random.key(0), not {checks.show(key)}")
+    return key
+
+
 def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: jax.Array | None = None,
            start=None, every: int = 0, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int | None = None,
            progress: Callable[[int], None] | None = None) -> Result:
     """Maximize each item of ``objective`` on ``model`` with ``recipe``; see :class:`Result`.
 
-    ``key`` (default ``jax.random.key(0)``) seeds every item's start and transforms;
+    ``objective`` may be its text, as for ``jaxviz.render``; ``key`` (default ``jax.random.key(0)``)
+    seeds every item's start and transforms;
     ``start`` (N, ...) replaces the start parameters (:func:`initial`) (the raw images for the seed recipe);
     ``every`` > 0 keeps a snapshot every that many steps (and the start and final images);
     ``progress(k)`` is called after each chunk with the number of items it finished.
     """
+    if isinstance(objective, str):
+        objective = objectives.parse(objective)
     check(model, objective, recipe)
     checks.integer("every", every, 0, checks.MAX_STEPS)  # -1 or "2" failed in Python's range, True took 1
+    key = jax.random.key(0) if key is None else one_key(key)
+    if batch_size is not None:  # -1 or 2.5 failed inside the engine or JAX
+        checks.integer("batch_size", batch_size, 1)
+    checks.integer("max_bytes", max_bytes, 1)
     if progress is not None and not callable(progress):
         raise JaxvizError(f"progress must be a function of the number of items finished, or None, not {type(progress).__name__}")
     if progress is not None and not checks.takes(progress, 1):  # it failed after the first chunk, its work lost
@@ -404,7 +421,6 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
     if n == 0:
         z = jnp.zeros((0, s, s, 3))
         return Result(z, jnp.zeros((0,)), jnp.zeros((0, recipe.steps)), None)
-    key = jax.random.key(0) if key is None else key
     ids = objective.key_ids(model)
     keys = item_keys(key, ids)
     args = objective.batched_args()

@@ -374,18 +374,12 @@ def _never_fired(name, filters, rendered, objective, model, args) -> str | None:
     fired, no gradient reached the image, and the tile is the start image (6 of block1_conv1's
     first 64 in the book's grid); None when there are none. Names the option that wakes them
     where the objective and the model allow it."""
-    import numpy as np
-
     from jaxviz import objectives
 
     per = len(rendered.values) // max(1, len(filters))  # images per filter (--diversity)
     if not filters or per * len(filters) != len(rendered.values):
         return None
-    trace = np.asarray(rendered.trace).reshape(len(filters), -1)
-    values = np.asarray(rendered.values).reshape(len(filters), per)
-    stuck = [f for f, t, v in zip(filters, trace, values) if not t.any() and not v.any()]
-    frozen = [f for f, t, v in zip(filters, trace, values)  # a layer that does not depend on the input
-              if t.size > 1 and t.any() and (t == t[0]).all() and (v == t[0]).all()]
+    stuck, frozen = ([filters[i] for i in items] for items in checks.unmoved(rendered.trace, rendered.values, per))
     if frozen and not stuck:
         one = len(frozen) == 1
         return (f"{name}: filter{'' if one else 's'} {', '.join(map(str, frozen))} kept the same objective at every "
@@ -513,8 +507,9 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _render_with_progress(model, objective, recipe, name, args):
-    """Render one grid (the engine chunks it), with a progress bar on a terminal."""
-    import jaxviz
+    """Render one grid (the engine chunks it), with a progress bar on a terminal; the grid names
+    unmoved images itself (``_never_fired``), so without the library's notice of them."""
+    from jaxviz.api import render_quiet
     from jaxviz.image import frames_every
 
     bar = None
@@ -524,8 +519,8 @@ def _render_with_progress(model, objective, recipe, name, args):
         bar = tqdm(total=len(objective) * recipe.diversity, desc=name, unit="image", file=sys.stderr, leave=True)
     every = frames_every(recipe.steps) if args.animate else 0
     try:
-        return jaxviz.render(model, objective, recipe, seed=args.seed, every=every,
-                             progress=(lambda k: bar.update(k * recipe.diversity)) if bar else None)
+        return render_quiet(model, objective, recipe, seed=args.seed, every=every,
+                            progress=(lambda k: bar.update(k * recipe.diversity)) if bar else None)
     finally:
         if bar:
             bar.close()

@@ -299,3 +299,45 @@ def test_transforms_pad_raw_pixels_with_their_own_grey():
     recipe = SEED._replace(size=16, steps=1, param=SeedStart(), transforms=still)
     r = engine.render(model, jaxviz.objectives.channel("input", [0]), recipe)
     assert 128 <= float(r.trace[0, 0]) <= 148  # the mean of the padded image's red: all of it 128-148
+
+
+def test_render_checks_its_key_and_chunking_and_takes_text():
+    """key=42 or a batch of keys failed inside JAX's fold_in, batch_size=-1 with an IndexError and 2.5
+    inside JAX; the text of an objective, which the message offers, was refused."""
+    from tests.tiny_model import build
+
+    m, obj, recipe = build(), jaxviz.objectives.channel("conv", [1]), SEED._replace(size=8, steps=1)
+    for bad, message in [(dict(key=42), "key must be one JAX random key"),
+                         (dict(key=jax.random.split(jax.random.key(0), 2)), "key must be one JAX random key"),
+                         (dict(batch_size=-1), "batch_size must be 1 or more"),
+                         (dict(batch_size=2.5), "batch_size must be an integer"),
+                         (dict(max_bytes=0), "max_bytes must be 1 or more")]:
+        with pytest.raises(JaxvizError, match=message) as e:
+            engine.render(m, obj, recipe, **bad)
+        assert "\n" not in str(e.value)
+    np.testing.assert_array_equal(engine.render(m, "conv:1", recipe, key=jax.random.PRNGKey(0)).images,
+                                  engine.render(m, obj, recipe, key=jax.random.PRNGKey(0)).images)
+
+
+def test_render_names_images_that_never_moved(caplog, model):
+    """A layer that does not depend on the input, a unit that never fired or a rate of 0: the result
+    was the start image, and the library (unlike the grid) said nothing."""
+    from tests.tiny_model import build, build_constant
+
+    with caplog.at_level("WARNING", logger="jaxviz"):
+        jaxviz.render(build_constant(), "conv:0-1", TINY)
+        assert "jaxviz: conv:0, conv:1 on model function kept the same objective at every step" in caplog.text
+        assert "no gradient moved their images from the start" in caplog.text
+        caplog.clear()
+        jaxviz.render(build(), "conv:1", TINY, start=np.zeros((1, 16, 16, 3)))  # relu(conv(0)) = 0: no gradient
+        assert "jaxviz: conv:1 on model function never fired (objective 0 at every step)" in caplog.text
+        caplog.clear()
+        jaxviz.render(model, "block1_conv1:5-6", TINY)  # 5 never fires (the grid's test), 6 does
+        assert "jaxviz: block1_conv1:5 on model vgg16 never fired" in caplog.text and "dead_filter='redirect'" in caplog.text
+        caplog.clear()
+        jaxviz.render(build(), -jaxviz.objectives.channel("conv", [1, 2]), TINY._replace(optimizer=optax.sgd(0.0)))
+        assert "items 0, 1 of the objective on model function kept the same objective" in caplog.text
+        caplog.clear()
+        jaxviz.render(build(), "conv:1-2", TINY)  # moved, or no steps: nothing said
+        jaxviz.render(build_constant(), "conv:0", TINY._replace(steps=0))
+        assert caplog.text == ""

@@ -216,7 +216,7 @@ def test_a_file_where_the_tiles_folder_goes_is_one_line(tmp_path, capsys):
 def test_a_folder_where_a_grid_goes_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     """It failed at writing, after the render, with the grids before it written."""
     (tmp_path / "block1_conv2.png").mkdir()
-    monkeypatch.setattr(jaxviz, "render", lambda *a, **k: pytest.fail("rendered"))
+    monkeypatch.setattr(jaxviz.api, "render_quiet", lambda *a, **k: pytest.fail("rendered"))
     assert grid.main(["--layers", "block1_conv1,block1_conv2", *TINY, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "block1_conv2.png: a folder is in the way" in err[0]
@@ -226,7 +226,7 @@ def test_a_folder_where_a_grid_goes_is_refused_before_any_work(tmp_path, capsys,
 def test_a_folder_where_a_tile_goes_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     """--tiles: found at writing, after the first grid's files (and with a wrong fix: "give a file name")."""
     (tmp_path / "block1_conv2" / "block1_conv2_f001.png").mkdir(parents=True)
-    monkeypatch.setattr(jaxviz, "render", lambda *a, **k: pytest.fail("rendered"))
+    monkeypatch.setattr(jaxviz.api, "render_quiet", lambda *a, **k: pytest.fail("rendered"))
     assert grid.main(["--layers", "block1_conv1,block1_conv2", *TINY, "--tiles", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "block1_conv2_f001.png: a folder is in the way; move it" in err[0]
@@ -242,7 +242,7 @@ def test_a_folder_where_a_tile_goes_is_refused_before_any_work(tmp_path, capsys,
 def test_every_grid_is_checked_before_the_first_is_rendered(tmp_path, capsys, monkeypatch, args, message):
     """Objectives and models of package.module:function: a later grid's size or memory was checked only
     when its turn came, after the grids before it were written."""
-    monkeypatch.setattr(jaxviz, "render", lambda *a, **k: pytest.fail("rendered"))
+    monkeypatch.setattr(jaxviz.api, "render_quiet", lambda *a, **k: pytest.fail("rendered"))
     out = tmp_path / "out"
     assert grid.main([*args, "--steps", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -263,8 +263,8 @@ def test_ctrl_c_exits_130_and_names_completed_layers(tmp_path, capsys, monkeypat
             raise KeyboardInterrupt
         return real_render(*a, **k)
 
-    real_render = jaxviz.render
-    monkeypatch.setattr(jaxviz, "render", fake_render)
+    real_render = jaxviz.api.render_quiet
+    monkeypatch.setattr(jaxviz.api, "render_quiet", fake_render)
     code = grid.main(["--layers", "block1_conv1,block1_conv2", *TINY, "--out", str(tmp_path)])
     assert code == 130
     assert "completed layers: block1_conv1" in capsys.readouterr().err
@@ -463,11 +463,13 @@ def test_filters_that_never_fire_are_named_with_what_wakes_them(tmp_path, capsys
     assert capsys.readouterr().out == ""
 
 
-def test_a_layer_that_does_not_depend_on_the_input_is_named(tmp_path, capsys):
-    """Its objective is the same nonzero value at every step: start-image tiles, and nothing said."""
+def test_a_layer_that_does_not_depend_on_the_input_is_named(tmp_path, capsys, caplog):
+    """Its objective is the same nonzero value at every step: start-image tiles, and nothing said.
+    Once: the grid's line, not the library's notice too."""
     args = ["--model", "tests.tiny_model:build_constant", "--filters", "0-1", "--size", "16"]
     assert run_main([*args, "--steps", "3", "--out", str(tmp_path / "a")]) == 0
     assert "conv: filters 0, 1 kept the same objective at every step" in capsys.readouterr().out
+    assert "kept the same objective" not in caplog.text
     assert run_main(["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0-1", "--size", "16",
                      "--steps", "3", "--out", str(tmp_path / "b")]) == 0
     assert "kept the same objective" not in capsys.readouterr().out
