@@ -351,6 +351,12 @@ class Objective:
             return list(zip(self.term.terms, self.term.weights, self.args))
         return [(self.term, 1.0, self.args)]
 
+    __array_ufunc__ = None  # np.array([1, 2]) * obj made a numpy array of objectives: __rmul__ refuses it
+
+    def __radd__(self, other) -> "Objective":
+        """``0 + objective``: Python's ``sum(objectives)`` starts from 0."""
+        return self if type(other) is int and other == 0 else NotImplemented
+
     def __add__(self, other: "Objective") -> "Objective":
         if not isinstance(other, Objective):
             return NotImplemented
@@ -361,6 +367,8 @@ class Objective:
         return Objective(Sum(tuple(p[0] for p in parts), tuple(p[1] for p in parts)), tuple(p[2] for p in parts))
 
     def __mul__(self, w: float) -> "Objective":
+        if not isinstance(w, (str, bytes)) and np.ndim(w) > 0:
+            raise TypeError(f"an objective's weight must be one number, not an array of shape {np.shape(w)}")
         kind = np.asarray(w).dtype if np.ndim(w) == 0 and not isinstance(w, (bool, np.bool_, str, bytes)) else None
         if kind is None or not (jnp.issubdtype(kind, jnp.integer) or jnp.issubdtype(kind, jnp.floating)):
             return NotImplemented

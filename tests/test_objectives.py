@@ -202,6 +202,19 @@ def test_weights_may_be_numpy_or_jax_scalars():
         o.channel("block1_conv1", [0]) * jnp.ones(2)
     with pytest.raises(TypeError, match="unsupported operand type.*'Objective' and 'str'"):
         o.channel("block1_conv1", [0]) - "a"  # was "bad operand type for unary -: 'str'"
+    for w in (np.float32(0.5), np.int64(2)):  # on the left too
+        assert (w * o.channel("block1_conv1", [0])).term.weights == (float(w),)
+    for make in (lambda a: o.channel("block1_conv1", [0]) * a, lambda a: a * o.channel("block1_conv1", [0])):
+        # the second made a numpy array of objectives
+        with pytest.raises(TypeError, match=r"weight must be one number, not an array of shape \(2,\)"):
+            make(np.array([1.0, 2.0]))
+
+
+def test_python_sum_adds_objectives():
+    a, b = o.channel("block2_conv1", 3), o.deepdream("block1_conv2")
+    assert sum([a, b]) == a + b and sum([a]) is a  # sum starts from 0, which was a TypeError
+    with pytest.raises(TypeError):
+        1 + a
 
 
 def test_layers_must_hold_one_images_activations():
