@@ -16,8 +16,12 @@ class JaxvizError(Exception):
 def error_line(command: str, message) -> str:
     """``COMMAND: error: MESSAGE`` on one line: a newline, tab or other unprintable character of a
     path or name the message quotes is escaped (``\\n``), so the line stays one line."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
-    return f"{command}: error: {text}"
+    return f"{command}: error: {printable(message)}"
+
+
+def printable(text) -> str:
+    """``text`` with each newline, tab, escape or other unprintable character as Python writes it (``\\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def notice(text: str) -> None:

@@ -1,6 +1,7 @@
 """A folder of images as a stream of equal-size RGB batches in [0, 1].
 
-The folder is searched **recursively** (sorted, hidden files and folders skipped) for
+The folder is searched **recursively** (sorted, hidden files and folders skipped, linked
+folders followed once each, unreadable subfolders named in a notice) for
 ``.jpg``, ``.jpeg`` and ``.png`` files (any case), so a dataset laid out in class
 subfolders works as it is; the sorted order makes image indices stable, which the
 resumable pass of ``jaxviz.examples`` relies on.
@@ -28,15 +29,17 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from jaxviz import checks
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, notice, printable
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 SHOW = 5  # names kept per skip reason
 MAX_ASPECT = 16  # longer side / shorter side past which only the crop's region is resized (resize_crop)
 
 
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """The image files under ``folder``, recursively, as sorted paths relative to it."""
+def list_images(folder: str | os.PathLike, *, warn: bool = True) -> list[str]:
+    """The image files under ``folder``, recursively, as sorted paths relative to it. Linked folders
+    are followed, each folder once (a link back up the tree is no loop); a subfolder that cannot be
+    read is left out, said in a notice when ``warn``."""
     try:
         folder = os.fsdecode(folder)  # bytes too (os.walk gave bytes names); None failed with Python's TypeError
     except TypeError:
@@ -47,16 +50,39 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     if not os.path.isdir(folder):
         what = "does not exist" if not os.path.exists(folder) else "is not a folder"
         raise JaxvizError(f"image folder {folder} {what}; give a folder of JPEG/PNG images with --images")
-    found = []
-    for root, dirs, files in os.walk(folder, onerror=None):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found, unreadable, seen = [], [], set()
+
+    def first_visit(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino)
+        return key not in seen and not seen.add(key)
+
+    first_visit(folder)
+    # a linked folder was skipped silently (its images missing); a folder it can't read was "no images"
+    for root, dirs, files in os.walk(folder, onerror=unreadable.append, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and first_visit(os.path.join(root, d)))
         for name in files:
             if not name.startswith(".") and name.lower().endswith(EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(root, name), folder))
     found.sort(key=lambda p: p.split(os.sep))
+    if unreadable and unreadable[0].filename == folder:
+        raise JaxvizError(f"cannot read image folder {folder} ({unreadable[0].strerror}); give a folder of JPEG/PNG "
+                          "images you can read with --images")
+    unread = ""
+    if unreadable:
+        shown = ", ".join(printable(os.path.relpath(e.filename, folder)) for e in unreadable[:SHOW])
+        more = ", ..." if len(unreadable) > SHOW else ""
+        unread = (f"{len(unreadable)} folder{'s' if len(unreadable) != 1 else ''} under {folder} cannot be read "
+                  f"({unreadable[0].strerror}): {shown}{more}")
+        if found and warn:
+            notice(f"jaxviz: {unread}; their images are left out")
     if not found:
         raise JaxvizError(f"no JPEG or PNG images in {folder} (searched recursively for "
-                          f"{', '.join(EXTENSIONS)}); give a folder of images with --images")
+                          f"{', '.join(EXTENSIONS)}{'; ' + unread if unread else ''}); give a folder of images "
+                          "with --images")
     return found
 
 
@@ -163,14 +189,15 @@ class Skipped(NamedTuple):
         return sum(self.counts.values())
 
     def describe(self) -> str:
-        """One line, e.g. 'skipped 3 files: 2 not an image (a.png, b.jpg), 1 too small (c.png)'."""
+        """One line, e.g. 'skipped 3 files: 2 not an image (a.png, b.jpg), 1 too small (c.png)'; a name's
+        newline or terminal escape is shown escaped (it broke the line, or drove the terminal)."""
         if not self.total:
             return "skipped no files"
         parts = []
         for r in REASONS:
             if self.counts.get(r):
                 more = ", ..." if self.counts[r] > len(self.names[r]) else ""
-                parts.append(f"{self.counts[r]} {r} ({', '.join(self.names[r])}{more})")
+                parts.append(f"{self.counts[r]} {r} ({', '.join(map(printable, self.names[r]))}{more})")
         return f"skipped {self.total} file{'s' if self.total != 1 else ''}: " + "; ".join(parts)
 
 

@@ -230,3 +230,50 @@ def test_a_float_image_holding_nan_prints_no_numpy_warning(tmp_path):
         warnings.simplefilter("error")
         rgb = imagefolder.load_rgb(str(tmp_path / "f.png"))
     assert tuple(rgb[0, 0]) == (0, 0, 0) and tuple(rgb[4, 4]) == (128, 128, 128)
+
+
+def test_linked_folders_are_followed_once_and_a_link_up_is_no_loop(tmp_path):
+    """A linked class folder (cats -> /data/cats) was left out without a word; a link back up the tree,
+    or a second link to a folder, is walked once."""
+    (tmp_path / "data").mkdir()
+    Image.fromarray(_rgb(4, 4)).save(tmp_path / "data" / "c.png")
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    Image.fromarray(_rgb(4, 4)).save(imgs / "a.png")
+    os.symlink(tmp_path / "data", imgs / "cats")
+    os.symlink(tmp_path / "data", imgs / "zcats")
+    os.symlink("..", imgs / "sub" / "up")
+    assert imagefolder.list_images(imgs) == ["a.png", "cats/c.png"]
+
+
+def test_a_folder_that_cannot_be_read_is_said(tmp_path, monkeypatch, caplog):
+    """An image folder without read permission was "no JPEG or PNG images in it"; a subfolder so was
+    left out without a word. (os.scandir refuses here: chmod 000 does not stop root.)"""
+    (tmp_path / "locked").mkdir()
+    Image.fromarray(_rgb(4, 4)).save(tmp_path / "a.png")
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.path.basename(os.fsdecode(path)) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(JaxvizError, match=r"^cannot read image folder .*locked \(Permission denied\); give a folder"):
+        imagefolder.list_images(tmp_path / "locked")
+    assert imagefolder.list_images(tmp_path) == ["a.png"]
+    assert "1 folder under" in caplog.text and "cannot be read (Permission denied): locked; their images are left " \
+                                                 "out" in caplog.text
+    caplog.clear()
+    assert imagefolder.list_images(tmp_path, warn=False) == ["a.png"] and not caplog.text
+    (tmp_path / "a.png").unlink()  # the images only in the folder it cannot read: the error names it
+    with pytest.raises(JaxvizError, match=r"^no JPEG or PNG images in .* \(searched recursively for .jpg, .jpeg, "
+                                          r".png; 1 folder under .* cannot be read \(Permission denied\): locked\)"):
+        imagefolder.list_images(tmp_path, warn=False)
+
+
+def test_skipped_names_with_a_newline_or_escape_stay_one_line():
+    skipped = imagefolder.Skipped.empty()
+    skipped.add("not an image", "new\nline.jpg")
+    skipped.add("not an image", "esc\x1b[2J.png")
+    assert skipped.describe() == r"skipped 2 files: 2 not an image (new\nline.jpg, esc\x1b[2J.png)"
