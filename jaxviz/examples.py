@@ -22,7 +22,9 @@ import os
 import signal
 import sys
 import time
+import tokenize
 import zipfile
+import zlib
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -34,6 +36,10 @@ from jaxviz.errors import JaxvizError, error_line, quiet_notices
 from jaxviz.models.base import model_errors
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
+# what reading a damaged .npz raises: besides OSError and ValueError, zipfile's and zlib's errors, NumPy's
+# header parser's (tokenize), a header's shape too large to allocate, a zip feature zipfile lacks
+NPZ_ERRORS = (OSError, KeyError, ValueError, EOFError, MemoryError, NotImplementedError, zipfile.BadZipFile,
+              zlib.error, tokenize.TokenError)
 
 
 class Config(NamedTuple):
@@ -104,7 +110,7 @@ def _load_state(path: str, settings: dict, blank: dict):
                 return None  # other settings, weights or files: start afresh
             arrays = {name: z[name] for name in z.files}
         problem = _state_problem(meta, arrays, blank, settings["files"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except NPZ_ERRORS as e:
         problem = f"unreadable ({type(e).__name__}: {e})"
     if problem:
         raise JaxvizError(f"state file {path} cannot be resumed: {problem}; delete it to start the pass over")
@@ -236,11 +242,12 @@ def collect(model, folder: str, layers: Sequence[str], config: Config = Config()
     if progress:
         progress(position, len(names))
     batches = 0
-    for b in imagefolder.stream(folder, names, config.size, config.batch, start=position, min_side=min_side,
+    batch = min(config.batch, len(names))  # --batch 512 over 11 images: every pass was 501 padding images
+    for b in imagefolder.stream(folder, names, config.size, batch, start=position, min_side=min_side,
                                 skipped=skipped):
         n = len(b.indices)
-        x = b.images if n == config.batch else np.concatenate(
-            [b.images, np.zeros((config.batch - n,) + b.images.shape[1:], np.float32)])
+        x = b.images if n == batch else np.concatenate(
+            [b.images, np.zeros((batch - n,) + b.images.shape[1:], np.float32)])
         with model_errors(model, layers, config.size):
             scores = jax.device_get(_scores(static, params, layers, jnp.asarray(x)))
         for l in layers:
@@ -428,9 +435,10 @@ def _validate(args):
         names = names or valid
         if args.model.strip().lower() == "vgg19" and args.weights is None:
             raise JaxvizError("vgg19 needs its weights: give a Keras VGG19 h5 file with --weights")
-    if vgg and args.weights is not None and not os.path.isfile(args.weights):
-        raise JaxvizError(f"weights file {args.weights} does not exist; give a Keras h5 file with --weights")
-    imagefolder.list_images(args.images)
+    if vgg and args.weights is not None and not os.path.isfile(args.weights):  # a folder "did not exist"
+        what = "does not exist" if not os.path.exists(args.weights) else "is not a file"
+        raise JaxvizError(f"weights file {args.weights} {what}; give a Keras h5 file with --weights")
+    imagefolder.list_images(args.images, warn=False)  # collect's listing says what it cannot read
     check_out_dir(args.out)
     check_out_paths(args.out, files=(SUMMARY_NPZ, SUMMARY_JSON, STATE))
     return names
@@ -459,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     progress (the state saved so far, ending at a completed batch, stays), also in a process
     started with SIGINT ignored (a script's background job); the previous handlers come back
     when it returns. Pillow's DecompressionBombWarning is not shown (see jaxviz.imagefolder:
-    such images are used; those over twice its limit are skipped, counted)."""
+    such images are used; those over twice its limit are skipped, counted), nor its warnings
+    about an image's damaged metadata."""
     import warnings
 
     from PIL import Image
@@ -472,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # entered here, in the main thread only: the worker's and decoders' too
             # images of 1-2x Pillow's pixel limit are used (jaxviz.imagefolder), not printed about raw
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # nor Pillow's about a damaged EXIF block ("Corrupt EXIF data"): the image is used all the same
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             return _run(args)
     finally:
         restore_handlers(old)
@@ -487,7 +498,7 @@ def _interrupted_line(out: str) -> str:
 
 def _run(args) -> int:
     """``main``'s work for parsed arguments, in a worker thread (``run_interruptible``)."""
-    from jaxviz.cli_args import remove_if_empty
+    from jaxviz.cli_args import WRITING_S, remove_if_empty, remove_stale_temporaries
     from jaxviz.folder_lock import FolderLock
 
     say = printer(args.quiet)
@@ -502,11 +513,13 @@ def _run(args) -> int:
         layers = _validate(args)
         ui["created"] = not os.path.exists(args.out)
         from jaxviz import models
-        from jaxviz.cli_args import fit_default_size, make_out_dir
+        from jaxviz.cli_args import fit_default_size, make_out_dir, split_layers
 
         model = models.load(args.model, args.weights)
         if layers is None:  # 'all' of a model loaded here: its spatial layers
             layers = [l.name for l in model.layers if l.spatial]
+        elif args.layers.strip() != "all":  # as the grid's: a model's layer "conv,3x3" is one layer, not two
+            layers = split_layers(args.layers, {l.name for l in model.layers})
         if not (args.size_given or args.model.strip().lower() in ("vgg16", "vgg19")):
             from jaxviz.engine import SEED
             from jaxviz.objectives import channel
@@ -520,7 +533,8 @@ def _run(args) -> int:
         # one job per folder: a second one's summary would replace this one's, their states mixed
         with gate:  # an interrupt waits for it, or it never starts: no lock left behind by a racing exit
             lock = ui["lock"] = FolderLock(args.out, "jaxviz.examples").acquire()
-        try:
+        try:  # a killed run's half-written state or summary (.examples.npz.XXXXXXXX.tmp) stayed for good
+            remove_stale_temporaries(args.out, before=time.time() - WRITING_S)
             return _collect(model, layers, config)
         finally:
             lock.release()

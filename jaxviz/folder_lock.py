@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 
 from jaxviz.errors import JaxvizError
@@ -68,11 +69,29 @@ class FolderLock:
     def acquire(self) -> "FolderLock":
         """Take the lock or raise JaxvizError naming the job that holds it."""
         for _ in range(100):
+            # not through a link (the lock's JSON replaced the file it named) nor into a pipe or device (a
+            # traceback from ftruncate, or a read that waits for good): one line naming the file
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                st = os.lstat(self.path)
+            except FileNotFoundError:
+                st = None
+            except OSError as e:
+                raise JaxvizError(f"cannot read the lock file {self.path} ({e.strerror}); "
+                                  "choose a writable folder with --out") from None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) \
+                    else "not a regular file (a pipe, device or socket)"
+                raise JaxvizError(f"cannot use the lock file {self.path}: it is {what}; move it, or choose another "
+                                  "--out")
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as e:
                 raise JaxvizError(f"cannot create the lock file {self.path} ({e.strerror}); "
                                   "choose a writable folder with --out") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # made so since the look above
+                os.close(fd)
+                raise JaxvizError(f"cannot use the lock file {self.path}: it is not a regular file; move it, or "
+                                  "choose another --out")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

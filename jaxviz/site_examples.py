@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import zipfile
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -167,7 +166,7 @@ def _entries(c, k: int) -> bool:
 
 def load(path: str) -> SiteExamples:
     """The summary at ``path``: a folder holding examples.npz and examples.json, or either file."""
-    from jaxviz.examples import SUMMARY_JSON, SUMMARY_NPZ
+    from jaxviz.examples import NPZ_ERRORS, SUMMARY_JSON, SUMMARY_NPZ
 
     try:
         path = os.fsdecode(path)
@@ -188,7 +187,7 @@ def load(path: str) -> SiteExamples:
         with np.load(npz, allow_pickle=False) as z:
             thumbs = {l: z[f"{l}/thumbs"] for l in meta["layers"]}
         _check(meta, thumbs)
-    except (OSError, ValueError, KeyError, TypeError, EOFError, RecursionError, zipfile.BadZipFile) as e:
+    except (*NPZ_ERRORS, TypeError, RecursionError) as e:
         raise JaxvizError(f"the dataset examples summary at {folder} is unreadable or malformed ({type(e).__name__}); "
                           f"{fix}") from None
     return SiteExamples(meta, thumbs)

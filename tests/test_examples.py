@@ -278,6 +278,7 @@ def _cli(capsys, *argv):
     ("size", "--size 4 is too small for block4_conv1"),
     ("out", "is a file, not a folder"),
     ("weights", "weights file"),
+    ("weights_folder", "imgs is not a file; give a Keras h5 file"),  # said the folder "does not exist"
     ("k", "--k must be 1 or more"),
     ("huge", "need about"),
     ("blank_weights", "--weights is empty"),
@@ -301,6 +302,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
         args["out"] = str(tmp_path / "file" / "sub")
     elif case == "weights":
         extra = ["--weights", str(tmp_path / "none.h5")]
+    elif case == "weights_folder":
+        extra = ["--weights", str(imgs)]
     elif case == "k":
         args["k"] = "0"
     elif case == "huge":  # refused from an estimate before any work (it ran out of memory after 22 s)
@@ -350,6 +353,37 @@ def test_cli_writes_the_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "done: 3 images" in out
     assert (tmp_path / "out" / examples.SUMMARY_NPZ).exists() and (tmp_path / "out" / examples.SUMMARY_JSON).exists()
+
+
+def test_a_model_layer_whose_name_holds_a_comma_is_named_whole_in_layers(tmp_path, capsys):
+    """--layers split "conv,3x3" into the layers conv and 3x3 ("unknown layer '3x3'", listing conv,3x3
+    as valid); the grid and the atlas take it whole (cli_args.split_layers), and so does this command."""
+    folder = _noise_folder(tmp_path / "imgs", 2, seed=3)
+    rc, err = _cli(capsys, "--model", "tests.tiny_model:build_comma", "--images", str(folder), "--layers",
+                   "conv,3x3,conv", "--size", "16", "--k", "2", "--out", str(tmp_path / "out"), "--quiet")
+    assert rc == 0, err
+    assert list(json.loads((tmp_path / "out" / examples.SUMMARY_JSON).read_text())["layers"]) == ["conv,3x3", "conv"]
+
+
+def test_a_killed_runs_temporary_files_are_removed_at_start(tmp_path, capsys):
+    """kill -9 while the state or the summary was written left its hidden temporary file for good
+    (the grid and the atlas remove theirs); one being written now, or a file of the user's, stays."""
+    import time
+
+    folder = _noise_folder(tmp_path / "imgs", 2, seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".examples-state.npz.ab12cd_e.tmp", out / ".examples.npz.zz99zz99.tmp"]
+    others = [out / ".notes.txt.tmp", out / "keep.tmp"]
+    for p in stale + others:
+        p.write_bytes(b"partial")
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    writing = out / ".examples.json.a1b2c3d4.tmp"
+    writing.write_bytes(b"partial")
+    rc, err = _cli(capsys, "--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2",
+                   "--out", str(out), "--quiet")
+    assert rc == 0, err
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in others) and writing.exists()
 
 
 def test_a_cut_short_state_or_summary_is_handled(tmp_path, capsys):
@@ -409,6 +443,27 @@ def test_a_second_job_on_the_same_folder_is_refused(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and os.listdir(out) == []
     rc, _ = _cli(capsys, *argv)
     assert rc == 0 and LOCK_NAME not in os.listdir(out) and examples.SUMMARY_JSON in os.listdir(out)
+
+
+@pytest.mark.parametrize("kind, what", [("link", "a symbolic link"), ("fifo", "not a regular file"),
+                                        ("folder", "a folder")])
+def test_a_lock_file_that_is_no_plain_file_is_one_line(tmp_path, capsys, kind, what):
+    """A link named .jaxviz.lock in --out had the lock's JSON written over the file it named (a user's
+    file, or /etc/passwd in a shared folder for a root run); a pipe there was OSError from ftruncate."""
+    from jaxviz.folder_lock import LOCK_NAME
+
+    folder = _noise_folder(tmp_path / "imgs", 2, seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    {"link": lambda p: os.symlink(precious, p), "fifo": os.mkfifo, "folder": os.mkdir}[kind](out / LOCK_NAME)
+    rc, err = _cli(capsys, "--images", str(folder), "--layers", "block1_conv1", "--size", "16", "--k", "2",
+                   "--out", str(out), "--quiet")
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"cannot use the lock file {out / LOCK_NAME}: it is {what}" in err and err.endswith(
+        "move it, or choose another --out"), err
+    assert precious.read_text() == "keep me" and os.listdir(out) == [LOCK_NAME]
 
 
 def test_sigint_inside_a_long_compiled_batch_exits_130_at_once_keeping_completed_batches(tmp_path, capsys):
@@ -489,6 +544,23 @@ def test_large_images_print_no_raw_pillow_warning(tmp_path, capsys, monkeypatch)
     assert rc == 0 and err == "", err
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert "done: 2 images" in out and "skipped 1 file: 1 too large (huge.png)" in out, out
+
+
+def test_a_damaged_exif_block_prints_no_raw_pillow_warning(tmp_path, capsys):
+    """A JPEG whose EXIF block is cut short is used, but Pillow's "UserWarning: Corrupt EXIF data"
+    was printed raw, with its source line (even with --quiet)."""
+    import warnings
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(folder / "a.jpg", exif=b"Exif\0\0II*\0\x08\0\0\0\x05\0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = examples.main(["--model", "tests.tiny_model:build", "--images", str(folder), "--layers", "conv",
+                            "--size", "16", "--k", "2", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == "" and "done: 1 image" in out, err
+    assert not [str(w.message) for w in caught if w.category is UserWarning]
 
 
 def test_cli_counts_the_channels_that_never_fired(tmp_path, capsys):
@@ -582,6 +654,42 @@ def test_a_damaged_state_is_one_line_and_exit_2(tmp_path, capsys, saved_state, c
     assert _cli(capsys, *argv, "--out", str(out))[0] == 0
 
 
+
+def _npy_member(data: bytes, name: str, header: str) -> bytes:
+    """The .npz ``data`` with its member ``name`` a .npy of ``header`` (its dict's text) and 32 bytes."""
+    import io
+    import zipfile
+
+    h = header.encode("latin1")
+    h += b" " * ((64 - (10 + len(h) + 1) % 64) % 64) + b"\n"
+    raw = b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little") + h + bytes(32)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(buf, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, raw if info.filename == name else src.read(info))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: _npy_member(d, "conv/values.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000)}"),
+     "unreadable ("),  # MemoryError; where memory is overcommitted without limit, ValueError (the data runs out)
+    (lambda d: _npy_member(d, "conv/values.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2"),
+     "unreadable (TokenError"),
+])
+def test_a_state_damaged_past_its_checks_is_one_line(tmp_path, capsys, saved_state, damage, message):
+    """An array header whose shape cannot be allocated, or one NumPy's header parser cannot read: each
+    was a traceback (NumPy's MemoryError, tokenize.TokenError)."""
+    argv, good = saved_state
+    out = tmp_path / "out"
+    out.mkdir()
+    state = out / examples.STATE
+    state.write_bytes(damage(good))
+    rc, err = _cli(capsys, *argv, "--out", str(out))
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"state file {state} cannot be resumed: {message}" in err and err.endswith(
+        "; delete it to start the pass over"), err
+
+
 def test_an_intact_state_of_other_settings_still_starts_afresh(tmp_path, capsys, saved_state):
     argv, good = saved_state
     out = tmp_path / "out"
@@ -660,6 +768,15 @@ def test_collect_refuses_arguments_of_the_wrong_kind(tmp_path, tiny, kwargs, mes
     args = dict(model=tiny, folder=str(folder), layers=["conv"], config=examples.Config(size=16)) | kwargs
     with pytest.raises(JaxvizError, match=message):
         examples.collect(**args)
+
+
+def test_a_batch_larger_than_the_folder_is_not_padded_to_its_size(tmp_path, tiny, monkeypatch):
+    """--batch 512 over 3 images ran every forward pass on 512 images, 509 of them padding."""
+    shapes, real = [], examples._scores
+    monkeypatch.setattr(examples, "_scores", lambda *a: shapes.append(a[-1].shape[0]) or real(*a))
+    folder = _noise_folder(tmp_path / "imgs", 3, seed=3)
+    s = examples.collect(tiny, str(folder), ["conv"], examples.Config(k=2, size=16, batch=512))
+    assert shapes == [3] and s.images_used == 3
 
 
 def test_collect_takes_layers_from_a_generator_and_a_bytes_folder(tmp_path, tiny):

@@ -129,3 +129,31 @@ def test_write_no_filters_writes_nothing_and_no_layer_climbs_out(tmp_path):
     with pytest.raises(JaxvizError, match=r"layer '\.\./x' cannot be a folder of --out"):
         evil.write(str(tmp_path / "site"))
     assert not (tmp_path / "x").exists()
+
+
+def _damage_thumbs(path, where):
+    """Damage examples.npz's member conv/thumbs.npy: its deflate data, or its central directory flags
+    (bit 5, compressed patched data, which zipfile does not read)."""
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        local = z.getinfo("conv/thumbs.npy").header_offset  # the only member
+    if where == "deflate":
+        start = local + 30 + int.from_bytes(data[local + 26: local + 28], "little") + \
+            int.from_bytes(data[local + 28: local + 30], "little")
+        data[start: start + 4] = b"\xff" * 4  # an invalid block type
+    else:
+        data[data.rindex(b"PK\x01\x02") + 8] |= 0x20
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("where, error", [("deflate", "error"), ("flags", "NotImplementedError")])
+def test_a_damaged_npz_is_one_line(tmp_path, where, error):
+    """zlib.error from a damaged deflate stream, and zipfile's NotImplementedError, were tracebacks."""
+    meta = _examples(tmp_path, 2).meta
+    folder = _summary(tmp_path / "s", meta, np.zeros((2, 2, 4, 4, 3), np.uint8))
+    np.savez_compressed(folder / "examples.npz", **{"conv/thumbs": np.zeros((2, 2, 4, 4, 3), np.uint8)})
+    _damage_thumbs(folder / "examples.npz", where)
+    with pytest.raises(JaxvizError, match=rf"unreadable or malformed \({error}\)"):
+        load(folder)
