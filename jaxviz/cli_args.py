@@ -172,6 +172,17 @@ def model_name(text: str) -> str:
     return text
 
 
+def out_folder(text: str) -> str:
+    """An argparse type: an --out folder with ``~`` and ``~user`` expanded, as for --weights (the shell
+    leaves ``--out=~/viz`` as it is: it made a folder named "~" in the current one)."""
+    if not text.startswith("~"):
+        return text
+    path = os.path.expanduser(text)
+    if path.startswith("~"):
+        raise argparse.ArgumentTypeError(f"--out {text}: no such user's home folder; give another folder")
+    return path
+
+
 def weights_file(text: str) -> str:
     """An argparse type: a --weights path, not blank (blank, an unset shell variable, say,
     would silently mean the default weights)."""
@@ -243,11 +254,11 @@ def fit_default_size(model, objectives, recipe, say, verb: str = "rendering", un
     return recipe
 
 
-def check_budget(layer: str, size: int, n: int, batch: int) -> None:
+def check_budget(layer: str, size: int, n: int, batch: int, spec: VGGSpec = VGG16) -> None:
     """Refuse up front a layer whose estimated memory exceeds the limit (jaxviz.checks.run_budget)."""
     from jaxviz import checks
 
-    checks.run_budget(layer, size, n, batch)
+    checks.run_budget(layer, size, n, batch, spec)
 
 
 def remove_if_empty(path: str) -> None:

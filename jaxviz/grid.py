@@ -16,7 +16,7 @@ from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     WRITING_S, OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir,
     model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
-    split_layers, weights_file,
+    out_folder, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, show, stop_as_interrupt,
@@ -89,7 +89,7 @@ def build_parser() -> OneLineParser:
                    "xla (XLA's own conv, the default elsewhere), onednn (oneDNN's, the default in bfloat16 on CPUs "
                    "with AMX) (default auto)")
     p.add_argument("--weights", default=None, type=weights_file, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
-    p.add_argument("--out", default="jaxviz-out", help="output folder (default jaxviz-out/)")
+    p.add_argument("--out", default="jaxviz-out", type=out_folder, help="output folder (default jaxviz-out/)")
     p.add_argument("--tiles", action="store_true", help="also save each tile as its own PNG in OUT/LAYER/")
     p.add_argument("--npz", action="store_true", help="also save raw float results and the settings used as OUT/LAYER.npz")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -116,6 +116,13 @@ VGG_MODELS = ("vgg16", "vgg19")
 
 def _is_vgg(args) -> bool:
     return args.model.strip().lower() in VGG_MODELS
+
+
+def _spec(args):
+    """The VGGSpec of a VGG --model (VGG19's has block3/4/5_conv4, which VGG16's table refused)."""
+    from jaxviz.model import VGG16, VGG19
+
+    return VGG19 if args.model.strip().lower() == "vgg19" else VGG16
 
 
 def _validate(args) -> list[tuple[str, object]]:
@@ -159,12 +166,13 @@ def _validate(args) -> list[tuple[str, object]]:
         if args.filters is not None:
             parse_filters(args.filters)  # malformed text fails before the model loads
         return []  # layers are resolved once the model is loaded
-    layers = parse_layers(SEED_LAYERS if args.layers is None else args.layers)
+    spec = _spec(args)
+    layers = parse_layers(SEED_LAYERS if args.layers is None else args.layers, spec)
     wanted = parse_filters("0-63" if args.filters is None else args.filters)
-    filters = {l: filters_for(l, wanted) for l in layers}
+    filters = {l: filters_for(l, wanted, spec) for l in layers}
     for l in layers:
-        if args.size < min_size(l):
-            raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
+        if args.size < min_size(l, spec):
+            raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l, spec)} px")
     for l in layers:
         _check_memory(args, l, len(filters[l]))
     return [(l, (l, filters[l])) for l in layers]
@@ -281,15 +289,15 @@ def _check_memory(args, layer: str, n: int) -> None:
     """Refuse a layer whose estimated memory exceeds the limit, before any work (jaxviz.checks)."""
     from jaxviz.ascent import chunk_size
 
-    config = _lucid_config(args)
+    config, spec = _lucid_config(args), _spec(args)
     if config is None:
-        check_budget(layer, args.size, n, chunk_size(layer, args.size, n))
+        check_budget(layer, args.size, n, chunk_size(layer, args.size, n, spec=spec), spec)
     else:
         from jaxviz.lucid import filters_per_batch
 
         d = config.diversity
         work = config.size + (2 * config.pad if config.transforms else 0)
-        check_budget(layer, work, n * d, filters_per_batch(layer, config, n) * d)
+        check_budget(layer, work, n * d, filters_per_batch(layer, config, n, spec=spec) * d, spec)
 
 
 def _conv_text(choice: tuple[str, str, int]) -> str:

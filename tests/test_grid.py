@@ -159,6 +159,25 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, me
     assert not out.exists()
 
 
+def test_vgg19_layers_are_checked_against_vgg19(tmp_path, capsys):
+    """--model vgg19 --layers block5_conv4 was refused as unknown (VGG16's table), and --layers all
+    rendered VGG16's 13 conv layers, leaving out block3/4/5_conv4."""
+    def planned(*args):
+        argv = ["--model", "vgg19", "--weights", str(tmp_path / "w.h5"), *args, "--out", str(tmp_path / "out")]
+        return [name for name, _ in grid._validate(grid.build_parser().parse_args(argv))]
+
+    assert planned("--layers", "block5_conv4,block3_conv4", "--filters", "0-1") == ["block5_conv4", "block3_conv4"]
+    all19 = planned("--layers", "all", "--filters", "0", "--size", "32")
+    assert len(all19) == 16 and {"block3_conv4", "block4_conv4", "block5_conv4"} <= set(all19)
+    with pytest.raises(jaxviz.JaxvizError, match="block5_conv4; the minimum is 16 px"):
+        planned("--layers", "block5_conv4", "--size", "8")
+    with pytest.raises(jaxviz.JaxvizError, match="unknown layer 'block5_conv4'"):  # VGG16 has none
+        grid._validate(grid.build_parser().parse_args(["--layers", "block5_conv4", "--out", str(tmp_path / "out")]))
+    assert run_main(["--model", "vgg19", "--weights", str(tmp_path / "w.h5"), "--layers", "block5_conv4",
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "w.h5 given with --weights is missing" in capsys.readouterr().err  # past the layer check
+
+
 @pytest.mark.skipif(not onednn.available() or not onednn.why_not("bfloat16"), reason="oneDNN's bf16 conv runs here")
 def test_onednn_bfloat16_without_its_kernels_is_one_line_exit_2(tmp_path, capsys):
     """An AVX2-only CPU: oneDNN cannot make a bf16 conv; say so before any work."""
@@ -182,6 +201,20 @@ def test_an_empty_out_is_named(tmp_path, capsys, monkeypatch):
     assert grid.main(["--layers", "block1_conv1", *TINY, "--out", ""]) == 2
     assert capsys.readouterr().err.strip() == "jaxviz.grid: error: --out is empty; give a folder such as jaxviz-out"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_tilde_in_out_is_the_home_folder(tmp_path, capsys, monkeypatch):
+    """--out=~/viz (the shell expands no ~ after '=') made a folder named "~" in the current one."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert grid.main(["--layers", "block1_conv1", *TINY, "--out=~/viz", "--quiet"]) == 0
+    assert (tmp_path / "home" / "viz" / "block1_conv1.png").is_file() and os.listdir(tmp_path / "cwd") == []
+    assert run_main(["--layers", "block1_conv1", *TINY, "--out", "~no-such-user-xyz/viz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out ~no-such-user-xyz/viz: no such user's home folder" in err[0]
+    assert os.listdir(tmp_path / "cwd") == []
 
 
 def test_an_out_path_too_long_leaves_no_folders_behind(tmp_path, capsys):
