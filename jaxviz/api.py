@@ -150,7 +150,7 @@ def unmoved_note(model: Model, objective, r: Rendered) -> str | None:
     images = "its image" if len(items) == 1 else "their images"
     line = f"jaxviz: {', '.join(names)} on model {model.name} {what}: no gradient moved {images} from the start"
     if frozen and not stuck:
-        line += " (does the layer depend on the input?)"
+        line += " (does the layer depend on the input? saturated units, relu6 at 6 say, pass no gradient)"
     if stuck and isinstance(term, objectives.Channel) and term.dead_filter != "redirect" and model.preact is not None:
         line += "; objectives.channel(layer, n, dead_filter='redirect') wakes such units"
     return line

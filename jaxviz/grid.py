@@ -392,7 +392,7 @@ def _never_fired(name, filters, rendered, objective, model, args) -> str | None:
         one = len(frozen) == 1
         return (f"{name}: filter{'' if one else 's'} {', '.join(map(str, frozen))} kept the same objective at every "
                 f"step, so no gradient reached the image: {'its tile shows' if one else 'their tiles show'} the start "
-                "image (does the layer depend on the input?)")
+                "image (does the layer depend on the input? saturated units, relu6 at 6 say, pass no gradient)")
     if not stuck:
         return None
     one = len(stuck) == 1
