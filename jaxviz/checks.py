@@ -290,6 +290,8 @@ def backend(env: Mapping[str, str] | None = None) -> None:
         asked = (os.environ if env is None else env).get("JAX_PLATFORMS", "")
         why = str(e).split(" (set JAX_PLATFORMS")[0].strip().splitlines()
         why = why[0].split("': ", 1)[-1] if why else "no such device is visible"  # "Unable to ... 'tpu': " dropped
+        if "not in the list of known backends" in why:  # JAX_PLATFORMS=gpu here said "Backend 'rocm' is not ..."
+            why = "this jax has no plugin for it; on an NVIDIA GPU machine: pip install -U 'jax[cuda13]'"
         if asked:
             raise JaxvizError(f"JAX cannot start the backend JAX_PLATFORMS={asked!r} asks for ({why}); unset "
                               f"JAX_PLATFORMS (or set it to cpu) to use the devices this machine has") from None

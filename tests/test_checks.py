@@ -272,6 +272,11 @@ def test_a_backend_jax_cannot_start_is_one_line_naming_jax_platforms(monkeypatch
     assert "JAX_PLATFORMS='tpu' asks for (INTERNAL: Failed to open libtpu.so);" in str(e.value)
     with pytest.raises(JaxvizError, match=r"JAX cannot start a backend \(INTERNAL.*check the jax and jaxlib"):
         checks.backend({})
+    monkeypatch.setattr(jax, "devices", fails(RuntimeError(  # JAX_PLATFORMS=gpu where no GPU plugin is installed
+        "Backend 'rocm' is not in the list of known backends: ['cpu', 'tpu'].")))
+    with pytest.raises(JaxvizError, match=r"JAX_PLATFORMS='gpu' asks for \(this jax has no plugin for it; on an "
+                                          r"NVIDIA GPU machine: pip install -U 'jax\[cuda13\]'\)"):
+        checks.backend({"JAX_PLATFORMS": "gpu"})
     monkeypatch.undo()
     checks.backend({})  # this machine's own backend starts
 
