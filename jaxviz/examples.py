@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxviz import checks, compile_cache
 from jaxviz.cli_run import WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_signals
-from jaxviz.errors import JaxvizError, error_line, quiet_notices
+from jaxviz.errors import JaxvizError, error_line, notice, quiet_notices
 from jaxviz.models.base import model_errors
 
 SUMMARY_NPZ, SUMMARY_JSON, STATE = "examples.npz", "examples.json", ".examples-state.npz"
@@ -107,7 +107,12 @@ def _load_state(path: str, settings: dict, blank: dict):
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if isinstance(meta, dict) and "settings" in meta and meta["settings"] != settings:
-                return None  # other settings, weights or files: start afresh
+                old = meta["settings"] if isinstance(meta["settings"], dict) else {}
+                said = {"files": "images", "files_sha": "images", "folder": "image folder", "min_side": "min-side"}
+                changed = list(dict.fromkeys(said.get(k, k) for k in settings if old.get(k) != settings[k]))
+                notice(f"jaxviz: the saved pass in {path} was of other {', '.join(changed) or 'settings'}; "
+                       "starting over")  # a folder that gained one image started over silently
+                return None
             arrays = {name: z[name] for name in z.files}
         problem = _state_problem(meta, arrays, blank, settings["files"])
     except NPZ_ERRORS as e:

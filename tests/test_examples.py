@@ -690,13 +690,20 @@ def test_a_state_damaged_past_its_checks_is_one_line(tmp_path, capsys, saved_sta
         "; delete it to start the pass over"), err
 
 
-def test_an_intact_state_of_other_settings_still_starts_afresh(tmp_path, capsys, saved_state):
+def test_an_intact_state_of_other_settings_still_starts_afresh(tmp_path, capsys, caplog, saved_state):
+    """Starting over is said (a folder that gained one image started over silently), naming what changed."""
     argv, good = saved_state
     out = tmp_path / "out"
     out.mkdir()
-    (out / examples.STATE).write_bytes(_rewrite_state(good, lambda m, a: _set(m["settings"], "k", 5)))
-    rc, err = _cli(capsys, *argv, "--out", str(out))
-    assert rc == 0 and err == "", err
+    state = out / examples.STATE
+    for key, said in (("k", "k"), ("files_sha", "images")):
+        state.write_bytes(_rewrite_state(good, lambda m, a: _set(m["settings"], key, "x")))
+        caplog.clear()
+        assert _cli(capsys, *[a for a in argv if a != "--quiet"], "--out", str(out))[0] == 0
+        assert caplog.messages == [f"jaxviz: the saved pass in {state} was of other {said}; starting over"]
+    state.write_bytes(_rewrite_state(good, lambda m, a: _set(m["settings"], "k", "x")))
+    caplog.clear()
+    assert _cli(capsys, *argv, "--out", str(out)) == (0, "") and caplog.messages == []  # --quiet
 
 
 @pytest.fixture(scope="module")
