@@ -35,8 +35,8 @@ from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, fit_default_size,
-    make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
-    out_folder, remove_stale_temporaries, split_layers, weights_file,
+    home_path, make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
+    remove_stale_temporaries, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_as_interrupt,
@@ -421,7 +421,7 @@ def build_parser() -> OneLineParser:
                    help="quality recipe only: for filters that never fire, the objective before the relu "
                    "(preact) or through a redirected relu (redirect), as python -m jaxviz.grid's (default none)")
     p.add_argument("--weights", default=None, type=weights_file, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
-    p.add_argument("--out", default="atlas", type=out_folder, help="output folder (default atlas/)")
+    p.add_argument("--out", default="atlas", type=home_path("--out"), help="output folder (default atlas/)")
     p.add_argument("--chunk", type=positive_int("--chunk", 1, 4096), default=64,
                    help="filters per chunk, the unit of saving and resuming (default 64)")
     p.add_argument("--batch", type=batch_arg, default=None,
@@ -431,7 +431,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--force", action="store_true", help="replace an atlas made with other settings in --out")
     p.add_argument("--animate", action="store_true",
                    help="also save each filter's ascent as LAYER/fNNN.gif (about 40 frames), shown on its page")
-    p.add_argument("--examples", default=None,
+    p.add_argument("--examples", default=None, type=home_path("--examples"),
                    help="dataset examples beside each filter: the --out folder of python -m jaxviz.examples, "
                    "or its examples.npz")
     p.add_argument("--coordinator", default=None, help="multi-process: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")

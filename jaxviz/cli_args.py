@@ -172,15 +172,18 @@ def model_name(text: str) -> str:
     return text
 
 
-def out_folder(text: str) -> str:
-    """An argparse type: an --out folder with ``~`` and ``~user`` expanded, as for --weights (the shell
-    leaves ``--out=~/viz`` as it is: it made a folder named "~" in the current one)."""
-    if not text.startswith("~"):
-        return text
-    path = os.path.expanduser(text)
-    if path.startswith("~"):
-        raise argparse.ArgumentTypeError(f"--out {text}: no such user's home folder; give another folder")
-    return path
+def home_path(option: str):
+    """An argparse type: a path with ``~`` and ``~user`` expanded, as for --weights (the shell leaves
+    ``--out=~/viz`` as it is: it made a folder named "~" in the current one, and --images=~/photos
+    was "does not exist")."""
+    def parse(text: str) -> str:
+        if not text.startswith("~"):
+            return text
+        path = os.path.expanduser(text)
+        if path.startswith("~"):
+            raise argparse.ArgumentTypeError(f"{option} {text}: no such user's home folder; give another folder")
+        return path
+    return parse
 
 
 def weights_file(text: str) -> str:

@@ -392,16 +392,17 @@ def write_summary(summary: Summary, out: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- command line
 
 def build_parser():
-    from jaxviz.cli_args import OneLineParser, model_name, out_folder, positive_int, weights_file
+    from jaxviz.cli_args import OneLineParser, home_path, model_name, positive_int, weights_file
 
     p = OneLineParser(prog="python -m jaxviz.examples",
                       description="Find the images of a folder that excite each channel of some layers most "
                       "(dataset examples), with the patch each maximum sees; writes OUT/examples.npz and "
                       "OUT/examples.json, which `python -m jaxviz.atlas --examples` shows beside the filters.")
-    p.add_argument("--images", required=True, help="folder of JPEG/PNG images, searched recursively")
+    p.add_argument("--images", required=True, type=home_path("--images"),
+                   help="folder of JPEG/PNG images, searched recursively")
     p.add_argument("--layers", default="block3_conv1,block4_conv1",
                    help="layers, comma-separated, or 'all' (every conv and pool layer) (default block3_conv1,block4_conv1)")
-    p.add_argument("--out", default="examples", type=out_folder, help="output folder (default examples/)")
+    p.add_argument("--out", default="examples", type=home_path("--out"), help="output folder (default examples/)")
     p.add_argument("--k", type=positive_int("--k", 1), default=9, help="examples kept per channel (default 9)")
     p.add_argument("--size", type=positive_int("--size", 1), default=None,
                    help="input size: shorter side resized to it, then centre-cropped (default 224; a model "

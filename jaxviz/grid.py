@@ -14,9 +14,9 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    WRITING_S, OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, make_out_dir,
-    model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty, remove_stale_temporaries,
-    out_folder, split_layers, weights_file,
+    WRITING_S, OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, home_path,
+    make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
+    remove_stale_temporaries, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, show, stop_as_interrupt,
@@ -89,7 +89,7 @@ def build_parser() -> OneLineParser:
                    "xla (XLA's own conv, the default elsewhere), onednn (oneDNN's, the default in bfloat16 on CPUs "
                    "with AMX) (default auto)")
     p.add_argument("--weights", default=None, type=weights_file, help="Keras VGG16 h5 weights file (default: JAXVIZ_WEIGHTS, then the embedded file)")
-    p.add_argument("--out", default="jaxviz-out", type=out_folder, help="output folder (default jaxviz-out/)")
+    p.add_argument("--out", default="jaxviz-out", type=home_path("--out"), help="output folder (default jaxviz-out/)")
     p.add_argument("--tiles", action="store_true", help="also save each tile as its own PNG in OUT/LAYER/")
     p.add_argument("--npz", action="store_true", help="also save raw float results and the settings used as OUT/LAYER.npz")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -801,3 +801,18 @@ def test_write_summary_writes_both_files_or_neither(tmp_path, tiny):
     with pytest.raises(JaxvizError, match="examples.json: a folder is in the way"):
         examples.write_summary(s, str(tmp_path / "out"))
     assert os.listdir(tmp_path / "out") == [examples.SUMMARY_JSON]  # examples.npz was written alone
+
+
+def test_a_tilde_in_images_and_out_is_the_home_folder(tmp_path, capsys, monkeypatch):
+    """--images=~/photos (the shell expands no ~ after '=') was "does not exist"; --out=~/x a folder "~"."""
+    home = tmp_path / "home"
+    home.mkdir()
+    _noise_folder(home / "photos", 2, seed=3)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path / "cwd")
+    argv = ["--model", "tests.tiny_model:build", "--layers", "conv", "--size", "16", "--k", "1", "--quiet"]
+    assert _cli(capsys, *argv, "--images=~/photos", "--out=~/ex") == (0, "")
+    assert (home / "ex" / examples.SUMMARY_NPZ).is_file() and os.listdir(tmp_path / "cwd") == []
+    rc, err = _cli(capsys, *argv, "--images=~no-such-user-xyz/photos", "--out=~/ex")
+    assert rc == 2 and "--images ~no-such-user-xyz/photos: no such user's home folder" in err
