@@ -139,6 +139,9 @@ def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np
     except PermissionError:
         raise JaxvizError(f"cannot read weights file {path}: permission denied; make it readable, or {fix}") from None
     except OSError as e:
+        if "unable to lock file" in str(e):  # HDF5's lock: another process has it open for writing
+            raise JaxvizError(f"cannot read weights file {path}: another process has it open for writing; "
+                              f"wait until it is saved and closed, then run again") from None
         try:
             reason = "truncated or damaged" if h5py.is_hdf5(path) else "not an HDF5 file"
         except OSError:  # is_hdf5 opens the file again

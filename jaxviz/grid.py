@@ -443,7 +443,7 @@ def _main(argv: list[str] | None) -> int:
             _print_layers(model)
             return 0
         jobs = _jobs(args, model, planned)
-        if not (args.size_given or args.pad is not None or _is_vgg(args)):
+        if not (args.size_given or args.pad is not None or (_is_vgg(args) and not args.objective)):  # VGG's top: 224
             recipe = _recipe(args)
             fit = fit_default_size(model, [objective for *_, objective in jobs], recipe, say)
             args.size, args.pad = fit.size, 0 if fit.transforms != recipe.transforms else args.pad

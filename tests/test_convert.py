@@ -308,3 +308,14 @@ def test_a_keras_zip_is_named_with_the_way_to_use_it(tmp_path):
     with pytest.raises(JaxvizError, match=r"a zip archive, such as a whole Keras 3 model \(\.keras\).*"
                                           r"--model keras:VGG16 --weights"):
         load_keras_h5(path)
+
+
+def test_a_file_another_process_writes_is_said_so(tmp_path):
+    """HDF5's lock held by a writer (Keras saving it) was reported as a truncated or damaged file."""
+    import fcntl
+
+    write_legacy(tmp_path / "w.h5", random_params(SMALL16))
+    with open(tmp_path / "w.h5", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as h5py.File(path, "w") in another process
+        with pytest.raises(JaxvizError, match="another process has it open for writing; wait until"):
+            load_keras_h5(tmp_path / "w.h5", spec=SMALL16)

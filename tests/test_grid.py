@@ -96,6 +96,20 @@ def test_a_model_of_one_input_size_renders_at_it_when_no_size_is_given(tmp_path,
     assert f"failed on a {20 + 24 * (recipe == 'lucid')}x" in err and "taken at 16 px" in err
 
 
+def test_vgg_with_its_top_renders_a_logit_at_its_input_size_when_no_size_is_given(tmp_path, capsys, monkeypatch):
+    """A VGG16 file with the classifier top: --objective logit:N failed at the default 64 px ("the minimum
+    is 224 px"), where other models with a dense head render at their input size."""
+    from jaxviz.models import vgg
+    from test_convert import SMALL16, random_params  # VGG16's layout, a few channels, its top at 32 px
+
+    params = {k: {"kernel": w, "bias": b} for k, (w, b) in random_params(SMALL16, top=True).items()}
+    monkeypatch.setattr(grid, "_load_model", lambda args: vgg(params, SMALL16))
+    out = tmp_path / "out"
+    assert run_main(["--objective", "logit:3", "--steps", "2", "--out", str(out)]) == 0
+    assert "cannot take 64 px images: rendering at its input size, --size 32" in capsys.readouterr().out
+    assert Image.open(out / "logit-3.png").size == (32, 32)
+
+
 def run_main(argv):
     try:
         return grid.main(argv)

@@ -160,7 +160,7 @@ def test_weights_holding_nan_are_refused_naming_the_array():
     kernel = net.get_layer("c").kernel
     kernel.assign(np.where(np.arange(kernel.shape[-1]) == 1, np.nan, np.asarray(kernel)))
     with pytest.raises(JaxvizError, match=r"the weights of Keras model .* hold 27 NaN or infinite value\(s\) in "
-                                          r"\[0\]\[0\]; load finite weights"):
+                                          r"\['c/kernel'\]; load finite weights"):  # was [0][0]
         from_keras(net, input_size=16)
 
 
@@ -170,6 +170,9 @@ def test_load_specs_and_their_errors(tmp_path):
         load("resnet")
     with pytest.raises(JaxvizError, match="unknown keras.applications model 'ResNet5'; choose one of: .*ResNet50"):
         load("keras:ResNet5")
+    with pytest.raises(JaxvizError, match="unknown keras.applications model 'resnet50'; the names are case-sensitive: "
+                                          "ResNet50$"):  # was the list of every name
+        load("keras:resnet50")
     with pytest.raises(JaxvizError, match="unknown keras.applications model 5; choose one of"):
         keras_application(5)  # was Python's TypeError from getattr
     with pytest.raises(JaxvizError, match="weights file .*missing.h5 does not exist"):
@@ -190,6 +193,17 @@ def test_load_specs_and_their_errors(tmp_path):
         load("tests.test_models_keras:not_a_model")
     m = load("tests.test_models_keras:user_function_model")
     assert [l.name for l in m.layers] == ["output"] and m.layer("output").shape == (224, 224, 2)
+
+
+def test_a_model_module_whose_own_import_fails_is_not_said_to_be_missing(tmp_path, monkeypatch):
+    """A model module importing a package not installed was "cannot import it; is the package on the path?"."""
+    (tmp_path / "needs_more.py").write_text("import no_such_dependency_xyz\ndef make(): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(JaxvizError, match=r"importing 'needs_more' for model 'needs_more:make' failed "
+                                          r"\(No module named 'no_such_dependency_xyz'\); install what it imports"):
+        load("needs_more:make")
+    with pytest.raises(JaxvizError, match=r"cannot import 'no_such_pkg\.mod'.*is the package on the path\?"):
+        load("no_such_pkg.mod:make")
 
 
 def not_a_model():
@@ -299,3 +313,30 @@ def test_a_non_square_fixed_input_is_said_and_taken_at_a_square_size(caplog):
     x = keras.Input((32, 32, 3))
     from_keras(keras.Model(x, keras.layers.Conv2D(2, 3, name="conv")(x)))
     assert "declares" not in caplog.text
+
+
+def test_a_channels_first_model_is_refused_in_one_line():
+    """Its (C, H, W) layers were read as (H, W, C): with a transposing preprocess it rendered columns of
+    the image as channels; without one, Keras' error came after a notice of a "3 x any px" input."""
+    x = keras.Input((3, None, None))
+    net = keras.Model(x, keras.layers.Conv2D(4, 3, data_format="channels_first", name="cf")(x))
+    with pytest.raises(JaxvizError, match=r"Keras model .* has channels-first layers \(cf\); jaxviz reads layers as "
+                                          r"\(H, W, channels\): build it with data_format='channels_last'"):
+        from_keras(net, lambda rgb: rgb.transpose(2, 0, 1), input_size=16)
+
+
+def test_a_weights_file_of_another_model_says_which_variable_did_not_fit(tmp_path):
+    """Keras' first line ended "Example error message for object <Conv2D name=conv>:", its reason cut off;
+    a file another process was writing was "Unable to synchronously open file (unable to lock file ...)"."""
+    x = keras.Input((None, None, 3))
+    keras.Model(x, keras.layers.Conv2D(4, 3, use_bias=False, name="c")(x)).save_weights(tmp_path / "tiny.weights.h5")
+    with pytest.raises(JaxvizError, match=r"could not build MobileNetV3Small with weights .*tiny.weights.h5 \(.*"
+                                          r"<Conv2D name=conv, built=True>: The shape of the target variable .*"
+                                          r"value\.shape=\(3, 3, 3, 4\)\.\); give MobileNetV3Small's Keras weights file$"):
+        keras_application("MobileNetV3Small", tmp_path / "tiny.weights.h5")
+    import fcntl
+
+    with open(tmp_path / "tiny.weights.h5", "rb") as held:  # HDF5's lock, as a Keras process saving it holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(JaxvizError, match="another process has it open for writing; wait until"):
+            keras_application("MobileNetV3Small", tmp_path / "tiny.weights.h5")

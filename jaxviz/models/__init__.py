@@ -48,6 +48,11 @@ def _user_model(spec: str, weights) -> Model:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
+        missing = getattr(e, "name", None)
+        if missing and not (module_name == missing or module_name.startswith(missing + ".")):
+            # the module was found: an import of its own failed
+            hint = "; install what it imports" if isinstance(e, ModuleNotFoundError) else ""
+            raise JaxvizError(f"importing {module_name!r} for model {spec!r} failed ({e}){hint}") from None
         raise JaxvizError(f"cannot import {module_name!r} for model {spec!r} ({e}); "
                           f"is the package on the path?") from None
     except (Exception, SystemExit) as e:  # the module's own code failed (a SyntaxError, an error at import time)

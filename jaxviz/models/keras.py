@@ -77,6 +77,10 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     if isinstance(model.input_shape, tuple) and len(model.input_shape) != 4:  # (N, 10): an IndexError below
         raise JaxvizError(f"Keras model {model.name} takes inputs of shape {model.input_shape}; jaxviz renders "
                           "models of images, (N, H, W, channels)")
+    channels_first = [l.name for l in model.layers if getattr(l, "data_format", None) == "channels_first"]
+    if channels_first:  # its (C, H, W) outputs were read as (H, W, C): channel n was a column of the image
+        raise JaxvizError(f"Keras model {model.name} has channels-first layers ({', '.join(channels_first[:3])}); "
+                          f"jaxviz reads layers as (H, W, channels): build it with data_format='channels_last'")
     fixed = tuple(model.input_shape[1:3]) if isinstance(model.input_shape, tuple) else (None, None)
     if fixed[0] is not None and fixed[0] == fixed[1]:
         if input_size not in (None, fixed[0]):
@@ -133,7 +137,8 @@ def from_keras(model: Any, preprocess: Optional[Callable] = None, *, input_size:
     names = tuple(layers)
     if has_logits:  # keep forward order: logits just before the softmax layer
         names = tuple(n for n in layers if n != last.name) + (LOGITS, last.name)
-    finite_weights(params, f"Keras model {model.name}")
+    for v, value in zip(trainable + non_trainable, params[0] + params[1]):  # named by the variable's path
+        finite_weights({getattr(v, "path", v.name): value}, f"Keras model {model.name}")
     shapes = eval_shapes(lambda p, x: activations(p, preprocess(x), names), params, input_size,
                          f"Keras model {model.name}", "check input_size and preprocess")
     table = tuple(LayerInfo(n, tuple(shapes[n].shape)) for n in names)
@@ -172,6 +177,9 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
     keras = _keras()
     builder = getattr(keras.applications, name, None) if isinstance(name, str) else None
     if builder is None or not name[:1].isupper():
+        same = [n for n in applications() if isinstance(name, str) and n.lower() == name.strip().lower()]
+        if same:  # keras:resnet50
+            raise JaxvizError(f"unknown keras.applications model {name!r}; the names are case-sensitive: {same[0]}")
         raise JaxvizError(f"unknown keras.applications model {name!r}; choose one of: {', '.join(applications())}")
     if weights is not None and not isinstance(weights, (str, os.PathLike)):  # 3 or bytes: pathlib's TypeError
         raise JaxvizError(f"weights must be None, \"imagenet\" or the path of a Keras weights file of {name}, "
@@ -210,7 +218,13 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
         except Exception as e:  # download failure, wrong file: one line, below
             error = e
     else:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        lines = [l.strip() for l in str(error).splitlines() if l.strip()] or [type(error).__name__]
+        first = lines[0]
+        if first.endswith(":") and len(lines) > 1:  # Keras' "... for object <Conv2D name=c1>:", its reason next
+            first += " " + lines[1].split(" Target variable:")[0][:300]
+        if "unable to lock file" in first:  # HDF5's lock: another process has it open for writing
+            raise JaxvizError(f"cannot read weights file {weights}: another process has it open for writing; "
+                              f"wait until it is saved and closed, then run again") from None
         if weights == "imagenet":
             raise JaxvizError(f"could not get {name}'s ImageNet weights ({first}); offline, give a Keras weights "
                               f"file (--weights FILE)") from None
