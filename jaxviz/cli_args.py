@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 
+from jaxviz.checks import show
 from jaxviz.errors import JaxvizError, error_line
 from jaxviz.image import in_the_way, nearest_existing
 from jaxviz.model import VGG16, VGGSpec, conv_layers, layer_info
@@ -133,16 +134,23 @@ def check_out_paths(out: str, files=(), folders=()) -> None:
             raise JaxvizError(f"cannot create folder {path}: a file is in the way; move it, or choose another --out")
 
 
+NAME_MAX = 255  # bytes in one file or folder name on common file systems (ext4, XFS, APFS)
+
+
 def check_layer_folder(name: str, reserved=()) -> str:
     """Refuse a layer ``name`` that as the folder ``OUT/name`` would not be a folder of its own
     inside OUT: absolute, with a ``..``, ``.`` or empty part, or one of the command's own
     ``reserved`` names (a model's layer ``..`` had the atlas write its images and pages into
-    OUT's parent, and ``/tmp/x`` into /tmp/x)."""
+    OUT's parent, and ``/tmp/x`` into /tmp/x), or a name too long for a folder."""
     parts = name.split("/")
     if os.path.isabs(name) or "\0" in name or any(p in ("", ".", "..") for p in parts) or parts[0] in reserved \
             or os.sep != "/" and os.sep in name:
         raise JaxvizError(f"layer {name!r} cannot be a folder of --out, where this command writes OUT/LAYER/; "
                           "rename the layer in the model, or leave it out of --layers")
+    longest = max(len(p.encode("utf-8", "replace")) for p in parts)
+    if longest > NAME_MAX:  # the folder failed after the rendering: "File name too long; move it"
+        raise JaxvizError(f"layer {show(name)} is too long for a folder of --out ({longest} bytes in one "
+                          f"name; at most {NAME_MAX}); rename the layer in the model, or leave it out of --layers")
     return name
 
 

@@ -126,6 +126,16 @@ def _settings_text(settings: Mapping) -> str:
 NEVER_FIRED = " (the unit never fired: no gradient reached the image, which is its start image)"
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
+
+
+def _filters(entries, seed: bool) -> str:
+    """"N filters", and how many of them never fired (the seed's: their images are the start images)."""
+    dead = sum(e.activation == 0 for e in entries) if seed else 0
+    return _count(len(entries), "filter") + (f", {dead} never fired" if dead else "")
+
+
 def _activation(a: float) -> str:
     return f"{a:.6g}"
 
@@ -148,8 +158,8 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
     ``jaxviz.site_examples.SiteExamples``) adds dataset examples to filter and layer pages.
     """
     layers = [(name, list(entries)) for name, entries in layers if entries]
-    total = sum(len(e) for _, e in layers)
     summary = _esc(_settings_text(settings))
+    seed = settings.get("recipe", "seed") == "seed"
     ex_css, ex_strip, ex_section = "", (lambda l, f: ""), (lambda l, f, d: "")
     from jaxviz.site_examples import CSS as EX_CSS, remove_stale
 
@@ -161,7 +171,8 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
 
     # index
     parts = [f"<h1>{_esc(title)}</h1>",
-             f"<p class=\"settings\">{len(layers)} layers, {total} filters; {summary}</p>"]
+             f"<p class=\"settings\">{_count(len(layers), 'layer')}, {_filters([e for _, l in layers for e in l], seed)}; "
+             f"{summary}</p>"]
     for name, entries in layers:
         thumbs = "".join(
             f"<a href=\"{url(name)}/{filter_page_name(e.filter)}\" title=\"{_esc(name)} filter {e.filter}\">"
@@ -172,7 +183,7 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
         more = f" <a href=\"{url(name)}/index.html\">all {len(entries)} &rarr;</a>" if len(entries) > STRIP else ""
         parts.append(
             f"<section class=\"layer\" id=\"{_esc(name)}\"><h2><a class=\"layer-link\" href=\"{url(name)}/index.html\">"
-            f"{_esc(name)}</a> <span class=\"settings\">{len(entries)} filters</span></h2>"
+            f"{_esc(name)}</a> <span class=\"settings\">{_filters(entries, seed)}</span></h2>"
             f"<div class=\"strip\">{thumbs}{more}</div></section>"
         )
     parts.append("<p class=\"hint\">On a filter page: <kbd>&larr;</kbd> <kbd>&rarr;</kbd> previous/next filter, "
@@ -190,7 +201,6 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
                  ("batch per device", settings.get("batch")), ("weights", settings.get("weights_name")),
                  ("weights sha256", str(settings.get("weights_sha256", ""))[:16])]
 
-    seed = settings.get("recipe", "seed") == "seed"
     for li, (name, entries) in enumerate(layers):
         folder = os.path.join(out, name)
         prev_l = layers[li - 1][0] if li > 0 else None
@@ -211,7 +221,7 @@ def build_site(out: str, layers: Sequence[tuple[str, Sequence[FilterEntry]]], se
             for e in entries
         )
         body = ex_css + "\n".join(nav) + (
-            f"\n<h1>{_esc(name)}</h1><p class=\"settings\">{len(entries)} filters; {summary}. "
+            f"\n<h1>{_esc(name)}</h1><p class=\"settings\">{_filters(entries, seed)}; {summary}. "
             "Captions: filter index and final activation.</p>\n"
             f"<div class=\"grid\">{cells}</div>"
         )

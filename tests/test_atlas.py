@@ -269,6 +269,38 @@ def test_a_layer_name_that_is_no_folder_of_out_is_refused(layer, tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("layers, folds, message", [
+    ("a,a/index.html", False, "layer 'a/index.html' and layer 'a' clash: {out}/a/index.html is a file of one and a "
+     "folder of the other"),  # the site failed after the rendering, advising to move the folder of images
+    ("a,a/f000.png", False, "layer 'a/f000.png' and layer 'a' clash: {out}/a/f000.png is a file of one"),
+    ("a,a/c0000.json", False, "layer 'a/c0000.json' and layer 'a' clash: {out}/chunks/a/c0000.json is a file of one"),
+    ("Conv,conv", True, "layer 'Conv' and layer 'conv' clash: {out}/Conv is one path for both on this file system, "
+     "which ignores case"),  # each wrote its images and records over the other's
+    ("y" * 300, False, "is too long for a folder of --out (300 bytes in one name; at most 255)"),
+])
+def test_layers_whose_paths_clash_are_refused_before_any_work(layers, folds, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(atlas_mod, "folds_case", lambda out: folds, raising=False)
+    out = tmp_path / "out"
+    code = atlas_mod.main(["--model", "tests.tiny_model:build_clash", "--layers", layers, "--filters", "0",
+                           "--size", "16", "--steps", "1", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message.format(out=out) in err, err
+    assert "rename" in err and list(tmp_path.iterdir()) == []
+
+
+def test_layers_differing_in_case_have_their_own_folders_where_the_file_system_tells_them_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(atlas_mod, "folds_case", lambda out: False)
+    out = tmp_path / "out"
+    assert atlas_mod.main(["--model", "tests.tiny_model:build_clash", "--layers", "Conv,conv", "--filters", "0",
+                           "--size", "16", "--steps", "1", "--quiet", "--out", str(out)]) == 0
+    assert (out / "Conv" / "f000.png").read_bytes() != (out / "conv" / "f000.png").read_bytes()
+
+
+def test_folds_case_tells_a_case_sensitive_file_system(tmp_path):
+    (tmp_path / "probe").write_text("x")
+    assert atlas_mod.folds_case(str(tmp_path / "new")) == (tmp_path / "PROBE").exists()
+
+
 def test_a_nested_layer_name_gets_nested_pages_that_link_back(tmp_path):
     """A linen path "stem/conv" is the folder OUT/stem/conv: its pages climb two levels to the index."""
     out = tmp_path / "out"

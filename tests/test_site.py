@@ -75,6 +75,20 @@ def test_a_filter_that_never_fired_says_so_on_its_page(tmp_path):
     assert "never fired" not in (tmp_path / "conv_0" / "f000.html").read_text()
 
 
+def test_counts_are_singular_for_one_and_name_the_filters_that_never_fired(tmp_path):
+    """An atlas of one filter said "1 layers, 1 filters"; one whose filters all never fired said only
+    "4 filters" on the index and layer page, its captions all 0."""
+    build_site(str(tmp_path), [("one", [FilterEntry(0, 1.5, "f000.png")])], {"animate": False, "recipe": "seed"})
+    index, layer = (tmp_path / "index.html").read_text(), (tmp_path / "one" / "index.html").read_text()
+    assert "1 layer, 1 filter;" in index and ">1 filter<" in index and "1 filter;" in layer and "filters" not in layer
+    dead = [("c1", [FilterEntry(f, 0.0, f"f{f:03d}.png") for f in range(4)]), ("c2", [FilterEntry(0, 2.0, "f000.png")])]
+    build_site(str(tmp_path), dead, {"animate": False, "recipe": "seed"})
+    index = (tmp_path / "index.html").read_text()
+    assert "2 layers, 5 filters, 4 never fired;" in index and ">4 filters, 4 never fired<" in index
+    assert "4 filters, 4 never fired;" in (tmp_path / "c1" / "index.html").read_text()
+    assert "never fired" not in (tmp_path / "c2" / "index.html").read_text()
+
+
 def test_a_folder_where_a_page_goes_is_one_error(tmp_path):
     """A folder at LAYER/fNNN.html or LAYER/index.html was an IsADirectoryError traceback (python -m
     jaxviz.atlas refuses it before any work; this is the writer's own guard, for a folder made since)."""

@@ -88,3 +88,15 @@ def build_constant():
 
     kernel = jax.random.normal(jax.random.key(0), (3, 3, 3, 4))
     return from_function(lambda p, x: {"conv": jax.numpy.ones((16, 16, 4)) + 0 * p.sum()}, kernel, input_size=16)
+
+
+def build_clash():
+    """Layers whose folders meet another's files ("a" and "a/index.html"), differ only in case, or whose
+    name is too long for a folder."""
+    from jaxviz.models import from_function
+
+    model = build()
+    names = ["a", "a/index.html", "a/f000.png", "a/c0000.json", "Conv", "conv", "y" * 300]
+    conv = lambda p, x: model.activations(p, x, ("conv",))["conv"]
+    return from_function(lambda p, x: {n: (i + 1) * conv(p, x) for i, n in enumerate(names)}, model.params,
+                         input_size=16)
