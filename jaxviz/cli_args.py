@@ -119,10 +119,20 @@ def check_out_dir(path: str) -> str:
     return path
 
 
+NAME_MAX = 255  # bytes in one file or folder name on common file systems (ext4, XFS, APFS)
+TMP_EXTRA = len("." + "." + "XXXXXXXX" + ".tmp")  # what image.atomic_write's temporary file adds to a name
+
+
 def check_out_paths(out: str, files=(), folders=()) -> None:
     """Refuse, before any work, a folder where the command writes the file ``out/NAME`` of
     ``files``, or a file where it makes the folder ``out/NAME`` of ``folders``: found only at
-    writing, either would fail after the work, with part of the output written."""
+    writing, either would fail after the work, with part of the output written. So is a name
+    longer than a file system takes (a layer's, after the rendering: "File name too long")."""
+    for name, limit in [*((f, NAME_MAX - TMP_EXTRA) for f in files), *((d, NAME_MAX) for d in folders)]:
+        longest = max(len(part.encode("utf-8", "surrogateescape")) for part in name.split("/"))
+        if longest > limit:
+            raise JaxvizError(f"cannot write {show(os.path.join(out, name))}: {longest} bytes in one name, over the "
+                              f"{limit} a file system takes; rename the layer in the model, or leave it out")
     for name in files:
         if os.path.isdir(path := os.path.join(out, name)):
             raise JaxvizError(f"cannot write {path}: a folder is in the way; move it, or choose another --out")
@@ -134,7 +144,6 @@ def check_out_paths(out: str, files=(), folders=()) -> None:
             raise JaxvizError(f"cannot create folder {path}: a file is in the way; move it, or choose another --out")
 
 
-NAME_MAX = 255  # bytes in one file or folder name on common file systems (ext4, XFS, APFS)
 
 
 def check_layer_folder(name: str, reserved=()) -> str:

@@ -535,3 +535,14 @@ def test_an_animation_larger_than_webp_allows_is_refused_before_any_work(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "allows" in err[0] and "nothing was written" in err[0], err
     assert not out.exists()
+
+
+def test_a_layer_name_too_long_for_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """A 300-byte layer name failed after the rendering ("File name too long"), with a wrong fix."""
+    monkeypatch.setattr(jaxviz.api, "render_quiet", lambda *a, **k: pytest.fail("rendered"))
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build_clash", "--layers", "y" * 300, "--filters", "0",
+                     "--size", "16", "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bytes in one name, over the 241 a file system takes; rename the layer" in err[0], err
+    assert not out.exists()
