@@ -144,8 +144,6 @@ def check_out_paths(out: str, files=(), folders=()) -> None:
             raise JaxvizError(f"cannot create folder {path}: a file is in the way; move it, or choose another --out")
 
 
-
-
 def check_layer_folder(name: str, reserved=()) -> str:
     """Refuse a layer ``name`` that as the folder ``OUT/name`` would not be a folder of its own
     inside OUT: absolute, with a ``..``, ``.`` or empty part, or one of the command's own

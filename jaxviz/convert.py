@@ -111,6 +111,14 @@ def detect_spec(conv_names) -> VGGSpec:
     return VGG19 if any(c >= 4 for c in blocks) else VGG16
 
 
+def check_unlocked(path, error: Exception) -> None:
+    """One line where ``error`` (opening ``path``) is HDF5's lock: another process has the file open for
+    writing (it was said to be "truncated or damaged")."""
+    if "unable to lock file" in str(error):
+        raise JaxvizError(f"cannot read weights file {path}: another process has it open for writing; "
+                          "wait until it is saved and closed, then run again") from None
+
+
 def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np.float32) -> dict:
     """Read a Keras VGG h5 file into ``{layer: {"kernel", "bias"}}`` numpy arrays.
 
@@ -139,9 +147,7 @@ def load_keras_h5(path: str | os.PathLike, spec: VGGSpec | None = None, dtype=np
     except PermissionError:
         raise JaxvizError(f"cannot read weights file {path}: permission denied; make it readable, or {fix}") from None
     except OSError as e:
-        if "unable to lock file" in str(e):  # HDF5's lock: another process has it open for writing
-            raise JaxvizError(f"cannot read weights file {path}: another process has it open for writing; "
-                              f"wait until it is saved and closed, then run again") from None
+        check_unlocked(path, e)
         try:
             reason = "truncated or damaged" if h5py.is_hdf5(path) else "not an HDF5 file"
         except OSError:  # is_hdf5 opens the file again

@@ -222,9 +222,9 @@ def keras_application(name: str, weights: Optional[str | os.PathLike] = None, *,
         first = lines[0]
         if first.endswith(":") and len(lines) > 1:  # Keras' "... for object <Conv2D name=c1>:", its reason next
             first += " " + lines[1].split(" Target variable:")[0][:300]
-        if "unable to lock file" in first:  # HDF5's lock: another process has it open for writing
-            raise JaxvizError(f"cannot read weights file {weights}: another process has it open for writing; "
-                              f"wait until it is saved and closed, then run again") from None
+        from jaxviz.convert import check_unlocked
+
+        check_unlocked(weights, first)
         if weights == "imagenet":
             raise JaxvizError(f"could not get {name}'s ImageNet weights ({first}); offline, give a Keras weights "
                               f"file (--weights FILE)") from None
