@@ -13,7 +13,7 @@ from jaxviz.convert import load_keras_h5
 from jaxviz.engine import LUCID, SEED, Recipe
 from jaxviz.errors import JaxvizError, notice
 from jaxviz.image import deprocess_batch, rgb_to_uint8
-from jaxviz.models.base import Model
+from jaxviz.models.base import Model, check_model
 from jaxviz.models.vgg import vgg
 
 
@@ -64,7 +64,7 @@ RECIPES = {"seed": SEED, "lucid": LUCID}
 def as_model(model) -> Model:
     """A Model as given, or VGG from a params pytree (``load_params``)."""
     if isinstance(model, Model):
-        return model
+        return check_model(model)
     if isinstance(model, dict):
         return vgg(model)
     raise JaxvizError(f"model must be a jaxviz Model (jaxviz.models) or VGG params from load_params, not {type(model).__name__}")

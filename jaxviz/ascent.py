@@ -197,4 +197,6 @@ def ascend(params: dict, layer: str, filters, *, key: jax.Array | None = None, s
     model = vgg(params, spec, precision=config.precision, conv=config.conv)
     result = engine.render(model, channel(layer, filters), recipe(config), key=key, start=start,
                            max_bytes=max_bytes, batch_size=batch_size)
+    if not isinstance(result.images, jax.core.Tracer):  # NaN weights gave NaN images without a word
+        checks.finite(f"the images of {layer}", result.images, result.values)
     return AscentResult(result.images, result.values)

@@ -361,6 +361,10 @@ def _shapes(static: Model, names, size, raw, tree, leaves) -> dict:
                     "this model needs (one that makes another shape or dtype): use a recipe of RGB images "
                     "(--recipe lucid, or a Pixel() or Fourier() param)")
         raise
+    missing = [n for n in names if not isinstance(out, dict) or not hasattr(out.get(n), "dtype")]
+    if missing:  # a hand-built Model's activations: KeyError or AttributeError here
+        raise JaxvizError(f"the activations of model {static.name} give no array for layer {missing[0]!r}; they must "
+                          "return {name: array} with every layer name they are asked for")
     for n in names:
         if not jnp.issubdtype(out[n].dtype, jnp.floating):
             raise JaxvizError(f"layer {n} of model {static.name} gives {out[n].dtype} activations; objectives need "

@@ -16,15 +16,26 @@ from jaxviz.errors import JaxvizError
 def deprocess(x: jax.Array) -> jax.Array:
     """The seed's deprocess of one raw image into uint8 (pure, vmappable).
 
-    x - mean, / (std + 1e-5), x 0.1, + 0.5, clip [0, 1], x 255, truncated to uint8.
-    An image holding NaN or infinity, which would come out black, is refused where its values
-    are known (outside jit and vmap).
+    x - mean, / (std + 1e-5), x 0.1, + 0.5, clip [0, 1], x 255, truncated to uint8. A batch
+    (N, H, W, 3) is deprocessed image by image, as ``render``'s tiles are (not by the batch's mean).
+    An image holding NaN or infinity, which would come out black, or values too large for the
+    float32 std (every pixel grey), is refused where its values are known (outside jit and vmap).
     """
     if not isinstance(x, jax.core.Tracer):
         a = np.asarray(x)
+        if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)) or a.ndim < 2:
+            # None, a number, a string, bools or complex: Python's, numpy's or JAX's errors
+            raise JaxvizError(f"deprocess takes a raw image (H, W, 3) of real numbers, or a batch (N, H, W, 3), "
+                              f"not {checks.show(x)}")
         if a.size and jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
             raise JaxvizError("deprocess takes a finite raw image; this one holds NaN or infinity "
                               "(it would come out black)")
+        if a.ndim >= 3:
+            checks.showable("the image given to deprocess", a)
+        if not hasattr(x, "mean"):
+            x = a
+    if x.ndim == 4:
+        return jax.vmap(deprocess)(x)
     x = x - x.mean()
     x = x / (x.std() + 1e-5)
     x = jnp.clip(x * 0.1 + 0.5, 0.0, 1.0) * 255.0

@@ -7,6 +7,7 @@ plus ``fc1``, ``fc2``, ``predictions`` when the classifier top is present.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
@@ -44,8 +45,24 @@ class Layer(NamedTuple):
     pools_before: int  # how many 2x2 pools the input went through before this layer
 
 
+def check_spec(spec) -> VGGSpec:
+    """``spec`` if it is a VGGSpec whose blocks and channels pair up, each 1 or more; a one-line
+    JaxvizError otherwise (a str failed with AttributeError, extra blocks were dropped silently)."""
+    from jaxviz.checks import show
+
+    if not isinstance(spec, VGGSpec):
+        raise JaxvizError(f"spec must be a jaxviz.VGGSpec such as jaxviz.VGG16 or jaxviz.VGG19, not {show(spec)}")
+    blocks, channels = spec.blocks, spec.channels
+    if not (isinstance(blocks, tuple) and isinstance(channels, tuple) and blocks and len(blocks) == len(channels)
+            and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in blocks + channels)):
+        raise JaxvizError(f"VGGSpec {spec.name!r} needs blocks (convs per block) and channels (per block) as tuples "
+                          f"of the same length, each 1 or more, not blocks={show(blocks)}, channels={show(channels)}")
+    return spec
+
+
 def layers(spec: VGGSpec = VGG16) -> tuple[Layer, ...]:
     """Every layer of the convolutional base in order, pools included."""
+    check_spec(spec)
     out, cin = [], 3
     for b, (n, c) in enumerate(zip(spec.blocks, spec.channels), start=1):
         for i in range(1, n + 1):

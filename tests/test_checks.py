@@ -195,8 +195,8 @@ def test_render_refuses_params_without_the_layers(params):
 
 
 def test_non_finite_results_are_refused(params):
-    bad = dict(params)
-    bad["block1_conv1"] = {"kernel": params["block1_conv1"]["kernel"] * np.nan, "bias": params["block1_conv1"]["bias"]}
+    bad = dict(params)  # finite weights whose activations overflow float32 (NaN weights are refused up front)
+    bad["block1_conv1"] = {"kernel": params["block1_conv1"]["kernel"] * 1e37, "bias": params["block1_conv1"]["bias"]}
     with pytest.raises(JaxvizError) as e:
         jaxviz.render(bad, "block1_conv1:0,1", jaxviz.SEED._replace(size=16, steps=2))
     assert "not finite" in one_line(e)

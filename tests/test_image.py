@@ -33,6 +33,21 @@ def test_deprocess_matches_the_book():
     assert np.asarray(deprocess_batch(jnp.asarray(x)))[1].max() == 0  # under vmap and jit values are not known
 
 
+def test_deprocess_takes_a_batch_image_by_image_and_refuses_what_is_not_an_image():
+    x = np.random.default_rng(1).normal(130, 40, (2, 9, 9, 3)).astype(np.float32)
+    x[1] *= 1000  # jointly, image 0 came out one flat grey beside it
+    batch = np.asarray(deprocess(x))
+    assert batch.shape == x.shape and batch.dtype == np.uint8
+    for i in range(2):
+        assert np.abs(batch[i].astype(int) - book_deprocess(x[i])).max() <= 1
+    for bad in (None, 3.0, "abc", x[0].astype(np.complex64), x[0] > 130):  # AttributeError, TypeError, ValueError
+        with pytest.raises(JaxvizError, match="deprocess takes a raw image"):
+            deprocess(bad)
+    with pytest.raises(JaxvizError, match="too large to show"):  # float32's std overflowed: every pixel 127
+        deprocess(x[0] * np.float32(1e30))
+    assert np.asarray(deprocess(x[0].tolist())).shape == (9, 9, 3)  # a nested list: as its array
+
+
 def test_grid_layout_reading_order_and_black_margins():
     tiles = np.stack([np.full((4, 6, 3), i + 1, np.uint8) for i in range(5)])
     g = make_grid(tiles, cols=2, margin=3)

@@ -102,3 +102,19 @@ def test_max_pool_gradient_is_jax_own_bit_for_bit(shape):
     hits = (np.asarray(got)[:, : h // 2 * 2, : w_ // 2 * 2] != 0).reshape(n, h // 2, 2, w_ // 2, 2, c).sum(axis=(2, 4))
     assert (hits > 1).any()  # ties really split the cotangent
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("spec", ["vgg16", None, VGGSpec("empty", ()), VGGSpec("short", (2, 2, 2), (64,)),
+                                  VGGSpec("neg", (-1, 2), (64, 128)), VGGSpec("zero", (2,), (0,)),
+                                  VGGSpec("str", "22", (64, 128))])
+def test_a_spec_that_is_not_one_is_one_line(spec):
+    """A str spec failed with AttributeError, a zero-channel one in Flax's init with ZeroDivisionError;
+    extra blocks or a negative count were dropped without a word."""
+    with pytest.raises(JaxvizError, match="VGGSpec"):
+        conv_layers(spec)
+    with pytest.raises(JaxvizError, match="VGGSpec"):
+        VGG(spec=spec).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_a_spec_of_numpy_integers_is_fine():
+    assert conv_layers(VGGSpec("np", (np.int64(1),), (np.int64(4),))) == ("block1_conv1",)

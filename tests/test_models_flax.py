@@ -256,6 +256,27 @@ def test_adapters_refuse_wrong_types_in_one_line():
         from_function(lambda p, x: x @ p, w, input_size=8).layers)  # one layer, not two of one name
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("layers", [("output", (8, 8, 5))], "must be a tuple of jaxviz.models.LayerInfo"),
+    ("layers", None, "must be a tuple of jaxviz.models.LayerInfo"),
+    ("min_size", None, "the min_size of model function must be a function"),
+    ("preact", 3, "the preact of model function must be a function or None"),
+    ("prepare", 3, "the prepare of model function must be a function or None"),
+    ("input_size", "8", "the input_size of model function must be an integer"),
+    ("name", ["x"], "the model's name must be a str"),
+    ("activations", lambda p, x, names: {}, "give no array for layer 'output'"),
+])
+def test_a_hand_built_model_with_a_wrong_field_is_one_line(field, value, message):
+    """A Model(...) written by hand or _replace'd: each failed in the engine with Python's TypeError,
+    AttributeError or KeyError (an unhashable name in jax.jit's)."""
+    import jaxviz
+
+    w = jax.random.normal(jax.random.key(4), (3, 5))
+    model = from_function(lambda p, x: x @ p, w, input_size=8)._replace(**{field: value})
+    with pytest.raises(JaxvizError, match=message):
+        jaxviz.render(model, "output:0", jaxviz.SEED._replace(size=8, steps=1))
+
+
 def test_weights_holding_nan_or_infinity_are_refused_naming_the_array():
     """A diverged model's weights: every image came out NaN, said only as "not finite" (and the
     dataset examples said "the units do not depend on the input")."""

@@ -92,3 +92,31 @@ def test_forward_leaves_the_colour_layers_bias_and_relu_to_the_next_conv(params)
     if onednn.available():
         assert "jaxviz_winograd4_in_relu_bias_relu_pool_f32" in alone.lower(x).as_text()
         assert "jaxviz_winograd4_in_relu" not in kept.lower(x).as_text()
+
+
+def test_integer_or_nan_weights_are_refused(params):
+    """int weights: every gradient zero, the images never moved; NaN: ascend returned NaN images, silently
+    (jaxviz.render said so; the weights are not scanned in vgg(), which ascend calls for every grid)."""
+    from jaxviz.ascent import AscentConfig, ascend
+    from jaxviz.errors import JaxvizError
+    from jaxviz.models import vgg
+
+    broken = {**params, "block1_conv1": jax.tree.map(lambda a: a.astype(jnp.int32), params["block1_conv1"])}
+    with pytest.raises(JaxvizError, match="the weights of block1_conv1 are int32, not floating point"):
+        vgg(broken)
+    with pytest.raises(JaxvizError, match="the weights of block1_conv1 are int32"):
+        ascend(broken, "block1_conv1", [0], config=AscentConfig(size=8, steps=1))
+    broken = {**params, "block1_conv1": jax.tree.map(lambda a: a.at[..., 0].set(jnp.nan), params["block1_conv1"])}
+    with pytest.raises(JaxvizError, match="the images of block1_conv1 came out not finite.*check the weights"):
+        ascend(broken, "block1_conv1", [0], config=AscentConfig(size=8, steps=1))
+
+
+def test_a_spec_that_is_not_a_vggspec_is_one_line(params):
+    from jaxviz.ascent import AscentConfig, ascend
+    from jaxviz.errors import JaxvizError
+    from jaxviz.models import vgg
+
+    with pytest.raises(JaxvizError, match="spec must be a jaxviz.VGGSpec"):
+        vgg(params, "vgg16")
+    with pytest.raises(JaxvizError, match="spec must be a jaxviz.VGGSpec"):
+        ascend(params, "block1_conv1", [0], config=AscentConfig(size=8, steps=1), spec="vgg16")

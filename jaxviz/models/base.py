@@ -90,6 +90,23 @@ class Model(NamedTuple):
         return self._replace(params=None)
 
 
+def check_model(model: Model) -> Model:
+    """``model`` once the fields of a hand-built one are checked: the engine failed on a list of layers,
+    a min_size of None or an input_size of "224" with Python's TypeError or AttributeError."""
+    if not isinstance(model.name, str):
+        raise JaxvizError(f"the model's name must be a str such as 'mynet', not {checks.show(model.name)}")
+    if not (isinstance(model.layers, tuple) and model.layers and all(
+            isinstance(l, LayerInfo) and isinstance(l.name, str) and isinstance(l.shape, tuple) for l in model.layers)):
+        raise JaxvizError(f"the layers of model {model.name} must be a tuple of jaxviz.models.LayerInfo(name, shape) "
+                          f"(shape a tuple), not {checks.show(model.layers)}")
+    for field in ("activations", "preprocess", "min_size"):
+        checks.function(f"the {field} of model {model.name}", getattr(model, field))
+    for field in ("preact", "chunk", "prepare"):
+        checks.function(f"the {field} of model {model.name}", getattr(model, field), optional=True)
+    checks.integer(f"the input_size of model {model.name}", model.input_size, 1, checks.MAX_SIZE)
+    return model
+
+
 def identity(x: jax.Array) -> jax.Array:
     """A preprocessing that feeds [0, 1] RGB images as they are."""
     return x

@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxviz import ops
 from jaxviz.errors import JaxvizError
-from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, layers, max_pool2
+from jaxviz.model import TOP_LAYERS, VGG16, VGG19, VGGSpec, check_spec, layers, max_pool2
 from jaxviz.models.base import LOGITS, LayerInfo, Model
 
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -215,10 +215,15 @@ def vgg(params: dict | None = None, spec: VGGSpec | None = None, *, weights: str
 
     params_for(params, "block1_conv1", ("block1_conv1",))
     found = detect_spec([k for k in params if k.startswith("block") and "conv" in k])
-    if spec is not None and found.blocks != spec.blocks:
+    if spec is not None and check_spec(spec).blocks != found.blocks:
         raise JaxvizError(f"these weights are {found.name}'s, not {spec.name}'s; choose the model that matches them")
     spec = spec or found
     params_for(params, conv_layers(spec)[-1], conv_layers(spec))
+    for name in conv_layers(spec):  # integer weights gave every filter a zero gradient, silently
+        kind = getattr(params[name]["kernel"], "dtype", None)
+        if kind is not None and not jnp.issubdtype(kind, jnp.floating):
+            raise JaxvizError(f"the weights of {name} are {kind}, not floating point; load them with "
+                              "jaxviz.load_params() (dtype jnp.float32 or jnp.bfloat16)")
     activations, preact, min_size, chunk, prepare = _functions(spec, precision, conv, ops.choice(precision, conv))
     table = _layer_table(spec, _has_top(params), spec.top_input)
     return Model(spec.name, params, activations, table, preprocess, min_size, spec.top_input, preact, chunk, prepare)
