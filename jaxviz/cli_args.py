@@ -123,14 +123,18 @@ NAME_MAX = 255  # bytes in one file or folder name on common file systems (ext4,
 TMP_EXTRA = len("." + "." + "XXXXXXXX" + ".tmp")  # what image.atomic_write's temporary file adds to a name
 
 
+def longest_name(path: str) -> int:
+    """The bytes of the longest name in ``path``'s parts ("a/b"), to hold against NAME_MAX."""
+    return max(len(part.encode("utf-8", "surrogateescape")) for part in path.split("/"))
+
+
 def check_out_paths(out: str, files=(), folders=()) -> None:
     """Refuse, before any work, a folder where the command writes the file ``out/NAME`` of
     ``files``, or a file where it makes the folder ``out/NAME`` of ``folders``: found only at
     writing, either would fail after the work, with part of the output written. So is a name
     longer than a file system takes (a layer's, after the rendering: "File name too long")."""
     for name, limit in [*((f, NAME_MAX - TMP_EXTRA) for f in files), *((d, NAME_MAX) for d in folders)]:
-        longest = max(len(part.encode("utf-8", "surrogateescape")) for part in name.split("/"))
-        if longest > limit:
+        if (longest := longest_name(name)) > limit:
             raise JaxvizError(f"cannot write {show(os.path.join(out, name))}: {longest} bytes in one name, over the "
                               f"{limit} a file system takes; rename the layer in the model, or leave it out")
     for name in files:
@@ -154,8 +158,7 @@ def check_layer_folder(name: str, reserved=()) -> str:
             or os.sep != "/" and os.sep in name:
         raise JaxvizError(f"layer {name!r} cannot be a folder of --out, where this command writes OUT/LAYER/; "
                           "rename the layer in the model, or leave it out of --layers")
-    longest = max(len(p.encode("utf-8", "replace")) for p in parts)
-    if longest > NAME_MAX:  # the folder failed after the rendering: "File name too long; move it"
+    if (longest := longest_name(name)) > NAME_MAX:  # the folder failed after the rendering: "File name too long; move it"
         raise JaxvizError(f"layer {show(name)} is too long for a folder of --out ({longest} bytes in one "
                           f"name; at most {NAME_MAX}); rename the layer in the model, or leave it out of --layers")
     return name
