@@ -28,17 +28,15 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
-import unicodedata
 from typing import NamedTuple, Sequence
 
 from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS, show
 from jaxviz.cli_args import (
-    OneLineParser, check_budget, check_layer_folder, check_out_dir, check_out_paths, filters_for, fit_default_size,
-    home_path, make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
-    remove_stale_temporaries, split_layers, weights_file,
+    OneLineParser, check_budget, check_clashes, check_layer_folder, check_out_dir, check_out_paths, filters_for,
+    fit_default_size, home_path, make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate,
+    remove_if_empty, remove_stale_temporaries, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_as_interrupt,
@@ -123,42 +121,12 @@ def output_paths(selection: dict[str, list[int]], chunk: int, animate: bool = Fa
     return files, folders
 
 
-def check_collisions(out: str, selection, files, folders) -> None:
-    """Refuse layers whose paths meet (``files`` and ``folders`` of ``output_paths``): a file of one
-    layer where another's folder goes ("a" and "a/index.html"), or, on a file system that ignores
-    case (macOS', Windows'), one path spelt two ways ("Conv" and "conv"). Either failed after the
-    rendering, or wrote one layer's images and records over the other's."""
-    fold = folds_case(out)
-    key = (lambda p: unicodedata.normalize("NFC", p).casefold()) if fold else (lambda p: p)
-    seen: dict[str, tuple[str, str]] = {}
-    for kind, paths in (("folder", folders), ("file", files)):
-        for p in paths:
-            first = seen.setdefault(key(p), (kind, p))
-            if first == (kind, p):
-                continue
-            how = "is a file of one and a folder of the other" if first[0] != kind else \
-                "is one path for both on this file system, which ignores case"
-            raise JaxvizError(f"{_owner(selection, *first)} and {_owner(selection, kind, p)} clash: "
-                              f"{os.path.join(out, first[1])} {how}; rename one in the model, or leave it out of --layers")
-
-
 def _owner(selection, kind: str, path: str) -> str:
     """Whose ``path`` (a file or folder relative to --out) is: "layer NAME", or the atlas's own."""
     path = path[len(CHUNKS) + 1:] if path.startswith(CHUNKS + "/") else path
     mine = [l for l in selection if kind == "folder" and (path == l or l.startswith(path + "/"))]
     mine = mine or sorted((l for l in selection if path.startswith(l + "/")), key=len, reverse=True)
     return f"layer {show(mine[0])}" if mine else f"the atlas's own {path}"
-
-
-def folds_case(folder: str) -> bool:
-    """Whether the file system of ``folder`` (or its nearest existing parent) takes names differing in case as one."""
-    from jaxviz.image import nearest_existing
-
-    try:
-        with tempfile.NamedTemporaryFile(dir=nearest_existing(folder), prefix=".jaxviz-case-") as f:
-            return os.path.exists(os.path.join(os.path.dirname(f.name), os.path.basename(f.name).upper()))
-    except OSError:
-        return False
 
 
 def sha256_file(path: str) -> str:
@@ -743,7 +711,7 @@ def _main(argv: list[str] | None) -> int:
         model, weights_name, weights_id = _load_model(args, not args.quiet and proc.index == 0)
         selection = selection or _select(args, model)
         paths = output_paths(selection, args.chunk, args.animate, examples)
-        check_collisions(args.out, selection, *paths)
+        check_clashes(args.out, *paths, owner=lambda kind, path: _owner(selection, kind, path))
         check_out_paths(args.out, *paths)
         if examples is not None:
             _check_examples(examples, args.examples, model, selection, say if proc.index == 0 else (lambda *a: None))

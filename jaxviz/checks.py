@@ -60,6 +60,18 @@ def off(text: str | None) -> bool:
     return (text or "").strip().lower() in OFF
 
 
+def home(path: str, what: str = "") -> str:
+    """``path`` with a leading ``~`` or ``~user`` expanded, as a shell would (``--out=~/viz``, which
+    the shell leaves as it is, and a program's ``save_png("~/x.png")`` wrote into a folder named
+    "~"); one JaxvizError, naming ``what`` (an option), for a user with no home folder."""
+    if not path.startswith("~"):
+        return path
+    full = os.path.expanduser(path)
+    if full.startswith("~"):
+        raise JaxvizError(f"{what + ' ' if what else ''}{path}: no such user's home folder; give another folder")
+    return full
+
+
 def function(name: str, value, optional: bool = False):
     """``value`` if it is callable (or None, with ``optional``): a model's ``fn``, ``preprocess``
     or ``min_size`` that is not would fail only later, inside a render, with Python's TypeError."""

@@ -6,10 +6,11 @@ import math
 import os
 import re
 import tempfile
+import unicodedata
 
-from jaxviz.checks import show
+from jaxviz.checks import home, show
 from jaxviz.errors import JaxvizError, error_line
-from jaxviz.image import in_the_way, nearest_existing
+from jaxviz.image import TMP_EXTRA, in_the_way, nearest_existing
 from jaxviz.model import VGG16, VGGSpec, conv_layers, layer_info
 
 
@@ -120,7 +121,6 @@ def check_out_dir(path: str) -> str:
 
 
 NAME_MAX = 255  # bytes in one file or folder name on common file systems (ext4, XFS, APFS)
-TMP_EXTRA = len("." + "." + "XXXXXXXX" + ".tmp")  # what image.atomic_write's temporary file adds to a name
 
 
 def longest_name(path: str) -> int:
@@ -146,6 +146,32 @@ def check_out_paths(out: str, files=(), folders=()) -> None:
     for name in folders:
         if os.path.lexists(path := os.path.join(out, name)) and not os.path.isdir(path):
             raise JaxvizError(f"cannot create folder {path}: a file is in the way; move it, or choose another --out")
+
+
+def check_clashes(out: str, files, folders, owner, fix="rename one in the model, or leave it out of --layers") -> None:
+    """Refuse output paths (``files`` and ``folders`` relative to ``out``) that meet: a file of one
+    where another's folder goes ("a" and "a/index.html"), or, on a file system that ignores case
+    (macOS', Windows'), one path spelt two ways ("Conv" and "conv"). Either failed after the work,
+    or wrote one layer's files over the other's. ``owner(kind, path)`` names whose a path is."""
+    key = (lambda p: unicodedata.normalize("NFC", p).casefold()) if folds_case(out) else (lambda p: p)
+    seen: dict[str, tuple[str, str]] = {}
+    for kind, paths in (("folder", folders), ("file", files)):
+        for p in paths:
+            first = seen.setdefault(key(p), (kind, p))
+            if first == (kind, p):
+                continue
+            how = "is a file of one and a folder of the other" if first[0] != kind else \
+                "is one path for both on this file system, which ignores case"
+            raise JaxvizError(f"{owner(*first)} and {owner(kind, p)} clash: {os.path.join(out, first[1])} {how}; {fix}")
+
+
+def folds_case(folder: str) -> bool:
+    """Whether the file system of ``folder`` (or its nearest existing parent) takes names differing in case as one."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=nearest_existing(folder), prefix=".jaxviz-case-") as f:
+            return os.path.exists(os.path.join(os.path.dirname(f.name), os.path.basename(f.name).upper()))
+    except OSError:
+        return False
 
 
 def check_layer_folder(name: str, reserved=()) -> str:
@@ -195,12 +221,10 @@ def home_path(option: str):
     ``--out=~/viz`` as it is: it made a folder named "~" in the current one, and --images=~/photos
     was "does not exist")."""
     def parse(text: str) -> str:
-        if not text.startswith("~"):
-            return text
-        path = os.path.expanduser(text)
-        if path.startswith("~"):
-            raise argparse.ArgumentTypeError(f"{option} {text}: no such user's home folder; give another folder")
-        return path
+        try:
+            return home(text, option)
+        except JaxvizError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return parse
 
 

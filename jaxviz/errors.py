@@ -9,8 +9,12 @@ class JaxvizError(Exception):
     """A problem with the user's input (weights, layer, filters, size, output).
 
     The message is one line that names the problem and how to fix it; the command
-    line prints it as is, without a traceback.
+    line prints it as is, without a traceback. A newline, tab or other unprintable character
+    of a path or name it quotes is escaped (``printable``), so a program printing it prints one line.
     """
+
+    def __init__(self, message="", *args):
+        super().__init__(printable(message), *args)
 
 
 def error_line(command: str, message) -> str:

@@ -14,9 +14,9 @@ import time
 
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
-    WRITING_S, OneLineParser, check_budget, check_out_dir, check_out_paths, filters_for, fit_default_size, home_path,
-    make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate, remove_if_empty,
-    remove_stale_temporaries, split_layers, weights_file,
+    WRITING_S, OneLineParser, check_budget, check_clashes, check_out_dir, check_out_paths, filters_for,
+    fit_default_size, home_path, make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate,
+    remove_if_empty, remove_stale_temporaries, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, show, stop_as_interrupt,
@@ -374,7 +374,15 @@ def _check_paths(args, grids: list[tuple[str, list[int]]], per: int) -> None:
     files = [f"{n}.{k}" for n, _ in grids for k in kinds]
     if args.tiles:
         files += [os.path.join(n, t) for n, fs in grids for t in _tile_names(n, fs, per)]
-    check_out_paths(args.out, files=files, folders=[n for n, _ in grids] if args.tiles else ())
+    folders = [n for n, _ in grids] if args.tiles else []
+    check_clashes(args.out, files, folders, lambda kind, path: f"grid {checks.show(_grid_of(path))}",
+                  f"rename one in the model, or leave it out of {'--objective' if args.objective else '--layers'}")
+    check_out_paths(args.out, files=files, folders=folders)
+
+
+def _grid_of(path: str) -> str:
+    """The grid whose file or folder ``path`` (relative to --out) is: "conv" of conv.png, conv/conv_f000.png."""
+    return os.path.splitext(path)[0] if "/" not in path else path.split("/")[0]
 
 
 def _never_fired(name, filters, rendered, objective, model, args) -> str | None:

@@ -1,6 +1,7 @@
 """Images: the seed's deprocess, grids of tiles, and PNGs written atomically."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -115,22 +116,32 @@ def in_the_way(folder: str | os.PathLike) -> str:
     return f"{p} is {'a symbolic link to nothing (or a loop)' if not os.path.exists(p) else 'a file'}, not a folder"
 
 
+def _home(path: str) -> str:
+    """``path`` with ``~`` expanded (``checks.home``); a name alone such as ``~draft.png``, of no user,
+    is a name, as the shell leaves it."""
+    return path if os.sep not in path and os.path.expanduser(path).startswith("~") else checks.home(path)
+
+
 def make_folder(path: str | os.PathLike) -> str:
-    """``os.makedirs(path, exist_ok=True)``, or one JaxvizError (a file in the way, no permission)."""
+    """``os.makedirs(path, exist_ok=True)`` (``~`` expanded), or one JaxvizError (a file in the way, no permission)."""
+    path = _home(os.fspath(path))
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         why = f"a file is in the way: {blocker}" if (blocker := in_the_way(path)) else e.strerror
-        raise JaxvizError(f"cannot create folder {os.fspath(path)} ({why}); move it, or choose another --out") from None
-    return os.fspath(path)
+        raise JaxvizError(f"cannot create folder {path} ({why}); move it, or choose another folder") from None
+    return path
 
 
-def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --out") -> str:
+TMP_EXTRA = len("." + "." + "XXXXXXXX" + ".tmp")  # what atomic_write's temporary file adds to a file's name
+
+
+def atomic_write(path: str | os.PathLike, write, fix: str = "choose another folder") -> str:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place
     (where ``path`` is a symbolic link: beside and onto its target, so the link stays).
 
-    An interruption leaves ``path`` as it was (absent or the old file) and removes the
-    temporary file. A failed write is one JaxvizError ending in ``fix``, what the user can do.
+    ``~`` is expanded. An interruption leaves ``path`` as it was (absent or the old file) and
+    removes the temporary file. A failed write is one JaxvizError ending in ``fix``, what the user can do.
     """
     try:
         path = os.fsdecode(path)  # bytes too; None or a number failed in os.fspath with Python's TypeError
@@ -141,6 +152,7 @@ def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --ou
         raise JaxvizError("the output file name is empty; give a path such as out/grid.png")
     if "\0" in path:  # ValueError from deep inside tempfile
         raise JaxvizError(f"the output file name {path!r} holds a NUL character; give a path such as out/grid.png")
+    path = _home(path)
     if os.path.isdir(path) or path.endswith(("/", os.sep)):  # its temporary file went into the parent folder
         raise JaxvizError(f"cannot write {path}: it names a folder; give a file name such as "
                           f"{os.path.join(path, 'grid.png')}")
@@ -152,7 +164,7 @@ def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --ou
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise JaxvizError(f"cannot write to {folder} ({e.strerror}); check free space and permissions, or {fix}") from None
+        raise JaxvizError(_cannot_write(path, folder, e, fix)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -169,15 +181,45 @@ def atomic_write(path: str | os.PathLike, write, fix: str = "choose another --ou
     return path
 
 
+def _cannot_write(path: str, folder: str, e: OSError, fix: str) -> str:
+    """The line for no file made in ``folder`` (``e``) for ``path``: a missing folder, a file in
+    the way or a name too long are not a matter of "free space and permissions"."""
+    if blocker := in_the_way(folder):
+        return f"cannot write {path}: {blocker}; move it, or {fix}"
+    if not os.path.isdir(folder):
+        return f"cannot write {path}: the folder {folder} does not exist; create it, or {fix}"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"cannot write {path}: its name is too long for the file system (the write goes through a " \
+               f"temporary name {TMP_EXTRA} bytes longer); give a shorter one"
+    return f"cannot write to {folder} ({e.strerror}); check free space and permissions, or {fix}"
+
+
 def save_png(path: str | os.PathLike, image) -> str:
-    """Save a uint8 (H, W, 3) image (or grey (H, W), RGBA (H, W, 4)) as PNG, atomically; returns the path."""
+    """Save a uint8 (H, W, 3) image (or grey (H, W), RGBA (H, W, 4)) as PNG, atomically; returns the
+    path, ``~`` expanded. A name with another image format's suffix (x.jpg) is refused: it got PNG bytes."""
     from PIL import Image
 
+    _png_name(path)
     image = as_array("save_png", image)
     if not (image.ndim == 2 or image.ndim == 3 and image.shape[-1] in (3, 4)) or not image.size:
         raise JaxvizError(f"save_png takes one image (H, W, 3), (H, W) or (H, W, 4), not an array of shape {image.shape}")
     img = Image.fromarray(pixels("save_png", image))
     return atomic_write(path, lambda f: img.save(f, format="PNG", optimize=False))
+
+
+def _png_name(path) -> None:
+    """Refuse a file name ending in the suffix of an image format other than PNG (x.jpg, x.webp):
+    a viewer goes by the suffix. Names with no image suffix (grid, grid.v2) are written as given."""
+    from PIL import Image
+
+    try:
+        path = os.fsdecode(path)
+    except TypeError:
+        return  # atomic_write names the problem
+    base, suffix = os.path.splitext(path)
+    fmt = Image.registered_extensions().get(suffix.lower(), "PNG")
+    if fmt != "PNG":
+        raise JaxvizError(f"save_png writes PNG, not {fmt}: give a name ending in .png ({base}.png), not {path}")
 
 
 ANIMATION_FORMATS = ("gif", "webp")

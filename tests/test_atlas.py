@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import interrupt
 
-from jaxviz import atlas as atlas_mod
+from jaxviz import atlas as atlas_mod, cli_args
 from jaxviz.atlas import Chunk, plan, share
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,7 +279,7 @@ def test_a_layer_name_that_is_no_folder_of_out_is_refused(layer, tmp_path, capsy
     ("y" * 300, False, "is too long for a folder of --out (300 bytes in one name; at most 255)"),
 ])
 def test_layers_whose_paths_clash_are_refused_before_any_work(layers, folds, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(atlas_mod, "folds_case", lambda out: folds, raising=False)
+    monkeypatch.setattr(cli_args, "folds_case", lambda out: folds)
     out = tmp_path / "out"
     code = atlas_mod.main(["--model", "tests.tiny_model:build_clash", "--layers", layers, "--filters", "0",
                            "--size", "16", "--steps", "1", "--quiet", "--out", str(out)])
@@ -289,7 +289,7 @@ def test_layers_whose_paths_clash_are_refused_before_any_work(layers, folds, mes
 
 
 def test_layers_differing_in_case_have_their_own_folders_where_the_file_system_tells_them_apart(tmp_path, monkeypatch):
-    monkeypatch.setattr(atlas_mod, "folds_case", lambda out: False)
+    monkeypatch.setattr(cli_args, "folds_case", lambda out: False)
     out = tmp_path / "out"
     assert atlas_mod.main(["--model", "tests.tiny_model:build_clash", "--layers", "Conv,conv", "--filters", "0",
                            "--size", "16", "--steps", "1", "--quiet", "--out", str(out)]) == 0
@@ -298,7 +298,7 @@ def test_layers_differing_in_case_have_their_own_folders_where_the_file_system_t
 
 def test_folds_case_tells_a_case_sensitive_file_system(tmp_path):
     (tmp_path / "probe").write_text("x")
-    assert atlas_mod.folds_case(str(tmp_path / "new")) == (tmp_path / "PROBE").exists()
+    assert cli_args.folds_case(str(tmp_path / "new")) == (tmp_path / "PROBE").exists()
 
 
 def test_a_nested_layer_name_gets_nested_pages_that_link_back(tmp_path):

@@ -181,3 +181,43 @@ def test_an_interrupt_during_the_probe_waits_for_stderr(tmp_path):
             p.kill()
     assert p.returncode == 130 and err == b"interrupted\n", (p.returncode, err)
     assert time.monotonic() - t0 > 1.0  # held until the probe was over
+
+
+@pytest.mark.parametrize("value", ["{tmp}/mine", "~/mine", "./mine"])
+def test_a_path_is_the_cache_folder(updates, monkeypatch, tmp_path, value):
+    """JAXVIZ_COMPILE_CACHE=/some/path meant "on", at the default folder."""
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "home")
+    monkeypatch.setenv(compile_cache.ENV, value.format(tmp=tmp_path / "home"))
+    monkeypatch.setattr(compile_cache, "_reloads", lambda: True)
+    path = compile_cache.use()
+    assert path == compile_cache.folder(tmp_path / "home" / "mine") and path.parent == tmp_path / "home" / "mine"
+    assert updates["jax_compilation_cache_dir"] == str(path)
+
+
+@pytest.mark.parametrize("value", ["1", "on", "Yes", "true", ""])
+def test_a_switch_is_the_default_folder(updates, monkeypatch, tmp_path, value):
+    monkeypatch.setenv(compile_cache.ENV, value)
+    monkeypatch.setattr(compile_cache, "_reloads", lambda: True)
+    assert compile_cache.use() == compile_cache.folder() and compile_cache.folder().parent == tmp_path / "xla"
+
+
+@pytest.mark.parametrize("where, why", [
+    ("file", "{tmp}/file is a file, not a folder"),
+    ("file/sub", "{tmp}/file is a file, not a folder"),
+    ("~no-such-user-xyz/c", "no such user's home folder"),
+    ("read-only", "cannot write to {path}"),
+])
+def test_a_folder_it_cannot_use_is_one_notice_and_no_cache(updates, monkeypatch, tmp_path, caplog, where, why):
+    (tmp_path / "file").write_text("x")
+    value = where if where.startswith("~") else str(tmp_path / where)
+    if where == "read-only":  # (root writes anywhere: the check itself is what is shown)
+        monkeypatch.setattr(compile_cache.os, "access", lambda path, mode: mode != os.W_OK)
+    monkeypatch.setenv(compile_cache.ENV, value)
+    monkeypatch.setattr(compile_cache, "_reloads", lambda: pytest.fail("probed a folder it cannot use"))
+    assert compile_cache.use() is None and not updates
+    why = why.format(tmp=tmp_path, path=value and compile_cache.folder(value))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"JAXVIZ_COMPILE_CACHE={value}: {why}; no compile cache this run (give another folder, or 0 for none)"]
+    assert (tmp_path / "file").read_text() == "x"

@@ -546,3 +546,38 @@ def test_a_layer_name_too_long_for_a_file_is_refused_before_any_work(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bytes in one name, over the 241 a file system takes; rename the layer" in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--tiles"], ["--npz"], ["--animate"]])
+def test_layers_differing_only_in_case_are_refused_where_the_file_system_ignores_case(tmp_path, capsys, monkeypatch,
+                                                                                       extra):
+    """Layers Conv and conv wrote Conv.png and conv.png (their tiles, npz, gifs), one file on macOS
+    and Windows: the second grid overwrote the first. Refused before any work, as the atlas does."""
+    import jaxviz.cli_args
+
+    monkeypatch.setattr(jaxviz.cli_args, "folds_case", lambda out: True, raising=False)  # (before: no check)
+    monkeypatch.setattr(jaxviz.api, "render_quiet", lambda *a, **k: pytest.fail("rendered"))
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build_clash", "--layers", "Conv,conv", "--filters", "0",
+                     "--size", "16", "--steps", "1", *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"jaxviz.grid: error: grid 'Conv' and grid 'conv' clash: {out / 'Conv'}"
+                   f"{'' if extra == ['--tiles'] else '.png'} is one path for both on this file system, which ignores "
+                   "case; rename one in the model, or leave it out of --layers"], err
+    assert not out.exists()
+    assert run_main(["--model", "tests.tiny_model:build_clash", "--objective", "Conv:0", "--objective", "conv:0",
+                     "--size", "16", "--steps", "1", *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grid 'Conv-0' and grid 'conv-0' clash" in err[0] and "of --objective" in err[0], err
+    assert not out.exists()
+
+
+def test_layers_differing_only_in_case_get_their_own_files_where_the_file_system_tells_them_apart(tmp_path,
+                                                                                                  monkeypatch):
+    import jaxviz.cli_args
+
+    monkeypatch.setattr(jaxviz.cli_args, "folds_case", lambda out: False)
+    out = tmp_path / "out"
+    assert run_main(["--model", "tests.tiny_model:build_clash", "--layers", "Conv,conv", "--filters", "0",
+                     "--size", "16", "--steps", "1", "--tiles", "--quiet", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["Conv", "Conv.png", "conv", "conv.png"]

@@ -228,3 +228,57 @@ def test_save_animation_refuses_bad_frames_durations_and_sizes_in_one_line(tmp_p
     save_animation(tmp_path / "ok.gif", frames, 1)  # valid ones still save
     save_animation(tmp_path / "rgba.gif", np.zeros((2, 4, 4, 4), np.uint8))
     assert Image.open(tmp_path / "ok.gif").n_frames == 1  # Pillow merges identical frames
+
+
+def test_a_tilde_is_the_home_folder_for_every_writer(tmp_path, monkeypatch):
+    """save_png("~/x.png") wrote into a folder named "~" of the current one, or failed naming --out."""
+    from jaxviz.image import save_animation
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    image = np.zeros((2, 2, 3), np.uint8)
+    assert save_png("~/x.png", image) == str(tmp_path / "home" / "x.png")
+    assert save_animation("~/x.gif", image[None]) == str(tmp_path / "home" / "x.gif")
+    assert make_folder("~/sub") == str(tmp_path / "home" / "sub")
+    assert atomic_write("~/sub/x.npz", lambda f: f.write(b"x")) == str(tmp_path / "home" / "sub" / "x.npz")
+    assert sorted(os.listdir(tmp_path / "home")) == ["sub", "x.gif", "x.png"] and os.listdir(tmp_path / "cwd") == []
+    with pytest.raises(JaxvizError, match="~no-such-user-xyz/x.png: no such user's home folder; give another folder"):
+        save_png("~no-such-user-xyz/x.png", image)
+    assert os.listdir(tmp_path / "cwd") == []
+    assert save_png("~no-such-user-xyz.png", image) == "~no-such-user-xyz.png"  # a name, as the shell leaves it
+    assert os.listdir(tmp_path / "cwd") == ["~no-such-user-xyz.png"]
+
+
+def test_a_folder_that_cannot_hold_the_file_is_named_without_command_options(tmp_path):
+    """Called from Python, a missing folder or a file in the way said "check free space and
+    permissions, or choose another --out": neither the cause nor an option the program has."""
+    image = np.zeros((2, 2, 3), np.uint8)
+    (tmp_path / "f").write_text("x")
+    cases = [(tmp_path / "missing" / "x.png", f"the folder {tmp_path / 'missing'} does not exist; create it, or "
+              "choose another folder"),
+             (tmp_path / "f" / "x.png", f"{tmp_path / 'f'} is a file, not a folder; move it, or choose another folder"),
+             (tmp_path / ("y" * 250 + ".png"), "its name is too long for the file system (the write goes through a "
+              "temporary name 14 bytes longer); give a shorter one")]
+    for path, message in cases:
+        with pytest.raises(JaxvizError) as e:
+            save_png(path, image)
+        assert str(e.value) == f"cannot write {path}: {message}"
+    with pytest.raises(JaxvizError) as e:
+        make_folder(tmp_path / "f" / "sub")
+    assert str(e.value).endswith("; move it, or choose another folder")
+    assert os.listdir(tmp_path) == ["f"]
+
+
+@pytest.mark.parametrize("name, fmt", [("x.jpg", "JPEG"), ("x.JPEG", "JPEG"), ("x.webp", "WEBP"), ("x.gif", "GIF")])
+def test_a_name_of_another_image_format_is_refused(tmp_path, name, fmt):
+    """save_png("x.jpg", img) wrote PNG bytes into x.jpg."""
+    with pytest.raises(JaxvizError) as e:
+        save_png(tmp_path / name, np.zeros((2, 2, 3), np.uint8))
+    assert str(e.value) == (f"save_png writes PNG, not {fmt}: give a name ending in .png "
+                            f"({tmp_path / name[:-len(name.split('.')[1]) - 1]}.png), not {tmp_path / name}")
+    assert os.listdir(tmp_path) == []
+    for ok in ("x.PNG", "x.v2", "grid"):  # a PNG suffix in any case, or none of an image format: as given
+        save_png(tmp_path / ok, np.zeros((2, 2, 3), np.uint8))
+        assert Image.open(tmp_path / ok).format == "PNG"
