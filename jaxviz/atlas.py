@@ -450,8 +450,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--cluster", action="store_true",
                    help="multi-process: let JAX detect the cluster (SLURM, Open MPI, ...) for unset values")
     p.add_argument("--wait", type=positive_int("--wait", 1, 10**7), default=1800,
-                   help="process 0 waits for the other processes' chunks this many seconds without progress "
-                   "before giving up on the site (default 1800)")
+                   help="multi-process: seconds to wait for all processes to join (at least 300), and process 0 "
+                   "for the other processes' chunks without progress before giving up on the site (default 1800)")
     p.add_argument("--estimate", action="store_true",
                    help="after the run, estimate the time of the full atlas (all 13 layers, 4,224 filters) "
                    "at these settings on these devices from the rounds timed in this run")
@@ -478,12 +478,13 @@ def valid_batch(b) -> bool:
 def layer_batch(model, recipe, layer: str, n: int, devices: int, batch: int | str) -> int:
     """Filters per device in each round of a chunk of ``n`` filters of ``layer``: ``batch``, or
     with 'auto' the engine's choice for that many (``jaxviz.engine.chunk_for``), evened out so
-    the last round pads least."""
+    the last round pads least. A batch past a device's share of the chunk is cut to it: --batch 64 with
+    --filters 0-3 padded every round to 64 images, 16 times the work for the same 4 images."""
+    per_device = -(-n // devices)
     if batch != AUTO:
-        return batch
+        return min(batch, per_device)
     from jaxviz import engine, objectives
 
-    per_device = -(-n // devices)
     b = engine.chunk_for(model, objectives.channel(layer, [0]), recipe, per_device, engine.DEFAULT_MAX_BYTES)
     return -(-per_device // -(-per_device // b))
 
@@ -577,7 +578,8 @@ def _validate(args) -> dict[str, list[int]] | None:
         if args.size < min_size(l):
             raise JaxvizError(f"--size {args.size} is too small for {l}; the minimum is {min_size(l)} px")
     for l, fs in (selection or {}).items():  # 'auto' (or the folder's batch) is checked once known
-        check_budget(l, args.size, min(args.chunk, len(fs)), args.batch if isinstance(args.batch, int) else 1)
+        n = min(args.chunk, len(fs))
+        check_budget(l, args.size, n, min(args.batch, n) if isinstance(args.batch, int) else 1)
     _check_recipe(args.recipe)
     return selection
 
@@ -698,7 +700,7 @@ def _main(argv: list[str] | None) -> int:
         from jaxviz import shard
 
         proc = state["proc"] = shard.init_distributed(args.coordinator, args.num_processes, args.process_id,
-                                                      auto=args.cluster)
+                                                      auto=args.cluster, timeout=max(args.wait, 300))
         checks.backend()  # after joining a job, which must come before the devices start
         compile_cache.for_command()
         check_out_dir(args.out)
@@ -784,6 +786,7 @@ def _main(argv: list[str] | None) -> int:
                 raise JaxvizError(f"process 0's atlas in {args.out} has other settings than this process's "
                                   f"({'; '.join(diff[:4])}); give every process the same options")
             atlas.adopt(old)
+            shard.shutdown()  # the rest goes through the folder: process 0 ending (Ctrl-C) aborted this one in JAX
         state["atlas"] = atlas
         if atlas.settings["batch"] != asked:  # the folder's own batch, adopted on resuming
             batches = batches_of(atlas.settings["batch"])

@@ -13,7 +13,11 @@ is communicated between processes except through the shared output folder.
 """
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import sys
+import threading
 import time
 from typing import Iterator, NamedTuple, Sequence
 
@@ -23,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxviz import checks
-from jaxviz.errors import JaxvizError
+from jaxviz.errors import JaxvizError, error_line, notice
 
 AXIS = "batch"
 
@@ -52,23 +56,79 @@ def _env_int(name: str, lo: int) -> int | None:
 
 
 def _address(text: str) -> str:
-    """``HOST:PORT``, checked before JAX takes it: without a port JAX failed with an IndexError."""
+    """``HOST:PORT``, checked before JAX takes it: without a port JAX failed with an IndexError; a host
+    that is no host name (``::1:1234``, ``http://h:1234``) had it wait for minutes, then abort."""
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise JaxvizError(f"the coordinator {text!r} (--coordinator or JAX_COORDINATOR_ADDRESS) is not HOST:PORT; "
                           "give process 0's address and a free port, e.g. 10.0.0.1:12345")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in host and bare == host and set(host.lower()) <= set("0123456789abcdef:."):
+        raise JaxvizError(f"the coordinator {text!r}: an IPv6 address goes in brackets, e.g. [{host}]:{port}")
+    try:
+        socket.getaddrinfo(bare, int(port), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise JaxvizError(f"the coordinator {text!r}: no such host {bare!r}; give process 0's host name or "
+                          "address and a port, e.g. 10.0.0.1:12345") from None
     return text
 
 
+def _port_free(address: str) -> None:
+    """Process 0 serves the job on every address at the coordinator's port (as JAX does, ``[::]``): a
+    port already taken (another job's coordinator) failed inside JAX with "Failed to start RPC server"."""
+    port = int(address.rpartition(":")[2])
+    family, host = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "")
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                return  # no IPv6 here, or another limit: JAX says what it finds
+            raise JaxvizError(f"the coordinator's port {port} is in use on this machine (another job's "
+                              "coordinator?); give every process another --coordinator port") from None
+
+
+def _watchdog(what: str, timeout: float) -> threading.Event:
+    """An event to set once ``what`` is done; if it is not within ``timeout`` s, one error line and exit
+    status 2: JAX's own timeout of joining aborted the process with a C++ stack trace (nothing is
+    written before the job is joined, so nothing is left half done)."""
+    done = threading.Event()
+
+    def watch():
+        if not done.wait(timeout):
+            sys.stderr.write(error_line("jaxviz", f"{what} within {timeout:.0f} s; start every process "
+                                        "with the same --coordinator and --num-processes") + "\n")
+            sys.stderr.flush()
+            os._exit(2)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
+def _cpp_log_level(level: int | None) -> None:
+    """Set XLA's C++ log threshold (None: back to ``TF_CPP_MIN_LOG_LEVEL``'s, else warnings): the recoverable
+    job's coordinator logs a warning on every start, past --quiet. A private API: absent, nothing changes."""
+    try:
+        from jax._src.lib import utils
+
+        env = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")
+        default = int(env) if env.isdigit() else 1
+        utils.absl_set_min_log_level(default if level is None else max(level, default))
+    except Exception:
+        pass
+
+
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None, auto: bool = False) -> Process:
+                     process_id: int | None = None, auto: bool = False, timeout: float = 300.0) -> Process:
     """Join a multi-process job with ``jax.distributed.initialize`` when one is asked for.
 
     Values not given fall back to the environment: ``JAX_COORDINATOR_ADDRESS``,
     ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. With none of them (and ``auto``
     false) this is a single-process job and JAX is left alone. ``auto`` lets JAX
     detect a cluster (SLURM, Open MPI, ...) for whatever is still unset. Must run
-    before anything else touches a device.
+    before anything else touches a device. Processes that have not all joined within
+    ``timeout`` seconds end this one (one line, exit status 2).
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES", 1)
@@ -89,15 +149,29 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
                 f"a multi-process run needs {', '.join(missing)} (or JAX_COORDINATOR_ADDRESS, "
                 "JAX_NUM_PROCESSES, JAX_PROCESS_ID); e.g. --coordinator 10.0.0.1:12345 --num-processes 2 --process-id 0"
             )
+    # the processes share nothing but the folder: without this, process 0 was aborted (a C++ stack dump, status
+    # 134) about 100 s after another process died, instead of waiting --wait for its chunks and saying so
+    jax.config.update("jax_enable_recoverability", True)
+    if coordinator is not None and process_id == 0:
+        _port_free(coordinator)
+    where = f" at {coordinator}" if coordinator else ""
+    if num_processes is not None and process_id is not None:
+        notice(f"process {process_id}/{num_processes}: joining the job{where} (waiting up to {timeout:.0f} s for "
+               "the other processes)")
+    joined = _watchdog(f"the {num_processes or 'cluster'} processes did not all join the job{where}", timeout)
+    _cpp_log_level(2)  # errors only
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, initialization_timeout=int(timeout) + 60)
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if coordinator is None:  # auto: JAX's cluster detection found none (it said "at None")
             raise JaxvizError(f"--cluster: JAX found no cluster to join here ({first}); give --coordinator, "
                               "--num-processes and --process-id, or run without --cluster") from None
         raise JaxvizError(f"cannot join the distributed job at {coordinator} ({first})") from None
+    finally:
+        joined.set()
+        _cpp_log_level(None)
     return Process(jax.process_index(), jax.process_count())
 
 

@@ -921,3 +921,114 @@ def test_an_unknown_layer_of_a_model_names_no_option_the_atlas_lacks(tmp_path, c
     assert atlas_mod.main(["--model", "tests.tiny_model:build", "--layers", "nope", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown layer 'nope' for model function; valid layers: conv" in err and "--list-layers" not in err, err
+
+
+# --- robustness sweep: joining a multi-process job ------------------------------------------------
+
+
+@pytest.mark.parametrize("address, message", [
+    ("::1:1234", "an IPv6 address goes in brackets, e.g. [::1]:1234"),  # JAX waited, then aborted
+    ("http://localhost:1234", "no such host 'http://localhost'"),
+    ("host name:1234", "no such host 'host name'"),
+])
+def test_a_coordinator_that_is_no_host_is_refused_up_front(address, message):
+    from jaxviz import shard
+    from jaxviz.errors import JaxvizError
+
+    with pytest.raises(JaxvizError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        shard.init_distributed(address, 2, 1)
+
+
+def test_a_coordinator_port_in_use_is_one_line():
+    """Process 0 on a port another job's coordinator holds: JAX's "Failed to start RPC server", after a
+    C++ log line."""
+    from jaxviz import shard
+    from jaxviz.errors import JaxvizError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(JaxvizError, match=f"port {s.getsockname()[1]} is in use"):
+            shard.init_distributed(f"127.0.0.1:{s.getsockname()[1]}", 2, 0)
+
+
+def test_processes_that_never_join_end_in_one_line(tmp_path):
+    """Process 1 of a job whose process 0 never starts waited JAX's 300 s, then aborted with a C++ stack
+    trace (exit status 134)."""
+    code = f"from jaxviz import shard; shard.init_distributed('127.0.0.1:{free_port()}', 2, 1, timeout=2)"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and time.monotonic() - t0 < 60, proc.stderr
+    assert lines[-1].startswith("jaxviz: error: the 2 processes did not all join the job at 127.0.0.1:")
+    assert len(lines) == 2 and "joining the job" in lines[0], proc.stderr  # the notice, then the error
+
+
+def test_the_job_tolerates_a_process_that_dies(monkeypatch):
+    """A process killed mid-run had JAX abort process 0 about 100 s later (a C++ stack trace, status 134)
+    rather than it waiting --wait for the chunks and saying which are missing."""
+    import jax
+
+    from jaxviz import shard
+    from jaxviz.errors import JaxvizError
+
+    seen = []
+
+    def initialize(**kw):
+        seen.append(jax.config.jax_enable_recoverability)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    try:
+        with pytest.raises(JaxvizError, match="stop here"):
+            shard.init_distributed(f"127.0.0.1:{free_port()}", 2, 1)
+    finally:
+        jax.config.update("jax_enable_recoverability", False)
+    assert seen == [True]
+
+
+def test_a_batch_past_the_chunk_is_cut_to_it():
+    """--batch 64 with 4 filters padded every round to 64 images: 16 times the work for the same images."""
+    from jaxviz.atlas import layer_batch
+
+    assert layer_batch(None, None, "conv", 4, 1, 64) == 4
+    assert layer_batch(None, None, "conv", 5, 2, 64) == 3
+    assert layer_batch(None, None, "conv", 64, 1, 7) == 7
+
+
+def test_a_quiet_job_prints_nothing(tmp_path):
+    """Process 0 of a recoverable job had XLA log a warning ("Using experimental recoverable task
+    feature") past --quiet on every start."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    proc = subprocess.run([sys.executable, "-m", "jaxviz.atlas", *FN, "--out", str(tmp_path / "q"), "--coordinator",
+                           f"127.0.0.1:{free_port()}", "--num-processes", "1", "--process-id", "0"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "q" / "index.html").exists()
+
+
+def test_a_process_outlives_process_0s_interrupt(tmp_path):
+    """Process 0 stopped by Ctrl-C had JAX abort process 1 mid-chunk (a C++ stack trace, status 134): past
+    the manifest the processes share only the folder, so process 1 finishes its chunks."""
+    out = tmp_path / "p0"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **{atlas_mod.TEST_DELAY_ENV: "0.5"})
+    env.pop("XLA_FLAGS", None)
+    argv = [sys.executable, "-m", "jaxviz.atlas", *FN[:-3], "--filters", "0-3", "--chunk", "1", "--out", str(out),
+            "--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2", "--wait", "5", "--quiet"]
+    procs = [subprocess.Popen([*argv, "--process-id", str(i)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("chunks/*/c*.json")):
+            assert procs[0].poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        procs[0].send_signal(signal.SIGINT)
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 130 and procs[1].returncode == 0, outs[1][1]
+    assert {rec["index"] for rec in records(out).values() if rec["process"] == 1} == {1, 3}
