@@ -19,6 +19,7 @@ from jaxviz.errors import JaxvizError
 MAX_SIZE = 1 << 20  # px; a sanity bound only: memory_budget refuses far smaller sizes with its estimate
 MAX_STEPS = 1_000_000  # steps; at a few ms per step at the smallest size, hours of work
 F32_MAX = float(np.finfo(np.float32).max)  # a larger step size is infinity once in float32
+F32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 MAX_SEED = 2**32 - 1  # seeds are 0 to 2**32 - 1 (jax.random.key takes them without overflow)
 ENV_MAX_MEMORY = "JAXVIZ_MAX_MEMORY"  # bytes (suffix K, M, G, T allowed): lowers the memory limit
 OFF = ("0", "off", "no", "false", "none")  # the values that turn a JAXVIZ_ switch off (any case)
@@ -116,6 +117,9 @@ def rate(name: str, value) -> float:
     v = real(name, value)
     if not 0 < v <= F32_MAX:
         raise JaxvizError(f"{name} must be more than 0 and at most {F32_MAX:.8g} (the largest float32), not {v}")
+    if v < F32_TINY:  # 1e-46 is 0 in float32, and the images never moved
+        raise JaxvizError(f"{name} must be at least {F32_TINY:.8g} (float32's smallest normal number; less is too "
+                          f"small to move the images), not {v}")
     return v
 
 

@@ -159,6 +159,8 @@ def _validate(args) -> list[tuple[str, object]]:
         raise JaxvizError("--objective replaces --layers and --filters; give one or the other")
     if args.list_layers:
         return []
+    if args.recipe == "lucid" and not args.no_transforms:
+        _check_jitter(args.size, args.pad)
     check_out_dir(args.out)
     if args.objective:
         return _file_names(args.objective)
@@ -176,6 +178,18 @@ def _validate(args) -> list[tuple[str, object]]:
     for l in layers:
         _check_memory(args, l, len(filters[l]))
     return [(l, (l, filters[l])) for l in layers]
+
+
+def _check_jitter(size: int, pad: int | None) -> None:
+    """Refuse a --size and --pad smaller than the quality recipe's jitter, which would shift the image out
+    of view: the engine's line named the jitter, which the command line does not set."""
+    from jaxviz.lucid import LucidConfig
+
+    jitter, pad = LucidConfig().jitter, LucidConfig().pad if pad is None else pad
+    if size + pad < jitter:
+        raise JaxvizError(f"--size {size} with --pad {pad} is too small for the quality recipe's transforms, whose "
+                          f"{jitter} px jitter would shift the image out of view; give --size plus --pad of at "
+                          f"least {jitter} (--pad {jitter - size}), or --no-transforms")
 
 
 def _file_name(text: str) -> str:

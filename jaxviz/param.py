@@ -24,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import checks
+from jaxviz.errors import JaxvizError
+
 # The square root of ImageNet's RGB colour correlation matrix (the values Lucid
 # publishes; columns are the colour "principal directions" scaled by the square root
 # of their variance). Normalized so that its largest column has unit norm.
@@ -53,13 +56,22 @@ class Param(NamedTuple):
 
 # ---------------------------------------------------------------- colour
 
+def _rgb(name: str, x) -> None:
+    """One line for an array whose last axis is not RGB's 3 channels (dot_general's TypeError)."""
+    if jnp.shape(x)[-1:] != (3,):
+        raise JaxvizError(f"{name} mixes the 3 channels of RGB images (..., 3), not an array of shape {jnp.shape(x)}; "
+                          "give RGB, or leave the colour mix out (decorrelated=False)")
+
+
 def decorrelate(x: jax.Array) -> jax.Array:
     """Mix the channels of (..., 3) by the square root of ImageNet's colour correlation."""
+    _rgb("decorrelate", x)
     return x @ jnp.asarray(COLOR_SQRT).T
 
 
 def correlate(x: jax.Array) -> jax.Array:
     """The inverse of :func:`decorrelate`."""
+    _rgb("correlate", x)
     return x @ jnp.asarray(COLOR_SQRT_INV).T
 
 
@@ -150,6 +162,7 @@ def fourier_init(key: jax.Array, h: int, w: int, sd: float = FOURIER_SD) -> jax.
 
 def fourier(size: int, decorrelated: bool = True, decay_power: float = 1.0, sd: float = FOURIER_SD) -> Param:
     """The Fourier parameterization of a size x size image."""
+    checks.integer("size", size, 1, checks.MAX_SIZE)  # 0 failed with ZeroDivisionError
     return Param(
         init=lambda key: fourier_init(key, size, size, sd),
         to_image=lambda c: to_valid_rgb(fourier_to_image(c, size, size, decay_power), decorrelated),
@@ -158,6 +171,7 @@ def fourier(size: int, decorrelated: bool = True, decay_power: float = 1.0, sd: 
 
 def pixel(size: int, decorrelated: bool = True, sd: float = PIXEL_SD) -> Param:
     """The plain pixel parameterization of a size x size image (through the same colour mix and sigmoid)."""
+    checks.integer("size", size, 1, checks.MAX_SIZE)
     return Param(
         init=lambda key: sd * jax.random.normal(key, (size, size, 3), jnp.float32),
         to_image=lambda p: to_valid_rgb(p, decorrelated),

@@ -19,11 +19,18 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxviz import checks
+from jaxviz.errors import JaxvizError
+
 Transform = Callable[[jax.Array, jax.Array], jax.Array]  # (key, image) -> image
 
 
 def pad(x: jax.Array, width: int, value: float = 0.5) -> jax.Array:
     """Pad (H, W, C) by ``width`` px on every side with a constant (grey by default)."""
+    checks.integer("pad width", width, 0)  # -2 failed inside jnp.pad ("index can't contain negative values")
+    if jnp.ndim(x) != 3:  # an (H, W) image failed inside jnp.pad
+        raise JaxvizError(f"the transforms take one (H, W, C) image, not an array of shape {jnp.shape(x)}; "
+                          "add a channel axis (x[..., None]), or vmap them over a batch")
     return jnp.pad(x, ((width, width), (width, width), (0, 0)), constant_values=value)
 
 
@@ -42,7 +49,7 @@ def _shift(u, d: int):
 
 def jitter(key: jax.Array, x: jax.Array, d: int) -> jax.Array:
     """A random translation by up to ``d`` px on each axis (uniform integers in [-d, d])."""
-    if d <= 0:
+    if checks.integer("jitter", d, 0) == 0:  # a negative one did nothing, silently
         return x
     u = jax.random.uniform(key, (2,), jnp.float32)
     return translate(x, _shift(u[0], d), _shift(u[1], d), d)
@@ -82,7 +89,7 @@ def warp(x: jax.Array, scale, angle) -> jax.Array:
 
 def scale(key: jax.Array, x: jax.Array, amount: float) -> jax.Array:
     """A random zoom by a factor uniform in [1 - amount, 1 + amount]."""
-    if amount <= 0:
+    if check_scale(amount) == 0:
         return x
     s = jax.random.uniform(key, (), jnp.float32, 1.0 - amount, 1.0 + amount)
     return warp(x, s, 0.0)
@@ -90,10 +97,29 @@ def scale(key: jax.Array, x: jax.Array, amount: float) -> jax.Array:
 
 def rotate(key: jax.Array, x: jax.Array, degrees: float) -> jax.Array:
     """A random rotation by an angle uniform in [-degrees, degrees]."""
-    if degrees <= 0:
+    if check_rotate(degrees) == 0:
         return x
     a = jax.random.uniform(key, (), jnp.float32, -degrees, degrees) * (math.pi / 180.0)
     return warp(x, 1.0, a)
+
+
+def check_scale(amount) -> float:
+    """A zoom amount from 0 to below 1, so that every factor 1 - amount .. 1 + amount stays positive
+    (at 1 or more the image shrank to a point or turned upside down; below 0 nothing was done)."""
+    a = checks.real("scale", amount)
+    if not 0 <= a < 1:
+        raise JaxvizError(f"transforms' scale must be from 0 to below 1 (zooms 1 - scale .. 1 + scale), "
+                          f"not {checks.show(amount)}")
+    return a
+
+
+def check_rotate(degrees) -> float:
+    """A turn from 0 to 360 degrees, finite (NaN degrees made every pixel NaN)."""
+    a = checks.real("rotate", degrees)
+    if not 0 <= a <= 360:
+        raise JaxvizError(f"transforms' rotate must be from 0 to 360 degrees (turns by -rotate .. rotate), "
+                          f"not {checks.show(degrees)}")
+    return a
 
 
 class Robustness(NamedTuple):

@@ -67,6 +67,20 @@ def test_chunks_and_batch_equal_each_item_alone(model):
     np.testing.assert_allclose(alone.images[0], whole.images[2], rtol=1e-5, atol=1e-3)
 
 
+def test_batch_size_past_the_items_is_not_padded(model, monkeypatch):
+    """batch_size=64 for 3 items computed 64 images (61 of padding): one chunk is capped at the items,
+    with the same images as the engine's own chunk, and as 2 padded chunks up to the last bits."""
+    obj = channel("block1_conv2", [3, 5, 9])
+    chunks = []
+    run = engine.run_chunk
+    monkeypatch.setattr(engine, "run_chunk", lambda *a: chunks.append(len(a[-2])) or run(*a))
+    big = engine.render(model, obj, TINY, batch_size=64)
+    assert chunks == [3]
+    np.testing.assert_array_equal(big.images, engine.render(model, obj, TINY).images)
+    np.testing.assert_allclose(big.images, engine.render(model, obj, TINY, batch_size=2).images, rtol=1e-5, atol=1e-3)
+    assert chunks[-1] == 2
+
+
 def test_diversity_gives_several_different_images(model):
     from jaxviz.objectives import diversity_term
 
@@ -262,6 +276,15 @@ def test_recipe_part_numbers_out_of_range_are_one_line_and_numpy_scalars_pass():
         engine.check(m, obj, lucid._replace(transforms=fine))
     engine.check(m, obj, lucid._replace(param=Fourier(decay_power=np.float32(2.0))))
     engine.check(m, obj, lucid._replace(param=Fourier(decay_power=0)))
+
+
+def test_a_recipe_that_is_not_a_recipe_is_one_line():
+    """engine.render(model, obj, "lucid") or None failed with AttributeError ('str' object has no attribute 'size')."""
+    from tests.tiny_model import build
+
+    for bad in ("lucid", None, (64, 40)):
+        with pytest.raises(JaxvizError, match="recipe must be a jaxviz.Recipe such as jaxviz.SEED"):
+            engine.render(build(), "conv:0", bad)
 
 
 def test_render_checks_every():

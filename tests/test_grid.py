@@ -117,6 +117,9 @@ def run_main(argv):
         return e.code
 
 
+TINY_LUCID = ["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0", "--steps", "1", "--recipe", "lucid"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--layers", "block9_conv1"], "valid layers"),
     (["--layers", "block1_conv1", "--filters", "64"], "has 64 filters"),
@@ -154,6 +157,12 @@ def run_main(argv):
     (["--recipe", "lucid", "--lr", "nan"], "--lr must be a finite number"),
     (["--recipe", "lucid", "--lr", "1e300"], "--lr must be more than 0 and at most 3.4028235e+38 (the largest float32)"),
     (["--recipe", "lucid", "--lr", "-1"], "--lr must be more than 0 and at most"),
+    # 0 in float32: grey tiles, silently
+    ([*TINY_LUCID, "--size", "16", "--lr", "1e-46"], "--lr must be at least 1.1754944e-38"),
+    ([*TINY_LUCID[:-2], "--size", "16", "--step-size", "1e-46"], "--step-size must be at least 1.1754944e-38 (float32's"),
+    # the engine's line named the transforms' jitter, which no option sets
+    ([*TINY_LUCID, "--size", "4", "--pad", "2"], "--size 4 with --pad 2 is too small for the quality recipe's "
+     "transforms, whose 8 px jitter would shift the image out of view; give --size plus --pad of at least 8 (--pad 4)"),
     # found by probing the command line with absurd input
     (["--model", "tests.tiny_model:broken"], "failed (RuntimeError: no weights here)"),
     (["--model", "sys:exit"], "failed (it called exit(None))"),  # exit 0, nothing said, nothing written

@@ -13,6 +13,7 @@ from jaxviz.errors import JaxvizError
 @pytest.mark.parametrize("value, message", [
     (-1.0, "must be more than 0"), (0.0, "must be more than 0"), (1e300, "at most 3.4028235e+38"),
     (math.nan, "must be a finite number"), (-math.inf, "must be a finite number"), ("0.1", "must be a number"),
+    (1e-46, "at least 1.1754944e-38"),  # 0 in float32: the images never moved
 ])
 def test_a_rate_that_would_not_ascend_is_refused_at_construction(spec, name, value, message):
     with pytest.raises(JaxvizError) as e:

@@ -93,6 +93,31 @@ def test_transform_pieces_are_exact():
     np.testing.assert_allclose(rot, jnp.rot90(_img(5, 5), k=-1), atol=1e-5)  # clockwise on screen
 
 
+def test_transform_and_colour_helpers_refuse_absurd_settings_in_one_line():
+    """rotate by NaN degrees made every pixel NaN, and scale by -1 or jitter by -3 did nothing, silently;
+    pad by -2, a 2-D image, decorrelate of 4 channels and fourier(0) failed inside JAX or NumPy."""
+    k, x = jax.random.key(0), _img(8, 8)
+    for call, message in [(lambda: transforms.rotate(k, x, float("nan")), "rotate must be a finite number"),
+                          (lambda: transforms.rotate(k, x, -5.0), "rotate must be from 0 to 360"),
+                          (lambda: transforms.scale(k, x, -1.0), "scale must be from 0 to below 1"),
+                          (lambda: transforms.scale(k, x, 1.5), "scale must be from 0 to below 1"),
+                          (lambda: transforms.jitter(k, x, -3), "jitter must be 0 or more"),
+                          (lambda: transforms.pad(x, -2), "pad width must be 0 or more"),
+                          (lambda: transforms.robust()(k, x[..., 0]), r"one \(H, W, C\) image, not .* \(8, 8\)"),
+                          (lambda: param.decorrelate(jnp.zeros((4, 4, 4))), r"3 channels of RGB .* \(4, 4, 4\)"),
+                          (lambda: param.to_valid_rgb(jnp.zeros((4, 4, 1))), "decorrelated=False"),
+                          (lambda: param.fourier(0), "size must be 1 to"),
+                          (lambda: param.pixel(-1), "size must be 1 to")]:
+        with pytest.raises(JaxvizError, match=message) as e:
+            call()
+        assert "\n" not in str(e.value)
+    np.testing.assert_array_equal(transforms.pad(x, 0), x)  # 0 turns each one off
+    np.testing.assert_array_equal(transforms.scale(k, x, 0), x)
+    np.testing.assert_array_equal(transforms.rotate(k, x, 0), x)
+    one = param.fourier(1)  # a 1 x 1 Fourier image is its DC term
+    assert one.to_image(one.init(k)).shape == (1, 1, 3)
+
+
 def test_transforms_are_differentiable():
     r = transforms.robust()
     g = jax.jit(jax.grad(lambda x: jnp.sum(r(jax.random.key(7), x) ** 2)))(_img())
