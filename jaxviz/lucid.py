@@ -54,7 +54,7 @@ class LucidConfig(NamedTuple):
     redirect_steps: Optional[int] = None  # redirect only in the first N steps; None: every step (Lucid)
     diversity: int = 1  # images per filter
     diversity_weight: float = 100.0  # weight of Lucid's diversity term when diversity > 1
-    precision: str = "float32"  # or "bfloat16" (the network's matmuls; not with diversity > 1)
+    precision: str = "float32"  # or "bfloat16" (the network's matmuls)
 
     def robustness(self) -> transforms.Robustness:
         return transforms.Robustness(self.pad, self.jitter, self.scale, self.rotate, self.jitter2)
@@ -89,8 +89,6 @@ def validate_config(layer: str, filters: Sequence[int], config: LucidConfig, spe
     if config.diversity_weight < 0:  # it pulled a filter's images together, silently
         raise JaxvizError(f"diversity_weight must be 0 or more (it pushes a filter's images apart), "
                           f"not {config.diversity_weight}")
-    if config.diversity > 1 and config.precision != "float32":
-        raise JaxvizError("diversity > 1 runs in float32 only; drop --precision bfloat16")
 
 
 def recipe(config: LucidConfig) -> Recipe:
