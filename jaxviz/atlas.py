@@ -362,12 +362,19 @@ class Atlas:
         return rec
 
     def log(self, line: str) -> None:
-        """Append one line to atlas.log (one write call, O_APPEND: lines from processes do not mix)."""
-        fd = os.open(os.path.join(self.out, LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        """Append one line to atlas.log (one write call, O_APPEND: lines from processes do not mix);
+        a full disk is one JaxvizError (the chunk before it is saved: a rerun resumes)."""
+        from jaxviz.image import write_error
+
+        path = os.path.join(self.out, LOG)
         try:
-            os.write(fd, (line.rstrip("\n") + "\n").encode())
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (line.rstrip("\n") + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise JaxvizError(write_error(path, e, "choose another folder")) from None
 
     def missing(self) -> list[Chunk]:
         """Chunks without a valid record."""

@@ -116,9 +116,12 @@ class FolderLock:
                 os.close(fd)
                 continue
             info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps(info).encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, json.dumps(info).encode())
+            except OSError:  # a full disk or quota: the flock holds all the same; the job's own writes say it
+                pass
             self.fd = fd
             return self
         raise JaxvizError(f"could not take the lock file {self.path}; other jobs keep replacing it")

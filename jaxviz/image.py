@@ -129,10 +129,12 @@ def make_folder(path: str | os.PathLike) -> str:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         why = f"a file is in the way: {blocker}" if (blocker := in_the_way(path)) else e.strerror
-        raise JaxvizError(f"cannot create folder {path} ({why}); move it, or choose another folder") from None
+        fix = "free some space" if not blocker and e.errno in FULL else "move it"
+        raise JaxvizError(f"cannot create folder {path} ({why}); {fix}, or choose another folder") from None
     return path
 
 
+FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no room left: on the disk (or its inodes), or in the user's quota
 TMP_EXTRA = len("." + "." + "XXXXXXXX" + ".tmp")  # what atomic_write's temporary file adds to a file's name
 
 
@@ -176,9 +178,17 @@ def atomic_write(path: str | os.PathLike, write, fix: str = "choose another fold
         except FileNotFoundError:
             pass
         if isinstance(e, OSError):
-            raise JaxvizError(f"cannot write {path} ({e}); check free space and permissions, or {fix}") from None
+            raise JaxvizError(write_error(path, e, fix)) from None
         raise
     return path
+
+
+def write_error(path: str, e: OSError, fix: str) -> str:
+    """The line for ``e`` failing a write to ``path``: a full disk or a quota reached says to free
+    space (not "check permissions"); anything else names the error as it is."""
+    if e.errno in FULL:
+        return f"cannot write {path} ({e.strerror}); free some space, or {fix}"
+    return f"cannot write {path} ({e}); check free space and permissions, or {fix}"
 
 
 def _cannot_write(path: str, folder: str, e: OSError, fix: str) -> str:
@@ -191,6 +201,8 @@ def _cannot_write(path: str, folder: str, e: OSError, fix: str) -> str:
     if e.errno == errno.ENAMETOOLONG:
         return f"cannot write {path}: its name is too long for the file system (the write goes through a " \
                f"temporary name {TMP_EXTRA} bytes longer); give a shorter one"
+    if e.errno in FULL:  # no room for the temporary file's name (no inodes left)
+        return write_error(path, e, fix)
     return f"cannot write to {folder} ({e.strerror}); check free space and permissions, or {fix}"
 
 

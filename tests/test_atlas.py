@@ -635,6 +635,29 @@ def test_lock_is_held_while_running_and_refuses_in_process(tmp_path):
     FolderLock(str(tmp_path)).acquire().release()
 
 
+def test_a_full_disk_at_the_lock_or_the_log_is_one_line_and_the_atlas_resumes(reference, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """No space left where the lock file names its holder and where atlas.log takes a chunk's line (both
+    os.write): each was a traceback, exit 1 (the lock's before any work). Now the lock holds all the same
+    and the log's failure is one line, exit 2; the chunk before it is kept, and a rerun completes."""
+    import errno
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "full"
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", full)
+        assert atlas_mod.main([*TINY, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"jaxviz.atlas: error: cannot write {out / 'atlas.log'} (No space left on device); free some "
+                   "space, or choose another folder\n")
+    assert len(list(out.glob("chunks/*/*.json"))) == 1 and not list(out.rglob("*.tmp"))
+    assert not (out / ".jaxviz.lock").exists()
+    assert atlas_mod.main([*TINY, "--out", str(out), "--quiet"]) == 0
+    assert pngs(out) == pngs(reference)
+
+
 def test_progress_bar_has_no_clamping_warning_or_negative_eta(tmp_path):
     """7 rounds per layer: float updates of 100 x cost / total summed past 100 (issue 12, item 8)."""
     r = run_cli(["--layers", "block1_conv1,block1_conv2", "--filters", "0-6", "--size", "16", "--steps", "1",

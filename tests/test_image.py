@@ -282,3 +282,44 @@ def test_a_name_of_another_image_format_is_refused(tmp_path, name, fmt):
     for ok in ("x.PNG", "x.v2", "grid"):  # a PNG suffix in any case, or none of an image format: as given
         save_png(tmp_path / ok, np.zeros((2, 2, 3), np.uint8))
         assert Image.open(tmp_path / ok).format == "PNG"
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_a_full_disk_or_quota_says_to_free_space_and_leaves_nothing(tmp_path, monkeypatch, code):
+    """A write failing for want of space said "([Errno 28] ...); check free space and permissions":
+    now the cause as the system says it and the fix, the old file kept, no temporary left."""
+    import errno
+    import tempfile
+
+    err = getattr(errno, code)
+    target = tmp_path / "x.json"
+    target.write_bytes(b"old")
+
+    def write(f):
+        if f is not None:
+            f.write(b"partial")
+        raise OSError(err, os.strerror(err))
+
+    with pytest.raises(JaxvizError) as e:
+        atomic_write(target, write)
+    assert str(e.value) == f"cannot write {target} ({os.strerror(err)}); free some space, or choose another folder"
+    assert os.listdir(tmp_path) == ["x.json"] and target.read_bytes() == b"old"
+    with monkeypatch.context() as m:  # no room for the temporary file itself (no inodes left)
+        m.setattr(tempfile, "mkstemp", lambda **k: write(None))
+        with pytest.raises(JaxvizError) as e:
+            atomic_write(target, write)
+    assert str(e.value).endswith(f"({os.strerror(err)}); free some space, or choose another folder")
+
+
+def test_a_folder_that_cannot_be_made_for_want_of_space_says_to_free_some(tmp_path, monkeypatch):
+    """No room for a folder (a full disk, no inodes left) said "move it": nothing is in the way."""
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "makedirs", full)
+    with pytest.raises(JaxvizError) as e:
+        make_folder(tmp_path / "out")
+    assert str(e.value) == (f"cannot create folder {tmp_path / 'out'} (No space left on device); free some space, or "
+                            "choose another folder")
