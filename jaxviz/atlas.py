@@ -35,8 +35,8 @@ from jaxviz import checks, compile_cache
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS, show
 from jaxviz.cli_args import (
     OneLineParser, check_budget, check_clashes, check_layer_folder, check_out_dir, check_out_paths, filters_for,
-    fit_default_size, home_path, make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate,
-    remove_if_empty, remove_stale_temporaries, split_layers, weights_file,
+    fit_default_size, home_path, make_out_dir, missing_folders, model_name, parse_filters, parse_layers,
+    positive_int, rate, remove_if_empty, remove_stale_temporaries, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, stop_as_interrupt,
@@ -699,7 +699,7 @@ def _main(argv: list[str] | None) -> int:
     started = time.time()
     args = build_parser().parse_args(argv)
     say = printer(args.quiet)
-    state: dict = {"atlas": None, "proc": None, "lock": None, "created": False}
+    state: dict = {"atlas": None, "proc": None, "lock": None, "created": []}
     gate = WriteGate()
 
     def work() -> int:
@@ -765,7 +765,7 @@ def _main(argv: list[str] | None) -> int:
         key = f"jaxviz/atlas/manifest/{os.path.abspath(args.out)}"
         if proc.index == 0:
             try:
-                state["created"] = not os.path.isdir(args.out)
+                state["created"] = missing_folders(args.out)
                 make_out_dir(args.out)
                 with gate:  # an interrupt waits for it, or it never starts: no lock left behind by a racing exit
                     state["lock"] = FolderLock(args.out, "jaxviz.atlas").acquire()
@@ -849,8 +849,8 @@ def _main(argv: list[str] | None) -> int:
     def release(failed: bool) -> None:
         if state["lock"] is not None:
             state["lock"].release()
-        if failed and state["created"]:
-            remove_if_empty(args.out)
+        if failed:
+            remove_if_empty(state["created"])
 
     def interrupted() -> None:
         print("\n" + interrupted_line(), file=sys.stderr)

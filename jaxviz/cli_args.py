@@ -190,21 +190,25 @@ def check_layer_folder(name: str, reserved=()) -> str:
     return name
 
 
-def make_out_dir(path: str) -> str:
-    """Create the output folder (after ``check_out_dir`` passed); where that fails part-way (a
-    path too long for the system, say), the folders it made are removed again."""
+def missing_folders(path: str) -> list[str]:
+    """The folders of ``path`` not there yet, deepest first: ``path`` itself, then its parents up to
+    the nearest one that exists. What ``make_out_dir`` creates, taken before it runs, so that a
+    failure removes those again (``remove_if_empty``) and no folder that was there before."""
     missing, p, top = [], os.path.abspath(path), nearest_existing(path)
     while p != top:
         missing.append(p)
         p = os.path.dirname(p)
+    return missing
+
+
+def make_out_dir(path: str) -> str:
+    """Create the output folder (after ``check_out_dir`` passed); where that fails part-way (a
+    path too long for the system, say), the folders it made are removed again."""
+    missing = missing_folders(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        for folder in missing:  # deepest first
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+        remove_if_empty(missing)
         raise JaxvizError(f"cannot create output folder {path} ({e.strerror}); choose a writable folder with --out") from None
     return path
 
@@ -306,9 +310,13 @@ def check_budget(layer: str, size: int, n: int, batch: int, spec: VGGSpec = VGG1
     checks.run_budget(layer, size, n, batch, spec)
 
 
-def remove_if_empty(path: str) -> None:
-    """Remove ``path`` and its empty subfolders when nothing else is in them (after a failure)."""
-    for folder, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
+def remove_if_empty(made: list[str]) -> None:
+    """After a failure, remove the folders a run ``made`` (``missing_folders`` before it made them),
+    each only when nothing else is in it, the deepest with its empty subfolders: "--out a/b/c" left
+    an empty "a/b" behind. No folder that was there before is touched."""
+    if not made:
+        return
+    for folder in [f for f, _, _ in sorted(os.walk(made[0]), key=lambda t: -len(t[0]))] + made[1:]:
         try:
             os.rmdir(folder)
         except OSError:

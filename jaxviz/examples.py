@@ -504,11 +504,11 @@ def _interrupted_line(out: str) -> str:
 
 def _run(args) -> int:
     """``main``'s work for parsed arguments, in a worker thread (``run_interruptible``)."""
-    from jaxviz.cli_args import WRITING_S, remove_if_empty, remove_stale_temporaries
+    from jaxviz.cli_args import WRITING_S, missing_folders, remove_if_empty, remove_stale_temporaries
     from jaxviz.folder_lock import FolderLock
 
     say = printer(args.quiet)
-    ui = {"bar": None, "created": False, "lock": None}
+    ui = {"bar": None, "created": [], "lock": None}
     gate = WriteGate()
 
     def close_bar():
@@ -517,7 +517,7 @@ def _run(args) -> int:
 
     def work() -> int:
         layers = _validate(args)
-        ui["created"] = not os.path.exists(args.out)
+        ui["created"] = missing_folders(args.out)
         from jaxviz import models
         from jaxviz.cli_args import fit_default_size, make_out_dir, split_layers
 
@@ -575,8 +575,7 @@ def _run(args) -> int:
         print("\n" + _interrupted_line(args.out), file=sys.stderr)
         if ui["lock"] is not None:
             ui["lock"].release()
-        if ui["created"]:
-            remove_if_empty(args.out)
+        remove_if_empty(ui["created"])
 
     try:
         checks.backend()
@@ -585,15 +584,13 @@ def _run(args) -> int:
             return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
         close_bar()
-        if ui["created"]:
-            remove_if_empty(args.out)  # nothing is left behind by a run that found no usable image
+        remove_if_empty(ui["created"])  # nothing is left behind by a run that found no usable image
         print(error_line("jaxviz.examples", e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         close_bar()
         print(_interrupted_line(args.out), file=sys.stderr)
-        if ui["created"]:
-            remove_if_empty(args.out)
+        remove_if_empty(ui["created"])
         return 130
 
 

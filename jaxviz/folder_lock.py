@@ -18,6 +18,7 @@ import stat
 import time
 
 from jaxviz.errors import JaxvizError
+from jaxviz.image import FULL
 
 LOCK_NAME = ".jaxviz.lock"
 
@@ -86,8 +87,9 @@ class FolderLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as e:
-                raise JaxvizError(f"cannot create the lock file {self.path} ({e.strerror}); "
-                                  "choose a writable folder with --out") from None
+                fix = "free some space, or choose another --out" if e.errno in FULL else \
+                    "choose a writable folder with --out"
+                raise JaxvizError(f"cannot create the lock file {self.path} ({e.strerror}); {fix}") from None
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # made so since the look above
                 os.close(fd)
                 raise JaxvizError(f"cannot use the lock file {self.path}: it is not a regular file; move it, or "

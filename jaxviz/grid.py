@@ -15,8 +15,8 @@ import time
 from jaxviz.checks import MAX_SEED, MAX_SIZE, MAX_STEPS
 from jaxviz.cli_args import (
     WRITING_S, OneLineParser, check_budget, check_clashes, check_out_dir, check_out_paths, filters_for,
-    fit_default_size, home_path, make_out_dir, model_name, parse_filters, parse_layers, positive_int, rate,
-    remove_if_empty, remove_stale_temporaries, split_layers, weights_file,
+    fit_default_size, home_path, make_out_dir, missing_folders, model_name, parse_filters, parse_layers,
+    positive_int, rate, remove_if_empty, remove_stale_temporaries, split_layers, weights_file,
 )
 from jaxviz.cli_run import (
     WriteGate, exit_command, printer, restore_handlers, run_interruptible, show, stop_as_interrupt,
@@ -454,7 +454,7 @@ def _main(argv: list[str] | None) -> int:
         raise
     say = printer(args.quiet)
     done: list[str] = []
-    created = [False]  # whether this run made --out (removed again, when empty, after a failure)
+    created = [[]]  # the folders this run made for --out (removed again, when empty, after a failure)
     gate = WriteGate()
 
     def work() -> int:
@@ -488,7 +488,7 @@ def _main(argv: list[str] | None) -> int:
                 except JaxvizError as e:
                     raise JaxvizError(f"{name}: {e}; nothing was written") from None
         _check_paths(args, [(name, fs) for name, fs, _ in jobs], recipe.diversity)
-        created[0] = not os.path.isdir(args.out)
+        created[0] = missing_folders(args.out)
         make_out_dir(args.out)
         remove_stale_temporaries(args.out, [os.path.join(args.out, name) for name, _, _ in jobs],
                                  time.time() - WRITING_S)
@@ -513,8 +513,7 @@ def _main(argv: list[str] | None) -> int:
 
     def interrupted() -> None:
         print(f"\njaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
-        if created[0]:
-            remove_if_empty(args.out)
+        remove_if_empty(created[0])
 
     try:
         checks.backend()  # a JAX_PLATFORMS this machine cannot start: one line, not JAX's traceback
@@ -524,13 +523,11 @@ def _main(argv: list[str] | None) -> int:
             return run_interruptible(work, gate, interrupted)
     except JaxvizError as e:
         print(error_line("jaxviz.grid", e), file=sys.stderr)
-        if created[0]:
-            remove_if_empty(args.out)
+        remove_if_empty(created[0])
         return 2
     except KeyboardInterrupt:
         print(f"jaxviz.grid: interrupted; completed layers: {', '.join(done) or 'none'}", file=sys.stderr)
-        if created[0]:
-            remove_if_empty(args.out)
+        remove_if_empty(created[0])
         return 130
     finally:
         restore_handlers(old)

@@ -19,7 +19,8 @@ a guess on the next. Decisions, each from medians of interleaved timings:
 constants (``ascent.CPU_BATCH``, ``ops.choice``); ``auto``: ``plan.json`` in jaxviz's cache folder, beside
 the oneDNN and XLA caches (``$JAXVIZ_CACHE``, else ``$XDG_CACHE_HOME/jaxviz``, else ``~/.cache/jaxviz``);
 any other value: that file. Timings are keyed by CPU model + jaxlib
-version. ``JAXVIZ_PLAN=auto python -m jaxviz.plan`` rebuilds this machine's entry.
+version. ``JAXVIZ_PLAN=auto python -m jaxviz.plan`` rebuilds this machine's entry. Where a run cannot
+save what it timed (a full disk), it says so in a notice and uses the timings, unsaved, for the rest of the process.
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ CONVS = ("wino4",)  # timed by default; ALL_CONVS with --convs
 ALL_CONVS = ("wino4", "xla")
 AUTO = ("auto", "on", "1")
 TIMING = "ascent chunks"  # how chunks are timed: part of the key, so older timings are redone
+# timings this process measured but could not save (a full disk): {(plan file, machine): timings}, merged
+# into what ``load`` reads, so that later layers and calls use them rather than time again
+_UNSAVED: dict[tuple[str, str], dict] = {}
 STEPS = 40  # ascent steps per timed chunk: the seed's; with fewer, the per-call work (kernel transforms, start
 # images) dominated and made small chunks look slow (4 steps ranked chunk 8 last on a Zen 5; 40 first)
 
@@ -123,8 +127,10 @@ def load(path: Path | None = None) -> dict:
     path = cache_path() if path is None else path
     if path is None:
         return {}
-    entry = _read(path).get(machine(), {})
-    return {k: v for k, v in entry.items() if _well_formed(k, v)} if isinstance(entry, dict) else {}
+    here = machine()
+    entry = _read(path).get(here, {})
+    saved = {k: v for k, v in entry.items() if _well_formed(k, v)} if isinstance(entry, dict) else {}
+    return {**saved, **_UNSAVED.get((os.path.abspath(path), here), {})}
 
 
 _CHUNK_TEXTS = frozenset(str(b) for b in range(1, max(CHUNKS) + 1))
@@ -303,34 +309,51 @@ def best_chunk(timings: dict, layer: str, size: int) -> int | None:
     return best[1] if best else None
 
 
-def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs=CONVS) -> dict:
-    """This machine's timings, measuring (and caching) the conv shapes not yet in them."""
+def ensure(shapes, path: Path | None = None, reps: int = 3, chunks=CHUNKS, convs=CONVS, strict: bool = False) -> dict:
+    """This machine's timings, measuring (and caching) the conv shapes not yet in them; a failed save
+    is an error with ``strict`` (``python -m jaxviz.plan``), else a notice (``_add``)."""
     timings = load(path)
     missing = [s for s in shapes if not any(k.startswith(s.key() + "/") for k in timings)]
     if missing:
         writable(path or cache_path())
         notice(f"jaxviz: timing {len(missing)} conv shape(s) on this CPU once "
                f"(cached in {path or cache_path()}; {ENV}=off to skip)")
-        timings = _add(measure(missing, chunks, convs, reps=reps), path)
+        timings = _add(measure(missing, chunks, convs, reps=reps), path, strict)
     return timings
 
 
-def ensure_chunks(layer: str, size: int, path: Path | None = None, reps: int = 3, chunks=CHUNKS) -> dict:
-    """This machine's timings, with ``layer``'s ascent chunks at ``size`` measured (and cached) once."""
+def ensure_chunks(layer: str, size: int, path: Path | None = None, reps: int = 3, chunks=CHUNKS,
+                  strict: bool = False) -> dict:
+    """This machine's timings, with ``layer``'s ascent chunks at ``size`` measured (and cached) once; a
+    failed save is an error with ``strict`` (``python -m jaxviz.plan``), else a notice (``_add``)."""
     timings = load(path)
     if best_chunk(timings, layer, size) is None:
         writable(path or cache_path())
         notice(f"jaxviz: timing the ascent at {layer} ({size} px) in chunks of {', '.join(map(str, chunks))} "
                f"on this CPU once (cached in {path or cache_path()}; {ENV}=off to skip)")
-        timings = _add(measure_chunks(layer, size, chunks, reps), path)
+        timings = _add(measure_chunks(layer, size, chunks, reps), path, strict)
     return timings
 
 
-def _add(new: dict, path: Path | None) -> dict:
+def _add(new: dict, path: Path | None, strict: bool = False) -> dict:
     """Save ``new`` timings into this machine's plan as the file holds it now (read again: another
-    process may have saved its own during the minutes ``new`` took) and return the whole."""
+    process may have saved its own during the minutes ``new`` took) and return the whole. A failed
+    save (a full disk) raises with ``strict``; else it is a notice, and ``new`` is kept in memory for
+    ``load``: a run failed after its minutes of timing, for a plan that only speeds it up."""
+    from jaxviz.errors import JaxvizError
+
+    path = cache_path() if path is None else path
     timings = {**load(path), **new}
-    save(timings, path)
+    key = (os.path.abspath(path), machine())
+    try:
+        save(timings, path)
+    except JaxvizError as e:
+        if strict:
+            raise
+        _UNSAVED.setdefault(key, {}).update(new)
+        notice(f"jaxviz: the timings just measured serve this run but are not saved: {e}")
+        return timings
+    _UNSAVED.pop(key, None)  # saved with the rest
     return timings
 
 
@@ -423,10 +446,11 @@ def _build(args, path: Path, layer_shapes: dict, convs: tuple) -> int:
         save({k: v for k, v in load(path).items() if not k.startswith(tuple(stale))}, path)
         if shapes:
             fits = min(max(candidates(l, args.size)) for l, below in layer_shapes.items() if below)
-            ensure(shapes, path, reps=args.reps, chunks=tuple(b for b in CHUNKS if b <= fits) or (fits,), convs=convs)
+            ensure(shapes, path, reps=args.reps, chunks=tuple(b for b in CHUNKS if b <= fits) or (fits,), convs=convs,
+                   strict=True)
         for l, below in layer_shapes.items():
             if below:
-                ensure_chunks(l, args.size, path, reps=args.reps, chunks=candidates(l, args.size))
+                ensure_chunks(l, args.size, path, reps=args.reps, chunks=candidates(l, args.size), strict=True)
     from jaxviz.cli_run import show
 
     timings = load(path)

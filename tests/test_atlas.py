@@ -1055,3 +1055,18 @@ def test_a_process_outlives_process_0s_interrupt(tmp_path):
                 p.kill()
     assert procs[0].returncode == 130 and procs[1].returncode == 0, outs[1][1]
     assert {rec["index"] for rec in records(out).values() if rec["process"] == 1} == {1, 3}
+
+
+def test_a_refused_run_removes_every_empty_folder_it_made_for_a_nested_out(tmp_path, capsys, monkeypatch):
+    """--out a/b/c with a/ there: a refusal (the folder's lock, here) removed c but left the empty b
+    it had made too."""
+    from jaxviz.errors import JaxvizError
+
+    def busy(self):
+        raise JaxvizError(f"{self.folder} is in use by another jaxviz.atlas job")
+
+    monkeypatch.setattr(atlas_mod.FolderLock, "acquire", busy)
+    (tmp_path / "a" / "mine").mkdir(parents=True)  # there before: kept, though empty
+    assert atlas_mod.main([*TINY, "--out", str(tmp_path / "a" / "b" / "c"), "--quiet"]) == 2
+    assert "is in use" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "a") == ["mine"]

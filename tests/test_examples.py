@@ -816,3 +816,15 @@ def test_a_tilde_in_images_and_out_is_the_home_folder(tmp_path, capsys, monkeypa
     assert (home / "ex" / examples.SUMMARY_NPZ).is_file() and os.listdir(tmp_path / "cwd") == []
     rc, err = _cli(capsys, *argv, "--images=~no-such-user-xyz/photos", "--out=~/ex")
     assert rc == 2 and "--images ~no-such-user-xyz/photos: no such user's home folder" in err
+
+
+def test_a_failed_run_removes_every_empty_folder_it_made_for_a_nested_out(tmp_path, capsys):
+    """--out a/b/c with a/ there: a failure removed c but left the empty b it had made too."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "a.jpg").write_text("nope")
+    (tmp_path / "a" / "mine").mkdir(parents=True)  # there before: kept, though empty
+    rc, err = _cli(capsys, "--images", str(imgs), "--layers", "block1_conv1", "--size", "16", "--out",
+                   str(tmp_path / "a" / "b" / "c"), "--quiet")
+    assert rc == 2 and "no usable image" in err
+    assert os.listdir(tmp_path / "a") == ["mine"]

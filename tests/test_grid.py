@@ -590,3 +590,17 @@ def test_layers_differing_only_in_case_get_their_own_files_where_the_file_system
     assert run_main(["--model", "tests.tiny_model:build_clash", "--layers", "Conv,conv", "--filters", "0",
                      "--size", "16", "--steps", "1", "--tiles", "--quiet", "--out", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["Conv", "Conv.png", "conv", "conv.png"]
+
+
+def test_a_failed_run_removes_every_empty_folder_it_made_for_a_nested_out(tmp_path, capsys):
+    """--out a/b/c with a/ there: a failure removed c but left the empty b it had made too."""
+    (tmp_path / "a" / "mine").mkdir(parents=True)  # there before: kept, though empty
+    out = tmp_path / "a" / "b" / "c"
+    assert grid.main(["--layers", "block1_conv1", *TINY, "--steps", "5", "--step-size", "1e38",
+                      "--out", str(out)]) == 2
+    assert "not finite" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["a"] and os.listdir(tmp_path / "a") == ["mine"]
+    # a/b/.. is a, there before: its empty folders were taken for the run's own and removed
+    assert grid.main(["--layers", "block1_conv1", *TINY, "--steps", "5", "--step-size", "1e38",
+                      "--out", str(tmp_path / "a" / "b" / "..")]) == 2
+    assert "not finite" in capsys.readouterr().err and (tmp_path / "a" / "mine").is_dir()

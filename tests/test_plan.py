@@ -135,6 +135,41 @@ def test_a_full_disk_names_the_plans_setting_not_an_out_option(plan_file, monkey
     assert os.listdir(plan_file.parent) == []
 
 
+def test_a_full_disk_during_a_run_is_a_notice_and_the_timings_serve_the_run(plan_file, monkeypatch, caplog):
+    """A plan that could not be saved after minutes of timing failed the whole grid or atlas. Now
+    it is one notice; the timings serve the rest of the process (nothing timed again), unsaved;
+    ``python -m jaxviz.plan`` itself still exits 2."""
+    import errno
+
+    import jaxviz.image
+
+    timed, measured = [], {}
+
+    def measure_chunks(layer, size, chunks, reps):
+        timed.append(layer)
+        new = {plan.ascent_key(layer, size, b): (0.1 if b == 16 else 1.0) for b in chunks}
+        measured.update(new)
+        return new
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(plan, "measure_chunks", measure_chunks)
+    with monkeypatch.context() as m, caplog.at_level("WARNING", logger="jaxviz"):
+        m.setattr(jaxviz.image.os, "replace", full)
+        assert plan.chunk_for("block2_conv1", 16) == 16
+        saying = [r.getMessage() for r in caplog.records if "not saved" in r.getMessage()]
+        assert len(saying) == 1 and "No space left on device); free some space" in saying[0], caplog.text
+        assert "\n" not in saying[0] and os.listdir(plan_file.parent) == []
+        assert plan.chunk_for("block2_conv1", 16) == 16 and timed == ["block2_conv1"]  # not timed again
+        assert plan.chunk_for("block3_conv1", 16) == 16 and timed == ["block2_conv1", "block3_conv1"]
+        with pytest.raises(JaxvizError, match="No space left on device"):  # python -m jaxviz.plan's
+            plan.ensure_chunks("block4_conv1", 16, chunks=(8, 16), strict=True)
+    plan.ensure_chunks("block5_conv1", 16, chunks=(8, 16))  # room again: saved with the ones before
+    assert json.loads(plan_file.read_text())[plan.machine()] == {k: v for k, v in measured.items()
+                                                               if not k.startswith("block4_conv1")}
+
+
 def test_damaged_cache_is_rebuilt(plan_file):
     plan_file.write_text("{not json")
     assert plan.load() == {}
