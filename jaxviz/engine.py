@@ -208,6 +208,17 @@ def initial(recipe: Recipe, keys: jax.Array) -> jax.Array:
     return jax.vmap(lambda k: jax.vmap(P.init)(jax.random.split(k, recipe.diversity)))(keys)
 
 
+def saturated(recipe: Recipe, start: jax.Array) -> list[int]:
+    """The items of ``start`` (diversity 1) whose image, through a non-raw parameterization, is 0 or 1
+    at every pixel: the sigmoid's gradient is exactly 0 there, so no step can move it (pixel values
+    of 0-255 given as a Pixel() start, say)."""
+    P = recipe.param.build(recipe.size)
+    if P.raw:
+        return []
+    flat = jax.vmap(P.to_image)(start).reshape(len(start), -1)
+    return np.flatnonzero(np.asarray(jnp.all((flat == 0) | (flat == 1), axis=1))).tolist()
+
+
 def batch_for(model: Model, objective: Objective, recipe: Recipe, batch_size: int | None = None,
               max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     """The items of ``objective`` per compiled call (``batch_size``, else ``chunk_for``'s in equal
@@ -433,12 +444,13 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
         start = initial(recipe, keys)
     else:
         want = jax.eval_shape(lambda k: initial(recipe, k), keys).shape
-        if np.iscomplexobj(start):  # cast, it would lose its imaginary part with only a warning
-            raise JaxvizError(f"start holds complex numbers; give real start parameters of shape {want}")
-        try:
+        try:  # a ragged list fails already in iscomplexobj
+            if np.iscomplexobj(start):  # cast, it would lose its imaginary part with only a warning
+                raise JaxvizError(f"start holds complex numbers; give real start parameters of shape {want}")
             start = jnp.asarray(start, jnp.float32)
         except (TypeError, ValueError):
-            raise JaxvizError(f"start must be an array of shape {want}, not {type(start).__name__}") from None
+            raise JaxvizError(f"start must be an array of numbers of shape {want}; "
+                              f"this {type(start).__name__} is not one") from None
         if not jnp.isfinite(start).all():  # said later that the images "came out" not finite
             raise JaxvizError("start holds NaN or infinity; give finite start parameters")
         if d != 1:
@@ -446,6 +458,12 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
         if start.shape != want:
             raise JaxvizError(f"start has shape {start.shape}; this objective and recipe start from shape {want} "
                               f"({n} items, each the recipe's parameters at {s} px; diversity 1)")
+        stuck = saturated(recipe, start)
+        if stuck:  # it rendered the start's flat white/black image, with only a notice that it never moved
+            raise JaxvizError(f"start item {stuck[0]} makes an image whose every pixel is 0 or 1, where the "
+                              f"{type(recipe.param).__name__} parameterization's sigmoid passes no gradient: its start "
+                              "holds the parameterization's own values (about -3 to 3), not pixels; for Pixel(), "
+                              "jaxviz.param.from_valid_rgb(rgb) gives those of RGB images in (0, 1)")
     # all items in one chunk: no padding (batch_size=64 for 3 items computed 64 images); a fixed
     # chunk shape, one compile, matters only across several chunks
     b = batch_for(model, objective, recipe, batch_size and min(batch_size, n), max_bytes)

@@ -54,7 +54,8 @@ class Probe:
 
     def layer(self, name: str) -> jax.Array:
         if name not in self._acts:
-            acts = lambda x: self.model.activations(self.params, x, (name,))[name]
+            # jnp: a layer the model returns as a numpy constant fails numpy's indexing with a traced n
+            acts = lambda x: jnp.asarray(self.model.activations(self.params, x, (name,))[name])
             self._acts[name] = jax.vmap(acts)(self.x) if self.batched else acts(self.x)
         return self._acts[name]
 
@@ -484,16 +485,17 @@ def split_text(text: str) -> tuple[str, str, str | None]:
     ``deepdream:`` and ``logit:`` take everything after their prefix."""
     text = text.strip()
     head, sep, rest = text.partition(":")
-    kind, rest = (head, rest) if sep and head in KINDS else ("channel", text)
+    kind, rest = (head.strip(), rest) if sep and head.strip() in KINDS else ("channel", text)
+    # spaces around a part are spacing, not the name ("neuron: conv1 : 5"): no layer name has them
     if kind in ("deepdream", "logit"):
         layer, sep, tail = rest.rpartition(":")
         if kind == "logit" and sep:  # class numbers hold no ':'
-            return kind, rest.partition(":")[0], rest.partition(":")[2]
-        if kind == "deepdream" and sep and layer and re.fullmatch(r"[\d,\s-]+", tail):  # deepdream:L:3
-            return kind, layer, tail
-        return kind, rest, None
+            return kind, rest.partition(":")[0].strip(), rest.partition(":")[2]
+        if kind == "deepdream" and sep and layer.strip() and re.fullmatch(r"[\d,\s-]+", tail):  # deepdream:L:3
+            return kind, layer.strip(), tail
+        return kind, rest.strip(), None
     layer, sep, ns = rest.rpartition(":")
-    return (kind, layer, ns) if sep else (kind, rest, None)
+    return (kind, layer.strip(), ns) if sep else (kind, rest.strip(), None)
 
 
 def _plain(text: str) -> str:

@@ -169,6 +169,8 @@ def test_start_and_objective_types_are_checked(model):
         engine.render(model, obj, TINY, start=np.full((2, 24, 24, 3), 128.0))
     with pytest.raises(JaxvizError, match="start must be an array"):
         engine.render(model, obj, TINY, start="abc")
+    with pytest.raises(JaxvizError, match="start must be an array"):  # numpy's ValueError from iscomplexobj
+        engine.render(model, obj, TINY, start=[[1.0, 2.0], [3.0]])
     with pytest.raises(JaxvizError, match="start holds complex numbers"):  # cast to real with only a warning
         engine.render(model, obj, TINY, start=np.full((2, 16, 16, 3), 128 + 1j))
     with pytest.raises(JaxvizError, match="start holds NaN or infinity"):  # said the images "came out" not finite
@@ -364,3 +366,18 @@ def test_render_names_images_that_never_moved(caplog, model):
         jaxviz.render(build(), "conv:1-2", TINY)  # moved, or no steps: nothing said
         jaxviz.render(build_constant(), "conv:0", TINY._replace(steps=0))
         assert caplog.text == ""
+
+
+def test_a_start_that_saturates_the_sigmoid_is_refused():
+    """Pixel values given as a Pixel() start saturate its sigmoid (every pixel 1): no gradient, so the
+    render returned a flat white image with only a notice that it never moved."""
+    from tests.tiny_model import build
+
+    recipe = Recipe(param=Pixel(), optimizer=optim.Adam(0.05), steps=2, size=16)
+    with pytest.raises(JaxvizError, match=r"start item 1 makes an image whose every pixel is 0 or 1.*from_valid_rgb"):
+        engine.render(build(), channel("conv", [0, 1]), recipe,
+                      start=np.stack([np.zeros((16, 16, 3)), np.full((16, 16, 3), 128.0)]))
+    from jaxviz.param import from_valid_rgb
+
+    r = jaxviz.render(build(), "conv:0", recipe, start=from_valid_rgb(jnp.full((1, 16, 16, 3), 0.5)))
+    assert r.tiles.shape == (1, 16, 16, 3)

@@ -81,6 +81,11 @@ def test_text_spelling():
     np.testing.assert_array_equal(o.parse("block1_conv1:0-3,2").args, [0, 1, 2, 3])  # as --filters: each once
     np.testing.assert_array_equal(o.parse("logit:7,1,7").args, [7, 1])
     np.testing.assert_array_equal(o.parse("block1_conv1", filters=[2]).args, [2])
+    # spaces around the parts are spacing (layer names have none): 'block3_conv1 ' was an unknown layer
+    assert o.parse(" neuron : block4_conv1 : 5").term == o.Neuron("block4_conv1")
+    assert o.parse("block3_conv1 : 0-3").term == o.Channel("block3_conv1")
+    assert o.parse("deepdream : block4_conv1 ").term == o.DeepDream("block4_conv1")
+    np.testing.assert_array_equal(o.parse("logit : 1").args, [1])
     with pytest.raises(JaxvizError, match="names no channel; add :N, e.g. block1_conv1:0-15"):
         o.parse("block1_conv1")
     with pytest.raises(JaxvizError) as e:  # a newline in the text stays escaped: one line
@@ -295,3 +300,15 @@ def test_the_text_spelling_does_not_suggest_the_same_text():
         assert "did you mean" not in str(e.value) and "stem:conv" not in str(e.value)
     with pytest.raises(JaxvizError, match="did you mean neuron:conv:x"):
         o.parse("neurn:conv:x")
+
+
+def test_a_layer_returned_as_a_numpy_constant_renders():
+    """A model function may return a layer as a numpy array (a constant): indexing it with the
+    traced channel failed with JAX's TracerArrayConversionError; now it renders, unmoved."""
+    import jaxviz
+    from jaxviz.models import from_function
+
+    model = from_function(lambda p, x: {"const": np.ones((16, 16, 4), np.float32), "img": x * p}, jnp.float32(1.0),
+                          input_size=16)
+    r = jaxviz.render(model, "const:1", jaxviz.SEED._replace(size=16, steps=2))
+    np.testing.assert_allclose(r.values, [1.0])
