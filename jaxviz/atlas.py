@@ -591,6 +591,13 @@ def _validate(args) -> dict[str, list[int]] | None:
     return selection
 
 
+def _every(args, recipe) -> int:
+    """Steps between the snapshots of an --animate run (about 40 frames); 0 without --animate."""
+    from jaxviz.image import frames_every
+
+    return frames_every(recipe.steps) if args.animate else 0
+
+
 def _recipe(args):
     """The engine's recipe of these settings."""
     from jaxviz.engine import LUCID, SEED
@@ -752,11 +759,13 @@ def _main(argv: list[str] | None) -> int:
 
             out = {l: layer_batch(model, recipe, l, min(args.chunk, len(fs)), len(jax.local_devices()), batch)
                    for l, fs in selection.items()}
+            every = _every(args, recipe)  # a chunk's frames are kept until its GIFs are written
             for l, fs in selection.items():
                 if _is_vgg(args):
-                    check_budget(l, args.size, min(args.chunk, len(fs)), out[l])
+                    check_budget(l, args.size, min(args.chunk, len(fs)), out[l],
+                                 frames=engine.snapshot_count(recipe.steps, every))
                 else:
-                    engine.batch_for(model, objectives.channel(l, fs[: args.chunk]), recipe, out[l])
+                    engine.batch_for(model, objectives.channel(l, fs[: args.chunk]), recipe, out[l], every=every)
             return out
 
         asked = args.batch or AUTO
@@ -920,7 +929,6 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[
     import numpy as np
 
     from jaxviz import objectives, shard
-    from jaxviz.image import frames_every
 
     if not todo:
         return 0
@@ -938,7 +946,7 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[
         bar.set_description_str(f"{desc} 0/{total_filters} filters", refresh=False)
     done_cost = 0.0
     key = jax.random.key(args.seed)
-    every = frames_every(recipe.steps) if args.animate else 0
+    every = _every(args, recipe)
     runner = shard.ShardedRender(model, recipe, every=every)
     done_filters, n_done = 0, 0
     try:

@@ -303,11 +303,12 @@ def fit_default_size(model, objectives, recipe, say, verb: str = "rendering", un
     return recipe
 
 
-def check_budget(layer: str, size: int, n: int, batch: int, spec: VGGSpec = VGG16) -> None:
-    """Refuse up front a layer whose estimated memory exceeds the limit (jaxviz.checks.run_budget)."""
+def check_budget(layer: str, size: int, n: int, batch: int, spec: VGGSpec = VGG16, frames: int = 0) -> None:
+    """Refuse up front a layer whose estimated memory (with ``frames`` animation frames an image)
+    exceeds the limit (jaxviz.checks.run_budget)."""
     from jaxviz import checks
 
-    checks.run_budget(layer, size, n, batch, spec)
+    checks.run_budget(layer, size, n, batch, spec, frames=frames)
 
 
 def remove_if_empty(made: list[str]) -> None:

@@ -219,18 +219,25 @@ def saturated(recipe: Recipe, start: jax.Array) -> list[int]:
     return np.flatnonzero(np.asarray(jnp.all((flat == 0) | (flat == 1), axis=1))).tolist()
 
 
+def snapshot_count(steps: int, every: int) -> int:
+    """The frames ``render(every=every)`` keeps of each image: the start, one every ``every``
+    steps, and the final image where ``steps`` is not a multiple of ``every``; 0 without ``every``."""
+    return steps // every + 1 + (steps % every > 0) if every else 0
+
+
 def batch_for(model: Model, objective: Objective, recipe: Recipe, batch_size: int | None = None,
-              max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+              max_bytes: int = DEFAULT_MAX_BYTES, every: int = 0) -> int:
     """The items of ``objective`` per compiled call (``batch_size``, else ``chunk_for``'s in equal
-    chunks: the least padding); one JaxvizError where the run's estimated memory is over the limit
-    (checks.memory_limit), so a caller with several runs can refuse them all before the first."""
+    chunks: the least padding); one JaxvizError where the run's estimated memory (with the snapshots
+    of ``every``) is over the limit (checks.memory_limit), so a caller with several runs can refuse
+    them all before the first."""
     n, s = len(objective), recipe.size
     b = batch_size or chunk_for(model, objective, recipe, n, max_bytes)
     if batch_size is None:
         b = math.ceil(n / math.ceil(n / b))
     checks.memory_budget(f"{n} item(s) of {s} px on {model.name} in batches of {b}",
-                         bytes_per_item(model, objective.term.layers(), recipe), s, b, n,
-                         checks.memory_limit(checks.device_memory()))
+                         bytes_per_item(model, objective.term.layers(), recipe), s, b, n * recipe.diversity,
+                         checks.memory_limit(checks.device_memory()), snapshot_count(recipe.steps, every))
     return b
 
 
@@ -466,7 +473,7 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
                               "jaxviz.param.from_valid_rgb(rgb) gives those of RGB images in (0, 1)")
     # all items in one chunk: no padding (batch_size=64 for 3 items computed 64 images); a fixed
     # chunk shape, one compile, matters only across several chunks
-    b = batch_for(model, objective, recipe, batch_size and min(batch_size, n), max_bytes)
+    b = batch_for(model, objective, recipe, batch_size and min(batch_size, n), max_bytes, every)
     chunks = math.ceil(n / b)
     pad = chunks * b - n
     padded = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a

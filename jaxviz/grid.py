@@ -305,13 +305,29 @@ def _check_memory(args, layer: str, n: int) -> None:
 
     config, spec = _lucid_config(args), _spec(args)
     if config is None:
-        check_budget(layer, args.size, n, chunk_size(layer, args.size, n, spec=spec), spec)
+        frames = _frames(args, args.steps)
+        check_budget(layer, args.size, n, chunk_size(layer, args.size, n, spec=spec), spec, frames)
     else:
         from jaxviz.lucid import filters_per_batch
 
         d = config.diversity
         work = config.size + (2 * config.pad if config.transforms else 0)
-        check_budget(layer, work, n * d, filters_per_batch(layer, config, n, spec=spec) * d, spec)
+        check_budget(layer, work, n * d, filters_per_batch(layer, config, n, spec=spec) * d, spec,
+                     _frames(args, config.steps))
+
+
+def _every(args, steps: int) -> int:
+    """Steps between the snapshots of an --animate run of ``steps`` steps (about 40 frames); 0 without it."""
+    from jaxviz.image import frames_every
+
+    return frames_every(steps) if args.animate else 0
+
+
+def _frames(args, steps: int) -> int:
+    """The frames each image of the run keeps (``_every``): counted in its memory estimate."""
+    from jaxviz.engine import snapshot_count
+
+    return snapshot_count(steps, _every(args, steps))
 
 
 def _conv_text(choice: tuple[str, str, int]) -> str:
@@ -484,7 +500,7 @@ def _main(argv: list[str] | None) -> int:
             if len(objective) and not validated:
                 try:
                     engine.check(model, objective, recipe)
-                    engine.batch_for(model, objective, recipe)
+                    engine.batch_for(model, objective, recipe, every=_every(args, recipe.steps))
                 except JaxvizError as e:
                     raise JaxvizError(f"{name}: {e}; nothing was written") from None
         _check_paths(args, [(name, fs) for name, fs, _ in jobs], recipe.diversity)
@@ -537,16 +553,14 @@ def _render_with_progress(model, objective, recipe, name, args):
     """Render one grid (the engine chunks it), with a progress bar on a terminal; the grid names
     unmoved images itself (``_never_fired``), so without the library's notice of them."""
     from jaxviz.api import render_quiet
-    from jaxviz.image import frames_every
 
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=len(objective) * recipe.diversity, desc=name, unit="image", file=sys.stderr, leave=True)
-    every = frames_every(recipe.steps) if args.animate else 0
     try:
-        return render_quiet(model, objective, recipe, seed=args.seed, every=every,
+        return render_quiet(model, objective, recipe, seed=args.seed, every=_every(args, recipe.steps),
                             progress=(lambda k: bar.update(k * recipe.diversity)) if bar else None)
     finally:
         if bar:

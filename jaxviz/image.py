@@ -237,6 +237,7 @@ def _png_name(path) -> None:
 ANIMATION_FORMATS = ("gif", "webp")
 MAX_ANIMATION_SIDE = {"gif": 65535, "webp": 16383}  # px: the formats' own limits (16 bits; WebP's 14)
 MAX_FRAME_MS = 60_000  # a frame's duration; the last frame's, three times it, still fits a GIF's 16 bits of 10 ms
+MIN_GIF_FRAME_MS = 20  # GIF counts in 10 ms (under 10 ms is stored as 0); browsers show 0 and 10 ms frames at 100 ms
 
 
 def check_animation_size(height: int, width: int, formats=ANIMATION_FORMATS) -> None:
@@ -259,7 +260,8 @@ def webp_supported() -> bool:
 def save_animation(path: str | os.PathLike, frames, duration_ms: int = 80) -> str:
     """Save uint8 frames (F, H, W, 3) as an animated GIF or WebP (by the extension), atomically.
 
-    WebP is written lossless (every frame exact); GIF quantizes each frame to 256 colours.
+    WebP is written lossless (every frame exact); GIF quantizes each frame to 256 colours and
+    counts durations in 10 ms (a GIF frame under 20 ms is refused: browsers show it at 100 ms).
     The last frame is held three times as long, so the loop pauses on the result.
     """
     from PIL import Image
@@ -278,6 +280,9 @@ def save_animation(path: str | os.PathLike, frames, duration_ms: int = 80) -> st
     fmt = os.path.splitext(path)[1][1:].lower()
     if fmt not in ANIMATION_FORMATS:
         raise JaxvizError(f"animations are written as .gif or .webp, not {path!r}")
+    if fmt == "gif" and duration_ms < MIN_GIF_FRAME_MS:  # the animation played slower, not faster
+        raise JaxvizError(f"a GIF frame of {duration_ms} ms is shown at 100 ms by browsers (GIF counts in 10 ms); "
+                          f"give duration_ms {MIN_GIF_FRAME_MS} or more, or write a .webp")
     if fmt == "webp" and not webp_supported():
         raise JaxvizError("this Pillow cannot write WebP; write a .gif instead")
     if len(frames) == 0:

@@ -902,6 +902,16 @@ def test_other_models_are_checked_against_the_memory_limit(tmp_path, capsys, mon
     assert not out.exists()
 
 
+def test_the_frames_of_animate_count_in_the_memory_limit(tmp_path, capsys, monkeypatch):
+    """A chunk's 41 frames an image, kept until its GIFs are written, were not in the estimate."""
+    monkeypatch.setenv("JAXVIZ_MAX_MEMORY", "10M")
+    out = tmp_path / "m"
+    assert atlas_mod.main([*FN, "--size", "64", "--steps", "40", "--animate", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "with 41 animation frames each needs about" in err, err
+    assert not out.exists()
+
+
 def test_a_process_with_other_options_than_process_0s_is_refused(tmp_path):
     """Process 1 given --steps 3 and process 0 --steps 2 rendered its chunks at 3 steps into process 0's
     atlas of 2 (both exit 0: a mixed atlas, silently)."""

@@ -122,6 +122,16 @@ def test_memory_budget_names_the_estimate_and_the_limit():
     checks.memory_budget("block1_conv1", 1024, 64, 2, 1, 8 * 1024**3)
 
 
+def test_memory_budget_counts_the_animation_frames():
+    """The frames of --animate (41 an image, kept to the end of the run) were not in the estimate."""
+    plain = checks.estimate_bytes(1024, 64, 2, 10)
+    assert checks.estimate_bytes(1024, 64, 2, 10, 41) == plain + 10 * 41 * 64 * 64 * 3 * checks.FRAME_BYTES
+    checks.memory_budget("conv", 1024, 64, 2, 10, plain)
+    with pytest.raises(JaxvizError) as e:
+        checks.memory_budget("conv", 1024, 64, 2, 10, plain, 41)
+    assert "with 41 animation frames each" in one_line(e) and "or no animation" in one_line(e)
+
+
 def test_memory_limit_and_env():
     assert checks.parse_bytes("8G") == 8 * 1024**3 and checks.parse_bytes("512MiB") == 512 * 1024**2
     assert checks.parse_bytes("1000") == 1000

@@ -46,6 +46,7 @@ def test_snapshots_every_k_steps_end_on_the_final_image(model):
     assert plain.frames is None
     even = jaxviz.render(model, "block1_conv2:1", SEED._replace(size=16, steps=4), every=2)
     assert even.frames.shape[1] == 3  # start, after 2, after 4 = final
+    assert engine.snapshot_count(5, 2) == 4 and engine.snapshot_count(4, 2) == 3 and engine.snapshot_count(4, 0) == 0
 
 
 def test_parts_mix_freely(model):

@@ -546,6 +546,20 @@ def test_an_animation_larger_than_webp_allows_is_refused_before_any_work(tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.parametrize("model", [["--model", "tests.tiny_model:build", "--layers", "conv", "--size", "64"],
+                                   ["--layers", "block1_conv1", "--filters", "0-63", "--size", "128"]])
+def test_the_frames_of_animate_count_in_the_memory_budget(tmp_path, capsys, monkeypatch, model):
+    """--animate keeps 41 frames of every image to the end (64 filters at 128 px: 0.4 GiB estimated, 1.8 GB
+    used); the estimate left them out, so a run past JAXVIZ_MAX_MEMORY started and took the memory."""
+    monkeypatch.setattr(jaxviz.api, "render_quiet", lambda *a, **k: pytest.fail("rendered"))
+    monkeypatch.setenv("JAXVIZ_MAX_MEMORY", "10M" if "conv" in model else "1G")
+    out = tmp_path / "o"
+    assert grid.main([*model, "--steps", "40", "--animate", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "with 41 animation frames each needs about" in err[0] and "or no animation" in err[0], err
+    assert not out.exists()
+
+
 def test_a_layer_name_too_long_for_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     """A 300-byte layer name failed after the rendering ("File name too long"), with a wrong fix."""
     monkeypatch.setattr(jaxviz.api, "render_quiet", lambda *a, **k: pytest.fail("rendered"))

@@ -225,9 +225,24 @@ def test_save_animation_refuses_bad_frames_durations_and_sizes_in_one_line(tmp_p
     with pytest.raises(JaxvizError, match="larger than WEBP allows"):
         save_animation(tmp_path / "x.webp", np.zeros((1, 20_000, 1, 3), np.uint8))
     assert os.listdir(tmp_path) == []
-    save_animation(tmp_path / "ok.gif", frames, 1)  # valid ones still save
+    save_animation(tmp_path / "ok.gif", frames, 20)  # valid ones still save
     save_animation(tmp_path / "rgba.gif", np.zeros((2, 4, 4, 4), np.uint8))
     assert Image.open(tmp_path / "ok.gif").n_frames == 1  # Pillow merges identical frames
+
+
+def test_a_gif_frame_shorter_than_browsers_show_is_refused(tmp_path):
+    """duration_ms=5 was stored as 0 (GIF counts in 10 ms), 15 as 10: browsers show both at 100 ms,
+    an animation asked to play fast played slower than the default."""
+    from jaxviz.image import save_animation, webp_supported
+
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    for short in (1, 5, 15, 19):
+        with pytest.raises(JaxvizError, match=f"a GIF frame of {short} ms is shown at 100 ms"):
+            save_animation(tmp_path / "x.gif", frames, short)
+    assert os.listdir(tmp_path) == []
+    save_animation(tmp_path / "x.gif", frames, 20)
+    if webp_supported():  # WebP counts in 1 ms
+        save_animation(tmp_path / "x.webp", frames, 5)
 
 
 def test_a_tilde_is_the_home_folder_for_every_writer(tmp_path, monkeypatch):
