@@ -436,7 +436,7 @@ def render(model: Model, objective: Objective, recipe: Recipe = SEED, *, key: ja
                           f"{getattr(progress, '__name__', 'it')}{inspect.signature(progress)} cannot take; "
                           "give a function of one argument")
     n, d, s = len(objective), recipe.diversity, recipe.size
-    snap_bytes = (recipe.steps // every + 2) * n * d * s * s * 3 * 4 if every else 0  # float32, kept to the end
+    snap_bytes = snapshot_count(recipe.steps, every) * n * d * s * s * 3 * 4  # float32, kept to the end
     if snap_bytes > (limit := checks.memory_limit(checks.device_memory())):
         raise JaxvizError(f"the snapshots of every={every} over {recipe.steps} steps ({n * d} image(s) of {s} px) "
                           f"need about {checks.gib(snap_bytes)} of memory, more than the {checks.gib(limit)} available; "
