@@ -170,6 +170,44 @@ def test_images_over_twice_pillows_pixel_limit_are_skipped_as_too_large(tmp_path
     assert skipped.counts["too large"] == 1 and skipped.describe() == "skipped 1 file: 1 too large (huge.png)"
 
 
+def _photo(path, h=480, w=640):
+    """A JPEG with detail at every scale (blocks plus noise), as a photo has."""
+    rng = np.random.default_rng(0)
+    a = np.kron(rng.integers(0, 256, (h // 16, w // 16, 3)), np.ones((16, 16, 1))) + rng.integers(-20, 20, (h, w, 3))
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(tmp_path, monkeypatch):
+    """A 100-megapixel JPEG decoded whole took about 1.8 GB (two at a time in the pass); over
+    LARGE_PIXELS it is decoded at 1/2..1/8 scale (Image.draft), still 3x the size, nearly the same."""
+    _photo(tmp_path / "big.jpg")
+    whole = imagefolder.load(str(tmp_path), "big.jpg", 32)
+    monkeypatch.setattr(imagefolder, "LARGE_PIXELS", 1000)
+    assert imagefolder.load_rgb(str(tmp_path / "big.jpg"), 1, 32).shape == (120, 160, 3)  # 1/4: 96 px would do
+    drafted = imagefolder.load(str(tmp_path), "big.jpg", 32)
+    diff = np.abs(drafted.astype(int) - whole)
+    assert drafted.shape == (32, 32, 3) and diff.mean() < 1.5 and diff.max() < 16
+    assert imagefolder.load(str(tmp_path), "big.jpg", 32, min_side=480).shape == (32, 32, 3)  # the file's side counts
+    with pytest.raises(imagefolder.Unusable, match="too small"):
+        imagefolder.load(str(tmp_path), "big.jpg", 32, min_side=481)
+    assert imagefolder.draft_size(10000, 9000, 224) == (747, 672)  # 3 x 224: decoded at 1/8, 1250 x 1125 px
+    Image.fromarray(_rgb(480, 640)).save(tmp_path / "big.png")  # no other format has a reduced decode
+    assert imagefolder.load_rgb(str(tmp_path / "big.png"), 1, 32).shape == (480, 640, 3)
+
+
+def test_an_ordinary_image_is_decoded_whole_without_copies(tmp_path, monkeypatch):
+    """Under LARGE_PIXELS a JPEG's pixels are exactly Pillow's full decode; an RGB image is neither
+    copied (EXIF transposed in place) nor converted (each was a copy of the whole decoded image)."""
+    _photo(tmp_path / "p.jpg")
+    with Image.open(tmp_path / "p.jpg") as img:
+        full = np.asarray(img.convert("RGB"))
+    monkeypatch.setattr(Image.Image, "copy", lambda self: pytest.fail("copied the decoded image"))
+    monkeypatch.setattr(Image.Image, "convert", lambda self, *a, **k: pytest.fail("converted an RGB image"))
+    np.testing.assert_array_equal(imagefolder.load_rgb(str(tmp_path / "p.jpg"), 1, 32), full)
+    monkeypatch.undo()
+    assert np.array_equal(imagefolder.load(str(tmp_path), "p.jpg", 32), imagefolder.resize_crop(full, 32))
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
 def test_a_named_pipe_or_device_is_skipped_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")  # opening it to read waits for a writer that never comes
