@@ -13,7 +13,7 @@ from jaxviz.convert import load_keras_h5
 from jaxviz.engine import LUCID, SEED, Recipe
 from jaxviz.errors import JaxvizError, notice
 from jaxviz.image import deprocess_batch, rgb_to_uint8
-from jaxviz.models.base import Model, check_model
+from jaxviz.models.base import Model, check_model, float16_cause
 from jaxviz.models.vgg import vgg
 
 
@@ -126,7 +126,7 @@ def render_quiet(model, objective, recipe="seed", *, seed: int = 0, start=None, 
         objective = objectives.parse(objective)
     r = engine.render(model, objective, recipe, key=jax.random.key(seed), start=start, every=every,
                       progress=progress)
-    checks.finite(f"the images of {model.name}", r.images, r.values)
+    checks.finite(f"the images of {model.name}", r.images, r.values, why=lambda: float16_cause(model, recipe))
     frames = None if r.frames is None else to_uint8(recipe, r.frames)
     return Rendered(to_uint8(recipe, r.images), np.asarray(r.images), np.asarray(r.values, np.float32),
                     np.asarray(r.trace, np.float32), frames)
@@ -146,11 +146,10 @@ def unmoved_note(model: Model, objective, r: Rendered) -> str | None:
         names = [f"{kind}{getattr(term, 'layer', '')}:{int(objective.batched_args()[i])}" for i in items]
     else:
         names = [f"item{'' if len(items) == 1 else 's'} {', '.join(map(str, items))} of the objective"]
-    what = "never fired (objective 0 at every step)" if stuck else "kept the same objective at every step"
     images = "its image" if len(items) == 1 else "their images"
-    line = f"jaxviz: {', '.join(names)} on model {model.name} {what}: no gradient moved {images} from the start"
-    if frozen and not stuck:
-        line += " (does the layer depend on the input? saturated units, relu6 at 6 say, pass no gradient)"
+    line = f"jaxviz: {', '.join(names)} on model {model.name} " + (
+        f"never fired (objective 0 at every step): no gradient moved {images} from the start" if stuck else
+        f"kept the same objective at every step, so {images} never moved from the start: {checks.FROZEN_CAUSES}")
     if stuck and isinstance(term, objectives.Channel) and term.dead_filter != "redirect" and model.preact is not None:
         line += "; objectives.channel(layer, n, dead_filter='redirect') wakes such units"
     return line

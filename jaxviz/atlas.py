@@ -929,6 +929,7 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[
     import numpy as np
 
     from jaxviz import objectives, shard
+    from jaxviz.models.base import float16_cause
 
     if not todo:
         return 0
@@ -968,7 +969,8 @@ def _render(atlas: Atlas, todo: list[Chunk], model, recipe, args, batches: dict[
             images, losses = np.concatenate(images), np.concatenate(losses)
             frames = np.concatenate(frames) if every else None
             try:
-                checks.finite(f"the images of {c.layer} (filters {c.filters[0]}-{c.filters[-1]})", losses)
+                checks.finite(f"the images of {c.layer} (filters {c.filters[0]}-{c.filters[-1]})", losses,
+                              why=lambda: float16_cause(model, recipe))
             except JaxvizError as e:  # say what the folder keeps, and that a lower step size is a new atlas
                 done = len(atlas.chunks) - len(atlas.missing())
                 kept = f"{atlas.out} keeps the {done} of {len(atlas.chunks)} chunks done" if done else \

@@ -156,26 +156,32 @@ def filter_list(filters, channels: int | None = None, layer: str = "the layer") 
     return out
 
 
-def finite(name: str, *arrays) -> None:
+def finite(name: str, *arrays, why=None) -> None:
     """Refuse results holding NaN or infinity, so nothing is written from them (bfloat16 too).
 
-    The message does not say what was written: a command that wrote earlier results says that itself."""
+    ``why()``, asked only then, may name a likelier cause than the usual ones (a model computing in
+    float16: ``models.base.float16_cause``). The message does not say what was written: a command
+    that wrote earlier results says that itself."""
     import jax.numpy as jnp
 
     for a in arrays:
         a = np.asarray(a)
         if a.size and jnp.issubdtype(a.dtype, jnp.floating) and not np.isfinite(a).all():
-            raise JaxvizError(
-                f"{name} came out not finite (NaN or infinity); lower the step size or learning rate, "
-                "and check the weights, the objective's scale (its weights, direction vectors) and any "
-                "optax optimizer of your own"
-            )
+            cause = why() if why else None
+            raise JaxvizError(f"{name} came out not finite (NaN or infinity); " + (cause or (
+                "lower the step size or learning rate, and check the weights, the objective's scale (its "
+                "weights, direction vectors) and any optax optimizer of your own")))
+
+
+# why an item's objective stayed the same nonzero value at every step (``unmoved``'s frozen items)
+FROZEN_CAUSES = ("no gradient reached the image (a layer that ignores the input, a saturated unit such as relu6 at 6, "
+                 "a stop_gradient), or the step size or learning rate is too small to change its pixels")
 
 
 def unmoved(trace, values, per: int = 1) -> tuple[list[int], list[int]]:
     """(stuck, frozen): the items (of ``per`` images each) whose image never moved from its start,
     as no gradient reached it: stuck, the objective 0 at every step and at the end (a unit that never
-    fired); frozen, the same nonzero value throughout (a layer that does not depend on the input)."""
+    fired); frozen, the same nonzero value throughout (``FROZEN_CAUSES``)."""
     if not np.size(values):
         return [], []
     trace = np.asarray(trace).reshape(len(np.asarray(values)) // max(1, per), -1)

@@ -419,7 +419,8 @@ def _never_fired(name, filters, rendered, objective, model, args) -> str | None:
     """A line naming the filters whose objective was exactly 0 at every step: the unit never
     fired, no gradient reached the image, and the tile is the start image (6 of block1_conv1's
     first 64 in the book's grid); None when there are none. Names the option that wakes them
-    where the objective and the model allow it."""
+    where the objective and the model allow it. Else the filters whose objective stayed the same
+    nonzero value, with its causes (``checks.FROZEN_CAUSES``)."""
     from jaxviz import objectives
 
     per = len(rendered.values) // max(1, len(filters))  # images per filter (--diversity)
@@ -429,8 +430,7 @@ def _never_fired(name, filters, rendered, objective, model, args) -> str | None:
     if frozen and not stuck:
         one = len(frozen) == 1
         return (f"{name}: filter{'' if one else 's'} {', '.join(map(str, frozen))} kept the same objective at every "
-                f"step, so no gradient reached the image: {'its tile shows' if one else 'their tiles show'} the start "
-                "image (does the layer depend on the input? saturated units, relu6 at 6 say, pass no gradient)")
+                f"step, so {'its tile shows' if one else 'their tiles show'} the start image: {checks.FROZEN_CAUSES}")
     if not stuck:
         return None
     one = len(stuck) == 1

@@ -85,6 +85,16 @@ def test_a_non_finite_chunk_says_what_the_folder_keeps(tmp_path, capsys):
     assert "no chunk was written to" in capsys.readouterr().err
 
 
+def test_a_float16_model_that_overflows_is_named_with_the_fix(tmp_path, capsys):
+    """The line said to lower the step size, which cannot help a model computing in float16."""
+    argv = ["--model", "tests.tiny_model:build_half", "--layers", "conv", "--filters", "0-1", "--size", "8",
+            "--steps", "1", "--quiet", "--out", str(tmp_path / "out")]
+    assert atlas_mod.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "came out not finite (NaN or infinity); layer conv of model function computes in float16" in err, err
+    assert "float32 params and compute" in err and "\n" not in err
+
+
 def test_plan_and_share_cover_every_chunk_once():
     chunks = plan({"block1_conv1": list(range(7)), "block2_conv1": [0, 5, 9]}, 3)
     assert [(c.layer, c.k, c.filters) for c in chunks] == [

@@ -305,6 +305,23 @@ def test_images_not_finite_from_an_own_optimizer_name_it_in_the_fix():
         jaxviz.render(build(), "conv:0", jaxviz.SEED._replace(size=16, steps=2, optimizer=nan))
 
 
+def test_a_float16_model_that_overflows_is_named_with_the_fix():
+    """A model computing in float16 (at most 65504) overflows on the seed's 0-255 pixels, and was told
+    to lower the step size or learning rate, which cannot help."""
+    from tests.tiny_model import build_half
+
+    seed = jaxviz.SEED._replace(size=8, steps=1)
+    with pytest.raises(JaxvizError) as e:
+        jaxviz.render(build_half(), "conv:0", seed)
+    msg = one_line(e)
+    assert "not finite (NaN or infinity); layer conv of model function computes in float16" in msg, msg
+    assert "float32 params and compute" in msg and "raw 0-255 pixels" in msg and "step size" not in msg
+    with pytest.raises(JaxvizError, match=r"; model function has float16 params \(its one array\), and float16 over"):
+        jaxviz.render(build_half("float32"), "conv:0", seed)  # float32 layers, float16 inside
+    with pytest.raises(JaxvizError, match="float32 params and compute, or give preprocess a smaller input scale$"):
+        jaxviz.render(build_half(), "conv:0", seed._replace(param=jaxviz.param.Pixel()))  # RGB, then preprocess
+
+
 def test_takes_counts_positional_arguments():
     assert checks.takes(lambda a: a, 1) and not checks.takes(lambda: 0, 1) and not checks.takes(lambda a: a, 2)
     assert checks.takes(lambda *a: 0, 2) and checks.takes(lambda a, b=0: 0, 1) and not checks.takes(3, 0)

@@ -353,7 +353,9 @@ def test_render_names_images_that_never_moved(caplog, model):
     with caplog.at_level("WARNING", logger="jaxviz"):
         jaxviz.render(build_constant(), "conv:0-1", TINY)
         assert "jaxviz: conv:0, conv:1 on model function kept the same objective at every step" in caplog.text
-        assert "no gradient moved their images from the start" in caplog.text
+        assert "so their images never moved from the start: no gradient reached the image (a layer that ignores " \
+               "the input, a saturated unit such as relu6 at 6, a stop_gradient), or the step size or learning rate " \
+               "is too small to change its pixels" in caplog.text
         caplog.clear()
         jaxviz.render(build(), "conv:1", TINY, start=np.zeros((1, 16, 16, 3)))  # relu(conv(0)) = 0: no gradient
         assert "jaxviz: conv:1 on model function never fired (objective 0 at every step)" in caplog.text
@@ -367,6 +369,27 @@ def test_render_names_images_that_never_moved(caplog, model):
         jaxviz.render(build(), "conv:1-2", TINY)  # moved, or no steps: nothing said
         jaxviz.render(build_constant(), "conv:0", TINY._replace(steps=0))
         assert caplog.text == ""
+
+
+def test_the_notice_of_unmoved_images_names_each_cause_it_can_have(caplog):
+    """A saturated unit, a stop_gradient or a step so small it rounds away: the notice asked only "does
+    the layer depend on the input?", which for a tiny step size pointed at the wrong fix."""
+    from jaxviz.models import from_function
+    from tests.tiny_model import build
+
+    tiny = build()
+    conv = lambda p, x: tiny.activations(p, x, ("conv",))["conv"]
+    model = from_function(lambda p, x: {"sat": jax.nn.relu6(conv(p, x) + 1e4),
+                                        "stop": jax.lax.stop_gradient(conv(p, x)) + 1.0}, tiny.params, input_size=16)
+    small = TINY._replace(optimizer=optim.SeedAscent(1e-9))  # 128 + 1e-9 is 128 in float32
+    cases = [(model, "sat:0", TINY, "a saturated unit such as relu6 at 6"), (model, "stop:0", TINY, "a stop_gradient"),
+             (tiny, "conv:1", small, "step size or learning rate is too small")]
+    for m, objective, recipe, cause in cases:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="jaxviz"):
+            jaxviz.render(m, objective, recipe)
+        assert "kept the same objective at every step" in caplog.text and cause in caplog.text, caplog.text
+        assert "depend on the input?" not in caplog.text
 
 
 def test_a_start_that_saturates_the_sigmoid_is_refused():

@@ -524,7 +524,10 @@ def test_a_layer_that_does_not_depend_on_the_input_is_named(tmp_path, capsys, ca
     Once: the grid's line, not the library's notice too."""
     args = ["--model", "tests.tiny_model:build_constant", "--filters", "0-1", "--size", "16"]
     assert run_main([*args, "--steps", "3", "--out", str(tmp_path / "a")]) == 0
-    assert "conv: filters 0, 1 kept the same objective at every step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "conv: filters 0, 1 kept the same objective at every step, so their tiles show the start image: no " \
+           "gradient reached the image (a layer that ignores the input, a saturated unit such as relu6 at 6, a " \
+           "stop_gradient), or the step size or learning rate is too small to change its pixels\n" in out, out
     assert "kept the same objective" not in caplog.text
     assert run_main(["--model", "tests.tiny_model:build", "--layers", "conv", "--filters", "0-1", "--size", "16",
                      "--steps", "3", "--out", str(tmp_path / "b")]) == 0

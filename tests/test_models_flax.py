@@ -458,6 +458,22 @@ def test_weights_holding_a_python_float_nan_or_infinity_are_refused_too():
     assert from_function(lambda p, x: x * p["s"], {"s": 2.0, "n": 3}, input_size=8).layers[0].shape == (8, 8, 3)
 
 
+def test_a_linen_model_computing_in_float16_that_overflows_is_named():
+    """Its images came out not finite on the seed's 0-255 pixels, told to lower the step size."""
+    import jaxviz
+
+    class Half(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(4, (3, 3), dtype=jnp.float16, param_dtype=jnp.float16)(x * 1000)
+
+    net = Half()
+    model = from_linen(net, net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))), input_size=8)
+    with pytest.raises(JaxvizError, match=r"not finite \(NaN or infinity\); layer Conv_0 of model Half computes in "
+                                          r"float16, and float16 overflows past 65504: give the model float32"):
+        jaxviz.render(model, "Conv_0:0", jaxviz.SEED._replace(size=8, steps=1))
+
+
 def test_an_nnx_module_that_changes_its_state_in_a_forward_pass_is_refused_when_made():
     """Batch norm or dropout switched on by a call argument (which nnx.view cannot reach), or a random
     draw in __call__: the model was made, and every render then failed, said to be a gradient jaxviz

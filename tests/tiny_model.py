@@ -48,6 +48,19 @@ def build_nan():
     return from_function(fn, model.params, input_size=16)
 
 
+def build_half(out="float16"):
+    """A conv computing in float16 (at most 65504) that overflows on the seed's 0-255 pixels, and on RGB
+    in [0, 1] through its preprocess (x 1e4); ``out``: the dtype its layer is given back in."""
+    import jax.numpy as jnp
+    from jaxviz.models import from_function
+
+    kernel = jnp.full((3, 3, 3, 4), 30.0, jnp.float16)
+    conv = lambda p, x: jax.lax.conv_general_dilated(x.astype(jnp.float16)[None], p, (1, 1), "SAME",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    return from_function(lambda p, x: {"conv": conv(p, x).astype(out)}, kernel, input_size=8,
+                         preprocess=lambda x: x * 1e4)
+
+
 def build_colon():
     """A layer named with ':' (``stem:conv``), as user models may name theirs: objectives' text
     takes its channels after the last ':' (``stem:conv:0-3``)."""

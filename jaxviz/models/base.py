@@ -156,6 +156,31 @@ def finite_weights(params, what: str) -> None:
                               f"{jax.tree_util.keystr(path) or 'its one array'}; load finite weights")
 
 
+def float16_cause(model: Model, recipe) -> str | None:
+    """Why ``model``'s images under ``recipe`` came out not finite where it computes in float16 (at
+    most 65504, which the seed's 0-255 pixels overflow): its first float16 layer, else param, and the
+    fix; None where neither is. Traces the model (nothing runs): for that error only."""
+    import jax.numpy as jnp
+
+    raw, names = recipe.param.build(1).raw, tuple(l.name for l in model.layers)
+    x = jax.ShapeDtypeStruct((recipe.size, recipe.size, 3), jnp.float32)
+    forward = lambda p, x: model.activations(p, x if raw else model.preprocess(x), names)
+    try:
+        out = jax.eval_shape(forward, model.params, x)
+    except Exception:  # the render traced it at this size; anything else: the params may still tell
+        out = {}
+    half = [n for n in names if isinstance(out, dict) and getattr(out.get(n), "dtype", None) == jnp.float16]
+    params = [p for p, leaf in jax.tree_util.tree_flatten_with_path(model.params)[0]
+              if getattr(leaf, "dtype", None) == jnp.float16]
+    if not (half or params):
+        return None
+    where = f"layer {half[0]} of model {model.name} computes in float16" if half else \
+        f"model {model.name} has float16 params ({jax.tree_util.keystr(params[0]) or 'its one array'})"
+    fix = ("scale the input down inside the model (the seed recipe feeds it raw 0-255 pixels, bypassing preprocess) "
+           "or use the lucid recipe") if raw else "give preprocess a smaller input scale"
+    return f"{where}, and float16 overflows past 65504: give the model float32 params and compute, or {fix}"
+
+
 def eval_shapes(fn, params, size: int, what: str, hint: str):
     """``jax.eval_shape`` of ``fn(params, x)`` for one (size, size, 3) float32 image (nothing
     runs); where the model's own code fails on it, one JaxvizError naming ``what``, the
